@@ -1,0 +1,47 @@
+"""Pretrain a LLaMA-style language model on text (default: Python's documentation topics).
+
+  python -m gen_jax.main --config=configs/llm/pretrain.py:small --workdir=/tmp/lm
+  python -m gen_jax.sample --workdir=/tmp/lm --prompt="The for statement"
+
+Presets: tiny (tests, seconds), small (the README quick start: about 4 minutes on a 2-core CPU,
+held-out loss falls from 8.3 to below 5 nats/token), 125m and 1b (accelerator shapes; they build
+and validate on a CPU but are not trained there).
+"""
+from gen_jax.config import apply_preset
+from gen_jax.config import llm
+
+PRESETS = {
+    "tiny": {
+        "model.vocab_size": 512, "model.embed_dim": 64, "model.num_layers": 2,
+        "model.num_heads": 4, "model.num_kv_heads": 2, "model.head_dim": 16, "model.mlp_dim": 128,
+        "model.max_seq_len": 64,
+        "train.num_steps": 20, "train.batch_size": 8, "train.log_every": 5, "train.eval_every": 10,
+        "train.eval_max_batches": 4, "optimizer.warmup_steps": 5, "optimizer.learning_rate": 3e-3,
+        "checkpoint.every_steps": 10,
+    },
+    "small": {
+        "train.num_steps": 300, "train.batch_size": 16, "train.log_every": 10,
+        "train.eval_every": 100, "train.eval_max_batches": 20, "optimizer.warmup_steps": 30,
+        "optimizer.learning_rate": 2e-3, "checkpoint.every_steps": 100,
+    },
+    "125m": {
+        "model.vocab_size": 32000, "model.embed_dim": 768, "model.num_layers": 12,
+        "model.num_heads": 12, "model.num_kv_heads": 4, "model.head_dim": 64, "model.mlp_dim": 2048,
+        "model.max_seq_len": 1024, "model.dtype": "bfloat16",
+        "train.num_steps": 20000, "train.batch_size": 256, "train.eval_every": 1000,
+        "optimizer.warmup_steps": 1000, "optimizer.learning_rate": 6e-4,
+        "checkpoint.every_steps": 1000,
+    },
+    "1b": {  # TinyLlama-1.1B's shape.
+        "model.vocab_size": 32000, "model.embed_dim": 2048, "model.num_layers": 22,
+        "model.num_heads": 32, "model.num_kv_heads": 4, "model.head_dim": 64, "model.mlp_dim": 5632,
+        "model.max_seq_len": 2048, "model.dtype": "bfloat16", "model.remat": "full",
+        "train.num_steps": 100000, "train.batch_size": 256, "train.eval_every": 2000,
+        "optimizer.warmup_steps": 2000, "optimizer.learning_rate": 4e-4,
+        "checkpoint.every_steps": 2000, "mesh.data": 1, "mesh.fsdp": -1,
+    },
+}
+
+
+def get_config(arg=None):
+  return apply_preset(llm.base(), arg, PRESETS, default="small")

@@ -1,0 +1,20 @@
+"""Input data: text sources, the tokenizer, packing, image sources and Grain pipelines."""
+from gen_jax.data.images import load_image_source, split_examples
+from gen_jax.data.packing import pack_documents
+from gen_jax.data.pipeline import EXAMPLE_WEIGHT, eval_batches, train_dataset
+from gen_jax.data.text_sources import Document, load_documents, split_documents
+from gen_jax.data.tokenizer import Tokenizer, train_bpe
+
+__all__ = [
+    "Document",
+    "EXAMPLE_WEIGHT",
+    "Tokenizer",
+    "eval_batches",
+    "load_documents",
+    "load_image_source",
+    "pack_documents",
+    "split_documents",
+    "split_examples",
+    "train_bpe",
+    "train_dataset",
+]

@@ -1,0 +1,68 @@
+"""Grain input pipelines over in-memory example arrays.
+
+Training: shuffled with a seed, reshuffled every epoch, repeated forever, batched; each host reads
+only its slice. The iterator's state (a position) is saved with every checkpoint, so a resumed run
+sees exactly the batches the uninterrupted run would have. Evaluation: one fixed pass in order, the
+last batch padded with rows whose `example_weight` is 0, so no held-out example is dropped.
+"""
+from typing import Iterator
+
+import grain
+import numpy as np
+
+EXAMPLE_WEIGHT = "example_weight"
+
+
+class ArraySource:
+  """Random access over rows of equal-length numpy arrays (a grain RandomAccessDataSource)."""
+
+  def __init__(self, arrays: dict[str, np.ndarray]):
+    lengths = {k: len(v) for k, v in arrays.items()}
+    if len(set(lengths.values())) != 1:
+      raise ValueError(f"arrays differ in length: {lengths}")
+    self._arrays = arrays
+    self._len = next(iter(lengths.values()))
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {k: v[index] for k, v in self._arrays.items()}
+
+
+def _with_weights(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  n = len(next(iter(arrays.values())))
+  return {**arrays, EXAMPLE_WEIGHT: np.ones((n,), np.float32)}
+
+
+def train_dataset(arrays: dict[str, np.ndarray], *, batch_size: int, seed: int,
+                  process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+  """An infinite, shuffled, batched dataset of this host's share of the examples.
+
+  Args:
+    arrays: name -> [num_examples, ...] arrays.
+    batch_size: per-host batch size.
+    seed: shuffle seed; each epoch is shuffled differently from it.
+    process_index, process_count: this host's slice of the examples.
+  """
+  ds = grain.MapDataset.source(ArraySource(_with_weights(arrays)))
+  ds = ds[process_index::process_count]
+  return ds.shuffle(seed=seed).repeat(None).batch(batch_size, drop_remainder=True)
+
+
+def eval_batches(arrays: dict[str, np.ndarray], *, batch_size: int, max_batches: int = -1,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Yields this host's held-out batches in order; the last is padded to `batch_size`.
+
+  `max_batches` > 0 stops after that many batches (the same ones every time).
+  """
+  ds = grain.MapDataset.source(ArraySource(_with_weights(arrays)))
+  ds = ds[process_index::process_count].batch(batch_size, drop_remainder=False)
+  for i, batch in enumerate(ds):
+    if 0 < max_batches <= i:
+      return
+    n = len(batch[EXAMPLE_WEIGHT])
+    if n < batch_size:
+      batch = {k: np.concatenate([v, np.zeros((batch_size - n,) + v.shape[1:], v.dtype)])
+               for k, v in batch.items()}
+    yield batch

@@ -1,0 +1,19 @@
+"""Model families: each turns a config into a Task for the generic loop, and samples.
+
+A family module offers:
+  validate(config)                 checks config.model/config.data; raises ConfigError.
+  init_params_fn(config)           rng -> params with logical axis names (no data needed).
+  build_task(config, workdir)      loads data and returns a gen_jax.train.Task.
+  sample(config, params, workdir, request)  generates from trained params (gen_jax.sample).
+"""
+import importlib
+
+from gen_jax.config.errors import ConfigError
+
+FAMILIES = ("llm", "vae")
+
+
+def get(name: str):
+  if name not in FAMILIES:
+    raise ConfigError("family", f"unknown family {name!r}; families are {FAMILIES}")
+  return importlib.import_module(f"gen_jax.families.{name}")

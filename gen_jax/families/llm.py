@@ -1,0 +1,151 @@
+"""The llm family: a decoder-only transformer trained with next-token loss on packed text."""
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gen_jax import data as data_lib
+from gen_jax import objectives, ops
+from gen_jax.config.common import DTYPES
+from gen_jax.config.errors import ConfigError, require
+from gen_jax.models.transformer import REMAT_POLICIES, Transformer, TransformerConfig
+from gen_jax.train.task import WEIGHT, Task
+
+MIN_VOCAB = 256 + len(data_lib.tokenizer.SPECIAL_TOKENS)  # Byte alphabet plus special tokens.
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  m = config.model
+  for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+               "mlp_dim", "max_seq_len"):
+    require(m[name] > 0, f"model.{name}", f"must be positive, got {m[name]}")
+  require(m.vocab_size >= MIN_VOCAB, "model.vocab_size",
+          f"must be at least {MIN_VOCAB} (256 bytes + special tokens), got {m.vocab_size}")
+  require(m.embed_dim % m.num_heads == 0, "model.num_heads",
+          f"{m.num_heads} heads do not divide model.embed_dim={m.embed_dim}")
+  require(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads",
+          f"{m.num_kv_heads} kv heads do not divide model.num_heads={m.num_heads}")
+  require(m.head_dim % 2 == 0, "model.head_dim", f"must be even for RoPE, got {m.head_dim}")
+  require(m.rope_base > 0, "model.rope_base", f"must be positive, got {m.rope_base}")
+  for name in ("dtype", "param_dtype"):
+    require(m[name] in DTYPES, f"model.{name}", f"{m[name]!r} is not one of {DTYPES}")
+  require(m.attention_impl in ops.ATTENTION_IMPLS, "model.attention_impl",
+          f"{m.attention_impl!r} is not one of {ops.ATTENTION_IMPLS}")
+  require(m.remat in REMAT_POLICIES, "model.remat", f"{m.remat!r} is not one of {REMAT_POLICIES}")
+  d = config.data
+  require(d.source != "", "data.source", "is empty; use 'pydoc', a path, a glob or 'tfds:NAME'")
+  require(0 < d.eval_fraction < 1, "data.eval_fraction", f"must be in (0, 1), got {d.eval_fraction}")
+
+
+def model(config: ml_collections.ConfigDict) -> Transformer:
+  return Transformer(TransformerConfig.from_config(config.model))
+
+
+def init_params_fn(config: ml_collections.ConfigDict):
+  net = model(config)
+  dummy = jnp.zeros((1, config.model.max_seq_len), jnp.int32)
+  return lambda rng: net.init(rng, dummy)["params"]
+
+
+def _documents(config) -> tuple[list, list]:
+  d = config.data
+  kwargs = dict(tfds_text_key=d.tfds_text_key, tfds_data_dir=d.tfds_data_dir)
+  docs = data_lib.load_documents(d.source, tfds_split=d.tfds_split, **kwargs)
+  if d.eval_source:
+    return docs, data_lib.load_documents(d.eval_source, field="data.eval_source",
+                                         tfds_split=d.tfds_split, **kwargs)
+  if d.source.startswith("tfds:") and d.tfds_eval_split:
+    return docs, data_lib.load_documents(d.source, field="data.tfds_eval_split",
+                                         tfds_split=d.tfds_eval_split, **kwargs)
+  return data_lib.split_documents(docs, d.eval_fraction)
+
+
+def tokenizer_for(config, workdir: str, train_docs) -> data_lib.Tokenizer:
+  """The workdir's tokenizer if a previous run saved one; otherwise one trained on train_docs."""
+  path = os.path.join(workdir, data_lib.tokenizer.TOKENIZER_FILE)
+  if os.path.exists(path):
+    tok = data_lib.Tokenizer.load(workdir)
+  else:
+    tok = data_lib.train_bpe((d.text for d in train_docs), config.model.vocab_size)
+    if jax.process_index() == 0:
+      tok.save(workdir)
+  require(tok.vocab_size <= config.model.vocab_size, "model.vocab_size",
+          f"{config.model.vocab_size} is smaller than the workdir tokenizer's {tok.vocab_size} "
+          f"tokens ({path})")
+  return tok
+
+
+def token_byte_lengths(tok: data_lib.Tokenizer, vocab_size: int) -> np.ndarray:
+  """[vocab_size] UTF-8 bytes each token stands for (special and unused ids: 0).
+
+  Byte-level BPE writes each byte as one character, so a token's string length is its byte count.
+  """
+  lengths = np.zeros((vocab_size,), np.float32)
+  specials = {tok.pad_id, tok.eos_id}
+  for i in range(tok.vocab_size):
+    if i not in specials:
+      lengths[i] = len(tok.hf.id_to_token(i))
+  return lengths
+
+
+def build_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
+  train_docs, eval_docs = _documents(config)
+  tok = tokenizer_for(config, workdir, train_docs)
+  seq_len = config.model.max_seq_len
+  pack = lambda docs: data_lib.pack_documents(  # noqa: E731
+      tok.encode_batch([d.text for d in docs]), tok.eos_id, tok.pad_id, seq_len)
+  train_arrays, eval_arrays = pack(train_docs), pack(eval_docs)
+  num_hosts = jax.process_count()
+  host_batch = config.train.batch_size // num_hosts
+  num_windows = len(train_arrays["tokens"])
+  if num_windows // num_hosts < host_batch:
+    raise ConfigError("data.source", f"{config.data.source!r} gives {num_windows} training "
+                      f"sequences of {seq_len + 1} tokens, fewer than one batch "
+                      f"(train.batch_size={config.train.batch_size}); use more text, a smaller "
+                      "batch or a shorter model.max_seq_len")
+  net = model(config)
+  byte_lengths = jnp.asarray(token_byte_lengths(tok, config.model.vocab_size))
+
+  def loss_fn(params, batch, rng):
+    del rng  # The model has no dropout.
+    tokens, segment_ids = batch["tokens"], batch["segment_ids"]
+    inputs, targets, weights = objectives.packed_targets(tokens, segment_ids)
+    logits = net.apply({"params": params}, inputs, batch["positions"][:, :-1], segment_ids[:, :-1])
+    loss_sum, weight = objectives.next_token_loss(logits, targets, weights)
+    # Summed bytes of the counted targets; reported per token, and the basis of bits per byte.
+    target_bytes = (byte_lengths[targets] * weights).sum()
+    return loss_sum, {WEIGHT: weight, "bytes_per_token": target_bytes}
+
+  def eval_metrics(totals):
+    return {"eval/bits_per_byte": totals["loss_sum"] / math.log(2) / totals["bytes_per_token"]}
+
+  eval_batch = config.train.batch_size // config.train.grad_accum_steps // num_hosts
+  return Task(
+      init_params=init_params_fn(config),
+      loss_fn=loss_fn,
+      train_data=data_lib.train_dataset(train_arrays, batch_size=host_batch, seed=config.seed,
+                                        process_index=jax.process_index(),
+                                        process_count=num_hosts),
+      eval_data=lambda: data_lib.eval_batches(
+          eval_arrays, batch_size=eval_batch, max_batches=config.train.eval_max_batches,
+          process_index=jax.process_index(), process_count=num_hosts),
+      eval_metrics=eval_metrics,
+      throughput_unit="tokens",
+      units_per_example=seq_len,
+  )
+
+
+def sample(config, params, workdir: str, request) -> str:
+  """Continues request.prompt; prints and returns the continuation text."""
+  from gen_jax.sampling import generate
+  tok = data_lib.Tokenizer.load(workdir)
+  prompt = tok.encode(request.prompt)
+  out = generate(model(config), params, prompt, max_new_tokens=request.max_new_tokens,
+                 temperature=request.temperature, rng=jax.random.key(request.seed),
+                 eos_id=tok.eos_id, max_seq_len=config.model.max_seq_len)
+  text = tok.decode(out)
+  print(request.prompt + text)
+  return text

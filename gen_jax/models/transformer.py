@@ -1,0 +1,104 @@
+"""Decoder-only transformer in the LLaMA family (Touvron et al., 2023).
+
+Pre-norm blocks of RMSNorm -> grouped-query attention with RoPE -> residual, RMSNorm -> SwiGLU ->
+residual; the layers are one `nn.scan` so compile time does not grow with depth.
+"""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gen_jax.models.layers import Attention, RMSNorm, SwiGLU, partitioned
+
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Hyperparameters of the decoder; the fields of `config.model` for the llm family."""
+  vocab_size: int
+  embed_dim: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  max_seq_len: int
+  rope_base: float = 10000.0
+  norm_eps: float = 1e-6
+  tie_embeddings: bool = False
+  dtype: str = "float32"  # Compute dtype of matmuls and activations.
+  param_dtype: str = "float32"
+  attention_impl: str = "xla"
+  remat: str = "none"  # Rematerialization of each block in the backward pass: REMAT_POLICIES.
+
+  @classmethod
+  def from_config(cls, model_config) -> "TransformerConfig":
+    return cls(**model_config.to_dict())
+
+
+class _Block(nn.Module):
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids):
+    """x: [b, t, d] -> ([b, t, d], None); the second output is nn.scan's per-layer output."""
+    c = self.config
+    dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    h = RMSNorm(c.norm_eps, dtype, param_dtype, name="attention_norm")(x)
+    x = x + Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.rope_base, c.attention_impl,
+                      dtype, param_dtype, name="attention")(h, positions, segment_ids)
+    h = RMSNorm(c.norm_eps, dtype, param_dtype, name="mlp_norm")(x)
+    x = x + SwiGLU(c.mlp_dim, dtype, param_dtype, name="mlp")(h)
+    x = nn.with_logical_constraint(x, ("batch", "length", None))
+    return x, None
+
+
+def _remat(block_cls, policy: str):
+  if policy == "none":
+    return block_cls
+  checkpoint_policy = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+  return nn.remat(block_cls, policy=checkpoint_policy[policy], prevent_cse=False)
+
+
+class Transformer(nn.Module):
+  """Decoder-only language model."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None) -> jax.Array:
+    """Next-token logits.
+
+    Args:
+      tokens: [b, t] int token ids.
+      positions: [b, t] int positions for RoPE; default 0..t-1 (packed data restarts them per
+        document).
+      segment_ids: [b, t] int document ids; attention stays inside a document; 0 is padding.
+    Returns:
+      logits [b, t, v] in float32.
+    """
+    c = self.config
+    dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    embed = nn.Embed(c.vocab_size, c.embed_dim, dtype=dtype, param_dtype=param_dtype,
+                     embedding_init=partitioned(nn.initializers.normal(0.02), ("vocab", "embed")),
+                     name="embed")
+    x = embed(tokens)  # [b, t, d]
+    x = nn.with_logical_constraint(x, ("batch", "length", None))
+    blocks = nn.scan(
+        _remat(_Block, c.remat), variable_axes={"params": 0}, split_rngs={"params": True},
+        in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"})
+    x, _ = blocks(c, name="layers")(x, positions, segment_ids)
+    x = RMSNorm(c.norm_eps, dtype, param_dtype, name="final_norm")(x)
+    if c.tie_embeddings:
+      logits = embed.attend(x)
+    else:
+      logits = nn.DenseGeneral(
+          c.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+          kernel_init=partitioned(nn.initializers.lecun_normal(), ("embed", "vocab")),
+          name="lm_head")(x)
+    return logits.astype(jnp.float32)

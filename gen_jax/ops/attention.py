@@ -1,0 +1,96 @@
+"""Scaled dot-product attention (Vaswani et al., 2017) with grouped-query heads (Ainslie et al., 2023).
+
+One entry point, `attention`, chooses an implementation by name. Letters: b batch, t query length,
+s key length, n query heads, k kv heads, g query heads per kv head, h head_dim.
+"""
+import jax
+import jax.numpy as jnp
+
+ATTENTION_IMPLS = ("xla",)
+
+
+def attention_mask(
+    query_length: int,
+    key_length: int,
+    *,
+    causal: bool,
+    query_segment_ids: jax.Array | None = None,
+    key_segment_ids: jax.Array | None = None,
+    query_offset: int | jax.Array = 0,
+) -> jax.Array | None:
+  """Boolean mask [b or 1, t, s]: True where query t may attend to key s.
+
+  Args:
+    query_length, key_length: t and s.
+    causal: query at position `query_offset + i` sees keys at positions <= it.
+    query_segment_ids: [b, t] int; tokens attend only within their own segment (packed documents).
+      Segment 0 marks padding and attends nowhere.
+    key_segment_ids: [b, s] int; defaults to query_segment_ids.
+    query_offset: position of the first query among the keys (for decoding after a prefix).
+  """
+  mask = None
+  if causal:
+    q_pos = jnp.arange(query_length)[:, None] + query_offset
+    k_pos = jnp.arange(key_length)[None, :]
+    mask = (k_pos <= q_pos)[None]
+  if query_segment_ids is not None:
+    if key_segment_ids is None:
+      key_segment_ids = query_segment_ids
+    same = query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
+    same &= (query_segment_ids != 0)[:, :, None]
+    mask = same if mask is None else mask & same
+  return mask
+
+
+def _xla_attention(query, key, value, mask, scale):
+  b, t, n, h = query.shape
+  k = key.shape[2]
+  query = query.reshape(b, t, k, n // k, h)  # [b, t, k, g, h]
+  logits = jnp.einsum("btkgh,bskh->bkgts", query, key, preferred_element_type=jnp.float32)
+  logits = logits * scale
+  if mask is not None:
+    mask = mask[:, None, None]  # [b, 1, 1, t, s]
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1)
+  if mask is not None:
+    # A query that may attend to nothing (padding) gets zeros, not a uniform average.
+    weights = jnp.where(mask.any(axis=-1, keepdims=True), weights, 0.0)
+  out = jnp.einsum("bkgts,bskh->btkgh", weights.astype(value.dtype), value)
+  return out.reshape(b, t, n, h)
+
+
+def attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    causal: bool,
+    segment_ids: jax.Array | None = None,
+    key_segment_ids: jax.Array | None = None,
+    query_offset: int | jax.Array = 0,
+    scale: float | None = None,
+    impl: str = "xla",
+) -> jax.Array:
+  """Multi-head attention with grouped kv heads.
+
+  Args:
+    query: [b, t, n, h].
+    key, value: [b, s, k, h] with k dividing n (k == n is plain multi-head attention).
+    causal: mask future keys.
+    segment_ids: [b, t] int, document ids of the queries (0 = padding); see `attention_mask`.
+    key_segment_ids: [b, s] int; defaults to segment_ids.
+    query_offset: position of the first query among the keys.
+    scale: logit scale; defaults to 1/sqrt(h).
+    impl: one of ATTENTION_IMPLS.
+  Returns:
+    [b, t, n, h] in the dtype of `value`.
+  """
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention impl {impl!r} is not one of {ATTENTION_IMPLS}")
+  n, k = query.shape[2], key.shape[2]
+  if n % k:
+    raise ValueError(f"query heads {n} must be a multiple of kv heads {k}")
+  scale = query.shape[-1] ** -0.5 if scale is None else scale
+  mask = attention_mask(query.shape[1], key.shape[1], causal=causal, query_segment_ids=segment_ids,
+                        key_segment_ids=key_segment_ids, query_offset=query_offset)
+  return _xla_attention(query, key, value, mask, scale)

@@ -1,0 +1,238 @@
+"""The one training loop every family shares.
+
+It validates the config, builds the mesh, initializes (or restores) the sharded state, runs the
+jitted step, evaluates, logs, checkpoints, and stops cleanly on SIGTERM or a non-finite metric.
+"""
+import math
+import os
+import signal
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gen_jax import config as config_lib
+from gen_jax import families, parallel
+from gen_jax.config.common import validate_batch_against_mesh, validate_common
+from gen_jax.train.checkpoint import Checkpointer
+from gen_jax.train.metrics import MetricWriter, ProgressBar
+from gen_jax.train.state import TrainState, learning_rate_schedule, make_optimizer, rng_for
+from gen_jax.train.step import make_eval_step, make_train_step
+from gen_jax.train.task import WEIGHT, Task
+
+# Sections that fix what a checkpoint means; a resume must not change them.
+RESUME_FIXED_SECTIONS = ("family", "seed", "model", "data")
+
+
+class NonFiniteError(FloatingPointError):
+  """A training metric became NaN or inf; the message names the metric and the step."""
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the whole config without touching devices or compiling anything."""
+  validate_common(config)
+  families.get(config.family).validate(config)
+
+
+def _check_resume_compatible(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
+  def flatten(node, prefix):
+    if isinstance(node, (dict, ml_collections.ConfigDict)):
+      out = {}
+      for key in node.keys():
+        out.update(flatten(node[key], f"{prefix}.{key}" if prefix else key))
+      return out
+    return {prefix: list(node) if isinstance(node, tuple) else node}
+  old = {k: v for s in RESUME_FIXED_SECTIONS if s in saved for k, v in flatten(saved[s], s).items()}
+  new = {k: v for s in RESUME_FIXED_SECTIONS for k, v in flatten(config[s], s).items()}
+  for field in sorted(set(old) | set(new)):
+    if old.get(field) != new.get(field):
+      raise config_lib.ConfigError(
+          field, f"the workdir holds a run with {old.get(field)!r} but this run has "
+          f"{new.get(field)!r}; a resume cannot change {RESUME_FIXED_SECTIONS}. Use a new --workdir "
+          "or the original value.")
+
+
+def abstract_train_state(init_params, config, mesh):
+  """The train state's shapes and shardings, and a jitted init that creates it in its shards.
+
+  Nothing is allocated: `jax.eval_shape` traces the init, the parameters' logical axis names give
+  each leaf its sharding, and `init` (jitted with those out_shardings) makes every shard in place.
+
+  Args:
+    init_params: rng -> params carrying logical partitioning metadata.
+  Returns:
+    (abstract state of ShapeDtypeStructs with shardings, init(rng) -> state, optimizer).
+  """
+  tx = make_optimizer(config)
+  rules = parallel.rules_tuple(config.logical_axis_rules)
+
+  def init_boxed(rng):
+    return TrainState.create(init_params(rng), tx)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(init_boxed, rng_for(config.seed, "init"))
+    shardings = parallel.logical_shardings(boxed, mesh, rules)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          nn.meta.unbox(boxed), shardings)
+  init = jax.jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=shardings)
+  return abstract, init, tx
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after every step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading_main():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def threading_main() -> bool:
+  import threading
+  return threading.current_thread() is threading.main_thread()
+
+
+def _check_finite(step_metrics: list[tuple[int, dict]]) -> None:
+  for step, metrics in step_metrics:
+    for name in ("loss", "grad_norm"):
+      value = float(metrics[name])
+      if not math.isfinite(value):
+        raise NonFiniteError(f"train/{name} is {value} at step {step}; stopping. The last "
+                             "checkpoint before it is intact.")
+
+
+def evaluate(task: Task, eval_step, params, mesh, rng) -> dict[str, float]:
+  """One pass over the held-out data; every statistic is a weighted mean over counted units."""
+  totals: dict[str, float] = {}
+  for batch in task.eval_data():
+    sums = jax.device_get(eval_step(params, parallel.shard_batch(batch, mesh), rng))
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  weight = totals.get(WEIGHT, 0.0)
+  if weight <= 0:
+    return {}
+  metrics = {"eval/loss": totals["loss_sum"] / weight}
+  metrics.update({f"eval/{k}": v / weight for k, v in totals.items()
+                  if k not in ("loss_sum", WEIGHT)})
+  metrics.update(task.eval_metrics(totals))
+  return metrics
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the last metrics."""
+  validate(config)
+  family = families.get(config.family)
+  mesh = parallel.make_mesh(config.mesh)
+  validate_batch_against_mesh(config, parallel.data_parallel_size(mesh))
+  os.makedirs(workdir, exist_ok=True)
+  saved = config_lib.load_workdir_config(workdir)
+  if saved is not None:
+    _check_resume_compatible(saved, config)
+  is_main = jax.process_index() == 0
+  if is_main:
+    config_lib.save_workdir_config(config, workdir)
+
+  task = family.build_task(config, workdir)
+  abstract, init, tx = abstract_train_state(task.init_params, config, mesh)
+  rules = parallel.rules_tuple(config.logical_axis_rules)
+  ckpt = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
+                      async_save=config.checkpoint.async_save)
+  writer = MetricWriter(workdir, tensorboard=config.logging.tensorboard, enabled=is_main)
+  data_iter = iter(task.train_data)
+  start = ckpt.latest_step()
+  if start is None:
+    with jax.set_mesh(mesh):
+      state = init(rng_for(config.seed, "init"))
+    start = 0
+  else:
+    state, data_state = ckpt.restore(start, abstract)
+    data_iter.set_state(data_state)
+    writer.truncate_after(start)
+    print(f"Resumed from {ckpt.directory}/{start}", flush=True)
+
+  train_step = make_train_step(task.loss_fn, tx, learning_rate_schedule(config),
+                               config.train.grad_accum_steps)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    state_shardings = jax.tree.map(lambda x: x.sharding, abstract)
+    train_step = jax.jit(train_step, donate_argnums=0,
+                         out_shardings=(state_shardings, None))
+    eval_step = jax.jit(make_eval_step(task.loss_fn))
+  train_rng, eval_rng = rng_for(config.seed, "train"), rng_for(config.seed, "eval")
+  num_steps = config.train.num_steps
+  units_per_step = config.train.batch_size * task.units_per_example
+  bar = ProgressBar(num_steps, start, task.throughput_unit,
+                    enabled=is_main and config.logging.progress_bar)
+  pending: list[tuple[int, dict]] = []  # Device metrics not yet fetched: no sync every step.
+  last_metrics: dict[str, float] = {}
+  window_start, window_steps = time.perf_counter(), 0
+
+  def flush(step: int) -> None:
+    nonlocal window_start, window_steps, last_metrics
+    if not pending:
+      return
+    fetched = jax.device_get(pending)
+    pending.clear()
+    _check_finite(fetched)
+    elapsed = time.perf_counter() - window_start
+    metrics = {f"train/{k}": float(v) for k, v in fetched[-1][1].items()}
+    rate = None
+    if step == start + 1:  # This window is the first step, compilation included.
+      metrics["train/first_step_sec"] = elapsed
+    else:
+      rate = units_per_step * window_steps / elapsed
+      metrics[f"train/{task.throughput_unit}_per_sec"] = rate
+    writer.write(step, metrics)
+    bar.update(window_steps, metrics["train/loss"], rate)
+    last_metrics.update(metrics)
+    window_start, window_steps = time.perf_counter(), 0
+
+  def save(step: int) -> None:
+    flush(step)  # Never checkpoint a state whose metrics are unchecked.
+    ckpt.save(step, state, data_iter.get_state())
+
+  step = start
+  try:
+    with _Preemption() as preemption, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      while step < num_steps:
+        batch = parallel.shard_batch(next(data_iter), mesh)
+        state, metrics = train_step(state, batch, train_rng)
+        step += 1
+        window_steps += 1
+        pending.append((step, metrics))
+        if step % config.train.log_every == 0 or step == num_steps or step == start + 1:
+          flush(step)
+        if step % config.train.eval_every == 0 or step == num_steps:
+          flush(step)
+          eval_metrics = evaluate(task, eval_step, state.params, mesh, eval_rng)
+          if task.on_eval is not None and is_main:
+            eval_metrics.update(task.on_eval(state.params, step))
+          writer.write(step, eval_metrics)
+          last_metrics.update(eval_metrics)
+          bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+          window_start = time.perf_counter()
+        if step % config.checkpoint.every_steps == 0 or step == num_steps:
+          save(step)
+        if preemption.requested:
+          save(step)
+          bar.write(f"SIGTERM: saved a checkpoint at step {step}; exiting.")
+          break
+  finally:
+    bar.close()
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+  return last_metrics

@@ -1,0 +1,78 @@
+"""Metric sinks: metrics.jsonl, TensorBoard event files, and the console progress bar."""
+import json
+import math
+import os
+
+import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricWriter:
+  """Writes one JSON object per logged step to workdir/metrics.jsonl and to TensorBoard.
+
+  Names are `<split>/<metric>` (train/loss, eval/loss, train/tokens_per_sec). Only process 0 writes.
+  """
+
+  def __init__(self, workdir: str, *, tensorboard: bool, enabled: bool = True):
+    self.enabled = enabled
+    self._path = os.path.join(workdir, METRICS_FILE)
+    self._tb = None
+    if enabled and tensorboard:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def truncate_after(self, step: int) -> None:
+    """Drops records after `step`: a resumed run rewrites the steps the killed run had logged."""
+    if not self.enabled or not os.path.exists(self._path):
+      return
+    with open(self._path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(self._path, "w") as f:
+      f.writelines(kept)
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    with open(self._path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for name, value in metrics.items():
+        if math.isfinite(float(value)):
+          self._tb.add_scalar(name, float(value), int(step))
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """All records of workdir/metrics.jsonl, in order."""
+  with open(os.path.join(workdir, METRICS_FILE)) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class ProgressBar:
+  """tqdm bar with step, loss, throughput and the time left."""
+
+  def __init__(self, total: int, initial: int, unit: str, enabled: bool):
+    self._bar = tqdm.tqdm(total=total, initial=initial, unit="step", disable=not enabled,
+                          dynamic_ncols=True)
+    self._unit = unit
+
+  def update(self, steps: int, loss: float | None = None, rate: float | None = None) -> None:
+    postfix = {}
+    if loss is not None:
+      postfix["loss"] = f"{loss:.4f}"
+    if rate is not None:
+      postfix[f"{self._unit}/s"] = f"{rate:,.0f}"
+    if postfix:
+      self._bar.set_postfix(postfix, refresh=False)
+    self._bar.update(steps)
+
+  def write(self, text: str) -> None:
+    self._bar.write(text)
+
+  def close(self) -> None:
+    self._bar.close()

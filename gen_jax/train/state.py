@@ -1,0 +1,49 @@
+"""The train state and the optimizer: AdamW with linear warmup, cosine decay and clipping."""
+import zlib
+
+import flax
+import jax
+import ml_collections
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes. The optimizer itself is not stored: it is rebuilt from the config."""
+  step: jax.Array  # int32 scalar: optimizer steps taken.
+  params: dict
+  opt_state: optax.OptState
+
+  @classmethod
+  def create(cls, params, tx: optax.GradientTransformation) -> "TrainState":
+    return cls(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(params))
+
+
+def rng_for(seed: int, purpose: str) -> jax.Array:
+  """A key for one purpose ('init', 'train', 'sample', ...), independent across purposes."""
+  return jax.random.fold_in(jax.random.key(seed), zlib.crc32(purpose.encode()) & 0x7FFFFFFF)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warmup to the peak, then cosine decay to min_lr_ratio * peak at train.num_steps."""
+  o = config.optimizer
+  warmup = min(o.warmup_steps, config.train.num_steps)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=o.learning_rate, warmup_steps=warmup,
+      decay_steps=max(config.train.num_steps, warmup + 1), end_value=o.learning_rate * o.min_lr_ratio)
+
+
+def _decay_mask(params):
+  """Weight decay on matrices (kernels, embeddings) only, never on norm scales or biases."""
+  def is_matrix(path, _):
+    names = {getattr(k, "key", getattr(k, "name", None)) for k in path}
+    return bool(names & {"kernel", "embedding"})
+  return jax.tree_util.tree_map_with_path(is_matrix, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  o = config.optimizer
+  parts = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.grad_clip_norm > 0 else []
+  parts.append(optax.adamw(learning_rate_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
+                           weight_decay=o.weight_decay, mask=_decay_mask))
+  return optax.chain(*parts)

@@ -1,0 +1,33 @@
+"""What a model family plugs into the generic loop.
+
+A family (gen_jax.families.*) builds a Task from its config: how to initialize parameters, a pure
+loss, its data, how to turn summed held-out statistics into metrics, and what to write at eval time
+(sample grids, text samples). The loop owns jit, sharding, checkpoints, metrics and hooks.
+"""
+import dataclasses
+from typing import Any, Callable, Iterator
+
+import grain
+import jax
+import numpy as np
+
+Batch = dict[str, jax.Array]
+# loss_fn(params, batch, rng) -> (loss_sum, sums): `sums` holds "weight" (how many units counted:
+# tokens, images) and any other summed statistics. The reported loss is loss_sum / weight (e.g. nats
+# summed over tokens / number of tokens) and every other statistic is reported as sum / weight.
+LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+WEIGHT = "weight"
+
+
+@dataclasses.dataclass
+class Task:
+  init_params: Callable[[jax.Array], Any]  # rng -> params (with logical partitioning metadata)
+  loss_fn: LossFn
+  train_data: grain.MapDataset  # Infinite, batched (this host's share of the global batch).
+  eval_data: Callable[[], Iterator[dict[str, np.ndarray]]]  # One held-out pass, padded batches.
+  # Summed held-out statistics (loss_sum, weight and metric sums) -> extra named metrics.
+  eval_metrics: Callable[[dict[str, float]], dict[str, float]]
+  throughput_unit: str  # "tokens" or "examples": names train/<unit>_per_sec.
+  units_per_example: int  # e.g. sequence length for tokens.
+  # Called at eval time with the current params and step; writes outputs, returns extra metrics.
+  on_eval: Callable[[Any, int], dict[str, float]] | None = None

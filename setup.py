@@ -1,0 +1,41 @@
+"""gen_jax: generative models in JAX/Flax, from pretraining to alignment and image families."""
+import setuptools
+
+# Versions measured together on 2026-11-23 (../shared/DATA.md). Lower bounds are the versions the
+# code uses APIs of (jax.shard_map, jax.set_mesh, AxisType); upper bounds keep a minor-version bump
+# of the fast-moving ones from breaking a fresh install.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "grain>=0.2.18,<0.3",
+    "chex>=0.1.92",
+    "ml-collections>=1.1.0",
+    "tensorflow-datasets>=4.9.10",
+    "tokenizers>=0.23,<0.24",
+    "absl-py>=2.1",
+    "numpy>=2.0",
+    "tqdm>=4.66",
+    "tensorboardX>=2.6",
+    "pillow>=10.0",
+    "scikit-learn>=1.5",
+]
+
+EXTRAS = {
+    # The test suite: pytest, plus what the notebook test needs to execute the Colab notebook.
+    "dev": ["pytest>=8.0", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+    # Accelerators, following JAX's own install names (pip install "jax[tpu]" / "jax[cuda12]").
+    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
+}
+
+setuptools.setup(
+    name="gen_jax",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["gen_jax", "gen_jax.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)
