@@ -20,6 +20,8 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",
     "pillow>=10.0",
     "scikit-learn>=1.5",
+    "importlib_resources>=6.0",  # tensorflow-datasets needs it to prepare local builders.
+    "array_record>=0.5",  # The file format of locally prepared tfds datasets.
 ]
 
 EXTRAS = {

@@ -35,4 +35,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from gen_jax.config.cli import parse_flags_with_config
+  app.run(main, flags_parser=parse_flags_with_config)

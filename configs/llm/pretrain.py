@@ -20,7 +20,7 @@ PRESETS = {
         "checkpoint.every_steps": 10,
     },
     "small": {
-        "train.num_steps": 300, "train.batch_size": 16, "train.log_every": 10,
+        "train.num_steps": 250, "train.batch_size": 16, "train.log_every": 10,
         "train.eval_every": 100, "train.eval_max_batches": 20, "optimizer.warmup_steps": 30,
         "optimizer.learning_rate": 2e-3, "checkpoint.every_steps": 100,
     },

@@ -8,9 +8,13 @@ class ConfigError(ValueError):
   find the line to fix without reading a traceback.
   """
 
-  def __init__(self, field: str, message: str):
-    self.field = field
-    super().__init__(f"{field}: {message}")
+  def __init__(self, field: str, message: str | None = None):
+    if message is None:  # absl's flag parser re-raises errors with their text alone.
+      self.field = field.split(":", 1)[0]
+      super().__init__(field)
+    else:
+      self.field = field
+      super().__init__(f"{field}: {message}")
 
 
 def require(condition: bool, field: str, message: str) -> None:

@@ -38,6 +38,7 @@ class Tokenizer:
     return self.hf.decode(list(ids), skip_special_tokens=False)
 
   def save(self, directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
     self.hf.save(os.path.join(directory, TOKENIZER_FILE))
 
   @classmethod

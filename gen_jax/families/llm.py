@@ -63,10 +63,10 @@ def _documents(config) -> tuple[list, list]:
   return data_lib.split_documents(docs, d.eval_fraction)
 
 
-def tokenizer_for(config, workdir: str, train_docs) -> data_lib.Tokenizer:
-  """The workdir's tokenizer if a previous run saved one; otherwise one trained on train_docs."""
+def tokenizer_for(config, workdir: str, train_docs, resuming: bool) -> data_lib.Tokenizer:
+  """The workdir's tokenizer when resuming; otherwise one trained on train_docs and saved there."""
   path = os.path.join(workdir, data_lib.tokenizer.TOKENIZER_FILE)
-  if os.path.exists(path):
+  if resuming and os.path.exists(path):
     tok = data_lib.Tokenizer.load(workdir)
   else:
     tok = data_lib.train_bpe((d.text for d in train_docs), config.model.vocab_size)
@@ -91,9 +91,9 @@ def token_byte_lengths(tok: data_lib.Tokenizer, vocab_size: int) -> np.ndarray:
   return lengths
 
 
-def build_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
+def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool = False) -> Task:
   train_docs, eval_docs = _documents(config)
-  tok = tokenizer_for(config, workdir, train_docs)
+  tok = tokenizer_for(config, workdir, train_docs, resuming)
   seq_len = config.model.max_seq_len
   pack = lambda docs: data_lib.pack_documents(  # noqa: E731
       tok.encode_batch([d.text for d in docs]), tok.eos_id, tok.pad_id, seq_len)

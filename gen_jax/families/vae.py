@@ -65,7 +65,8 @@ def decode_samples(net: VAE, params, rng, num_images: int, latent_dim: int) -> j
   return net.apply({"params": params}, z, method=VAE.decode)[0]
 
 
-def build_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
+def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool = False) -> Task:
+  del resuming  # Nothing is derived from the data that a resume must reuse.
   train, held_out, num_levels = _load(config)
   host_batch = config.train.batch_size // jax.process_count()
   require(len(train["images"]) >= host_batch, "train.batch_size",

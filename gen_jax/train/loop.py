@@ -139,25 +139,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = parallel.make_mesh(config.mesh)
   validate_batch_against_mesh(config, parallel.data_parallel_size(mesh))
   os.makedirs(workdir, exist_ok=True)
-  saved = config_lib.load_workdir_config(workdir)
-  if saved is not None:
-    _check_resume_compatible(saved, config)
+  ckpt = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
+                      async_save=config.checkpoint.async_save)
+  start = ckpt.latest_step()
+  resuming = start is not None
+  if resuming:  # Without a checkpoint there is nothing to be compatible with.
+    saved = config_lib.load_workdir_config(workdir)
+    if saved is not None:
+      _check_resume_compatible(saved, config)
+
+  task = family.build_task(config, workdir, resuming=resuming)
   is_main = jax.process_index() == 0
   if is_main:
     config_lib.save_workdir_config(config, workdir)
-
-  task = family.build_task(config, workdir)
   abstract, init, tx = abstract_train_state(task.init_params, config, mesh)
   rules = parallel.rules_tuple(config.logical_axis_rules)
-  ckpt = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
-                      async_save=config.checkpoint.async_save)
   writer = MetricWriter(workdir, tensorboard=config.logging.tensorboard, enabled=is_main)
   data_iter = iter(task.train_data)
-  start = ckpt.latest_step()
-  if start is None:
+  if not resuming:
     with jax.set_mesh(mesh):
       state = init(rng_for(config.seed, "init"))
     start = 0
+    writer.truncate_after(0)  # A fresh run replaces the metrics of any run that left no checkpoint.
   else:
     state, data_state = ckpt.restore(start, abstract)
     data_iter.set_state(data_state)

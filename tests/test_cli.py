@@ -1,0 +1,134 @@
+"""The entry points end to end: train and sample both families, resume, preemption, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO_ROOT, run_cli
+
+LLM = "--config=configs/llm/pretrain.py:tiny"
+VAE = "--config=configs/vae/digits.py:tiny"
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _train_losses(workdir):
+  return {r["step"]: r["train/loss"] for r in _metrics(workdir) if "train/loss" in r}
+
+
+def test_llm_trains_writes_its_workdir_and_samples(tmp_path):
+  workdir = str(tmp_path / "lm")
+  result = run_cli("gen_jax.main", LLM, f"--workdir={workdir}", "--config.train.num_steps=30")
+  assert result.returncode == 0, result.stderr[-3000:]
+  files = set(os.listdir(workdir))
+  assert {"config.json", "tokenizer.json", "metrics.jsonl", "checkpoints", "tensorboard"} <= files
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20", "30"]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["train"]["num_steps"] == 30
+  records = _metrics(workdir)
+  train = [r for r in records if "train/loss" in r]
+  evals = [r for r in records if "eval/loss" in r]
+  assert [r["step"] for r in evals] == [10, 20, 30]
+  assert all("train/tokens_per_sec" in r for r in train[1:])
+  assert evals[-1]["eval/loss"] < train[0]["train/loss"] - 0.5  # It learned.
+  assert 0 < evals[-1]["eval/bits_per_byte"] < 8
+
+  sample = run_cli("gen_jax.sample", f"--workdir={workdir}", "--prompt=The for statement",
+                   "--max_new_tokens=12")
+  assert sample.returncode == 0, sample.stderr[-3000:]
+  assert sample.stdout.startswith("The for statement")
+  hot = run_cli("gen_jax.sample", f"--workdir={workdir}", "--prompt=The for statement",
+                "--max_new_tokens=12", "--temperature=1.0", "--seed=3")
+  assert hot.returncode == 0 and hot.stdout.startswith("The for statement")
+
+  too_long = run_cli("gen_jax.sample", f"--workdir={workdir}", "--prompt=" + "word " * 200)
+  assert too_long.returncode == 2
+  assert "the prompt is" in too_long.stderr and "model.max_seq_len) is 64" in too_long.stderr
+  assert "Traceback" not in too_long.stderr
+
+
+def test_vae_trains_writes_png_grids_and_samples(tmp_path):
+  workdir = str(tmp_path / "vae")
+  result = run_cli("gen_jax.main", VAE, f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  evals = [r for r in _metrics(workdir) if "eval/negative_elbo" in r]
+  assert [r["step"] for r in evals] == [15, 30]
+  assert evals[-1]["eval/negative_elbo"] < evals[0]["eval/negative_elbo"]
+  np.testing.assert_allclose(evals[-1]["eval/bits_per_dim"],
+                             evals[-1]["eval/negative_elbo"] / (64 * np.log(2)), rtol=1e-6)
+  images = sorted(os.listdir(os.path.join(workdir, "images")))
+  assert images == ["reconstructions_000015.png", "reconstructions_000030.png",
+                    "samples_000015.png", "samples_000030.png"]
+  grid = np.asarray(Image.open(os.path.join(workdir, "images", "samples_000030.png")))
+  assert grid.ndim == 2 and grid.std() > 5  # A real grid of 16 digits, not a blank image.
+  sample = run_cli("gen_jax.sample", f"--workdir={workdir}", "--num_samples=9")
+  assert sample.returncode == 0, sample.stderr[-3000:]
+  assert os.path.exists(os.path.join(workdir, "samples.png"))
+
+
+def test_sigterm_saves_and_resume_reproduces_the_uninterrupted_losses(tmp_path):
+  args = [LLM, "--config.train.num_steps=120", "--config.train.log_every=1",
+          "--config.checkpoint.every_steps=50", "--config.train.eval_every=1000"]
+  straight = str(tmp_path / "straight")
+  assert run_cli("gen_jax.main", *args, f"--workdir={straight}").returncode == 0
+
+  interrupted = str(tmp_path / "interrupted")
+  proc = subprocess.Popen([sys.executable, "-m", "gen_jax.main", *args, f"--workdir={interrupted}"],
+                          cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics_path = os.path.join(interrupted, "metrics.jsonl")
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    if os.path.exists(metrics_path) and len(open(metrics_path).readlines()) >= 8:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  stopped = int((out + err).split("SIGTERM: saved a checkpoint at step ")[1].split(";")[0])
+  assert 8 <= stopped < 120
+  assert str(stopped) in os.listdir(os.path.join(interrupted, "checkpoints"))
+
+  resumed = run_cli("gen_jax.main", *args, f"--workdir={interrupted}")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"Resumed from {interrupted}/checkpoints/{stopped}" in resumed.stdout
+  expected, got = _train_losses(straight), _train_losses(interrupted)
+  assert sorted(got) == sorted(expected) == list(range(1, 121))
+  np.testing.assert_allclose([got[s] for s in range(1, 121)], [expected[s] for s in range(1, 121)],
+                             rtol=1e-6)
+
+
+def test_resume_with_a_changed_model_shape_is_refused(tmp_path):
+  workdir = str(tmp_path / "lm")
+  assert run_cli("gen_jax.main", LLM, f"--workdir={workdir}", "--config.train.num_steps=2").returncode == 0
+  changed = run_cli("gen_jax.main", LLM, f"--workdir={workdir}", "--config.model.num_layers=3")
+  assert changed.returncode == 2
+  assert "Config error: model.num_layers: the workdir holds a run with 2 but this run has 3" in changed.stderr
+  assert "Traceback" not in changed.stderr
+  # A different tokenizer size is a different model too.
+  changed = run_cli("gen_jax.main", LLM, f"--workdir={workdir}", "--config.model.vocab_size=600")
+  assert "model.vocab_size: the workdir holds a run with 512 but this run has 600" in changed.stderr
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.model.num_layer=3", "Config error: model.num_layer: no such field; fields of model are ['attention_impl'"),
+    ("--config.model.num_layers=four", "flag --config.model.num_layers=four: invalid literal for int()"),
+    ("--config=configs/llm/pretrain.py:huge", "config preset: unknown preset 'huge'; choose one of ['125m', '1b', 'small', 'tiny']"),
+    ("--config.model.num_heads=3", "Config error: model.num_heads: 3 heads do not divide model.embed_dim=64"),
+    ("--config.data.source=/no/such/corpus.txt", "Config error: data.source: no such file or folder: '/no/such/corpus.txt'"),
+    ("--config.train.batch_size=4096", "Config error: data.source: 'pydoc' gives"),
+])
+def test_cli_bad_input_fails_with_a_message_naming_it(flag, message, tmp_path):
+  result = run_cli("gen_jax.main", LLM, f"--workdir={tmp_path / 'w'}", flag)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
