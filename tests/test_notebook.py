@@ -4,12 +4,11 @@ import os
 import re
 import sys
 
+import nbclient
 import nbformat
 import pytest
 
 from tests.conftest import REPO_ROOT
-
-nbclient = pytest.importorskip("nbclient", reason="the notebook test needs the [dev] extra")
 
 NOTEBOOK = REPO_ROOT / "experiments" / "quickstart.ipynb"
 KERNEL_NAME = "gen_jax_test_python"  # A kernelspec of our own, so no other python3 spec can win.
@@ -96,7 +95,9 @@ def test_quickstart_notebook_trains_plots_and_samples(tmp_path, monkeypatch):
     assert int(last[0]) == 20
     assert float(last[2]) == pytest.approx(evals[-1]["eval/loss"], abs=1e-4)
 
-  for cell_id in ("sample-greedy", "sample-hot"):
-    text = _stdout(cells[cell_id])
-    assert text.startswith("The for statement"), text
-    assert len(text.strip()) > len("The for statement")
+  # sample() prints the prompt and its continuation. After 20 steps greedy decoding may well repeat
+  # newlines, so only the sampled continuation must hold visible text.
+  prompt = "The for statement"
+  greedy, hot = _stdout(cells["sample-greedy"]), _stdout(cells["sample-hot"])
+  assert greedy.startswith(prompt) and len(greedy) > len(prompt + "\n"), repr(greedy)
+  assert hot.startswith(prompt) and hot[len(prompt):].strip(), repr(hot)

@@ -18,7 +18,7 @@ from gen_jax import config as config_lib
 from gen_jax import families, parallel
 from gen_jax.config.common import validate_batch_against_mesh, validate_common
 from gen_jax.train.checkpoint import Checkpointer
-from gen_jax.train.metrics import MetricWriter, ProgressBar
+from gen_jax.train.metrics import MetricWriter, ProgressBar, latest_metrics
 from gen_jax.train.state import TrainState, learning_rate_schedule, make_optimizer, rng_for
 from gen_jax.train.step import make_eval_step, make_train_step
 from gen_jax.train.task import WEIGHT, Task
@@ -180,11 +180,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   bar = ProgressBar(num_steps, start, task.throughput_unit,
                     enabled=is_main and config.logging.progress_bar)
   pending: list[tuple[int, dict]] = []  # Device metrics not yet fetched: no sync every step.
-  last_metrics: dict[str, float] = {}
+  last_metrics = latest_metrics(workdir) if resuming else {}  # A finished run returns its last.
   window_start, window_steps = time.perf_counter(), 0
 
   def flush(step: int) -> None:
-    nonlocal window_start, window_steps, last_metrics
+    nonlocal window_start, window_steps
     if not pending:
       return
     fetched = jax.device_get(pending)
@@ -204,6 +204,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     window_start, window_steps = time.perf_counter(), 0
 
   def save(step: int) -> None:
+    if ckpt.latest_step() == step:
+      return
     flush(step)  # Never checkpoint a state whose metrics are unchecked.
     ckpt.save(step, state, data_iter.get_state())
 

@@ -3,7 +3,7 @@ import json
 import math
 import os
 
-import tqdm
+from tqdm import auto as tqdm_auto
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -53,11 +53,21 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def latest_metrics(workdir: str) -> dict[str, float]:
+  """The newest value of every metric in workdir/metrics.jsonl (empty if there is none)."""
+  if not os.path.exists(os.path.join(workdir, METRICS_FILE)):
+    return {}
+  latest: dict[str, float] = {}
+  for record in read_metrics(workdir):
+    latest.update({k: v for k, v in record.items() if k != "step"})
+  return latest
+
+
 class ProgressBar:
   """tqdm bar with step, loss, throughput and the time left."""
 
   def __init__(self, total: int, initial: int, unit: str, enabled: bool):
-    self._bar = tqdm.tqdm(total=total, initial=initial, unit="step", disable=not enabled,
+    self._bar = tqdm_auto.tqdm(total=total, initial=initial, unit="step", disable=not enabled,
                           dynamic_ncols=True)
     self._unit = unit
 

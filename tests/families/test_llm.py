@@ -1,0 +1,42 @@
+"""The llm family's loss on a real packed batch equals a numpy computation from the same params."""
+import math
+
+import jax
+import numpy as np
+
+from gen_jax import families
+from gen_jax.models import TransformerConfig
+from gen_jax.train.task import WEIGHT
+from tests import reference
+from tests.conftest import tiny_config
+
+
+def test_task_loss_and_bits_per_byte_equal_numpy(tmp_path):
+  config = tiny_config()
+  task = families.get("llm").build_task(config, str(tmp_path))
+  params = jax.tree.map(lambda x: x.unbox(), task.init_params(jax.random.key(0)),
+                        is_leaf=lambda x: hasattr(x, "unbox"))
+  batch = next(iter(task.train_data))
+  loss_sum, sums = task.loss_fn(params, batch, jax.random.key(0))
+
+  from gen_jax.data import Tokenizer
+  tok = Tokenizer.load(str(tmp_path))
+  cfg = TransformerConfig.from_config(config.model)
+  host_params = jax.device_get(params)
+  total, count, total_bytes = 0.0, 0, 0
+  for tokens, seg, pos in zip(batch["tokens"], batch["segment_ids"], batch["positions"]):
+    logp = reference.log_softmax(reference.transformer_logits(host_params, tokens[:-1], pos[:-1], seg[:-1], cfg))
+    for t in range(len(tokens) - 1):
+      if seg[t + 1] != 0 and seg[t + 1] == seg[t]:  # same document, not padding
+        total -= logp[t, tokens[t + 1]]
+        count += 1
+        # Bytes the target token stands for, from its decoded text (0 for end-of-text).
+        if tokens[t + 1] not in (tok.eos_id, tok.pad_id):
+          total_bytes += len(tok.decode([int(tokens[t + 1])]).encode("utf-8"))
+  assert count > batch["tokens"].shape[0] * (batch["tokens"].shape[1] - 1) // 2
+  np.testing.assert_allclose(float(loss_sum), total, rtol=1e-4)
+  assert float(sums[WEIGHT]) == count
+  # Multi-byte characters may be split across tokens, so compare bytes on the whole batch.
+  assert abs(float(sums["bytes_per_token"]) - total_bytes) <= 0.01 * total_bytes
+  bpb = task.eval_metrics({"loss_sum": total, "bytes_per_token": total_bytes})["eval/bits_per_byte"]
+  np.testing.assert_allclose(bpb, total / math.log(2) / total_bytes, rtol=1e-9)
