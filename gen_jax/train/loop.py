@@ -6,13 +6,12 @@ jitted step, evaluates, logs, checkpoints, and stops cleanly on SIGTERM or a non
 import math
 import os
 import signal
+import threading
 import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from gen_jax import config as config_lib
 from gen_jax import families, parallel
@@ -89,7 +88,7 @@ class _Preemption:
     self._previous = None
 
   def __enter__(self):
-    if threading_main():
+    if threading.current_thread() is threading.main_thread():  # Signals need the main thread.
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -101,11 +100,6 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def threading_main() -> bool:
-  import threading
-  return threading.current_thread() is threading.main_thread()
-
-
 def _check_finite(step_metrics: list[tuple[int, dict]]) -> None:
   for step, metrics in step_metrics:
     for name in ("loss", "grad_norm"):
@@ -113,6 +107,48 @@ def _check_finite(step_metrics: list[tuple[int, dict]]) -> None:
       if not math.isfinite(value):
         raise NonFiniteError(f"train/{name} is {value} at step {step}; stopping. The last "
                              "checkpoint before it is intact.")
+
+
+class _StepLog:
+  """Collects each step's device metrics without syncing, and on flush fetches them, stops on
+  NaN/inf (naming the step), computes throughput and writes the newest to every sink."""
+
+  def __init__(self, writer: MetricWriter, bar: ProgressBar, *, first_step: int, unit: str,
+               units_per_step: int, last: dict[str, float]):
+    self._writer, self._bar, self._first_step = writer, bar, first_step
+    self._unit, self._units_per_step = unit, units_per_step
+    self._pending: list[tuple[int, dict]] = []
+    self._window_start = time.perf_counter()
+    self.last = dict(last)  # Newest value of every metric, returned by the loop.
+
+  def add(self, step: int, metrics: dict) -> None:
+    self._pending.append((step, metrics))
+
+  def flush(self, step: int) -> None:
+    if not self._pending:
+      return
+    fetched = jax.device_get(self._pending)
+    window_steps = len(self._pending)
+    self._pending.clear()
+    _check_finite(fetched)
+    elapsed = time.perf_counter() - self._window_start
+    metrics = {f"train/{k}": float(v) for k, v in fetched[-1][1].items()}
+    rate = None
+    if step == self._first_step:  # This window is the first step, compilation included.
+      metrics["train/first_step_sec"] = elapsed
+    else:
+      rate = self._units_per_step * window_steps / elapsed
+      metrics[f"train/{self._unit}_per_sec"] = rate
+    self._writer.write(step, metrics)
+    self._bar.update(window_steps, metrics["train/loss"], rate)
+    self.last.update(metrics)
+    self._window_start = time.perf_counter()
+
+  def write_eval(self, step: int, metrics: dict[str, float]) -> None:
+    self._writer.write(step, metrics)
+    self.last.update(metrics)
+    self._bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    self._window_start = time.perf_counter()  # Evaluation time is not training throughput.
 
 
 def evaluate(task: Task, eval_step, params, mesh, rng) -> dict[str, float]:
@@ -171,43 +207,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                config.train.grad_accum_steps)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state_shardings = jax.tree.map(lambda x: x.sharding, abstract)
-    train_step = jax.jit(train_step, donate_argnums=0,
-                         out_shardings=(state_shardings, None))
+    train_step = jax.jit(train_step, donate_argnums=0, out_shardings=(state_shardings, None))
     eval_step = jax.jit(make_eval_step(task.loss_fn))
   train_rng, eval_rng = rng_for(config.seed, "train"), rng_for(config.seed, "eval")
   num_steps = config.train.num_steps
-  units_per_step = config.train.batch_size * task.units_per_example
   bar = ProgressBar(num_steps, start, task.throughput_unit,
                     enabled=is_main and config.logging.progress_bar)
-  pending: list[tuple[int, dict]] = []  # Device metrics not yet fetched: no sync every step.
-  last_metrics = latest_metrics(workdir) if resuming else {}  # A finished run returns its last.
-  window_start, window_steps = time.perf_counter(), 0
-
-  def flush(step: int) -> None:
-    nonlocal window_start, window_steps
-    if not pending:
-      return
-    fetched = jax.device_get(pending)
-    pending.clear()
-    _check_finite(fetched)
-    elapsed = time.perf_counter() - window_start
-    metrics = {f"train/{k}": float(v) for k, v in fetched[-1][1].items()}
-    rate = None
-    if step == start + 1:  # This window is the first step, compilation included.
-      metrics["train/first_step_sec"] = elapsed
-    else:
-      rate = units_per_step * window_steps / elapsed
-      metrics[f"train/{task.throughput_unit}_per_sec"] = rate
-    writer.write(step, metrics)
-    bar.update(window_steps, metrics["train/loss"], rate)
-    last_metrics.update(metrics)
-    window_start, window_steps = time.perf_counter(), 0
+  log = _StepLog(writer, bar, first_step=start + 1, unit=task.throughput_unit,
+                 units_per_step=config.train.batch_size * task.units_per_example,
+                 last=latest_metrics(workdir) if resuming else {})
 
   def save(step: int) -> None:
-    if ckpt.latest_step() == step:
-      return
-    flush(step)  # Never checkpoint a state whose metrics are unchecked.
-    ckpt.save(step, state, data_iter.get_state())
+    if ckpt.latest_step() != step:
+      log.flush(step)  # Never checkpoint a state whose metrics are unchecked.
+      ckpt.save(step, state, data_iter.get_state())
 
   step = start
   try:
@@ -216,19 +229,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         batch = parallel.shard_batch(next(data_iter), mesh)
         state, metrics = train_step(state, batch, train_rng)
         step += 1
-        window_steps += 1
-        pending.append((step, metrics))
-        if step % config.train.log_every == 0 or step == num_steps or step == start + 1:
-          flush(step)
+        log.add(step, metrics)
+        if step % config.train.log_every == 0 or step in (num_steps, start + 1):
+          log.flush(step)
         if step % config.train.eval_every == 0 or step == num_steps:
-          flush(step)
+          log.flush(step)
           eval_metrics = evaluate(task, eval_step, state.params, mesh, eval_rng)
           if task.on_eval is not None and is_main:
             eval_metrics.update(task.on_eval(state.params, step))
-          writer.write(step, eval_metrics)
-          last_metrics.update(eval_metrics)
-          bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
-          window_start = time.perf_counter()
+          log.write_eval(step, eval_metrics)
         if step % config.checkpoint.every_steps == 0 or step == num_steps:
           save(step)
         if preemption.requested:
@@ -240,4 +249,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt.wait()
     ckpt.close()
     writer.close()
-  return last_metrics
+  return log.last
