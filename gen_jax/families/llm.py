@@ -120,6 +120,8 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
     return loss_sum, {WEIGHT: weight, "bytes_per_token": target_bytes}
 
   def eval_metrics(totals):
+    # Predicting end-of-text costs nats but stands for no bytes: it is information about where
+    # documents end, so it stays in the numerator (a slight overestimate for many short documents).
     return {"eval/bits_per_byte": totals["loss_sum"] / math.log(2) / totals["bytes_per_token"]}
 
   eval_batch = config.train.batch_size // config.train.grad_accum_steps // num_hosts

@@ -1,6 +1,7 @@
 """The generic trainer: state, step, loop, checkpoints and metrics, shared by every family."""
 from gen_jax.train.checkpoint import Checkpointer
-from gen_jax.train.loop import NonFiniteError, abstract_train_state, train_and_evaluate, validate
+from gen_jax.train.loop import (NonFiniteError, abstract_train_state, evaluate, train_and_evaluate,
+                                validate)
 from gen_jax.train.metrics import read_metrics
 from gen_jax.train.state import TrainState, make_optimizer, rng_for
 from gen_jax.train.step import make_eval_step, make_train_step
@@ -12,6 +13,7 @@ __all__ = [
     "Task",
     "TrainState",
     "abstract_train_state",
+    "evaluate",
     "make_eval_step",
     "make_optimizer",
     "make_train_step",

@@ -25,11 +25,14 @@ def rng_for(seed: int, purpose: str) -> jax.Array:
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """Linear warmup to the peak, then cosine decay to min_lr_ratio * peak at train.num_steps."""
+  """Linear warmup to the peak, then cosine decay to min_lr_ratio * peak at train.num_steps.
+
+  Warmup starts at peak / warmup_steps rather than 0, so the first update is not wasted.
+  """
   o = config.optimizer
   warmup = min(o.warmup_steps, config.train.num_steps)
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=o.learning_rate, warmup_steps=warmup,
+      init_value=o.learning_rate / max(warmup, 1), peak_value=o.learning_rate, warmup_steps=warmup,
       decay_steps=max(config.train.num_steps, warmup + 1), end_value=o.learning_rate * o.min_lr_ratio)
 
 
