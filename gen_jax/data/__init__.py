@@ -1,7 +1,7 @@
 """Input data: text sources, the tokenizer, packing, image sources and Grain pipelines."""
 from gen_jax.data.images import load_image_source, split_examples
 from gen_jax.data.packing import pack_documents
-from gen_jax.data.pipeline import EXAMPLE_WEIGHT, eval_batches, train_dataset
+from gen_jax.data.pipeline import EXAMPLE_WEIGHT, eval_batches, host_pipelines, train_dataset
 from gen_jax.data.text_sources import Document, load_documents, split_documents
 from gen_jax.data.tokenizer import Tokenizer, train_bpe
 
@@ -10,6 +10,7 @@ __all__ = [
     "EXAMPLE_WEIGHT",
     "Tokenizer",
     "eval_batches",
+    "host_pipelines",
     "load_documents",
     "load_image_source",
     "pack_documents",

@@ -5,7 +5,7 @@ only its slice. The iterator's state (a position) is saved with every checkpoint
 sees exactly the batches the uninterrupted run would have. Evaluation: one fixed pass in order, the
 last batch padded with rows whose `example_weight` is 0, so no held-out example is dropped.
 """
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grain
 import numpy as np
@@ -66,3 +66,20 @@ def eval_batches(arrays: dict[str, np.ndarray], *, batch_size: int, max_batches:
       batch = {k: np.concatenate([v, np.zeros((batch_size - n,) + v.shape[1:], v.dtype)])
                for k, v in batch.items()}
     yield batch
+
+
+def host_pipelines(train_arrays: dict[str, np.ndarray], eval_arrays: dict[str, np.ndarray], *,
+                   global_batch_size: int, grad_accum_steps: int, eval_max_batches: int,
+                   seed: int, process_index: int, process_count: int
+                   ) -> tuple[grain.MapDataset, Callable[[], Iterator[dict[str, np.ndarray]]]]:
+  """This host's training dataset and a factory of held-out passes, as a Task takes them.
+
+  The training batch is this host's share of the global batch; held-out batches are one
+  microbatch (the global batch over grad_accum_steps), the size a train step processes at once.
+  """
+  train = train_dataset(train_arrays, batch_size=global_batch_size // process_count, seed=seed,
+                        process_index=process_index, process_count=process_count)
+  eval_batch = global_batch_size // grad_accum_steps // process_count
+  return train, lambda: eval_batches(eval_arrays, batch_size=eval_batch,
+                                     max_batches=eval_max_batches, process_index=process_index,
+                                     process_count=process_count)

@@ -124,16 +124,16 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
     # documents end, so it stays in the numerator (a slight overestimate for many short documents).
     return {"eval/bits_per_byte": totals["loss_sum"] / math.log(2) / totals["bytes_per_token"]}
 
-  eval_batch = config.train.batch_size // config.train.grad_accum_steps // num_hosts
+  train_data, eval_data = data_lib.host_pipelines(
+      train_arrays, eval_arrays, global_batch_size=config.train.batch_size,
+      grad_accum_steps=config.train.grad_accum_steps,
+      eval_max_batches=config.train.eval_max_batches, seed=config.seed,
+      process_index=jax.process_index(), process_count=num_hosts)
   return Task(
       init_params=init_params_fn(config),
       loss_fn=loss_fn,
-      train_data=data_lib.train_dataset(train_arrays, batch_size=host_batch, seed=config.seed,
-                                        process_index=jax.process_index(),
-                                        process_count=num_hosts),
-      eval_data=lambda: data_lib.eval_batches(
-          eval_arrays, batch_size=eval_batch, max_batches=config.train.eval_max_batches,
-          process_index=jax.process_index(), process_count=num_hosts),
+      train_data=train_data,
+      eval_data=eval_data,
       eval_metrics=eval_metrics,
       throughput_unit="tokens",
       units_per_example=seq_len,

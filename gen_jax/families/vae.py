@@ -107,16 +107,16 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
     save_image_grid(samples, os.path.join(directory, f"samples_{step:06d}.png"), scale=4)
     return {}
 
-  eval_batch = config.train.batch_size // config.train.grad_accum_steps // jax.process_count()
+  train_data, eval_data = data_lib.host_pipelines(
+      train, held_out, global_batch_size=config.train.batch_size,
+      grad_accum_steps=config.train.grad_accum_steps,
+      eval_max_batches=config.train.eval_max_batches, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
   return Task(
       init_params=init_params_fn(config),
       loss_fn=loss_fn,
-      train_data=data_lib.train_dataset(train, batch_size=host_batch, seed=config.seed,
-                                        process_index=jax.process_index(),
-                                        process_count=jax.process_count()),
-      eval_data=lambda: data_lib.eval_batches(
-          held_out, batch_size=eval_batch, max_batches=config.train.eval_max_batches,
-          process_index=jax.process_index(), process_count=jax.process_count()),
+      train_data=train_data,
+      eval_data=eval_data,
       eval_metrics=eval_metrics,
       throughput_unit="examples",
       units_per_example=1,
