@@ -32,12 +32,13 @@ def load_params(workdir: str):
 
   from gen_jax import config as config_lib
   from gen_jax import families, parallel
+  from gen_jax.config.common import MESH_AXES
   from gen_jax.train import Checkpointer, abstract_train_state
 
   config = config_lib.load_workdir_config(workdir)
   if config is None:
     raise config_lib.ConfigError("--workdir", f"{workdir!r} has no config.json: not a training workdir")
-  for axis in ("data", "fsdp", "tensor", "sequence", "expert"):
+  for axis in MESH_AXES:  # Sampling runs on one device whatever mesh the run trained on.
     config.mesh[axis] = 1
   config.mesh.num_devices = 1
   family = families.get(config.family)
