@@ -17,6 +17,7 @@ def attention_mask(
     query_segment_ids: jax.Array | None = None,
     key_segment_ids: jax.Array | None = None,
     query_offset: int | jax.Array = 0,
+    sliding_window: int | None = None,
 ) -> jax.Array | None:
   """Boolean mask [b or 1, t, s]: True where query t may attend to key s.
 
@@ -27,12 +28,17 @@ def attention_mask(
       Segment 0 marks padding and attends nowhere.
     key_segment_ids: [b, s] int; defaults to query_segment_ids.
     query_offset: position of the first query among the keys (for decoding after a prefix).
+    sliding_window: if set, a query sees only the `sliding_window` most recent keys, itself
+      included (q_pos - k_pos < sliding_window), as in Mistral (Jiang et al., 2023).
   """
   mask = None
+  q_pos = jnp.arange(query_length)[:, None] + query_offset
+  k_pos = jnp.arange(key_length)[None, :]
   if causal:
-    q_pos = jnp.arange(query_length)[:, None] + query_offset
-    k_pos = jnp.arange(key_length)[None, :]
     mask = (k_pos <= q_pos)[None]
+  if sliding_window is not None:
+    recent = (q_pos - k_pos < sliding_window)[None]
+    mask = recent if mask is None else mask & recent
   if query_segment_ids is not None:
     if key_segment_ids is None:
       key_segment_ids = query_segment_ids
@@ -68,6 +74,7 @@ def attention(
     segment_ids: jax.Array | None = None,
     key_segment_ids: jax.Array | None = None,
     query_offset: int | jax.Array = 0,
+    sliding_window: int | None = None,
     scale: float | None = None,
     impl: str = "xla",
 ) -> jax.Array:
@@ -80,6 +87,7 @@ def attention(
     segment_ids: [b, t] int, document ids of the queries (0 = padding); see `attention_mask`.
     key_segment_ids: [b, s] int; defaults to segment_ids.
     query_offset: position of the first query among the keys.
+    sliding_window: attend only to the `sliding_window` most recent keys (None: no limit).
     scale: logit scale; defaults to 1/sqrt(h).
     impl: one of ATTENTION_IMPLS.
   Returns:
@@ -90,7 +98,10 @@ def attention(
   n, k = query.shape[2], key.shape[2]
   if n % k:
     raise ValueError(f"query heads {n} must be a multiple of kv heads {k}")
+  if sliding_window is not None and sliding_window < 1:
+    raise ValueError(f"sliding_window must be positive or None, got {sliding_window}")
   scale = query.shape[-1] ** -0.5 if scale is None else scale
   mask = attention_mask(query.shape[1], key.shape[1], causal=causal, query_segment_ids=segment_ids,
-                        key_segment_ids=key_segment_ids, query_offset=query_offset)
+                        key_segment_ids=key_segment_ids, query_offset=query_offset,
+                        sliding_window=sliding_window)
   return _xla_attention(query, key, value, mask, scale)

@@ -55,3 +55,12 @@ def test_bad_arguments_are_named():
     ops.attention(q, k, v, causal=True)
   with pytest.raises(ValueError, match="impl 'flash'"):
     ops.attention(q, q, q, causal=True, impl="flash")
+
+
+def test_sliding_window_sees_only_the_most_recent_keys():
+  q, k, v = _qkv(5, 1, 7, 7, 2, 1, 4)
+  out = np.asarray(ops.attention(q, k, v, causal=True, sliding_window=3))
+  pos = np.arange(7)
+  mask = (pos[None] <= pos[:, None]) & (pos[:, None] - pos[None] < 3)
+  expected = reference.mha(q[0], np.repeat(k[0], 2, 1), np.repeat(v[0], 2, 1), mask)
+  np.testing.assert_allclose(out[0], expected, atol=1e-5)
