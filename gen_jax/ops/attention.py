@@ -5,6 +5,9 @@ s key length, n query heads, k kv heads, g query heads per kv head, h head_dim.
 """
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from gen_jax.parallel import context as parallel_context
 
 ATTENTION_IMPLS = ("xla",)
 
@@ -80,9 +83,15 @@ def attention(
 ) -> jax.Array:
   """Multi-head attention with grouped kv heads.
 
+  Under a mesh (`jax.set_mesh`) with logical axis rules, the product runs in `shard_map`: batch and
+  heads stay split as the rules split them, and when the `length` axis is split (sequence
+  parallelism) each device keeps its queries and all-gathers the keys and values, so activation
+  memory per device shrinks with the `sequence` axis while the result equals the unsharded one.
+
   Args:
-    query: [b, t, n, h].
-    key, value: [b, s, k, h] with k dividing n (k == n is plain multi-head attention).
+    query: [b, t, n, h], logical axes (batch, length, heads, head_dim).
+    key, value: [b, s, k, h] with k dividing n (k == n is plain multi-head attention), logical axes
+      (batch, length, kv_heads, head_dim).
     causal: mask future keys.
     segment_ids: [b, t] int, document ids of the queries (0 = padding); see `attention_mask`.
     key_segment_ids: [b, s] int; defaults to segment_ids.
@@ -100,8 +109,60 @@ def attention(
     raise ValueError(f"query heads {n} must be a multiple of kv heads {k}")
   if sliding_window is not None and sliding_window < 1:
     raise ValueError(f"sliding_window must be positive or None, got {sliding_window}")
-  scale = query.shape[-1] ** -0.5 if scale is None else scale
+  if segment_ids is not None and key_segment_ids is None:
+    if query.shape[1] != key.shape[1]:
+      raise ValueError("key_segment_ids is required when query and key lengths differ")
+    key_segment_ids = segment_ids
+  options = dict(causal=causal, sliding_window=sliding_window,
+                 scale=query.shape[-1] ** -0.5 if scale is None else scale, impl=impl)
+  inputs = dict(query=query, key=key, value=value, query_offset=jnp.asarray(query_offset, jnp.int32))
+  if segment_ids is not None:
+    inputs.update(segment_ids=segment_ids, key_segment_ids=key_segment_ids)
+  mesh = parallel_context.active_mesh()
+  if mesh is None:
+    return _local_attention(**inputs, **options)
+  return _sharded_attention(mesh, inputs, options)
+
+
+def _local_attention(query, key, value, query_offset, *, causal, sliding_window, scale, impl,
+                     segment_ids=None, key_segment_ids=None):
+  del impl  # "xla" is the only implementation so far.
   mask = attention_mask(query.shape[1], key.shape[1], causal=causal, query_segment_ids=segment_ids,
                         key_segment_ids=key_segment_ids, query_offset=query_offset,
                         sliding_window=sliding_window)
   return _xla_attention(query, key, value, mask, scale)
+
+
+_LOGICAL_AXES = {
+    "query": ("batch", "length", "heads", "head_dim"),
+    "key": ("batch", "length", "kv_heads", "head_dim"),
+    "value": ("batch", "length", "kv_heads", "head_dim"),
+    "segment_ids": ("batch", "length"),
+    "key_segment_ids": ("batch", "length"),
+    "query_offset": (),
+}
+
+
+def _sharded_attention(mesh, inputs, options):
+  """`_local_attention` per shard; keys and values are all-gathered along a split length."""
+  specs = {name: parallel_context.logical_spec(_LOGICAL_AXES[name], x.shape, mesh)
+           for name, x in inputs.items()}
+  # The heads of a query shard must meet the kv heads of the same group: split both or neither.
+  if parallel_context.spec_axes(specs["query"], 2) != parallel_context.spec_axes(specs["key"], 2):
+    specs["query"] = P(*specs["query"][:2], None, None)
+    specs["key"] = specs["value"] = P(*specs["key"][:2], None, None)
+  query_length_axes = parallel_context.spec_axes(specs["query"], 1)
+  key_length_axes = parallel_context.spec_axes(specs["key"], 1)
+
+  def per_shard(x):
+    x = dict(x)
+    if key_length_axes:
+      for name in ("key", "value", "key_segment_ids"):
+        if name in x:
+          x[name] = jax.lax.all_gather(x[name], key_length_axes, axis=1, tiled=True)
+    if query_length_axes:  # This shard's queries start further along the sequence.
+      x["query_offset"] = (x["query_offset"] +
+                           jax.lax.axis_index(query_length_axes) * x["query"].shape[1])
+    return _local_attention(**x, **options)
+
+  return jax.shard_map(per_shard, mesh=mesh, in_specs=(specs,), out_specs=specs["query"])(inputs)

@@ -1,0 +1,49 @@
+"""The sharding context a traced function runs in, for code that places its own `shard_map`.
+
+Inside `jax.jit` under `jax.set_mesh(mesh)` and `nn.logical_axis_rules(rules)` (as the train loop
+runs), ops such as attention read the mesh and turn logical axis names into partition specs here,
+so models never pass meshes around.
+"""
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+from jax.sharding import AbstractMesh, PartitionSpec
+
+
+def active_mesh() -> AbstractMesh | None:
+  """The mesh of the surrounding `jax.set_mesh`, or None when there is none or it has one device."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return None
+  return mesh
+
+
+def _as_tuple(axes) -> tuple[str, ...]:
+  if axes is None:
+    return ()
+  return tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
+
+
+def logical_spec(names: Sequence[str | None], shape: Sequence[int],
+                 mesh: AbstractMesh) -> PartitionSpec:
+  """The partition spec the context's logical rules give an array of `shape`, fitted to it.
+
+  Mesh axes of size 1 are dropped, and so are trailing axes of a dimension they do not divide
+  (e.g. a batch of 1 while sampling on a data-parallel mesh), which then stays replicated there:
+  a spec that cannot shard the array exactly is never returned.
+  """
+  spec = nn.logical_to_mesh_axes(tuple(names))
+  fitted = []
+  for dim, axes in zip(shape, spec):
+    axes = [a for a in _as_tuple(axes) if mesh.shape[a] > 1]
+    while axes and dim % math.prod(mesh.shape[a] for a in axes):
+      axes.pop()
+    fitted.append(tuple(axes) if axes else None)
+  return PartitionSpec(*fitted)
+
+
+def spec_axes(spec: PartitionSpec, dim: int) -> tuple[str, ...]:
+  """The mesh axes dimension `dim` of `spec` is split over (empty when it is replicated)."""
+  return _as_tuple(spec[dim]) if dim < len(spec) else ()
