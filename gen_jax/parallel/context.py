@@ -26,22 +26,25 @@ def _as_tuple(axes) -> tuple[str, ...]:
   return tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
 
 
-def logical_spec(names: Sequence[str | None], shape: Sequence[int],
-                 mesh: AbstractMesh) -> PartitionSpec:
-  """The partition spec the context's logical rules give an array of `shape`, fitted to it.
+def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh) -> PartitionSpec:
+  """`spec` with the mesh axes that cannot split `shape` exactly removed.
 
   Mesh axes of size 1 are dropped, and so are trailing axes of a dimension they do not divide
-  (e.g. a batch of 1 while sampling on a data-parallel mesh), which then stays replicated there:
-  a spec that cannot shard the array exactly is never returned.
+  (e.g. a batch of 1 while sampling on a data-parallel mesh, or 2 kv heads on a 4-way tensor axis),
+  which then stays replicated there.
   """
-  spec = nn.logical_to_mesh_axes(tuple(names))
   fitted = []
-  for dim, axes in zip(shape, spec):
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
     axes = [a for a in _as_tuple(axes) if mesh.shape[a] > 1]
     while axes and dim % math.prod(mesh.shape[a] for a in axes):
       axes.pop()
     fitted.append(tuple(axes) if axes else None)
   return PartitionSpec(*fitted)
+
+
+def logical_spec(names: Sequence[str | None], shape: Sequence[int], mesh) -> PartitionSpec:
+  """The partition spec the context's logical rules give an array of `shape` (see `fit_spec`)."""
+  return fit_spec(nn.logical_to_mesh_axes(tuple(names)), shape, mesh)
 
 
 def spec_axes(spec: PartitionSpec, dim: int) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from gen_jax.config.common import MESH_AXES
 from gen_jax.config.errors import ConfigError
+from gen_jax.parallel import context
 
 BATCH_AXES = ("data", "fsdp")  # The mesh axes a batch is split over.
 
@@ -63,10 +64,16 @@ def rules_tuple(rules) -> tuple:
 def logical_shardings(abstract_tree, mesh: Mesh, rules):
   """NamedShardings for a tree of (possibly nn.LogicallyPartitioned) abstract values.
 
-  Leaves without logical names (step counters, scalars) are replicated.
+  Leaves without logical names (step counters, scalars) are replicated; a mesh axis that does not
+  divide a dimension leaves that dimension replicated (`context.fit_spec`).
   """
-  specs = nn.get_partition_spec(abstract_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules_tuple(rules))
+  specs = nn.logical_to_mesh(nn.get_partition_spec(abstract_tree), rules_tuple(rules))
+  is_boxed = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  # Plain unbox would add sharding constraints under the surrounding mesh; only shapes are needed.
+  shapes = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_boxed(x) else x,
+                        abstract_tree, is_leaf=is_boxed)
+  return jax.tree.map(lambda spec, x: NamedSharding(mesh, context.fit_spec(spec, x.shape, mesh)),
+                      specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

@@ -46,7 +46,7 @@ def test_sharded_attention_equals_one_device(axes, sliding_window):
   mesh = parallel.make_mesh(config.mesh)
   rules = parallel.rules_tuple(DEFAULT_LOGICAL_AXIS_RULES)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    put = lambda x, names: jax.device_put(x, NamedSharding(  # noqa: E731
+    put = lambda x, names: jax.device_put(x, NamedSharding(
         mesh, parallel.context.logical_spec(names, x.shape, mesh)))
     args = (put(q, ("batch", "length", "heads", None)), put(k, ("batch", "length", "kv_heads", None)),
             put(v, ("batch", "length", "kv_heads", None)), put(seg, ("batch", "length")))

@@ -38,7 +38,7 @@ def test_eight_device_mesh_equals_one_device(family_config, tmp_path):
   np.testing.assert_allclose(losses8, losses1, rtol=2e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4), params8, params1)
   if kernel is not None:  # [layers, embed, mlp]: embed is split over fsdp=4, as the rules say.
-    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None)
     shard = kernel.addressable_shards[0].data
     assert shard.shape == (kernel.shape[0], kernel.shape[1] // 4, kernel.shape[2])
 
