@@ -12,7 +12,11 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs; on "
+                               "several hosts, one every host can reach (a GCS bucket or shared mount).")
+_MULTIHOST = flags.DEFINE_enum("multihost", "auto", ["auto", "on", "off"],
+                               "Start JAX's distributed runtime: auto when the environment shows "
+                               "several hosts (Cloud TPU, SLURM, MPI, JAX_COORDINATOR_ADDRESS).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -21,6 +25,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO; keep the console readable.
     logging.set_verbosity(logging.WARNING)
+  from gen_jax import parallel
+  parallel.distributed.initialize(_MULTIHOST.value)  # Before anything touches a device.
   from gen_jax.config import ConfigError
   from gen_jax.train import NonFiniteError, train_and_evaluate
   try:

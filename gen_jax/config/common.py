@@ -60,11 +60,16 @@ def base_config() -> ml_collections.ConfigDict:
       progress_bar=True,
       tensorboard=True,
   ))
-  # Mesh axis sizes; one axis may be -1 to take the devices the others leave. num_devices=-1 uses
-  # every visible device; a positive value uses the first num_devices (e.g. 1 to compare a sharded
-  # run against a single device).
+  # Mesh axis sizes within one slice (one TPU slice, or one host's GPUs); one axis may be -1 to
+  # take the devices the others leave. num_devices=-1 uses every visible device; a positive value
+  # uses the first num_devices (e.g. 1 to compare a sharded run against a single device).
+  # across_slices: how each axis is also split over slices joined by the slower data-center network
+  # (multi-slice TPU); an axis's total size is the product. Its -1 takes the slices the others
+  # leave (1 on a single slice): by default slices are data-parallel replicas.
   config.mesh = ml_collections.ConfigDict(dict(
-      data=-1, fsdp=1, tensor=1, sequence=1, expert=1, num_devices=-1))
+      data=-1, fsdp=1, tensor=1, sequence=1, expert=1, num_devices=-1,
+      across_slices=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, sequence=1, expert=1)),
+  ))
   config.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
   return config
 
@@ -89,11 +94,12 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
   c = config.checkpoint
   require(c.every_steps > 0, "checkpoint.every_steps", f"must be positive, got {c.every_steps}")
   require(c.max_to_keep > 0, "checkpoint.max_to_keep", f"must be positive, got {c.max_to_keep}")
-  for axis in MESH_AXES:
-    size = config.mesh[axis]
-    require(size == -1 or size > 0, f"mesh.{axis}", f"must be positive or -1 (fill), got {size}")
-  fills = [a for a in MESH_AXES if config.mesh[a] == -1]
-  require(len(fills) <= 1, "mesh", f"at most one axis may be -1, got {fills}")
+  for section, sizes in (("mesh", config.mesh), ("mesh.across_slices", config.mesh.across_slices)):
+    for axis in MESH_AXES:
+      require(sizes[axis] == -1 or sizes[axis] > 0, f"{section}.{axis}",
+              f"must be positive or -1 (fill), got {sizes[axis]}")
+    fills = [a for a in MESH_AXES if sizes[a] == -1]
+    require(len(fills) <= 1, section, f"at most one axis may be -1, got {fills}")
   _validate_rules(config.logical_axis_rules)
 
 

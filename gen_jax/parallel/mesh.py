@@ -19,20 +19,55 @@ from gen_jax.parallel import context
 BATCH_AXES = ("data", "fsdp")  # The mesh axes a batch is split over.
 
 
-def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
-  """Resolves the -1 axis; raises ConfigError if the sizes do not multiply to num_devices."""
-  sizes = {axis: mesh_config[axis] for axis in MESH_AXES}
+def _fill(sizes: dict[str, int], available: int, field: str, unit: str) -> dict[str, int]:
+  """Resolves the -1 axis of `sizes` so they multiply to `available`; ConfigError names `field`."""
+  sizes = dict(sizes)
   fixed = math.prod(s for s in sizes.values() if s != -1)
   fill = [a for a, s in sizes.items() if s == -1]
   if fill:
-    if num_devices % fixed:
-      raise ConfigError(f"mesh.{fill[0]}", f"the other axes use {fixed} devices, which does not "
-                        f"divide the {num_devices} devices available")
-    sizes[fill[0]] = num_devices // fixed
-  elif fixed != num_devices:
-    raise ConfigError("mesh", f"axis sizes {sizes} use {fixed} devices but {num_devices} are used "
+    if available % fixed:
+      raise ConfigError(f"{field}.{fill[0]}", f"the other axes use {fixed} {unit}, which does not "
+                        f"divide the {available} {unit} available")
+    sizes[fill[0]] = available // fixed
+  elif fixed != available:
+    raise ConfigError(field, f"axis sizes {sizes} use {fixed} {unit} but {available} are used "
                       "(set one axis to -1, or mesh.num_devices)")
   return sizes
+
+
+def mesh_shape(mesh_config, num_devices: int, num_slices: int = 1) -> dict[str, dict[str, int]]:
+  """{"per_slice": sizes, "across_slices": sizes, "total": their product} with the -1s resolved.
+
+  Raises ConfigError naming the field if the sizes do not fit the devices and slices.
+  """
+  if num_devices % num_slices:
+    raise ConfigError("mesh.num_devices", f"{num_devices} devices do not split evenly over "
+                      f"{num_slices} slices")
+  per_slice = _fill({a: mesh_config[a] for a in MESH_AXES}, num_devices // num_slices, "mesh",
+                    "devices")
+  across = _fill({a: mesh_config.across_slices[a] for a in MESH_AXES}, num_slices,
+                 "mesh.across_slices", "slices")
+  total = {a: per_slice[a] * across[a] for a in MESH_AXES}
+  return {"per_slice": per_slice, "across_slices": across, "total": total}
+
+
+def num_slices_of(devices) -> int:
+  """Slices (TPU pods joined by the data-center network) the devices belong to; 1 off TPU."""
+  return len({getattr(d, "slice_index", 0) for d in devices})
+
+
+def device_array(mesh_config, devices) -> np.ndarray:
+  """The devices arranged as the mesh: axes MESH_AXES, each slice a contiguous block per axis."""
+  slices = num_slices_of(devices)
+  shapes = mesh_shape(mesh_config, len(devices), slices)
+  per_slice = tuple(shapes["per_slice"][a] for a in MESH_AXES)
+  if slices > 1:
+    across = tuple(shapes["across_slices"][a] for a in MESH_AXES)
+    return jax.experimental.mesh_utils.create_hybrid_device_mesh(per_slice, across, devices)
+  try:
+    return jax.experimental.mesh_utils.create_device_mesh(per_slice, devices)
+  except (ValueError, NotImplementedError, AssertionError):  # Topology-unaware fallback (CPU).
+    return np.array(devices).reshape(per_slice)
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:
@@ -43,13 +78,8 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
       raise ConfigError("mesh.num_devices", f"{mesh_config.num_devices} requested but only "
                         f"{len(devices)} devices are visible")
     devices = devices[:mesh_config.num_devices]
-  sizes = mesh_shape(mesh_config, len(devices))
-  shape = tuple(sizes[a] for a in MESH_AXES)
-  try:
-    device_array = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
-  except (ValueError, NotImplementedError, AssertionError):  # Topology-unaware fallback (CPU).
-    device_array = np.array(devices).reshape(shape)
-  return Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  return Mesh(device_array(mesh_config, devices), MESH_AXES,
+              axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
 def data_parallel_size(mesh: Mesh) -> int:
