@@ -1,0 +1,274 @@
+"""FlashAttention for GPUs in Pallas' Triton dialect (Dao et al., 2022; FlashAttention-2, 2023).
+
+The forward kernel holds a block of queries and walks the key blocks with an online softmax, saving
+the log-sum-exp. The backward pass recomputes the probabilities from it in two kernels: one per key
+block accumulating dK and dV over the query blocks of every query head that shares the kv head,
+one per query block accumulating dQ over the key blocks. Splitting them costs a second
+recomputation of the logits but needs no atomic adds into dQ.
+
+Arrays keep the public layout [b, t, n, h]: Triton addresses the strided head axis directly, so
+nothing is transposed, and a query head n reads kv head n // g, so keys and values are never
+repeated. Softmax runs in base 2, with log2(e) folded into the logit scale, since exp2 is the
+hardware instruction. Letters: b batch, t/s query/key length, n/k query/kv heads, g = n // k, h
+head_dim.
+"""
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from gen_jax.kernels.flash_attention_tiles import FlashConfig, KernelBlocks
+
+_LOG2_E = math.log2(math.e)
+_MIN_BLOCK = 16  # tl.dot needs every matmul dimension to be at least 16.
+
+
+def plan_blocks(head_dim: int, query_length: int, key_length: int, block_q: int | None,
+                block_k: int | None, interpret: bool) -> KernelBlocks:
+  """Tile sizes per kernel (block_q/block_k override all of them) and the padded lengths.
+
+  The defaults are the usual FlashAttention-2 shapes for Hopper, not yet tuned here: a tall query
+  block for the forward and dQ kernels, a tall key block for dK/dV, smaller ones past head_dim 128
+  so the accumulators fit in registers.
+  """
+  del interpret  # The interpreter runs exactly the tiles the hardware would.
+  for name, block in (("block_q", block_q), ("block_k", block_k)):
+    if block is not None and (block < _MIN_BLOCK or block & (block - 1)):
+      raise ValueError(f"{name} must be a power of two >= {_MIN_BLOCK} on GPU, got {block}")
+  if head_dim <= 128:
+    defaults = {"forward": (128, 64), "dkdv": (32, 128), "dq": (128, 32)}
+  else:
+    defaults = {"forward": (64, 32), "dkdv": (16, 64), "dq": (64, 16)}
+  # Triton tiles are powers of two, so a short sequence gets one tile of the next power of two.
+  fit_q = max(_MIN_BLOCK, pl.next_power_of_2(query_length))
+  fit_k = max(_MIN_BLOCK, pl.next_power_of_2(key_length))
+  blocks = {name: (min(block_q or bq, fit_q), min(block_k or bk, fit_k))
+            for name, (bq, bk) in defaults.items()}
+  largest_q = max(bq for bq, _ in blocks.values())
+  largest_k = max(bk for _, bk in blocks.values())
+  return KernelBlocks(**blocks, padded_query_length=-(-query_length // largest_q) * largest_q,
+                      padded_key_length=-(-key_length // largest_k) * largest_k,
+                      padded_head_dim=max(_MIN_BLOCK, pl.next_power_of_2(head_dim)))
+
+
+def forward(query, key, value, query_ids, key_ids, config: FlashConfig):
+  """query [b, t, n, h], key/value [b, s, k, h], ids [b, t]/[b, s] int32 or None (all padded).
+
+  Returns out [b, t, n, h] in value's dtype and the residuals `backward` takes.
+  """
+  b, t, n, h = query.shape
+  s, num_kv_heads = key.shape[1], key.shape[2]
+  group = n // num_kv_heads
+  block_q, _ = config.blocks.forward
+  q_block, query_spec, kv_spec, row_spec, ids_specs = _query_major_specs(
+      t, s, h, block_q, group, config.mask.causal, query_ids)
+  out, lse = pl.pallas_call(
+      functools.partial(_forward_kernel, config=config, q_block=q_block),
+      grid=(t // block_q, b, n),
+      in_specs=[query_spec, kv_spec, kv_spec, *ids_specs],
+      out_specs=[query_spec, row_spec],
+      out_shape=[jax.ShapeDtypeStruct(query.shape, value.dtype),
+                 jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
+      compiler_params=plgpu.CompilerParams(num_warps=4 if h <= 64 else 8, num_stages=2),
+      interpret=config.interpret,
+      name="flash_attention_forward",
+  )(query, key, value, query_ids, key_ids)
+  return out, (query, key, value, query_ids, key_ids, out, lse)
+
+
+def backward(residuals, d_out, config: FlashConfig):
+  """Gradients (dq [b, t, n, h], dk, dv [b, s, k, h]) from `forward`'s residuals and d_out."""
+  query, key, value, query_ids, key_ids, out, lse = residuals
+  b, t, n, h = query.shape
+  s, num_kv_heads = key.shape[1], key.shape[2]
+  group = n // num_kv_heads
+  # delta_i = sum_j P_ij dP_ij = dO_i . O_i: one fused XLA reduction, read by both kernels.
+  delta = jnp.einsum("btnh,btnh->bnt", d_out.astype(jnp.float32), out.astype(jnp.float32))
+  num_warps = 4 if h <= 64 else 8
+
+  _, block_k = config.blocks.dkdv
+  whole_queries = pl.BlockSpec((None, t, group, h), lambda j, bi, ki: (bi, 0, ki, 0))
+  whole_rows = pl.BlockSpec((None, group, t), lambda j, bi, ki: (bi, ki, 0))
+  key_block = pl.BlockSpec((None, block_k, None, h), lambda j, bi, ki: (bi, j, ki, 0))
+  ids_specs = [None if query_ids is None else pl.BlockSpec((None, t), lambda j, bi, ki: (bi, 0)),
+               None if key_ids is None else pl.BlockSpec((None, block_k),
+                                                         lambda j, bi, ki: (bi, j))]
+  dk, dv = pl.pallas_call(
+      functools.partial(_dkdv_kernel, config=config, group=group),
+      grid=(s // block_k, b, num_kv_heads),
+      in_specs=[whole_queries, key_block, key_block, whole_queries, whole_rows, whole_rows,
+                *ids_specs],
+      out_specs=[key_block, key_block],
+      out_shape=[jax.ShapeDtypeStruct(key.shape, key.dtype),
+                 jax.ShapeDtypeStruct(value.shape, value.dtype)],
+      compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=2),
+      interpret=config.interpret,
+      name="flash_attention_dkdv",
+  )(query, key, value, d_out, lse, delta, query_ids, key_ids)
+
+  block_q, _ = config.blocks.dq
+  q_block, query_spec, kv_spec, row_spec, ids_specs = _query_major_specs(
+      t, s, h, block_q, group, config.mask.causal, query_ids)
+  dq = pl.pallas_call(
+      functools.partial(_dq_kernel, config=config, q_block=q_block),
+      grid=(t // block_q, b, n),
+      in_specs=[query_spec, kv_spec, kv_spec, query_spec, row_spec, row_spec, *ids_specs],
+      out_specs=query_spec,
+      out_shape=jax.ShapeDtypeStruct(query.shape, query.dtype),
+      compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=2),
+      interpret=config.interpret,
+      name="flash_attention_dq",
+  )(query, key, value, d_out, lse, delta, query_ids, key_ids)
+  return dq, dk, dv
+
+
+def _query_major_specs(t, s, h, block_q, group, causal, query_ids):
+  """The grid (query block, b, n) of the forward and dQ kernels: its query block order and the
+  specs of query-like blocks [block_q, h], whole keys/values [s, h], per-query rows [block_q]
+  and segment ids ([block_q] and [s], or None)."""
+  num_q_blocks = t // block_q
+
+  def q_block(program):
+    # Causal query blocks near the end see the most keys; launching them first balances the SMs.
+    return num_q_blocks - 1 - program if causal else program
+
+  query_spec = pl.BlockSpec((None, block_q, None, h), lambda i, bi, ni: (bi, q_block(i), ni, 0))
+  kv_spec = pl.BlockSpec((None, s, None, h), lambda i, bi, ni: (bi, 0, lax.div(ni, group), 0))
+  row_spec = pl.BlockSpec((None, None, block_q), lambda i, bi, ni: (bi, ni, q_block(i)))
+  ids_specs = [None, None] if query_ids is None else [
+      pl.BlockSpec((None, block_q), lambda i, bi, ni: (bi, q_block(i))),
+      pl.BlockSpec((None, s), lambda i, bi, ni: (bi, 0))]
+  return q_block, query_spec, kv_spec, row_spec, ids_specs
+
+
+def _dot_nt(a, b):
+  """a [m, h] @ b[n, h]^T in float32."""
+  return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _dot(a, b):
+  return jnp.dot(a, b, preferred_element_type=jnp.float32)
+
+
+def _walk_blocks(step, block_range, unmasked_range, carry):
+  """Runs step(j, carry, masked) for j in block_range, unmasked inside unmasked_range."""
+  (first, end), (full_first, full_end) = block_range, unmasked_range
+  carry = lax.fori_loop(first, full_first, functools.partial(step, masked=True), carry)
+  carry = lax.fori_loop(full_first, full_end, functools.partial(step, masked=False), carry)
+  return lax.fori_loop(full_end, end, functools.partial(step, masked=True), carry)
+
+
+def _forward_kernel(q_ref, k_ref, v_ref, q_ids_ref, k_ids_ref, out_ref, lse_ref, *,
+                    config: FlashConfig, q_block):
+  """q_ref, out_ref [block_q, h]; k_ref, v_ref [s, h]; q_ids_ref [block_q]; k_ids_ref [s];
+  lse_ref [block_q], base 2."""
+  mask = config.mask
+  block_q, block_k = config.blocks.forward
+  i = q_block(pl.program_id(0))
+  q = q_ref[...]
+  q_pos = i * block_q + jnp.arange(block_q)[:, None]
+  q_ids = None if q_ids_ref is None else q_ids_ref[...][:, None]
+  logit_scale = config.scale * _LOG2_E
+
+  def step(j, carry, masked):
+    acc, row_max, row_sum = carry
+    keys = pl.ds(j * block_k, block_k)
+    logits = _dot_nt(q, k_ref[keys, :]) * logit_scale  # [block_q, block_k]
+    if masked:
+      k_pos = j * block_k + jnp.arange(block_k)[None, :]
+      k_ids = None if k_ids_ref is None else k_ids_ref[keys][None, :]
+      logits = jnp.where(mask.visible(q_pos, k_pos, q_ids, k_ids), logits, -jnp.inf)
+    new_max = jnp.maximum(row_max, logits.max(axis=1))
+    # Rows that have seen no visible key keep max -inf; shifting them by 0 keeps exp2 at 0, not NaN.
+    shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
+    correction = jnp.exp2(row_max - shift)
+    probs = jnp.exp2(logits - shift[:, None])
+    row_sum = row_sum * correction + probs.sum(axis=1)
+    values = v_ref[keys, :]
+    acc = acc * correction[:, None] + _dot(probs.astype(values.dtype), values)
+    return acc, new_max, row_sum
+
+  carry = (jnp.zeros(q.shape, jnp.float32), jnp.full((block_q,), -jnp.inf, jnp.float32),
+           jnp.zeros((block_q,), jnp.float32))
+  acc, row_max, row_sum = _walk_blocks(step, mask.key_blocks(i, block_q, block_k),
+                                       mask.unmasked_key_blocks(i, block_q, block_k), carry)
+  # A row that sees no key outputs 0; its log-sum-exp of +inf makes every recomputed probability 0.
+  empty = row_sum == 0.0
+  out_ref[...] = (acc / jnp.where(empty, 1.0, row_sum)[:, None]).astype(out_ref.dtype)
+  lse_ref[...] = jnp.where(empty, jnp.inf, row_max + jnp.log2(row_sum))
+
+
+def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_ids_ref, k_ids_ref,
+                 dk_ref, dv_ref, *, config: FlashConfig, group: int):
+  """q_ref, do_ref [t, g, h]; lse_ref, delta_ref [g, t]; q_ids_ref [t]; k_ids_ref [block_k];
+  k_ref, v_ref, dk_ref, dv_ref [block_k, h].
+
+  Tiles are transposed (keys along rows), so dV += P^T dO and dK += dS^T Q need no transposes.
+  """
+  mask = config.mask
+  block_q, block_k = config.blocks.dkdv
+  j = pl.program_id(0)
+  k, v = k_ref[...], v_ref[...]
+  k_pos = j * block_k + jnp.arange(block_k)[:, None]
+  k_ids = None if k_ids_ref is None else k_ids_ref[...][:, None]
+  logit_scale = config.scale * _LOG2_E
+
+  def step(i, carry, head, masked):
+    dk, dv = carry
+    rows = pl.ds(i * block_q, block_q)
+    q, do = q_ref[rows, head, :], do_ref[rows, head, :]
+    logits_t = _dot_nt(k, q) * logit_scale  # [block_k, block_q]
+    if masked:
+      q_pos = i * block_q + jnp.arange(block_q)[None, :]
+      q_ids = None if q_ids_ref is None else q_ids_ref[rows][None, :]
+      logits_t = jnp.where(mask.visible(q_pos, k_pos, q_ids, k_ids), logits_t, -jnp.inf)
+    probs_t = jnp.exp2(logits_t - lse_ref[head, rows][None, :])
+    dv = dv + _dot(probs_t.astype(do.dtype), do)
+    dlogits_t = probs_t * (_dot_nt(v, do) - delta_ref[head, rows][None, :])
+    dk = dk + _dot(dlogits_t.astype(q.dtype), q)
+    return dk, dv
+
+  block_range = mask.query_blocks(j, block_q, block_k)
+  unmasked_range = mask.unmasked_query_blocks(j, block_q, block_k)
+
+  def head_step(head, carry):  # dK and dV sum over the query heads sharing this kv head.
+    return _walk_blocks(functools.partial(step, head=head), block_range, unmasked_range, carry)
+
+  zeros = jnp.zeros(k.shape, jnp.float32)
+  dk, dv = lax.fori_loop(0, group, head_step, (zeros, zeros))
+  dk_ref[...] = (dk * config.scale).astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_ids_ref, k_ids_ref, dq_ref, *,
+               config: FlashConfig, q_block):
+  """q_ref, do_ref, dq_ref [block_q, h]; k_ref, v_ref [s, h]; lse_ref, delta_ref [block_q];
+  q_ids_ref [block_q]; k_ids_ref [s]."""
+  mask = config.mask
+  block_q, block_k = config.blocks.dq
+  i = q_block(pl.program_id(0))
+  q, do = q_ref[...], do_ref[...]
+  lse, delta = lse_ref[...][:, None], delta_ref[...][:, None]
+  q_pos = i * block_q + jnp.arange(block_q)[:, None]
+  q_ids = None if q_ids_ref is None else q_ids_ref[...][:, None]
+  logit_scale = config.scale * _LOG2_E
+
+  def step(j, dq, masked):
+    keys = pl.ds(j * block_k, block_k)
+    k, v = k_ref[keys, :], v_ref[keys, :]
+    logits = _dot_nt(q, k) * logit_scale  # [block_q, block_k]
+    if masked:
+      k_pos = j * block_k + jnp.arange(block_k)[None, :]
+      k_ids = None if k_ids_ref is None else k_ids_ref[keys][None, :]
+      logits = jnp.where(mask.visible(q_pos, k_pos, q_ids, k_ids), logits, -jnp.inf)
+    probs = jnp.exp2(logits - lse)
+    dlogits = probs * (_dot_nt(do, v) - delta)
+    return dq + _dot(dlogits.astype(k.dtype), k)
+
+  dq = _walk_blocks(step, mask.key_blocks(i, block_q, block_k),
+                    mask.unmasked_key_blocks(i, block_q, block_k), jnp.zeros(q.shape, jnp.float32))
+  dq_ref[...] = (dq * config.scale).astype(dq_ref.dtype)
