@@ -23,6 +23,12 @@ def base() -> ml_collections.ConfigDict:
       param_dtype="float32",
       attention_impl="xla",
       remat="none",
+      # Mixture of experts (gen_jax.models.moe): experts per block MLP, 0 for the dense SwiGLU.
+      num_experts=0,
+      experts_per_token=2,  # Top-k: experts each token is routed to, in [1, num_experts].
+      # Slots per expert in a sequence of t tokens: ceil(factor * t * experts_per_token /
+      # num_experts), at most t; assignments past it are dropped and counted. 0: no drop.
+      expert_capacity_factor=1.25,
   ))
   config.data = ml_collections.ConfigDict(dict(
       source="pydoc",  # 'pydoc', a text file, a folder, a glob, or 'tfds:NAME'.
@@ -32,5 +38,10 @@ def base() -> ml_collections.ConfigDict:
       tfds_eval_split="",  # For a tfds source without eval_source; empty: split by eval_fraction.
       tfds_text_key="text",
       tfds_data_dir="",
+  ))
+  # Weights of the auxiliary losses added to the next-token loss (MoE only).
+  config.objective = ml_collections.ConfigDict(dict(
+      router_aux_loss_weight=0.01,  # Switch Transformer load balancing (Fedus et al., 2021).
+      router_z_loss_weight=0.0,  # ST-MoE router z-loss (Zoph et al., 2022); 1e-3 in the paper.
   ))
   return config

@@ -35,6 +35,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(m.attention_impl in ops.ATTENTION_IMPLS, "model.attention_impl",
           f"{m.attention_impl!r} is not one of {ops.ATTENTION_IMPLS}")
   require(m.remat in REMAT_POLICIES, "model.remat", f"{m.remat!r} is not one of {REMAT_POLICIES}")
+  require(m.num_experts >= 0, "model.num_experts",
+          f"must be >= 0 (0: the dense MLP), got {m.num_experts}")
+  if m.num_experts:
+    require(1 <= m.experts_per_token <= m.num_experts, "model.experts_per_token",
+            f"must be in [1, model.num_experts={m.num_experts}], got {m.experts_per_token}")
+    require(m.expert_capacity_factor >= 0, "model.expert_capacity_factor",
+            f"must be >= 0 (0: no token is dropped), got {m.expert_capacity_factor}")
+  for name in ("router_aux_loss_weight", "router_z_loss_weight"):
+    weight = config.objective[name]
+    require(weight >= 0, f"objective.{name}", f"must be >= 0, got {weight}")
   d = config.data
   require(d.source != "", "data.source", "is empty; use 'pydoc', a path, a glob or 'tfds:NAME'")
   require(0 < d.eval_fraction < 1, "data.eval_fraction", f"must be in (0, 1), got {d.eval_fraction}")
@@ -91,6 +101,26 @@ def token_byte_lengths(tok: data_lib.Tokenizer, vocab_size: int) -> np.ndarray:
   return lengths
 
 
+def _router_sums(router_stats, row_weights):
+  """The MoE's statistics as sums the loop divides by the token count, like every other metric.
+
+  Args:
+    router_stats: {name: [layers, b]} from Transformer(..., return_router_stats=True).
+    row_weights: [b] counted target tokens of each sequence (a routing group).
+  Returns:
+    {"router_aux_loss", "router_z_loss", "dropped_token_fraction"}: each sequence's value (the
+    losses averaged over layers; dropped / made (token, expert) assignments over all layers) times
+    its token count, summed; so the sum is additive over microbatches and devices, and sum / weight
+    is the token-weighted mean.
+  """
+  dropped_fraction = (router_stats["dropped"].sum(axis=0) /
+                      jnp.maximum(router_stats["assigned"].sum(axis=0), 1))  # [b]
+  per_sequence = {"router_aux_loss": router_stats["aux_loss"].mean(axis=0),
+                  "router_z_loss": router_stats["z_loss"].mean(axis=0),
+                  "dropped_token_fraction": dropped_fraction}
+  return {name: (value * row_weights).sum() for name, value in per_sequence.items()}
+
+
 def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool = False) -> Task:
   train_docs, eval_docs = _documents(config)
   tok = tokenizer_for(config, workdir, train_docs, resuming)
@@ -107,22 +137,34 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
                       f"(train.batch_size={config.train.batch_size}); use more text, a smaller "
                       "batch or a shorter model.max_seq_len")
   net = model(config)
+  moe = config.model.num_experts > 0
+  aux_weight = config.objective.router_aux_loss_weight
+  z_weight = config.objective.router_z_loss_weight
   byte_lengths = jnp.asarray(token_byte_lengths(tok, config.model.vocab_size))
 
   def loss_fn(params, batch, rng):
     del rng  # The model has no dropout.
     tokens, segment_ids = batch["tokens"], batch["segment_ids"]
     inputs, targets, weights = objectives.packed_targets(tokens, segment_ids)
-    logits = net.apply({"params": params}, inputs, batch["positions"][:, :-1], segment_ids[:, :-1])
+    logits, router_stats = net.apply({"params": params}, inputs, batch["positions"][:, :-1],
+                                     segment_ids[:, :-1], return_router_stats=True)
     loss_sum, weight = objectives.next_token_loss(logits, targets, weights)
     # Summed bytes of the counted targets; reported per token, and the basis of bits per byte.
     target_bytes = (byte_lengths[targets] * weights).sum()
-    return loss_sum, {WEIGHT: weight, "bytes_per_token": target_bytes}
+    sums = {WEIGHT: weight, "bytes_per_token": target_bytes}
+    if not moe:
+      return loss_sum, sums
+    router_sums = _router_sums(router_stats, weights.sum(axis=1))
+    sums.update(lm_loss=loss_sum, **router_sums)
+    return (loss_sum + aux_weight * router_sums["router_aux_loss"]
+            + z_weight * router_sums["router_z_loss"]), sums
 
   def eval_metrics(totals):
     # Predicting end-of-text costs nats but stands for no bytes: it is information about where
     # documents end, so it stays in the numerator (a slight overestimate for many short documents).
-    return {"eval/bits_per_byte": totals["loss_sum"] / math.log(2) / totals["bytes_per_token"]}
+    # An MoE's loss_sum also holds its auxiliary losses; bits per byte is the language model's.
+    lm_loss_sum = totals["lm_loss"] if moe else totals["loss_sum"]
+    return {"eval/bits_per_byte": lm_loss_sum / math.log(2) / totals["bytes_per_token"]}
 
   train_data, eval_data = data_lib.host_pipelines(
       train_arrays, eval_arrays, global_batch_size=config.train.batch_size,

@@ -1,7 +1,9 @@
 """Decoder-only transformer in the LLaMA family (Touvron et al., 2023).
 
 Pre-norm blocks of RMSNorm -> grouped-query attention with RoPE -> residual, RMSNorm -> SwiGLU ->
-residual; the layers are one `nn.scan` so compile time does not grow with depth.
+residual; the layers are one `nn.scan` so compile time does not grow with depth. With
+`num_experts > 0` the SwiGLU is a mixture of experts (`gen_jax.models.moe`, Mixtral-style), whose
+routing statistics come back from the scan per layer when the caller asks for them.
 """
 import dataclasses
 
@@ -10,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from gen_jax.models.layers import Attention, RMSNorm, SwiGLU, partitioned
+from gen_jax.models.moe import MoeMlp
 
 REMAT_POLICIES = ("none", "full", "dots")
 
@@ -32,6 +35,9 @@ class TransformerConfig:
   param_dtype: str = "float32"
   attention_impl: str = "xla"
   remat: str = "none"  # Rematerialization of each block in the backward pass: REMAT_POLICIES.
+  num_experts: int = 0  # Experts in each block's MLP; 0 is the dense SwiGLU.
+  experts_per_token: int = 2  # Top-k routing (MoE only).
+  expert_capacity_factor: float = 1.25  # Slots per expert, see moe.expert_capacity; 0: no drop.
 
   @classmethod
   def from_config(cls, model_config) -> "TransformerConfig":
@@ -43,16 +49,22 @@ class _Block(nn.Module):
 
   @nn.compact
   def __call__(self, x, positions, segment_ids):
-    """x: [b, t, d] -> ([b, t, d], None); the second output is nn.scan's per-layer output."""
+    """x: [b, t, d] -> ([b, t, d], router statistics {name: [b]} or None for a dense MLP); the
+    second output is nn.scan's per-layer output."""
     c = self.config
     dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     h = RMSNorm(c.norm_eps, dtype, param_dtype, name="attention_norm")(x)
     x = x + Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.rope_base, c.attention_impl,
                       dtype, param_dtype, name="attention")(h, positions, segment_ids)
     h = RMSNorm(c.norm_eps, dtype, param_dtype, name="mlp_norm")(x)
-    x = x + SwiGLU(c.mlp_dim, dtype, param_dtype, name="mlp")(h)
-    x = nn.with_logical_constraint(x, ("batch", "length", None))
-    return x, None
+    if c.num_experts:
+      valid = None if segment_ids is None else segment_ids != 0  # Padding is routed nowhere.
+      out, router_stats = MoeMlp(c.num_experts, c.experts_per_token, c.mlp_dim,
+                                 c.expert_capacity_factor, dtype, param_dtype, name="mlp")(h, valid)
+    else:
+      out, router_stats = SwiGLU(c.mlp_dim, dtype, param_dtype, name="mlp")(h), None
+    x = nn.with_logical_constraint(x + out, ("batch", "length", None))
+    return x, router_stats
 
 
 def _remat(block_cls, policy: str):
@@ -68,7 +80,7 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-               segment_ids: jax.Array | None = None) -> jax.Array:
+               segment_ids: jax.Array | None = None, *, return_router_stats: bool = False):
     """Next-token logits.
 
     Args:
@@ -76,8 +88,10 @@ class Transformer(nn.Module):
       positions: [b, t] int positions for RoPE; default 0..t-1 (packed data restarts them per
         document).
       segment_ids: [b, t] int document ids; attention stays inside a document; 0 is padding.
+      return_router_stats: also return the MoE routing statistics (for the auxiliary losses).
     Returns:
-      logits [b, t, v] in float32.
+      logits [b, t, v] in float32; with return_router_stats, (logits, stats) where stats maps each
+      name of moe.ROUTER_STATS to [layers, b] float32 (None for a dense model).
     """
     c = self.config
     dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
@@ -92,7 +106,7 @@ class Transformer(nn.Module):
         _remat(_Block, c.remat), variable_axes={"params": 0}, split_rngs={"params": True},
         in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"})
-    x, _ = blocks(c, name="layers")(x, positions, segment_ids)
+    x, router_stats = blocks(c, name="layers")(x, positions, segment_ids)
     x = RMSNorm(c.norm_eps, dtype, param_dtype, name="final_norm")(x)
     if c.tie_embeddings:
       logits = embed.attend(x)
@@ -101,4 +115,5 @@ class Transformer(nn.Module):
           c.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
           kernel_init=partitioned(nn.initializers.lecun_normal(), ("embed", "vocab")),
           name="lm_head")(x)
-    return logits.astype(jnp.float32)
+    logits = logits.astype(jnp.float32)
+    return (logits, router_stats) if return_router_stats else logits

@@ -40,3 +40,27 @@ def test_task_loss_and_bits_per_byte_equal_numpy(tmp_path):
   assert abs(float(sums["bytes_per_token"]) - total_bytes) <= 0.01 * total_bytes
   bpb = task.eval_metrics({"loss_sum": total, "bytes_per_token": total_bytes})["eval/bits_per_byte"]
   np.testing.assert_allclose(bpb, total / math.log(2) / total_bytes, rtol=1e-9)
+
+
+def test_moe_trains_end_to_end_and_reports_router_metrics(tmp_path):
+  """The loss is the next-token loss plus the weighted load-balancing loss; drops are reported."""
+  config = tiny_config(**{"model.num_experts": 4, "model.experts_per_token": 2,
+                          "model.expert_capacity_factor": 1.0, "train.num_steps": 3,
+                          "train.log_every": 1, "objective.router_z_loss_weight": 1e-3})
+  from gen_jax.train import train_and_evaluate
+  metrics = train_and_evaluate(config, str(tmp_path))
+  for name in ("loss", "lm_loss", "router_aux_loss", "router_z_loss", "dropped_token_fraction"):
+    assert np.isfinite(metrics[f"train/{name}"]) and np.isfinite(metrics[f"eval/{name}"]), name
+  for split in ("train", "eval"):
+    np.testing.assert_allclose(
+        metrics[f"{split}/loss"], metrics[f"{split}/lm_loss"] +
+        0.01 * metrics[f"{split}/router_aux_loss"] + 1e-3 * metrics[f"{split}/router_z_loss"],
+        rtol=1e-5)
+  # Top-2 of 4 experts: about 1 while routing is balanced, 2 if two experts took every token.
+  assert 0.9 < metrics["train/router_aux_loss"] < 2.0
+  # A capacity factor of 1 leaves no room for imbalance, so some assignments drop.
+  assert 0 < metrics["train/dropped_token_fraction"] < 0.5
+  # Bits per byte is the language model's alone, without the auxiliary losses.
+  np.testing.assert_allclose(
+      metrics["eval/bits_per_byte"],
+      metrics["eval/lm_loss"] / math.log(2) / metrics["eval/bytes_per_token"], rtol=1e-5)

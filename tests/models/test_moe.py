@@ -1,0 +1,222 @@
+"""The mixture-of-experts MLP against a per-token numpy loop: outputs, drops, the load-balancing
+loss; causality in the decoder; expert parallelism on a mesh."""
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from gen_jax import parallel
+from gen_jax.config.common import DEFAULT_LOGICAL_AXIS_RULES
+from gen_jax.models import MoeMlp, Transformer, TransformerConfig, expert_capacity
+from tests.conftest import tiny_config
+from tests.train.test_step import _run_steps
+
+EMBED, MLP, EXPERTS, TOP_K = 8, 16, 4, 2
+
+
+def _unbox(tree):
+  return jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, tree,
+                      is_leaf=lambda x: hasattr(x, "unbox"))
+
+
+def _init(module, x, seed=0, router_scale=1.0):
+  params = _unbox(module.init(jax.random.key(seed), x))["params"]
+  # The default router init is near uniform; a larger scale keeps top-k far from ties, so float32
+  # and float64 routing agree.
+  params["router"]["kernel"] = params["router"]["kernel"] * router_scale
+  return params
+
+
+def _softmax(z):
+  z = np.exp(z - z.max())
+  return z / z.sum()
+
+
+def _reference(params, x, k, capacity, valid=None):
+  """Token by token, in order; a token keeps an expert while it has a free slot in the sequence.
+
+  Returns (out [b, t, d], dropped assignments, aux loss [b]).
+  """
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  x = np.asarray(x, np.float64)
+  b, t, _ = x.shape
+  e = p["router"]["kernel"].shape[1]
+  valid = np.ones((b, t), bool) if valid is None else valid
+  out, dropped, aux = np.zeros_like(x), 0, np.zeros(b)
+  for row in range(b):
+    used, routed, prob_sum = np.zeros(e, int), np.zeros(e), np.zeros(e)
+    for pos in range(t):
+      if not valid[row, pos]:
+        continue
+      logits = x[row, pos] @ p["router"]["kernel"]
+      prob_sum += _softmax(logits)
+      chosen = np.argsort(-logits, kind="stable")[:k]
+      for gate, expert in zip(_softmax(logits[chosen]), chosen):
+        routed[expert] += 1
+        if used[expert] == capacity:
+          dropped += 1
+          continue
+        used[expert] += 1
+        gate_in = x[row, pos] @ p["wi_gate"]["kernel"][expert]
+        up = x[row, pos] @ p["wi_up"]["kernel"][expert]
+        hidden = gate_in / (1 + np.exp(-gate_in)) * up
+        out[row, pos] += gate * (hidden @ p["wo"]["kernel"][expert])
+    n = valid[row].sum()
+    aux[row] = e * np.sum(routed / (n * k) * prob_sum / n)
+  return out, dropped, aux
+
+
+def _inputs(shape=(3, 12), seed=1):
+  return jax.random.normal(jax.random.key(seed), shape + (EMBED,))
+
+
+def test_expert_capacity_formula():
+  assert expert_capacity(12, 4, 2, 1.25) == 8  # ceil(1.25 * 12 * 2 / 4) = ceil(7.5)
+  assert expert_capacity(12, 4, 2, 0.5) == 3
+  assert expert_capacity(12, 4, 2, 4.0) == 12  # Never more slots than tokens.
+  assert expert_capacity(12, 4, 2, 0) == 12
+
+
+@pytest.mark.parametrize("capacity_factor", [0.0, 2.0])
+def test_without_drops_output_equals_per_token_reference(capacity_factor):
+  x = _inputs()
+  moe = MoeMlp(EXPERTS, TOP_K, MLP, capacity_factor)
+  params = _init(moe, x, router_scale=5.0)
+  out, stats = moe.apply({"params": params}, x)
+  expected, dropped, aux = _reference(params, x, TOP_K, capacity=x.shape[1])
+  assert dropped == 0
+  np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5, rtol=1e-4)
+  np.testing.assert_array_equal(np.asarray(stats["dropped"]), 0)
+  np.testing.assert_array_equal(np.asarray(stats["assigned"]), x.shape[1] * TOP_K)
+  np.testing.assert_allclose(np.asarray(stats["aux_loss"]), aux, rtol=1e-5)
+
+
+def test_small_capacity_drops_exactly_the_reference_assignments():
+  x = _inputs((3, 16), seed=2)
+  moe = MoeMlp(EXPERTS, TOP_K, MLP, capacity_factor=0.5)
+  capacity = expert_capacity(16, EXPERTS, TOP_K, 0.5)  # 4 slots for 32 assignments per sequence
+  params = _init(moe, x, router_scale=5.0)
+  out, stats = moe.apply({"params": params}, x)
+  expected, dropped, _ = _reference(params, x, TOP_K, capacity)
+  undropped, _, _ = _reference(params, x, TOP_K, capacity=16)
+  # The test can fail: many assignments drop, and the rows that lose them differ.
+  assert dropped >= 10 and not np.allclose(expected, undropped, atol=1e-3)
+  np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5, rtol=1e-4)
+  assert float(stats["dropped"].sum()) == dropped
+
+
+def test_padding_takes_no_slot_and_no_statistic():
+  x = _inputs((2, 12), seed=3)
+  valid = np.ones((2, 12), bool)
+  valid[0, :5] = False  # Padding before real tokens would otherwise take the slots first.
+  valid[1, 8:] = False
+  moe = MoeMlp(EXPERTS, TOP_K, MLP, capacity_factor=0.75)
+  params = _init(moe, x, router_scale=5.0)
+  out, stats = moe.apply({"params": params}, x, jnp.asarray(valid))
+  expected, dropped, aux = _reference(params, x, TOP_K, expert_capacity(12, EXPERTS, TOP_K, 0.75),
+                                      valid)
+  np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5, rtol=1e-4)
+  np.testing.assert_array_equal(np.asarray(out)[~valid], 0)
+  assert float(stats["dropped"].sum()) == dropped
+  np.testing.assert_array_equal(np.asarray(stats["assigned"]), valid.sum(1) * TOP_K)
+  np.testing.assert_allclose(np.asarray(stats["aux_loss"]), aux, rtol=1e-5)
+
+
+def _routed_by_construction(preferred: np.ndarray):
+  """Tokens whose router logits are 4 for expert preferred[i] and 3 for preferred[i] + 1."""
+  t = len(preferred)
+  x = np.zeros((1, t, EMBED), np.float32)
+  x[0, np.arange(t), preferred % EXPERTS] = 4.0
+  x[0, np.arange(t), (preferred + 1) % EXPERTS] = 3.0
+  moe = MoeMlp(EXPERTS, TOP_K, MLP, capacity_factor=0.0)
+  params = _init(moe, jnp.asarray(x))
+  params["router"]["kernel"] = jnp.eye(EMBED, EXPERTS)  # logits = the first EXPERTS features
+  _, stats = moe.apply({"params": params}, jnp.asarray(x))
+  return float(stats["aux_loss"][0])
+
+
+def test_load_balancing_loss_is_one_when_balanced_and_larger_when_collapsed():
+  balanced = _routed_by_construction(np.arange(16))  # every expert first for 4 tokens, second for 4
+  collapsed = _routed_by_construction(np.zeros(16, int))  # every token picks experts 0 and 1
+  np.testing.assert_allclose(balanced, 1.0, rtol=1e-6)
+  probs = _softmax(np.array([4.0, 3.0, 0.0, 0.0]))
+  np.testing.assert_allclose(collapsed, EXPERTS * (0.5 * probs[0] + 0.5 * probs[1]), rtol=1e-6)
+  assert collapsed > 1.5
+
+
+def test_z_loss_is_the_mean_squared_log_partition():
+  x = _inputs((2, 6), seed=4)
+  moe = MoeMlp(EXPERTS, TOP_K, MLP, capacity_factor=1.0)
+  params = _init(moe, x)
+  _, stats = moe.apply({"params": params}, x)
+  logits = np.asarray(x, np.float64) @ np.asarray(params["router"]["kernel"], np.float64)
+  log_z = np.log(np.exp(logits).sum(-1))
+  np.testing.assert_allclose(np.asarray(stats["z_loss"]), (log_z ** 2).mean(-1), rtol=1e-5)
+
+
+def test_moe_decoder_stays_causal_when_tokens_drop():
+  """Slots go by token order, so a later token never evicts an earlier one's expert."""
+  cfg = TransformerConfig(vocab_size=50, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                          head_dim=8, mlp_dim=48, max_seq_len=16, num_experts=4,
+                          experts_per_token=2, expert_capacity_factor=0.5)
+  model = Transformer(cfg)
+  tokens = jax.random.randint(jax.random.key(1), (1, 12), 0, cfg.vocab_size)
+  params = _unbox(jax.jit(model.init)(jax.random.key(0), tokens))["params"]
+  apply = jax.jit(model.apply, static_argnames="return_router_stats")
+  base, stats = apply({"params": params}, tokens, return_router_stats=True)
+  assert stats["aux_loss"].shape == (cfg.num_layers, 1)
+  assert float(stats["dropped"].sum()) > 0
+  for t in range(1, 12):  # First-choice-first priority (GShard's) fails at most of these.
+    for delta in (1, 2, 3):
+      changed = tokens.at[0, t].set((tokens[0, t] + delta) % cfg.vocab_size)
+      out, _ = apply({"params": params}, changed, return_router_stats=True)
+      np.testing.assert_array_equal(np.asarray(out[0, :t]), np.asarray(base[0, :t]))
+
+
+def test_expert_parallel_mesh_equals_one_device(tmp_path):
+  """Experts split 4 ways over the `expert` mesh axis, the batch 2 ways over `data`."""
+  moe = {"model.num_experts": 4, "model.experts_per_token": 2,
+         "model.expert_capacity_factor": 1.0}
+  one = tiny_config(**moe, **{"mesh.num_devices": 1})
+  eight = tiny_config(**moe, **{"mesh.data": 2, "mesh.expert": 4})
+  losses1, params1, _ = _run_steps(one, str(tmp_path / "one"))
+  losses8, params8, kernel = _run_steps(eight, str(tmp_path / "eight"))
+  np.testing.assert_allclose(losses8, losses1, rtol=2e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4),
+               params8, params1)
+  # wi_gate [layers, expert, embed, mlp]: each device holds a quarter of the experts.
+  layers, experts, embed, mlp = kernel.shape
+  assert all(s.data.shape == (layers, experts // 4, embed, mlp) for s in kernel.addressable_shards)
+
+
+def test_batch_split_over_the_expert_axis_moves_slots_by_all_to_all():
+  """GShard's layout: rules that split the batch over the expert axis as well make XLA exchange
+  slots with all-to-alls; each device multiplies only its 2 of the 8 experts, and the output and
+  statistics are the single-device ones."""
+  moe = MoeMlp(8, TOP_K, MLP, capacity_factor=1.0)
+  x = _inputs((8, 16), seed=5)
+  params = _init(moe, x, router_scale=5.0)
+  expected = moe.apply({"params": params}, x)
+  rules = tuple(("batch", ("data", "fsdp", "expert")) if name == "batch" else (name, axes)
+                for name, axes in DEFAULT_LOGICAL_AXIS_RULES)
+  mesh = parallel.make_mesh(tiny_config(**{"mesh.data": 2, "mesh.expert": 4}).mesh)
+  experts = NamedSharding(mesh, P("expert"))
+  sharded = {name: {"kernel": jax.device_put(params[name]["kernel"], experts)}
+             for name in ("wi_gate", "wi_up", "wo")}
+  sharded["router"] = params["router"]
+  x = jax.device_put(x, NamedSharding(mesh, P(("data", "fsdp", "expert"))))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    apply = jax.jit(moe.apply)
+    hlo = apply.lower({"params": sharded}, x).compile().as_text()
+    out = apply({"params": sharded}, x)
+  assert hlo.count(" all-to-all(") == 2  # Slots to their experts, and back.
+  # The expert matmuls on one device: [2 experts, 4 rows x 4 slots, mlp or embed].
+  dots = re.findall(r"= f32(\[[\d,]+\])\S* dot\(", hlo)
+  assert sorted(s for s in dots if s.startswith("[2,")) == ["[2,16,16]", "[2,16,16]", "[2,16,8]"]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5),
+               out, expected)
