@@ -1,4 +1,4 @@
 """Operations with several implementations behind one signature."""
-from gen_jax.ops.attention import ATTENTION_IMPLS, attention, attention_mask
+from gen_jax.ops.attention import ATTENTION_IMPLS, attention, attention_mask, resolve_impl
 
-__all__ = ["ATTENTION_IMPLS", "attention", "attention_mask"]
+__all__ = ["ATTENTION_IMPLS", "attention", "attention_mask", "resolve_impl"]

@@ -9,7 +9,10 @@ from jax.sharding import PartitionSpec as P
 
 from gen_jax.parallel import context as parallel_context
 
-ATTENTION_IMPLS = ("xla",)
+# xla: the reference below; pallas: gen_jax.kernels' flash attention (Mosaic on TPU, Triton on GPU,
+# the Pallas interpreter elsewhere); cudnn: jax.nn.dot_product_attention's cuDNN kernel (GPU; no
+# segment ids); auto: pallas on TPU and GPU (cuDNN cannot mask packed documents), xla elsewhere.
+ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "auto")
 
 
 def attention_mask(
@@ -115,7 +118,7 @@ def attention(
     key_segment_ids = segment_ids
   options = dict(causal=causal, sliding_window=sliding_window,
                  scale=query.shape[-1] ** -0.5 if scale is None else scale, impl=impl)
-  inputs = dict(query=query, key=key, value=value, query_offset=jnp.asarray(query_offset, jnp.int32))
+  inputs = dict(query=query, key=key, value=value, query_offset=query_offset)
   if segment_ids is not None:
     inputs.update(segment_ids=segment_ids, key_segment_ids=key_segment_ids)
   mesh = parallel_context.active_mesh()
@@ -124,13 +127,45 @@ def attention(
   return _sharded_attention(mesh, inputs, options)
 
 
+def resolve_impl(impl: str, platform: str | None = None) -> str:
+  """The implementation `impl` stands for on `platform` (default: JAX's default backend)."""
+  if impl != "auto":
+    return impl
+  platform = platform or jax.default_backend()
+  return "pallas" if platform in ("tpu", "gpu") else "xla"
+
+
 def _local_attention(query, key, value, query_offset, *, causal, sliding_window, scale, impl,
                      segment_ids=None, key_segment_ids=None):
-  del impl  # "xla" is the only implementation so far.
+  impl = resolve_impl(impl)
+  if impl == "pallas":
+    from gen_jax import kernels  # Pallas lowering is only loaded by code that runs a kernel.
+    platform = jax.default_backend()
+    if not (isinstance(query_offset, int) and query_offset == 0):
+      raise ValueError("impl 'pallas' needs query_offset 0 (sequence-parallel queries and decoding "
+                       "after a prefix use impl 'xla' for now)")
+    return kernels.flash_attention(
+        query, key, value, causal=causal, segment_ids=segment_ids, key_segment_ids=key_segment_ids,
+        sliding_window=sliding_window, scale=scale, backend="tpu" if platform == "tpu" else "gpu",
+        interpret=platform not in ("tpu", "gpu"))
+  if impl == "cudnn":
+    return _cudnn_attention(query, key, value, query_offset, causal=causal, scale=scale,
+                            sliding_window=sliding_window, segment_ids=segment_ids)
   mask = attention_mask(query.shape[1], key.shape[1], causal=causal, query_segment_ids=segment_ids,
                         key_segment_ids=key_segment_ids, query_offset=query_offset,
                         sliding_window=sliding_window)
   return _xla_attention(query, key, value, mask, scale)
+
+
+def _cudnn_attention(query, key, value, query_offset, *, causal, scale, sliding_window,
+                     segment_ids):
+  if segment_ids is not None:
+    raise ValueError("impl 'cudnn' cannot mask segment_ids (packed documents); use 'pallas'")
+  if not (isinstance(query_offset, int) and query_offset == 0):
+    raise ValueError("impl 'cudnn' needs query_offset 0; use 'pallas' or 'xla'")
+  window = None if sliding_window is None else (sliding_window - 1, 0)
+  return jax.nn.dot_product_attention(query, key, value, scale=scale, is_causal=causal,
+                                      local_window_size=window, implementation="cudnn")
 
 
 _LOGICAL_AXES = {
@@ -145,6 +180,10 @@ _LOGICAL_AXES = {
 
 def _sharded_attention(mesh, inputs, options):
   """`_local_attention` per shard; keys and values are all-gathered along a split length."""
+  inputs = dict(inputs)
+  static_offset = inputs.pop("query_offset")
+  if not isinstance(static_offset, int):  # A traced offset enters shard_map as a replicated input.
+    inputs["query_offset"], static_offset = jnp.asarray(static_offset, jnp.int32), 0
   specs = {name: parallel_context.logical_spec(_LOGICAL_AXES[name], x.shape, mesh)
            for name, x in inputs.items()}
   # The heads of a query shard must meet the kv heads of the same group: split both or neither.
@@ -155,7 +194,7 @@ def _sharded_attention(mesh, inputs, options):
   key_length_axes = parallel_context.spec_axes(specs["key"], 1)
 
   def per_shard(x):
-    x = dict(x)
+    x = {"query_offset": static_offset, **x}
     if key_length_axes:
       for name in ("key", "value", "key_segment_ids"):
         if name in x:

@@ -64,3 +64,25 @@ def test_sliding_window_sees_only_the_most_recent_keys():
   mask = (pos[None] <= pos[:, None]) & (pos[:, None] - pos[None] < 3)
   expected = reference.mha(q[0], np.repeat(k[0], 2, 1), np.repeat(v[0], 2, 1), mask)
   np.testing.assert_allclose(out[0], expected, atol=1e-5)
+
+
+def test_pallas_impl_equals_xla_forward_and_gradients():
+  """impl='pallas' runs gen_jax.kernels' flash attention (the Pallas interpreter on CPU)."""
+  q, k, v = _qkv(6, 2, 20, 20, 4, 2, 8)
+  seg = np.array([[1] * 7 + [2] * 10 + [0] * 3, [1] * 20])
+  def loss(impl):
+    return lambda q, k, v: (ops.attention(q, k, v, causal=True, segment_ids=seg, sliding_window=9,
+                                          impl=impl) * np.sin(np.arange(q.size)).reshape(q.shape)).sum()
+  for got, want in zip(jax.grad(loss("pallas"), argnums=(0, 1, 2))(q, k, v),
+                       jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(got, want, atol=2e-5)
+  np.testing.assert_allclose(ops.attention(q, k, v, causal=True, segment_ids=seg, impl="pallas"),
+                             ops.attention(q, k, v, causal=True, segment_ids=seg), atol=2e-5)
+
+
+def test_auto_picks_the_kernel_for_the_backend_and_cudnn_refuses_what_it_cannot_mask():
+  assert [ops.resolve_impl("auto", p) for p in ("tpu", "gpu", "cpu")] == ["pallas", "pallas", "xla"]
+  assert ops.resolve_impl("xla", "tpu") == "xla"
+  q, k, v = _qkv(7, 1, 4, 4, 2, 2, 4)
+  with pytest.raises(ValueError, match="impl 'cudnn' cannot mask segment_ids"):
+    ops.attention(q, k, v, causal=True, segment_ids=np.ones((1, 4), np.int32), impl="cudnn")
