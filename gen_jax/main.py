@@ -17,7 +17,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _MULTIHOST = flags.DEFINE_enum("multihost", "auto", ["auto", "on", "off"],
                                "Start JAX's distributed runtime: auto when the environment shows "
                                "several hosts (Cloud TPU, SLURM, MPI, JAX_COORDINATOR_ADDRESS).")
-flags.mark_flags_as_required(["config", "workdir"])
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step for the config's mesh from "
+                             "shapes and print per-device memory, FLOPs and shardings; train nothing.")
+_DRY_RUN_DEVICES = flags.DEFINE_integer("dry_run_devices", 0, "With --dry_run: pretend to have this "
+                                        "many (CPU) devices, to check a pod-sized mesh on a laptop.")
+flags.mark_flags_as_required(["config"])
+flags.register_validator("workdir", lambda w: w is not None or flags.FLAGS.dry_run,
+                         "--workdir is required unless --dry_run")
 
 
 def main(argv):
@@ -25,11 +31,19 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO; keep the console readable.
     logging.set_verbosity(logging.WARNING)
+  import jax
+  if _DRY_RUN_DEVICES.value:  # Must happen before any backend starts.
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", _DRY_RUN_DEVICES.value)
   from gen_jax import parallel
   parallel.distributed.initialize(_MULTIHOST.value)  # Before anything touches a device.
   from gen_jax.config import ConfigError
   from gen_jax.train import NonFiniteError, train_and_evaluate
+  from gen_jax.train.dry_run import dry_run
   try:
+    if _DRY_RUN.value:
+      print(dry_run(_CONFIG.value).format())
+      return
     metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except ConfigError as e:
     print(f"Config error: {e}", file=sys.stderr)

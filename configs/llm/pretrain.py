@@ -5,8 +5,11 @@
 
 Presets: tiny (tests, seconds); small (the README quick start: 250 steps, 3 min 50 s to train and
 sample on a 2-core CPU; on 2026-11-23 the loss went from 8.80 nats/token at step 1 to a held-out
-4.31 nats/token, 1.47 bits/byte, at step 250); 125m and 1b (accelerator shapes; they build and
-validate on a CPU but are not trained there).
+4.31 nats/token, 1.47 bits/byte, at step 250); 125m, 1b and 7b (accelerator shapes; they build and
+validate on a CPU but are not trained there). Check a preset's memory per device for a target
+mesh before launching it, on any machine:
+
+  python -m gen_jax.main --config=configs/llm/pretrain.py:7b --dry_run --dry_run_devices=256
 """
 from gen_jax.config import apply_preset
 from gen_jax.config import llm
@@ -39,6 +42,15 @@ PRESETS = {
         "model.max_seq_len": 2048, "model.dtype": "bfloat16", "model.remat": "full",
         "train.num_steps": 100000, "train.batch_size": 256, "train.eval_every": 2000,
         "optimizer.warmup_steps": 2000, "optimizer.learning_rate": 4e-4,
+        "checkpoint.every_steps": 2000, "mesh.data": 1, "mesh.fsdp": -1,
+    },
+    "7b": {  # Llama-2-7B's shape (MaxText's reference point for MFU).
+        "model.vocab_size": 32000, "model.embed_dim": 4096, "model.num_layers": 32,
+        "model.num_heads": 32, "model.num_kv_heads": 32, "model.head_dim": 128,
+        "model.mlp_dim": 11008, "model.max_seq_len": 4096, "model.dtype": "bfloat16",
+        "model.remat": "full", "model.norm_eps": 1e-5,
+        "train.num_steps": 100000, "train.batch_size": 256, "train.eval_every": 2000,
+        "optimizer.warmup_steps": 2000, "optimizer.learning_rate": 3e-4,
         "checkpoint.every_steps": 2000, "mesh.data": 1, "mesh.fsdp": -1,
     },
 }

@@ -6,6 +6,7 @@ A family module offers:
   build_task(config, workdir, resuming)  loads data and returns a gen_jax.train.Task; when
                                    resuming it reuses what the workdir saved (the tokenizer).
   sample(config, params, workdir, request)  generates from trained params (gen_jax.sample).
+  dry_run_inputs(config)           (loss_fn, global batch shapes) without data, for --dry_run.
 """
 import importlib
 

@@ -121,26 +121,17 @@ def _router_sums(router_stats, row_weights):
   return {name: (value * row_weights).sum() for name, value in per_sequence.items()}
 
 
-def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool = False) -> Task:
-  train_docs, eval_docs = _documents(config)
-  tok = tokenizer_for(config, workdir, train_docs, resuming)
-  seq_len = config.model.max_seq_len
-  pack = lambda docs: data_lib.pack_documents(  # noqa: E731
-      tok.encode_batch([d.text for d in docs]), tok.eos_id, tok.pad_id, seq_len)
-  train_arrays, eval_arrays = pack(train_docs), pack(eval_docs)
-  num_hosts = jax.process_count()
-  host_batch = config.train.batch_size // num_hosts
-  num_windows = len(train_arrays["tokens"])
-  if num_windows // num_hosts < host_batch:
-    raise ConfigError("data.source", f"{config.data.source!r} gives {num_windows} training "
-                      f"sequences of {seq_len + 1} tokens, fewer than one batch "
-                      f"(train.batch_size={config.train.batch_size}); use more text, a smaller "
-                      "batch or a shorter model.max_seq_len")
+def make_loss_fn(config: ml_collections.ConfigDict, byte_lengths: jax.Array):
+  """loss_fn(params, batch, rng) -> (loss sum, sums) on packed windows.
+
+  Args:
+    byte_lengths: [vocab_size] UTF-8 bytes of each token (`token_byte_lengths`).
+  The batch holds tokens, segment_ids and positions, each [b, max_seq_len + 1].
+  """
   net = model(config)
   moe = config.model.num_experts > 0
   aux_weight = config.objective.router_aux_loss_weight
   z_weight = config.objective.router_z_loss_weight
-  byte_lengths = jnp.asarray(token_byte_lengths(tok, config.model.vocab_size))
 
   def loss_fn(params, batch, rng):
     del rng  # The model has no dropout.
@@ -158,6 +149,34 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
     sums.update(lm_loss=loss_sum, **router_sums)
     return (loss_sum + aux_weight * router_sums["router_aux_loss"]
             + z_weight * router_sums["router_z_loss"]), sums
+  return loss_fn
+
+
+def dry_run_inputs(config: ml_collections.ConfigDict):
+  """(loss_fn, global batch shapes) without data or a tokenizer; byte counts do not change shapes."""
+  byte_lengths = jnp.ones((config.model.vocab_size,), jnp.float32)
+  shape = (config.train.batch_size, config.model.max_seq_len + 1)
+  return make_loss_fn(config, byte_lengths), {
+      name: jax.ShapeDtypeStruct(shape, jnp.int32) for name in ("tokens", "segment_ids", "positions")}
+
+
+def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool = False) -> Task:
+  train_docs, eval_docs = _documents(config)
+  tok = tokenizer_for(config, workdir, train_docs, resuming)
+  seq_len = config.model.max_seq_len
+  pack = lambda docs: data_lib.pack_documents(  # noqa: E731
+      tok.encode_batch([d.text for d in docs]), tok.eos_id, tok.pad_id, seq_len)
+  train_arrays, eval_arrays = pack(train_docs), pack(eval_docs)
+  num_hosts = jax.process_count()
+  host_batch = config.train.batch_size // num_hosts
+  num_windows = len(train_arrays["tokens"])
+  if num_windows // num_hosts < host_batch:
+    raise ConfigError("data.source", f"{config.data.source!r} gives {num_windows} training "
+                      f"sequences of {seq_len + 1} tokens, fewer than one batch "
+                      f"(train.batch_size={config.train.batch_size}); use more text, a smaller "
+                      "batch or a shorter model.max_seq_len")
+  moe = config.model.num_experts > 0
+  byte_lengths = jnp.asarray(token_byte_lengths(tok, config.model.vocab_size))
 
   def eval_metrics(totals):
     # Predicting end-of-text costs nats but stands for no bytes: it is information about where
@@ -173,7 +192,7 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
       process_index=jax.process_index(), process_count=num_hosts)
   return Task(
       init_params=init_params_fn(config),
-      loss_fn=loss_fn,
+      loss_fn=make_loss_fn(config, byte_lengths),
       train_data=train_data,
       eval_data=eval_data,
       eval_metrics=eval_metrics,

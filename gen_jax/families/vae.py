@@ -65,14 +65,9 @@ def decode_samples(net: VAE, params, rng, num_images: int, latent_dim: int) -> j
   return net.apply({"params": params}, z, method=VAE.decode)[0]
 
 
-def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool = False) -> Task:
-  del resuming  # Nothing is derived from the data that a resume must reuse.
-  train, held_out, num_levels = _load(config)
-  host_batch = config.train.batch_size // jax.process_count()
-  require(len(train["images"]) >= host_batch, "train.batch_size",
-          f"{config.train.batch_size} exceeds the {len(train['images'])} training images")
+def make_loss_fn(config, num_levels: int):
+  """loss_fn(params, batch, rng) -> (negative-ELBO sum, sums); batch["images"]: [b, H, W, C]."""
   net = model(config)
-  num_dims = int(np.prod(train["images"].shape[1:]))
 
   def loss_fn(params, batch, rng):
     decoded, posterior = net.apply({"params": params}, batch["images"], rng)
@@ -81,6 +76,26 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
     w = batch[data_lib.EXAMPLE_WEIGHT]
     sums = {k: (v * w).sum() for k, v in terms.items() if k != "loss"}
     return (terms["loss"] * w).sum(), {WEIGHT: w.sum(), **sums}
+  return loss_fn
+
+
+def dry_run_inputs(config):
+  """(loss_fn, global batch shapes) without reading data; the pixel levels do not change shapes."""
+  m = config.model
+  b = config.train.batch_size
+  return make_loss_fn(config, num_levels=256), {
+      "images": jax.ShapeDtypeStruct((b, m.image_size, m.image_size, m.image_channels), jnp.float32),
+      data_lib.EXAMPLE_WEIGHT: jax.ShapeDtypeStruct((b,), jnp.float32)}
+
+
+def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool = False) -> Task:
+  del resuming  # Nothing is derived from the data that a resume must reuse.
+  train, held_out, num_levels = _load(config)
+  host_batch = config.train.batch_size // jax.process_count()
+  require(len(train["images"]) >= host_batch, "train.batch_size",
+          f"{config.train.batch_size} exceeds the {len(train['images'])} training images")
+  net = model(config)
+  num_dims = int(np.prod(train["images"].shape[1:]))
 
   def eval_metrics(totals):
     nelbo = totals["negative_elbo"] / totals[WEIGHT]
@@ -114,7 +129,7 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
       process_index=jax.process_index(), process_count=jax.process_count())
   return Task(
       init_params=init_params_fn(config),
-      loss_fn=loss_fn,
+      loss_fn=make_loss_fn(config, num_levels),
       train_data=train_data,
       eval_data=eval_data,
       eval_metrics=eval_metrics,

@@ -40,12 +40,14 @@ def test_every_preset_validates_and_builds_its_sharded_state_shapes(path, preset
   assert num_params > 0
   if preset == "1b":
     assert 0.9e9 < num_params < 1.3e9
+  if preset == "7b":
+    assert num_params == 6_738_415_616  # Llama-2-7B's published count.
   if preset == "125m":
     assert 0.08e9 < num_params < 0.2e9
 
 
 def test_unknown_preset_and_unknown_field():
-  with pytest.raises(config_lib.ConfigError, match=r"unknown preset 'huge'; choose one of \['125m', '1b', 'small', 'tiny'\]"):
+  with pytest.raises(config_lib.ConfigError, match=r"unknown preset 'huge'; choose one of \['125m', '1b', '7b', 'small', 'tiny'\]"):
     config_lib.load_config_file(f"{REPO_ROOT}/configs/llm/pretrain.py:huge")
   config = tiny_config()
   with pytest.raises(config_lib.ConfigError, match=r"model.num_layer: no such field"):

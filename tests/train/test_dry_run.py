@@ -1,0 +1,47 @@
+"""--dry_run: the real step compiled from shapes; bytes per device follow the mesh."""
+import re
+
+import pytest
+
+from gen_jax.train.dry_run import dry_run
+from tests.conftest import run_cli, tiny_config
+
+
+def test_vae_dry_run_reports_the_compiled_step():
+  report = dry_run(tiny_config("configs/vae/digits.py", **{"mesh.data": 8}))
+  assert report.mesh["data"] == 8
+  assert report.parameter_bytes > 0 and report.optimizer_bytes == pytest.approx(
+      2 * report.parameter_bytes, rel=0.01)  # Adam's two moments, plus step counters.
+  assert report.temp_bytes > 0
+
+
+def test_llm_dry_run_bytes_shrink_with_fsdp():
+  replicated = dry_run(tiny_config(**{"mesh.data": 8}))
+  sharded = dry_run(tiny_config(**{"mesh.data": 1, "mesh.fsdp": 8}))
+  # Every tiny-model parameter has an `embed` axis of 64, which fsdp=8 splits exactly.
+  assert sharded.parameter_bytes * 8 == replicated.parameter_bytes
+  assert sharded.argument_bytes < replicated.argument_bytes
+  rows = {path: (shape, local) for path, shape, _, local in sharded.shardings}
+  shape, local = rows["layers/mlp/wi_gate/kernel"]  # [layers, embed, mlp]
+  assert local == (shape[0], shape[1] // 8, shape[2])
+
+
+def test_a_1b_preset_is_checked_for_a_pod_sized_mesh_from_the_command_line():
+  result = run_cli("gen_jax.main", "--config=configs/llm/pretrain.py:1b", "--dry_run",
+                   "--dry_run_devices=64", "--config.train.batch_size=64")
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  assert "'fsdp': 64" in out
+  # TinyLlama-1.1B: 22 x (4 attention + 3 mlp matrices, 2 norms) + embedding, head, final norm.
+  d, f, v, n, k, h = 2048, 5632, 32000, 32, 4, 64
+  params = 22 * (d * n * h * 2 + d * k * h * 2 + 3 * d * f + 2 * d) + 2 * v * d + d
+  assert params == 1_100_048_384
+  per_device = float(re.search(r"parameters\s+([\d.]+) MiB", out).group(1))
+  assert per_device == pytest.approx(params * 4 / 64 / 2**20, abs=0.01)
+  assert "layers/mlp/wi_gate/kernel" in out
+
+
+def test_dry_run_config_errors_name_the_field():
+  result = run_cli("gen_jax.main", "--config=configs/llm/pretrain.py:tiny", "--dry_run",
+                   "--dry_run_devices=8", "--config.mesh.data=3")
+  assert result.returncode == 2 and "mesh:" in result.stderr
