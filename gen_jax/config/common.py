@@ -13,7 +13,7 @@ DTYPES = ("float32", "bfloat16")
 # Logical axis -> mesh axes. Parameters: `embed` is split over fsdp, the head/mlp/vocab dimensions
 # over tensor. Activations: the batch over every data-parallel axis, the length over sequence.
 DEFAULT_LOGICAL_AXIS_RULES = (
-    ("batch", ("data", "fsdp")),
+    ("batch", ("data", "fsdp", "expert")),
     ("length", "sequence"),
     ("embed", "fsdp"),
     ("vocab", "tensor"),
@@ -119,4 +119,4 @@ def validate_batch_against_mesh(config: ml_collections.ConfigDict, data_parallel
   require(micro % data_parallel_size == 0, "train.batch_size",
           f"microbatch {micro} (train.batch_size={config.train.batch_size} / "
           f"train.grad_accum_steps={config.train.grad_accum_steps}) is not divisible by the "
-          f"data-parallel size {data_parallel_size} (mesh.data x mesh.fsdp)")
+          f"data-parallel size {data_parallel_size} (mesh.data x mesh.fsdp x mesh.expert)")

@@ -16,7 +16,9 @@ from gen_jax.config.common import MESH_AXES
 from gen_jax.config.errors import ConfigError
 from gen_jax.parallel import context
 
-BATCH_AXES = ("data", "fsdp")  # The mesh axes a batch is split over.
+# The mesh axes a batch is split over. `expert` is one of them: devices that hold different experts
+# hold different tokens too, and the MoE layer exchanges tokens between them (all-to-all).
+BATCH_AXES = ("data", "fsdp", "expert")
 
 
 def _fill(sizes: dict[str, int], available: int, field: str, unit: str) -> dict[str, int]:
