@@ -95,3 +95,13 @@ def test_per_device_parameter_and_optimizer_bytes_follow_the_rules(mesh, one_dev
   adam = state.opt_state  # mu and nu are shaped and sharded like the parameters; step counts are scalars.
   scalars = sum(math.prod(x.shape) == 1 for x in jax.tree.leaves(adam)) * 4
   assert _bytes_on_first_device(adam) == 2 * expected + scalars
+
+
+@pytest.mark.parametrize("mesh", ["mixed"])
+def test_pallas_flash_attention_inside_the_sharded_model_equals_one_device(mesh, one_device, tmp_path):
+  """The flash kernel (interpreted on CPU) runs per shard through shard_map inside the train step."""
+  loss1, grads1, _ = one_device
+  config = tiny_config(**MESHES[mesh], **{"model.attention_impl": "pallas"})
+  loss8, grads8, _ = _loss_and_grads(config, str(tmp_path))
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4), grads8, grads1)
