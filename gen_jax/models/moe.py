@@ -25,9 +25,9 @@ Expert parallelism comes from sharding annotations: the expert weights [e, d, f]
 axis `expert`, and the slots are constrained twice, by tokens [b, e, c, d] (the batch split as in
 the rest of the model) and by experts [e, b, c, d] (the experts split over the `expert` mesh axis),
 so each device runs only its own experts and XLA inserts the collectives between the layouts:
-all-to-alls when the logical rules split the batch over the expert axis too (GShard's layout), and
-with the default rules (batch over data and fsdp only) a local slice going in and an all-gather
-over the expert axis coming out.
+all-to-alls, since the default logical rules split the batch over the expert axis too (GShard's
+layout); rules that keep the batch off that axis get a local slice going in and an all-gather over
+the expert axis coming out.
 
 The dispatch and combine tensors [b, t, e, c] hold about b * t^2 * k * capacity_factor numbers:
 fine for sequences of a few thousand tokens; longer ones would want shorter routing groups.
