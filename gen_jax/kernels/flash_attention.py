@@ -1,17 +1,18 @@
 """Flash attention (Dao et al., 2022; FlashAttention-2, Dao, 2023): exact attention in tiles.
 
-`flash_attention` equals `gen_jax.ops.attention(..., impl="xla")` (with query_offset 0) but never
-materializes the [t, s] probabilities: the forward kernel keeps an online softmax per block of
-queries and saves its log-sum-exp; the backward kernels recompute the probabilities from it.
-This module validates arguments, pads lengths to whole tiles (padded keys are masked out, padded
-queries sliced off) and picks the kernels of a backend. Letters: b batch, t/s query/key length,
-n/k query/kv heads, h head_dim.
+`flash_attention` equals `gen_jax.ops.attention(..., impl="xla")` but never materializes the
+[t, s] probabilities: the forward kernel keeps an online softmax per block of queries and saves
+its log-sum-exp; the backward kernels recompute the probabilities from it. This module validates
+arguments, pads lengths to whole tiles (padded keys are masked out, padded queries sliced off),
+decides whether the query offset is static or read at run time, and picks the kernels of a
+backend. Letters: b batch, t/s query/key length, n/k query/kv heads, h head_dim.
 """
 import functools
 import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gen_jax.kernels import flash_attention_gpu, flash_attention_tpu
 from gen_jax.kernels.flash_attention_tiles import FlashConfig, TileMask
@@ -21,17 +22,23 @@ _KERNELS = {"gpu": flash_attention_gpu, "tpu": flash_attention_tpu}
 
 
 def flash_attention(query, key, value, *, causal: bool, segment_ids=None, key_segment_ids=None,
-                    sliding_window: int | None = None, scale: float | None = None,
-                    backend: str = "gpu", block_q: int | None = None, block_k: int | None = None,
-                    interpret: bool = False) -> jax.Array:
+                    query_offset: int | jax.Array = 0, sliding_window: int | None = None,
+                    scale: float | None = None, backend: str = "gpu", block_q: int | None = None,
+                    block_k: int | None = None, interpret: bool = False) -> jax.Array:
   """Multi-head attention with grouped kv heads, differentiable in query, key and value.
 
   Args:
     query: [b, t, n, h], float32 or bfloat16.
     key, value: [b, s, k, h] with k dividing n; query head i reads kv head i // (n // k).
-    causal: a query at position i sees keys at positions <= i (both count from 0).
+    causal: a query at position q_pos sees keys at positions <= q_pos.
     segment_ids: [b, t] int, document ids of the queries; 0 is padding and attends nowhere.
     key_segment_ids: [b, s] int; defaults to segment_ids.
+    query_offset: the position of the first query among the keys (query i sits at query_offset +
+      i; keys count from 0), as in `ops.attention`: s - t to decode after a prefix, or
+      axis_index * t_local for a shard of the queries in sequence parallelism. A Python int is
+      static (compiled into the kernels, one compilation per value); an int32 scalar jax.Array,
+      traced or not, is read by the kernels at run time, so one compilation serves every value.
+      Not differentiable. Only causal and sliding-window masks depend on it.
     sliding_window: a query sees keys with q_pos - k_pos < sliding_window (None: no limit).
     scale: logit scale (a Python float, static); defaults to 1/sqrt(h).
     backend: one of FLASH_BACKENDS, the kernels to run ("gpu": Triton, "tpu": Mosaic).
@@ -44,11 +51,14 @@ def flash_attention(query, key, value, *, causal: bool, segment_ids=None, key_se
     raise ValueError(f"backend {backend!r} is not one of {FLASH_BACKENDS}")
   segment_ids, key_segment_ids = _check_arguments(query, key, value, segment_ids, key_segment_ids,
                                                   sliding_window)
+  static_offset, offset = _check_query_offset(query_offset)
+  if not causal and sliding_window is None:  # Nothing depends on it: no run-time input.
+    static_offset, offset = 0, None
   t, s, h = query.shape[1], key.shape[1], query.shape[3]
   blocks = _KERNELS[backend].plan_blocks(h, t, s, block_q, block_k, interpret)
   window = None if sliding_window is None else int(sliding_window)  # Hashable, static.
-  mask = TileMask(causal=bool(causal), sliding_window=window, query_length=t,
-                  key_length=s, has_segments=segment_ids is not None)
+  mask = TileMask(causal=bool(causal), sliding_window=window, query_length=t, key_length=s,
+                  has_segments=segment_ids is not None, query_offset=static_offset)
   config = FlashConfig(mask=mask, scale=float(h ** -0.5 if scale is None else scale),
                        blocks=blocks, interpret=interpret)
 
@@ -60,7 +70,7 @@ def flash_attention(query, key, value, *, causal: bool, segment_ids=None, key_se
   if segment_ids is not None:  # Padding gets segment 0, which sees nothing.
     segment_ids = jnp.pad(segment_ids, ((0, 0), (0, query.shape[1] - t)))
     key_segment_ids = jnp.pad(key_segment_ids, ((0, 0), (0, key.shape[1] - s)))
-  out = _flash(backend, config, query, key, value, segment_ids, key_segment_ids)
+  out = _flash(backend, config, query, key, value, segment_ids, key_segment_ids, offset)
   return out[:, :t, :, :h]
 
 
@@ -101,20 +111,34 @@ def _check_arguments(query, key, value, segment_ids, key_segment_ids, sliding_wi
   return segment_ids, key_segment_ids
 
 
+def _check_query_offset(query_offset):
+  """(static int or None, None or a run-time int32 array of shape (1,)) for `query_offset`."""
+  if isinstance(query_offset, numbers.Integral) and not isinstance(query_offset, bool):
+    return int(query_offset), None
+  if isinstance(query_offset, (jax.Array, np.ndarray, np.generic)):
+    dtype = query_offset.dtype
+    if query_offset.shape == () and jnp.issubdtype(dtype, jnp.integer):
+      # Shape (1,): a one-element block for the Triton kernels, one SMEM word for Mosaic.
+      return None, jax.lax.stop_gradient(jnp.asarray(query_offset, jnp.int32)).reshape(1)
+  raise ValueError(f"query_offset must be a Python int or an integer scalar array, got "
+                   f"{query_offset!r}")
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _flash(backend, config, query, key, value, query_ids, key_ids):
-  """Attention over padded arrays: query [b, t, n, h], key/value [b, s, k, h], ids or None."""
-  out, _ = _KERNELS[backend].forward(query, key, value, query_ids, key_ids, config)
+def _flash(backend, config, query, key, value, query_ids, key_ids, offset):
+  """Attention over padded arrays: query [b, t, n, h], key/value [b, s, k, h], ids or None,
+  offset an int32 (1,) array when config.mask.dynamic_offset, else None."""
+  out, _ = _KERNELS[backend].forward(query, key, value, query_ids, key_ids, offset, config)
   return out
 
 
-def _flash_forward(backend, config, query, key, value, query_ids, key_ids):
-  return _KERNELS[backend].forward(query, key, value, query_ids, key_ids, config)
+def _flash_forward(backend, config, query, key, value, query_ids, key_ids, offset):
+  return _KERNELS[backend].forward(query, key, value, query_ids, key_ids, offset, config)
 
 
 def _flash_backward(backend, config, residuals, d_out):
   dq, dk, dv = _KERNELS[backend].backward(residuals, d_out, config)
-  return dq, dk, dv, None, None  # Segment ids are integers: no gradient.
+  return dq, dk, dv, None, None, None  # Segment ids and the offset are integers: no gradient.
 
 
 _flash.defvjp(_flash_forward, _flash_backward)

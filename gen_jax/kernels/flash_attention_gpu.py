@@ -11,17 +11,25 @@ nothing is transposed, and a query head n reads kv head n // g, so keys and valu
 repeated. Softmax runs in base 2, with log2(e) folded into the logit scale, since exp2 is the
 hardware instruction. Letters: b batch, t/s query/key length, n/k query/kv heads, g = n // k, h
 head_dim.
+
+A query offset known only at run time (config.mask.dynamic_offset) comes in as an int32 array of
+shape (1,), one scalar load per program. The block ranges it shifts depend on the program id, so
+the loops over key or query blocks have run-time bounds either way: a Python-int offset, compiled
+in as a constant, saves that one load and a few integer operations per program, no more.
 """
 import functools
 import math
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from gen_jax.kernels.flash_attention_tiles import FlashConfig, KernelBlocks
+from gen_jax.kernels.flash_attention_tiles import (
+  FlashConfig,
+  KernelBlocks,
+  output_struct,
+)
 
 _LOG2_E = math.log2(math.e)
 _MIN_BLOCK = 16  # tl.dot needs every matmul dimension to be at least 16.
@@ -55,8 +63,9 @@ def plan_blocks(head_dim: int, query_length: int, key_length: int, block_q: int 
                       padded_head_dim=max(_MIN_BLOCK, pl.next_power_of_2(head_dim)))
 
 
-def forward(query, key, value, query_ids, key_ids, config: FlashConfig):
-  """query [b, t, n, h], key/value [b, s, k, h], ids [b, t]/[b, s] int32 or None (all padded).
+def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig):
+  """query [b, t, n, h], key/value [b, s, k, h], ids [b, t]/[b, s] int32 or None (all padded),
+  offset int32 [1] if config.mask.dynamic_offset else None.
 
   Returns out [b, t, n, h] in value's dtype and the residuals `backward` takes.
   """
@@ -66,29 +75,31 @@ def forward(query, key, value, query_ids, key_ids, config: FlashConfig):
   block_q, _ = config.blocks.forward
   q_block, query_spec, kv_spec, row_spec, ids_specs = _query_major_specs(
       t, s, h, block_q, group, config.mask.causal, query_ids)
+  inputs = (query, key, value, query_ids, key_ids, offset)
   out, lse = pl.pallas_call(
       functools.partial(_forward_kernel, config=config, q_block=q_block),
       grid=(t // block_q, b, n),
-      in_specs=[query_spec, kv_spec, kv_spec, *ids_specs],
+      in_specs=[query_spec, kv_spec, kv_spec, *ids_specs, _offset_spec(offset)],
       out_specs=[query_spec, row_spec],
-      out_shape=[jax.ShapeDtypeStruct(query.shape, value.dtype),
-                 jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
+      out_shape=[output_struct(query.shape, value.dtype, *inputs),
+                 output_struct((b, n, t), jnp.float32, *inputs)],
       compiler_params=plgpu.CompilerParams(num_warps=4 if h <= 64 else 8, num_stages=2),
       interpret=config.interpret,
       name="flash_attention_forward",
-  )(query, key, value, query_ids, key_ids)
-  return out, (query, key, value, query_ids, key_ids, out, lse)
+  )(*inputs)
+  return out, (query, key, value, query_ids, key_ids, offset, out, lse)
 
 
 def backward(residuals, d_out, config: FlashConfig):
   """Gradients (dq [b, t, n, h], dk, dv [b, s, k, h]) from `forward`'s residuals and d_out."""
-  query, key, value, query_ids, key_ids, out, lse = residuals
+  query, key, value, query_ids, key_ids, offset, out, lse = residuals
   b, t, n, h = query.shape
   s, num_kv_heads = key.shape[1], key.shape[2]
   group = n // num_kv_heads
   # delta_i = sum_j P_ij dP_ij = dO_i . O_i: one fused XLA reduction, read by both kernels.
   delta = jnp.einsum("btnh,btnh->bnt", d_out.astype(jnp.float32), out.astype(jnp.float32))
   num_warps = 4 if h <= 64 else 8
+  inputs = (query, key, value, d_out, lse, delta, query_ids, key_ids, offset)
 
   _, block_k = config.blocks.dkdv
   whole_queries = pl.BlockSpec((None, t, group, h), lambda j, bi, ki: (bi, 0, ki, 0))
@@ -101,14 +112,14 @@ def backward(residuals, d_out, config: FlashConfig):
       functools.partial(_dkdv_kernel, config=config, group=group),
       grid=(s // block_k, b, num_kv_heads),
       in_specs=[whole_queries, key_block, key_block, whole_queries, whole_rows, whole_rows,
-                *ids_specs],
+                *ids_specs, _offset_spec(offset)],
       out_specs=[key_block, key_block],
-      out_shape=[jax.ShapeDtypeStruct(key.shape, key.dtype),
-                 jax.ShapeDtypeStruct(value.shape, value.dtype)],
+      out_shape=[output_struct(key.shape, key.dtype, *inputs),
+                 output_struct(value.shape, value.dtype, *inputs)],
       compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=2),
       interpret=config.interpret,
       name="flash_attention_dkdv",
-  )(query, key, value, d_out, lse, delta, query_ids, key_ids)
+  )(*inputs)
 
   block_q, _ = config.blocks.dq
   q_block, query_spec, kv_spec, row_spec, ids_specs = _query_major_specs(
@@ -116,13 +127,14 @@ def backward(residuals, d_out, config: FlashConfig):
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, config=config, q_block=q_block),
       grid=(t // block_q, b, n),
-      in_specs=[query_spec, kv_spec, kv_spec, query_spec, row_spec, row_spec, *ids_specs],
+      in_specs=[query_spec, kv_spec, kv_spec, query_spec, row_spec, row_spec, *ids_specs,
+                _offset_spec(offset)],
       out_specs=query_spec,
-      out_shape=jax.ShapeDtypeStruct(query.shape, query.dtype),
+      out_shape=output_struct(query.shape, query.dtype, *inputs),
       compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=2),
       interpret=config.interpret,
       name="flash_attention_dq",
-  )(query, key, value, d_out, lse, delta, query_ids, key_ids)
+  )(*inputs)
   return dq, dk, dv
 
 
@@ -145,6 +157,16 @@ def _query_major_specs(t, s, h, block_q, group, causal, query_ids):
   return q_block, query_spec, kv_spec, row_spec, ids_specs
 
 
+def _offset_spec(offset):
+  """The run-time query offset [1]: the same one-element block for every program (or None)."""
+  return None if offset is None else pl.BlockSpec((1,), lambda *_: (0,))
+
+
+def _load_offset(offset_ref):
+  """The run-time query offset, a scalar, or None when the mask holds a static one."""
+  return None if offset_ref is None else offset_ref[0]
+
+
 def _dot_nt(a, b):
   """a [m, h] @ b[n, h]^T in float32."""
   return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
@@ -162,15 +184,16 @@ def _walk_blocks(step, block_range, unmasked_range, carry):
   return lax.fori_loop(full_end, end, functools.partial(step, masked=True), carry)
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, q_ids_ref, k_ids_ref, out_ref, lse_ref, *,
+def _forward_kernel(q_ref, k_ref, v_ref, q_ids_ref, k_ids_ref, offset_ref, out_ref, lse_ref, *,
                     config: FlashConfig, q_block):
   """q_ref, out_ref [block_q, h]; k_ref, v_ref [s, h]; q_ids_ref [block_q]; k_ids_ref [s];
-  lse_ref [block_q], base 2."""
+  offset_ref [1] or None; lse_ref [block_q], base 2."""
   mask = config.mask
   block_q, block_k = config.blocks.forward
   i = q_block(pl.program_id(0))
+  offset = _load_offset(offset_ref)
   q = q_ref[...]
-  q_pos = i * block_q + jnp.arange(block_q)[:, None]
+  q_row = i * block_q + jnp.arange(block_q)[:, None]
   q_ids = None if q_ids_ref is None else q_ids_ref[...][:, None]
   logit_scale = config.scale * _LOG2_E
 
@@ -181,7 +204,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, q_ids_ref, k_ids_ref, out_ref, lse_ref,
     if masked:
       k_pos = j * block_k + jnp.arange(block_k)[None, :]
       k_ids = None if k_ids_ref is None else k_ids_ref[keys][None, :]
-      logits = jnp.where(mask.visible(q_pos, k_pos, q_ids, k_ids), logits, -jnp.inf)
+      logits = jnp.where(mask.visible(q_row, k_pos, q_ids, k_ids, offset), logits, -jnp.inf)
     new_max = jnp.maximum(row_max, logits.max(axis=1))
     # Rows that have seen no visible key keep max -inf; shifting them by 0 keeps exp2 at 0, not NaN.
     shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
@@ -194,8 +217,8 @@ def _forward_kernel(q_ref, k_ref, v_ref, q_ids_ref, k_ids_ref, out_ref, lse_ref,
 
   carry = (jnp.zeros(q.shape, jnp.float32), jnp.full((block_q,), -jnp.inf, jnp.float32),
            jnp.zeros((block_q,), jnp.float32))
-  acc, row_max, row_sum = _walk_blocks(step, mask.key_blocks(i, block_q, block_k),
-                                       mask.unmasked_key_blocks(i, block_q, block_k), carry)
+  acc, row_max, row_sum = _walk_blocks(step, mask.key_blocks(i, block_q, block_k, offset),
+                                       mask.unmasked_key_blocks(i, block_q, block_k, offset), carry)
   # A row that sees no key outputs 0; its log-sum-exp of +inf makes every recomputed probability 0.
   empty = row_sum == 0.0
   out_ref[...] = (acc / jnp.where(empty, 1.0, row_sum)[:, None]).astype(out_ref.dtype)
@@ -203,15 +226,16 @@ def _forward_kernel(q_ref, k_ref, v_ref, q_ids_ref, k_ids_ref, out_ref, lse_ref,
 
 
 def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_ids_ref, k_ids_ref,
-                 dk_ref, dv_ref, *, config: FlashConfig, group: int):
+                 offset_ref, dk_ref, dv_ref, *, config: FlashConfig, group: int):
   """q_ref, do_ref [t, g, h]; lse_ref, delta_ref [g, t]; q_ids_ref [t]; k_ids_ref [block_k];
-  k_ref, v_ref, dk_ref, dv_ref [block_k, h].
+  offset_ref [1] or None; k_ref, v_ref, dk_ref, dv_ref [block_k, h].
 
   Tiles are transposed (keys along rows), so dV += P^T dO and dK += dS^T Q need no transposes.
   """
   mask = config.mask
   block_q, block_k = config.blocks.dkdv
   j = pl.program_id(0)
+  offset = _load_offset(offset_ref)
   k, v = k_ref[...], v_ref[...]
   k_pos = j * block_k + jnp.arange(block_k)[:, None]
   k_ids = None if k_ids_ref is None else k_ids_ref[...][:, None]
@@ -223,17 +247,17 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_ids_ref, k_i
     q, do = q_ref[rows, head, :], do_ref[rows, head, :]
     logits_t = _dot_nt(k, q) * logit_scale  # [block_k, block_q]
     if masked:
-      q_pos = i * block_q + jnp.arange(block_q)[None, :]
+      q_row = i * block_q + jnp.arange(block_q)[None, :]
       q_ids = None if q_ids_ref is None else q_ids_ref[rows][None, :]
-      logits_t = jnp.where(mask.visible(q_pos, k_pos, q_ids, k_ids), logits_t, -jnp.inf)
+      logits_t = jnp.where(mask.visible(q_row, k_pos, q_ids, k_ids, offset), logits_t, -jnp.inf)
     probs_t = jnp.exp2(logits_t - lse_ref[head, rows][None, :])
     dv = dv + _dot(probs_t.astype(do.dtype), do)
     dlogits_t = probs_t * (_dot_nt(v, do) - delta_ref[head, rows][None, :])
     dk = dk + _dot(dlogits_t.astype(q.dtype), q)
     return dk, dv
 
-  block_range = mask.query_blocks(j, block_q, block_k)
-  unmasked_range = mask.unmasked_query_blocks(j, block_q, block_k)
+  block_range = mask.query_blocks(j, block_q, block_k, offset)
+  unmasked_range = mask.unmasked_query_blocks(j, block_q, block_k, offset)
 
   def head_step(head, carry):  # dK and dV sum over the query heads sharing this kv head.
     return _walk_blocks(functools.partial(step, head=head), block_range, unmasked_range, carry)
@@ -244,16 +268,17 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_ids_ref, k_i
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_ids_ref, k_ids_ref, dq_ref, *,
-               config: FlashConfig, q_block):
+def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_ids_ref, k_ids_ref, offset_ref,
+               dq_ref, *, config: FlashConfig, q_block):
   """q_ref, do_ref, dq_ref [block_q, h]; k_ref, v_ref [s, h]; lse_ref, delta_ref [block_q];
-  q_ids_ref [block_q]; k_ids_ref [s]."""
+  q_ids_ref [block_q]; k_ids_ref [s]; offset_ref [1] or None."""
   mask = config.mask
   block_q, block_k = config.blocks.dq
   i = q_block(pl.program_id(0))
+  offset = _load_offset(offset_ref)
   q, do = q_ref[...], do_ref[...]
   lse, delta = lse_ref[...][:, None], delta_ref[...][:, None]
-  q_pos = i * block_q + jnp.arange(block_q)[:, None]
+  q_row = i * block_q + jnp.arange(block_q)[:, None]
   q_ids = None if q_ids_ref is None else q_ids_ref[...][:, None]
   logit_scale = config.scale * _LOG2_E
 
@@ -264,11 +289,12 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_ids_ref, k_ids
     if masked:
       k_pos = j * block_k + jnp.arange(block_k)[None, :]
       k_ids = None if k_ids_ref is None else k_ids_ref[keys][None, :]
-      logits = jnp.where(mask.visible(q_pos, k_pos, q_ids, k_ids), logits, -jnp.inf)
+      logits = jnp.where(mask.visible(q_row, k_pos, q_ids, k_ids, offset), logits, -jnp.inf)
     probs = jnp.exp2(logits - lse)
     dlogits = probs * (_dot_nt(do, v) - delta)
     return dq + _dot(dlogits.astype(k.dtype), k)
 
-  dq = _walk_blocks(step, mask.key_blocks(i, block_q, block_k),
-                    mask.unmasked_key_blocks(i, block_q, block_k), jnp.zeros(q.shape, jnp.float32))
+  dq = _walk_blocks(step, mask.key_blocks(i, block_q, block_k, offset),
+                    mask.unmasked_key_blocks(i, block_q, block_k, offset),
+                    jnp.zeros(q.shape, jnp.float32))
   dq_ref[...] = (dq * config.scale).astype(dq_ref.dtype)

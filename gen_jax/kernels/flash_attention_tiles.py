@@ -4,7 +4,9 @@ A kernel walks tiles: a block of `block_q` queries against a block of `block_k` 
 sliding window and the true (unpadded) lengths say which tiles hold a key that some query sees (the
 others are skipped) and which hold only keys that every query sees (those run without a mask).
 The same predicate decides in the forward and backward passes, so probabilities recomputed from the
-saved log-sum-exp cover exactly the keys the forward pass summed over.
+saved log-sum-exp cover exactly the keys the forward pass summed over. Queries may start further
+along the keys (a query offset, static or known only at run time): the tile ranges are integer
+expressions that take either, so the kernels walk the same tiles for both.
 """
 import dataclasses
 
@@ -15,82 +17,110 @@ from jax import lax
 
 @dataclasses.dataclass(frozen=True)
 class TileMask:
-  """Which keys a query sees; query and key positions both count from 0.
+  """Which keys a query sees: query row r sits at position query_offset + r among the keys.
+
+  Rows and key positions count from 0. Every method takes `offset`, the run-time offset (a traced
+  int32 scalar) that stands in for query_offset when that is None; a static query_offset ignores it.
 
   Attributes:
     causal: a query sees keys at positions <= its own.
     sliding_window: a query sees keys with q_pos - k_pos < sliding_window (None: no limit).
-    query_length, key_length: the true t and s; positions past them are padding, which sees
-      nothing and is seen by nothing.
+    query_length, key_length: the true t and s; rows and keys past them are padding, which sees
+      nothing and is seen by nothing, whatever the offset.
     has_segments: segment ids take part, so no tile can skip the elementwise mask.
+    query_offset: the position of query row 0 among the keys, a Python int, or None when the
+      kernels read it at run time (it matters only to causal and sliding-window masks).
   """
   causal: bool
   sliding_window: int | None
   query_length: int
   key_length: int
   has_segments: bool
+  query_offset: int | None = 0
 
-  def visible(self, q_pos, k_pos, q_ids=None, k_ids=None) -> jax.Array:
-    """Bool array, the broadcast of the int arrays q_pos and k_pos (and ids): query sees key."""
-    visible = (k_pos < self.key_length) & (q_pos < self.query_length)
-    if self.causal:
-      visible &= k_pos <= q_pos
-    if self.sliding_window is not None:
-      visible &= q_pos - k_pos < self.sliding_window
+  @property
+  def dynamic_offset(self) -> bool:
+    """The kernels take the offset as a run-time scalar input."""
+    return self.query_offset is None
+
+  def offset(self, offset=None):
+    """The static query_offset, else the run-time `offset`."""
+    if self.query_offset is not None:
+      return self.query_offset
+    if offset is None:
+      raise ValueError("this TileMask reads its query offset at run time: pass `offset`")
+    return offset
+
+  def visible(self, q_row, k_pos, q_ids=None, k_ids=None, offset=None) -> jax.Array:
+    """Bool array, the broadcast of the int arrays q_row and k_pos (and ids): query sees key."""
+    visible = (k_pos < self.key_length) & (q_row < self.query_length)
+    if self.causal or self.sliding_window is not None:
+      q_pos = q_row + self.offset(offset)
+      if self.causal:
+        visible &= k_pos <= q_pos
+      if self.sliding_window is not None:
+        visible &= q_pos - k_pos < self.sliding_window
     if self.has_segments:
       visible &= (q_ids == k_ids) & (q_ids != 0)
     return visible
 
-  def key_blocks(self, q_block, block_q: int, block_k: int):
+  def key_blocks(self, q_block, block_q: int, block_k: int, offset=None):
     """(first, end): the key blocks holding a key that some query of block `q_block` sees."""
+    offset = self.offset(offset)
     q_first = q_block * block_q
     q_last = jnp.minimum(q_first + block_q - 1, self.query_length - 1)
     # The rows' visible key intervals slide by one per row, so their union is one interval.
     k_first, k_last = 0, self.key_length - 1
     if self.sliding_window is not None:
-      k_first = jnp.maximum(q_first - self.sliding_window + 1, 0)
+      k_first = jnp.maximum(q_first + offset - self.sliding_window + 1, 0)
     if self.causal:
-      k_last = jnp.minimum(k_last, q_last)
+      k_last = jnp.minimum(k_last, q_last + offset)
     return _blocks_of_interval(k_first, k_last, block_k, _one_if_less(q_first, self.query_length))
 
-  def unmasked_key_blocks(self, q_block, block_q: int, block_k: int):
+  def unmasked_key_blocks(self, q_block, block_q: int, block_k: int, offset=None):
     """(first, end) inside `key_blocks`: blocks whose every key every query of the block sees."""
-    first, end = self.key_blocks(q_block, block_q, block_k)
+    offset = self.offset(offset)
+    first, end = self.key_blocks(q_block, block_q, block_k, offset)
     if self.has_segments:
       return end, end
     q_first = q_block * block_q
     q_last = q_first + block_q - 1
     full_end = self.key_length // block_k * _one_if_less(q_last, self.query_length)
-    if self.causal:
-      full_end = jnp.minimum(full_end, lax.div(q_first + 1, block_k))
+    if self.causal:  # Keys up to the block's first query position: clamp before a truncating div.
+      full_end = jnp.minimum(full_end, lax.div(jnp.maximum(q_first + offset + 1, 0), block_k))
     full_first = first
     if self.sliding_window is not None:
       full_first = jnp.maximum(
-          first, _cdiv(jnp.maximum(q_last - self.sliding_window + 1, 0), block_k))
+          first, _cdiv(jnp.maximum(q_last + offset - self.sliding_window + 1, 0), block_k))
     return _inside(full_first, full_end, first, end)
 
-  def query_blocks(self, k_block, block_q: int, block_k: int):
+  def query_blocks(self, k_block, block_q: int, block_k: int, offset=None):
     """(first, end): the query blocks holding a query that sees some key of block `k_block`."""
+    offset = self.offset(offset)
     k_first = k_block * block_k
     k_last = jnp.minimum(k_first + block_k - 1, self.key_length - 1)
-    q_first, q_last = (k_first if self.causal else 0), self.query_length - 1
+    q_first, q_last = 0, self.query_length - 1  # Rows, not positions.
+    if self.causal:
+      q_first = jnp.maximum(k_first - offset, 0)
     if self.sliding_window is not None:
-      q_last = jnp.minimum(q_last, k_last + self.sliding_window - 1)
+      q_last = jnp.minimum(q_last, k_last + self.sliding_window - 1 - offset)
     return _blocks_of_interval(q_first, q_last, block_q, _one_if_less(k_first, self.key_length))
 
-  def unmasked_query_blocks(self, k_block, block_q: int, block_k: int):
+  def unmasked_query_blocks(self, k_block, block_q: int, block_k: int, offset=None):
     """(first, end) inside `query_blocks`: blocks whose every query sees every key of the block."""
-    first, end = self.query_blocks(k_block, block_q, block_k)
+    offset = self.offset(offset)
+    first, end = self.query_blocks(k_block, block_q, block_k, offset)
     if self.has_segments:
       return end, end
     k_first = k_block * block_k
     k_last = k_first + block_k - 1
     full_end = self.query_length // block_q * _one_if_less(k_last, self.key_length)
     if self.sliding_window is not None:
-      full_end = jnp.minimum(full_end, lax.div(k_first + self.sliding_window, block_q))
+      full_end = jnp.minimum(
+          full_end, lax.div(jnp.maximum(k_first + self.sliding_window - offset, 0), block_q))
     full_first = first
     if self.causal:
-      full_first = jnp.maximum(first, _cdiv(k_last, block_q))
+      full_first = jnp.maximum(first, _cdiv(jnp.maximum(k_last - offset, 0), block_q))
     return _inside(full_first, full_end, first, end)
 
 
@@ -114,6 +144,15 @@ class FlashConfig:
   interpret: bool
 
 
+def output_struct(shape, dtype, *inputs) -> jax.ShapeDtypeStruct:
+  """A kernel output's type. Inside shard_map (with check_vma, the default) pallas_call must be
+  told which manual mesh axes its outputs vary over: every axis any input (None: absent) does."""
+  varying = frozenset().union(*(jax.typeof(x).manual_axis_type.varying
+                                for x in inputs if x is not None))
+  return jax.ShapeDtypeStruct(shape, dtype,
+                              manual_axis_type=jax.sharding.ManualAxisType(varying=varying))
+
+
 def clamp_block(index, first, end):
   """`index` moved into [first, end), or a valid neighbour when the range is empty.
 
@@ -133,7 +172,11 @@ def _one_if_less(a, b):
 
 
 def _blocks_of_interval(first, last, block: int, nonempty):
-  """(first block, end block) covering positions [first, last] if nonempty (0 or 1), else empty."""
+  """(first block, end block) covering positions [first, last] if nonempty (0 or 1), else empty.
+
+  An interval past either end (last < 0 with a query offset) is empty: a negative last divides
+  towards 0, but the factor _one_if_less(first >= 0, last + 1) is then 0.
+  """
   end = (lax.div(last, block) + 1) * nonempty * _one_if_less(first, last + 1)
   return jnp.minimum(lax.div(first, block), end), end
 

@@ -11,16 +11,29 @@ Arrays are transposed to [b, n, t, h] so a block's last two dimensions are (leng
 lie along lanes ([b, n, 1, t]), so the backward kernels work on transposed tiles, keys along rows:
 their per-query statistics broadcast over sublanes without any relayout. Letters: b batch, t/s
 query/key length, n/k query/kv heads, g = n // k, h head_dim.
+
+A query offset known only at run time (config.mask.dynamic_offset) is a scalar-prefetch operand
+(`PrefetchScalarGridSpec(num_scalar_prefetch=1)`): copied to SMEM before the grid starts, it
+reaches the index maps as well as the kernel body. The index maps need it: they clamp a skipped
+tile onto a block that is fetched anyway, and which tiles are skipped depends on the offset. An
+SMEM input would reach only the body, so every skipped tile would cost a DMA again. A Python-int
+offset stays a compile-time constant with num_scalar_prefetch=0, as before offsets existed. The
+tile predicates depend on the program ids, so they are run-time scalar-unit integer arithmetic
+per grid step either way; a run-time offset adds one SMEM load to them.
 """
 import functools
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from gen_jax.kernels.flash_attention_tiles import FlashConfig, KernelBlocks, clamp_block
+from gen_jax.kernels.flash_attention_tiles import (
+  FlashConfig,
+  KernelBlocks,
+  clamp_block,
+  output_struct,
+)
 
 _LANES = 128
 _SUBLANES = 8
@@ -50,8 +63,9 @@ def plan_blocks(head_dim: int, query_length: int, key_length: int, block_q: int 
                       padded_key_length=padded_k, padded_head_dim=head_dim)
 
 
-def forward(query, key, value, query_ids, key_ids, config: FlashConfig):
-  """query [b, t, n, h], key/value [b, s, k, h], ids [b, t]/[b, s] int32 or None (all padded).
+def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig):
+  """query [b, t, n, h], key/value [b, s, k, h], ids [b, t]/[b, s] int32 or None (all padded),
+  offset int32 [1] if config.mask.dynamic_offset else None.
 
   Returns out [b, t, n, h] in value's dtype and the residuals `backward` takes.
   """
@@ -61,42 +75,44 @@ def forward(query, key, value, query_ids, key_ids, config: FlashConfig):
   block_q, block_k = config.blocks.forward
   mask = config.mask
 
-  def key_index(bi, ni, i, j):
-    return (bi, lax.div(ni, group), clamp_block(j, *mask.key_blocks(i, block_q, block_k)), 0)
+  def key_index(bi, ni, i, j, *offset_ref):
+    key_blocks = mask.key_blocks(i, block_q, block_k, _offset(offset_ref))
+    return (bi, lax.div(ni, group), clamp_block(j, *key_blocks), 0)
 
-  def key_ids_index(bi, ni, i, j):
-    return (bi, 0, key_index(bi, ni, i, j)[2])
+  def key_ids_index(bi, ni, i, j, *offset_ref):
+    return (bi, 0, key_index(bi, ni, i, j, *offset_ref)[2])
 
-  query_spec = pl.BlockSpec((None, None, block_q, h), lambda bi, ni, i, j: (bi, ni, i, 0))
+  query_spec = pl.BlockSpec((None, None, block_q, h), lambda bi, ni, i, j, *_: (bi, ni, i, 0))
   key_spec = pl.BlockSpec((None, None, block_k, h), key_index)
   in_specs = [query_spec, key_spec, key_spec]
   inputs = [query, key, value]
   if query_ids is not None:  # Queries along sublanes [b, t, 1], keys along lanes [b, 1, s].
-    in_specs += [pl.BlockSpec((None, block_q, 1), lambda bi, ni, i, j: (bi, i, 0)),
+    in_specs += [pl.BlockSpec((None, block_q, 1), lambda bi, ni, i, j, *_: (bi, i, 0)),
                  pl.BlockSpec((None, 1, block_k), key_ids_index)]
     inputs += [query_ids[:, :, None], key_ids[:, None, :]]
+  scalars = [] if offset is None else [offset]
   out, lse = pl.pallas_call(
       functools.partial(_forward_kernel, config=config),
       grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=0,
+          num_scalar_prefetch=len(scalars),
           grid=(b, n, t // block_q, key.shape[2] // block_k),
           in_specs=in_specs,
           out_specs=[query_spec, _row_spec(block_q)],
           scratch_shapes=[pltpu.VMEM((block_q, h), jnp.float32),
                           pltpu.VMEM((block_q, _LANES), jnp.float32),
                           pltpu.VMEM((block_q, _LANES), jnp.float32)]),
-      out_shape=[jax.ShapeDtypeStruct(query.shape, value.dtype),
-                 jax.ShapeDtypeStruct((b, n, 1, t), jnp.float32)],
+      out_shape=[output_struct(query.shape, value.dtype, *scalars, *inputs),
+                 output_struct((b, n, 1, t), jnp.float32, *scalars, *inputs)],
       compiler_params=pltpu.CompilerParams(dimension_semantics=_SEMANTICS),
       interpret=config.interpret,
       name="flash_attention_forward",
-  )(*inputs)
-  return out.transpose(0, 2, 1, 3), (query, key, value, query_ids, key_ids, out, lse)
+  )(*scalars, *inputs)
+  return out.transpose(0, 2, 1, 3), (query, key, value, query_ids, key_ids, offset, out, lse)
 
 
 def backward(residuals, d_out, config: FlashConfig):
   """Gradients (dq [b, t, n, h], dk, dv [b, s, k, h]) from `forward`'s residuals and d_out."""
-  query, key, value, query_ids, key_ids, out, lse = residuals
+  query, key, value, query_ids, key_ids, offset, out, lse = residuals
   d_out = d_out.transpose(0, 2, 1, 3)  # [b, n, t, h]
   b, n, t, h = query.shape
   num_kv_heads, s = key.shape[1], key.shape[2]
@@ -106,69 +122,91 @@ def backward(residuals, d_out, config: FlashConfig):
   delta = jnp.einsum("bnth,bnth->bnt", d_out.astype(jnp.float32), out.astype(jnp.float32))
   delta = delta[:, :, None, :]  # [b, n, 1, t]
   ids = [] if query_ids is None else [query_ids[:, None, :], key_ids[:, :, None]]
+  scalars = [] if offset is None else [offset]
+  inputs = [query, key, value, d_out, lse, delta, *ids]
 
   block_q, block_k = config.blocks.dkdv
   num_q_blocks = t // block_q
 
-  def query_index(bi, ki, j, r):  # r walks the query blocks of each head of the group in turn.
-    i = clamp_block(lax.rem(r, num_q_blocks), *mask.query_blocks(j, block_q, block_k))
+  def query_index(bi, ki, j, r, *offset_ref):  # r walks each head's query blocks in turn.
+    query_blocks = mask.query_blocks(j, block_q, block_k, _offset(offset_ref))
+    i = clamp_block(lax.rem(r, num_q_blocks), *query_blocks)
     return (bi, ki * group + lax.div(r, num_q_blocks), i, 0)
 
-  def row_index(bi, ki, j, r):
-    bi, ni, i, _ = query_index(bi, ki, j, r)
+  def row_index(bi, ki, j, r, *offset_ref):
+    bi, ni, i, _ = query_index(bi, ki, j, r, *offset_ref)
     return (bi, ni, 0, i)
 
+  def query_ids_index(bi, ki, j, r, *offset_ref):
+    return (bi, 0, query_index(bi, ki, j, r, *offset_ref)[2])
+
   query_spec = pl.BlockSpec((None, None, block_q, h), query_index)
-  key_spec = pl.BlockSpec((None, None, block_k, h), lambda bi, ki, j, r: (bi, ki, j, 0))
+  key_spec = pl.BlockSpec((None, None, block_k, h), lambda bi, ki, j, r, *_: (bi, ki, j, 0))
   row_spec = pl.BlockSpec((None, None, 1, block_q), row_index)
   ids_specs = [] if query_ids is None else [
-      pl.BlockSpec((None, 1, block_q), lambda bi, ki, j, r: (bi, 0, query_index(bi, ki, j, r)[2])),
-      pl.BlockSpec((None, block_k, 1), lambda bi, ki, j, r: (bi, j, 0))]
+      pl.BlockSpec((None, 1, block_q), query_ids_index),
+      pl.BlockSpec((None, block_k, 1), lambda bi, ki, j, r, *_: (bi, j, 0))]
   dk, dv = pl.pallas_call(
       functools.partial(_dkdv_kernel, config=config, num_q_blocks=num_q_blocks),
       grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=0,
+          num_scalar_prefetch=len(scalars),
           grid=(b, num_kv_heads, s // block_k, group * num_q_blocks),
           in_specs=[query_spec, key_spec, key_spec, query_spec, row_spec, row_spec, *ids_specs],
           out_specs=[key_spec, key_spec],
           scratch_shapes=[pltpu.VMEM((block_k, h), jnp.float32)] * 2),
-      out_shape=[jax.ShapeDtypeStruct(key.shape, key.dtype),
-                 jax.ShapeDtypeStruct(value.shape, value.dtype)],
+      out_shape=[output_struct(key.shape, key.dtype, *scalars, *inputs),
+                 output_struct(value.shape, value.dtype, *scalars, *inputs)],
       compiler_params=pltpu.CompilerParams(dimension_semantics=_SEMANTICS),
       interpret=config.interpret,
       name="flash_attention_dkdv",
-  )(query, key, value, d_out, lse, delta, *ids)
+  )(*scalars, *inputs)
 
   block_q, block_k = config.blocks.dq
 
-  def key_index(bi, ni, i, j):
-    return (bi, lax.div(ni, group), clamp_block(j, *mask.key_blocks(i, block_q, block_k)), 0)
+  def key_index(bi, ni, i, j, *offset_ref):
+    key_blocks = mask.key_blocks(i, block_q, block_k, _offset(offset_ref))
+    return (bi, lax.div(ni, group), clamp_block(j, *key_blocks), 0)
 
-  query_spec = pl.BlockSpec((None, None, block_q, h), lambda bi, ni, i, j: (bi, ni, i, 0))
+  def key_ids_index(bi, ni, i, j, *offset_ref):
+    return (bi, key_index(bi, ni, i, j, *offset_ref)[2], 0)
+
+  query_spec = pl.BlockSpec((None, None, block_q, h), lambda bi, ni, i, j, *_: (bi, ni, i, 0))
   key_spec = pl.BlockSpec((None, None, block_k, h), key_index)
   ids_specs = [] if query_ids is None else [
-      pl.BlockSpec((None, 1, block_q), lambda bi, ni, i, j: (bi, 0, i)),
-      pl.BlockSpec((None, block_k, 1), lambda bi, ni, i, j: (bi, key_index(bi, ni, i, j)[2], 0))]
+      pl.BlockSpec((None, 1, block_q), lambda bi, ni, i, j, *_: (bi, 0, i)),
+      pl.BlockSpec((None, block_k, 1), key_ids_index)]
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, config=config),
       grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=0,
+          num_scalar_prefetch=len(scalars),
           grid=(b, n, t // block_q, s // block_k),
           in_specs=[query_spec, key_spec, key_spec, query_spec, _row_spec(block_q),
                     _row_spec(block_q), *ids_specs],
           out_specs=query_spec,
           scratch_shapes=[pltpu.VMEM((block_q, h), jnp.float32)]),
-      out_shape=jax.ShapeDtypeStruct(query.shape, query.dtype),
+      out_shape=output_struct(query.shape, query.dtype, *scalars, *inputs),
       compiler_params=pltpu.CompilerParams(dimension_semantics=_SEMANTICS),
       interpret=config.interpret,
       name="flash_attention_dq",
-  )(query, key, value, d_out, lse, delta, *ids)
+  )(*scalars, *inputs)
   return tuple(x.transpose(0, 2, 1, 3) for x in (dq, dk, dv))
 
 
 def _row_spec(block_q):
   """Per-query statistics [b, n, 1, t], queries along lanes, on the grid (b, n, i, j)."""
-  return pl.BlockSpec((None, None, 1, block_q), lambda bi, ni, i, j: (bi, ni, 0, i))
+  return pl.BlockSpec((None, None, 1, block_q), lambda bi, ni, i, j, *_: (bi, ni, 0, i))
+
+
+def _offset(offset_ref):
+  """The run-time query offset from the (optional) scalar-prefetch ref [1] in SMEM, or None."""
+  return offset_ref[0][0] if offset_ref else None
+
+
+def _split_offset(config: FlashConfig, refs):
+  """(run-time offset or None, the other refs): a scalar-prefetch ref comes first."""
+  if config.mask.dynamic_offset:
+    return refs[0][0], refs[1:]
+  return None, refs
 
 
 def _dot_nt(a, b):
@@ -189,11 +227,12 @@ def _run_tile(step, block, block_range, unmasked_range):
   pl.when(needed & jnp.logical_not(unmasked))(functools.partial(step, masked=True))
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, *refs, config: FlashConfig):
-  """q_ref, out_ref [block_q, h]; k_ref, v_ref [block_k, h]; optional q_ids_ref [block_q, 1] and
-  k_ids_ref [1, block_k]; lse_ref [1, block_q]; scratch acc [block_q, h], row max and row sum
-  [block_q, 128] (the value repeated along lanes)."""
+def _forward_kernel(*refs, config: FlashConfig):
+  """Optional offset_ref [1] (SMEM); q_ref, out_ref [block_q, h]; k_ref, v_ref [block_k, h];
+  optional q_ids_ref [block_q, 1] and k_ids_ref [1, block_k]; lse_ref [1, block_q]; scratch acc
+  [block_q, h], row max and row sum [block_q, 128] (the value repeated along lanes)."""
   mask = config.mask
+  offset, (q_ref, k_ref, v_ref, *refs) = _split_offset(config, refs)
   q_ids_ref, k_ids_ref = refs[:2] if mask.has_segments else (None, None)
   out_ref, lse_ref, acc_ref, max_ref, sum_ref = refs[-5:]
   block_q, block_k = config.blocks.forward
@@ -208,10 +247,10 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, config: FlashConfig):
   def step(masked):
     logits = _dot_nt(q_ref[...], k_ref[...]) * config.scale  # [block_q, block_k]
     if masked:
-      q_pos = i * block_q + lax.broadcasted_iota(jnp.int32, logits.shape, 0)
+      q_row = i * block_q + lax.broadcasted_iota(jnp.int32, logits.shape, 0)
       k_pos = j * block_k + lax.broadcasted_iota(jnp.int32, logits.shape, 1)
-      ids = () if q_ids_ref is None else (q_ids_ref[...], k_ids_ref[...])
-      logits = jnp.where(mask.visible(q_pos, k_pos, *ids), logits, -jnp.inf)
+      ids = (None, None) if q_ids_ref is None else (q_ids_ref[...], k_ids_ref[...])
+      logits = jnp.where(mask.visible(q_row, k_pos, *ids, offset), logits, -jnp.inf)
     row_max = max_ref[:, :1]
     new_max = jnp.maximum(row_max, logits.max(axis=1, keepdims=True))
     # Rows that have seen no visible key keep max -inf; shifting them by 0 keeps exp at 0, not NaN.
@@ -224,8 +263,8 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, config: FlashConfig):
     values = v_ref[...]
     acc_ref[...] = acc_ref[...] * correction + _dot(probs.astype(values.dtype), values)
 
-  _run_tile(step, j, mask.key_blocks(i, block_q, block_k),
-            mask.unmasked_key_blocks(i, block_q, block_k))
+  _run_tile(step, j, mask.key_blocks(i, block_q, block_k, offset),
+            mask.unmasked_key_blocks(i, block_q, block_k, offset))
 
   @pl.when(j == pl.num_programs(3) - 1)
   def _finish():
@@ -238,26 +277,26 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, config: FlashConfig):
     lse_ref[...] = lse.T[:1]  # Lane-replicated columns transpose into a row of queries.
 
 
-def _transposed_tile(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, ids, q_first, k_first,
-                     config: FlashConfig, masked: bool):
+def _transposed_tile(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, ids, offset, q_first,
+                     k_first, config: FlashConfig, masked: bool):
   """Probabilities P^T and logit gradients dS^T [block_k, block_q] of one tile, keys along rows."""
   logits_t = _dot_nt(k_ref[...], q_ref[...]) * config.scale
   if masked:
-    q_pos = q_first + lax.broadcasted_iota(jnp.int32, logits_t.shape, 1)
+    q_row = q_first + lax.broadcasted_iota(jnp.int32, logits_t.shape, 1)
     k_pos = k_first + lax.broadcasted_iota(jnp.int32, logits_t.shape, 0)
-    ids = () if ids is None else (ids[0][...], ids[1][...])
-    logits_t = jnp.where(config.mask.visible(q_pos, k_pos, *ids), logits_t, -jnp.inf)
+    ids = (None, None) if ids is None else (ids[0][...], ids[1][...])
+    logits_t = jnp.where(config.mask.visible(q_row, k_pos, *ids, offset), logits_t, -jnp.inf)
   probs_t = jnp.exp(logits_t - lse_ref[...])
   dlogits_t = probs_t * (_dot_nt(v_ref[...], do_ref[...]) - delta_ref[...])
   return probs_t, dlogits_t
 
 
-def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, config: FlashConfig,
-                 num_q_blocks: int):
-  """q_ref, do_ref [block_q, h]; k_ref, v_ref, dk_ref, dv_ref [block_k, h]; lse_ref, delta_ref
-  [1, block_q]; optional q_ids_ref [1, block_q] and k_ids_ref [block_k, 1]; scratch dk, dv
-  [block_k, h] float32."""
+def _dkdv_kernel(*refs, config: FlashConfig, num_q_blocks: int):
+  """Optional offset_ref [1] (SMEM); q_ref, do_ref [block_q, h]; k_ref, v_ref, dk_ref, dv_ref
+  [block_k, h]; lse_ref, delta_ref [1, block_q]; optional q_ids_ref [1, block_q] and k_ids_ref
+  [block_k, 1]; scratch dk, dv [block_k, h] float32."""
   mask = config.mask
+  offset, (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs) = _split_offset(config, refs)
   ids = refs[:2] if mask.has_segments else None
   dk_ref, dv_ref, dk_acc, dv_acc = refs[-4:]
   block_q, block_k = config.blocks.dkdv
@@ -271,13 +310,13 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, config:
 
   def step(masked):
     probs_t, dlogits_t = _transposed_tile(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, ids,
-                                          i * block_q, j * block_k, config, masked)
+                                          offset, i * block_q, j * block_k, config, masked)
     do, q = do_ref[...], q_ref[...]
     dv_acc[...] += _dot(probs_t.astype(do.dtype), do)
     dk_acc[...] += _dot(dlogits_t.astype(q.dtype), q)
 
-  _run_tile(step, i, mask.query_blocks(j, block_q, block_k),
-            mask.unmasked_query_blocks(j, block_q, block_k))
+  _run_tile(step, i, mask.query_blocks(j, block_q, block_k, offset),
+            mask.unmasked_query_blocks(j, block_q, block_k, offset))
 
   @pl.when(r == pl.num_programs(3) - 1)
   def _finish():
@@ -285,11 +324,12 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, config:
     dv_ref[...] = dv_acc[...].astype(dv_ref.dtype)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, config: FlashConfig):
-  """q_ref, do_ref, dq_ref [block_q, h]; k_ref, v_ref [block_k, h]; lse_ref, delta_ref
-  [1, block_q]; optional q_ids_ref [1, block_q] and k_ids_ref [block_k, 1]; scratch dq
-  [block_q, h] float32."""
+def _dq_kernel(*refs, config: FlashConfig):
+  """Optional offset_ref [1] (SMEM); q_ref, do_ref, dq_ref [block_q, h]; k_ref, v_ref
+  [block_k, h]; lse_ref, delta_ref [1, block_q]; optional q_ids_ref [1, block_q] and k_ids_ref
+  [block_k, 1]; scratch dq [block_q, h] float32."""
   mask = config.mask
+  offset, (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs) = _split_offset(config, refs)
   ids = refs[:2] if mask.has_segments else None
   dq_ref, dq_acc = refs[-2:]
   block_q, block_k = config.blocks.dq
@@ -301,13 +341,13 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, config: F
 
   def step(masked):
     _, dlogits_t = _transposed_tile(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, ids,
-                                    i * block_q, j * block_k, config, masked)
+                                    offset, i * block_q, j * block_k, config, masked)
     k = k_ref[...]
     # A 32-bit transpose of whole (8, 128) tiles is the layout change Mosaic does best.
     dq_acc[...] += _dot(dlogits_t.T.astype(k.dtype), k)
 
-  _run_tile(step, j, mask.key_blocks(i, block_q, block_k),
-            mask.unmasked_key_blocks(i, block_q, block_k))
+  _run_tile(step, j, mask.key_blocks(i, block_q, block_k, offset),
+            mask.unmasked_key_blocks(i, block_q, block_k, offset))
 
   @pl.when(j == pl.num_programs(3) - 1)
   def _finish():

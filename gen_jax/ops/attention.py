@@ -141,13 +141,10 @@ def _local_attention(query, key, value, query_offset, *, causal, sliding_window,
   if impl == "pallas":
     from gen_jax import kernels  # Pallas lowering is only loaded by code that runs a kernel.
     platform = jax.default_backend()
-    if not (isinstance(query_offset, int) and query_offset == 0):
-      raise ValueError("impl 'pallas' needs query_offset 0 (sequence-parallel queries and decoding "
-                       "after a prefix use impl 'xla' for now)")
     return kernels.flash_attention(
         query, key, value, causal=causal, segment_ids=segment_ids, key_segment_ids=key_segment_ids,
-        sliding_window=sliding_window, scale=scale, backend="tpu" if platform == "tpu" else "gpu",
-        interpret=platform not in ("tpu", "gpu"))
+        query_offset=query_offset, sliding_window=sliding_window, scale=scale,
+        backend="tpu" if platform == "tpu" else "gpu", interpret=platform not in ("tpu", "gpu"))
   if impl == "cudnn":
     return _cudnn_attention(query, key, value, query_offset, causal=causal, scale=scale,
                             sliding_window=sliding_window, segment_ids=segment_ids)
@@ -204,7 +201,7 @@ def _sharded_attention(mesh, inputs, options):
                            jax.lax.axis_index(query_length_axes) * x["query"].shape[1])
     return _local_attention(**x, **options)
 
-  # check_vma=False: Pallas kernels do not declare how their outputs vary over the mesh axes; the
-  # out_specs below say it (each shard's output is its own queries' rows).
+  # check_vma=False: the Pallas interpreter (kernels on CPU) cannot follow how values vary over the
+  # mesh axes; the out_specs below say it (each shard's output is its own queries' rows).
   return jax.shard_map(per_shard, mesh=mesh, in_specs=(specs,), out_specs=specs["query"],
                        check_vma=False)(inputs)

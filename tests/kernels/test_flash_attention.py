@@ -2,14 +2,18 @@
 
 Outputs and gradients wrt query, key and value, on lengths that are no multiple of the (small)
 tiles, every grouped-query ratio of 4 heads, causal and not, sliding windows, packed documents with
-padding and rows that see no key at all.
+padding and rows that see no key at all; query offsets, static and traced, alone and in shard_map
+(sequence parallelism).
 """
+import dataclasses
 import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from gen_jax import ops
 from gen_jax.kernels import FLASH_BACKENDS, flash_attention
@@ -25,17 +29,34 @@ def _qkv(seed, b, t, s, n, k, h, dtype=jnp.float32):
                for shape in ((b, t, n, h), (b, s, k, h), (b, s, k, h)))
 
 
-def _output_and_grads(attention_fn, query, key, value):
-  """attention_fn's output and its vjp (dq, dk, dv) with a fixed random cotangent, jitted."""
-  cotangent = jnp.asarray(np.random.default_rng(99).normal(size=query.shape), query.dtype)
+def _jit_output_and_grads(attention_fn):
+  """f(query, key, value, *args): attention_fn's output and its vjp (dq, dk, dv) with a fixed
+  random cotangent, one jitted function (args, e.g. a query offset, are traced, not differentiated)."""
 
-  def run(query, key, value):
-    out, vjp = jax.vjp(attention_fn, query, key, value)
+  def run(query, key, value, *args):
+    cotangent = jnp.asarray(np.random.default_rng(99).normal(size=query.shape), query.dtype)
+    out, vjp = jax.vjp(lambda q, k, v: attention_fn(q, k, v, *args), query, key, value)
     return (out, *vjp(cotangent))
 
-  results = jax.jit(run)(query, key, value)
-  assert [x.dtype for x in results] == [value.dtype, query.dtype, key.dtype, value.dtype]
-  return [np.asarray(x, np.float32) for x in results]
+  run = jax.jit(run)
+
+  def call(query, key, value, *args):
+    results = run(query, key, value, *args)
+    assert [x.dtype for x in results] == [value.dtype, query.dtype, key.dtype, value.dtype]
+    return [np.asarray(x, np.float32) for x in results]
+
+  return call
+
+
+def _output_and_grads(attention_fn, query, key, value):
+  """attention_fn's output and its vjp (dq, dk, dv) with a fixed random cotangent, jitted."""
+  return _jit_output_and_grads(attention_fn)(query, key, value)
+
+
+def _assert_all_close(flash, reference, atol, rtol=1e-5, where=""):
+  for name, got, want in zip(("out", "dq", "dk", "dv"), flash, reference):
+    assert np.isfinite(got).all(), name + where
+    np.testing.assert_allclose(got, want, atol=atol, rtol=rtol, err_msg=name + where)
 
 
 def _check_against_reference(backend, query, key, value, *, atol, rtol=1e-5, blocks=True,
@@ -47,9 +68,7 @@ def _check_against_reference(backend, query, key, value, *, atol, rtol=1e-5, blo
                                       interpret=True, **options), query, key, value)
   reference = _output_and_grads(
       lambda q, k, v: ops.attention(q, k, v, impl="xla", **options), query, key, value)
-  for name, got, want in zip(("out", "dq", "dk", "dv"), flash, reference):
-    assert np.isfinite(got).all(), name
-    np.testing.assert_allclose(got, want, atol=atol, rtol=rtol, err_msg=name)
+  _assert_all_close(flash, reference, atol, rtol)
   return flash
 
 
@@ -116,18 +135,134 @@ def test_bfloat16(backend):
                            segment_ids=PACKED[:1])
 
 
+# 13 queries among 37 keys (GQA 2:1): offsets 0 (queries first), 11 (a middle, not a multiple of any
+# tile) and 24 = s - t (decoding after a prefix: the last query sees every key).
+OFFSET_SHAPE = (1, 13, 37, 2, 1, 8)
+OFFSETS = (0, 11, 24)
+OFFSET_OPTIONS = {
+    "causal": {"causal": True},
+    "causal_window": {"causal": True, "sliding_window": 9},
+    # Query and key documents, with padding (0) at the end of both.
+    "causal_segments": {"causal": True, "segment_ids": np.array([[1] * 5 + [2] * 6 + [0] * 2]),
+                        "key_segment_ids": np.array([[1] * 15 + [2] * 17 + [0] * 5])},
+}
+
+
+@pytest.mark.parametrize("backend", FLASH_BACKENDS)
+@pytest.mark.parametrize("options", OFFSET_OPTIONS)
+def test_traced_query_offset_matches_reference(backend, options):
+  """One jitted function, the offset a traced int32 argument, matches the reference at every
+  offset without retracing."""
+  options = OFFSET_OPTIONS[options]
+  block = SMALL_BLOCKS[backend]
+  traces = []
+
+  def flash_fn(q, k, v, offset):
+    traces.append(offset)
+    return flash_attention(q, k, v, query_offset=offset, backend=backend, block_q=block,
+                           block_k=block, interpret=True, **options)
+
+  flash = _jit_output_and_grads(flash_fn)
+  reference = _jit_output_and_grads(
+      lambda q, k, v, offset: ops.attention(q, k, v, impl="xla", query_offset=offset, **options))
+  query, key, value = _qkv(5, *OFFSET_SHAPE)
+  for offset in OFFSETS:
+    offset = jnp.int32(offset)
+    _assert_all_close(flash(query, key, value, offset), reference(query, key, value, offset),
+                      atol=2e-5, where=f" at offset {offset}")
+  assert len(traces) == 1
+
+
+@pytest.mark.parametrize("backend", FLASH_BACKENDS)
+@pytest.mark.parametrize("offset", OFFSETS[1:])  # Offset 0 is every other test's default.
+def test_static_query_offset_matches_reference(backend, offset):
+  """A Python int offset is compiled into the kernels (here with a window, middle and decoding)."""
+  _check_against_reference(backend, *_qkv(6, *OFFSET_SHAPE), atol=2e-5, causal=True,
+                           sliding_window=20, query_offset=offset)
+
+
+def _sequence_parallel(backend, causal=True, **options):
+  """flash_attention in shard_map over 4 devices: each holds a quarter of the queries (and of the
+  keys, which it all-gathers), so its offset is axis_index * t_local, a run-time value."""
+  mesh = Mesh(np.array(jax.devices()[:4]), ("sequence",))
+
+  def per_device(q, k, v):
+    k, v = (jax.lax.all_gather(x, "sequence", axis=1, tiled=True) for x in (k, v))
+    offset = jax.lax.axis_index("sequence") * q.shape[1]
+    return flash_attention(q, k, v, causal=causal, query_offset=offset, backend=backend, **options)
+
+  spec = P(None, "sequence")
+  # The Pallas interpreter of jax 0.10 fails shard_map's varying-axes check inside kernel bodies
+  # (a varying block sliced at an invariant grid index), so interpreted runs turn the check off;
+  # the kernels compiled for hardware pass it (test_lowers_for_hardware_in_shard_map).
+  return jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                       check_vma=not options.get("interpret", False))
+
+
+@pytest.mark.parametrize("backend", FLASH_BACKENDS)
+def test_sequence_parallel_in_shard_map(backend):
+  """Sharded queries with all-gathered keys: output and gradients equal unsharded attention."""
+  block = SMALL_BLOCKS[backend]
+  query, key, value = _qkv(7, 2, 44, 44, 4, 2, 8)  # 11 queries per device: padded tiles.
+  sharded = _sequence_parallel(backend, block_q=block, block_k=block, interpret=True)
+  reference = _output_and_grads(
+      lambda q, k, v: ops.attention(q, k, v, causal=True, impl="xla"), query, key, value)
+  _assert_all_close(_output_and_grads(sharded, query, key, value), reference, atol=2e-5)
+
+
+@pytest.mark.parametrize("backend,platform,call", [
+    ("gpu", "cuda", "__gpu$xla.gpu.triton"), ("tpu", "tpu", "tpu_custom_call")])
+def test_lowers_for_hardware_in_shard_map(backend, platform, call):
+  """The three kernels, with a run-time offset in shard_map (varying-axes check on), lower to
+  Triton and Mosaic custom calls: what the interpreter cannot check, short of compiling them."""
+  query, key, value = (jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+                       for shape in ((1, 1024, 2, 64), (1, 1024, 1, 64), (1, 1024, 1, 64)))
+  sharded = _sequence_parallel(backend, block_q=128, block_k=128, sliding_window=300)
+
+  def output_and_grads(q, k, v):
+    out, vjp = jax.vjp(sharded, q, k, v)
+    return out, vjp(out)
+
+  lowered = jax.jit(output_and_grads).trace(query, key, value).lower(
+      lowering_platforms=(platform,))
+  assert lowered.as_text().count(f"custom_call @{call}") == 3
+
+
 MASKS = [TileMask(causal=c, sliding_window=w, query_length=t, key_length=s, has_segments=False)
          for c, w, (t, s) in itertools.product((True, False), (None, 1, 5, 20),
                                               ((37, 37), (19, 45), (45, 21), (1, 29)))]
 
 
-@pytest.mark.parametrize("mask", MASKS, ids=str)
+# Offsets that only the causal and windowed masks feel: negative (keys before any query), inside
+# the keys, and past them (every key in the past). A None query_offset reads the offset at run time.
+OFFSET_MASKS = [
+    TileMask(causal=c, sliding_window=w, query_length=t, key_length=s, has_segments=False,
+             query_offset=offset)
+    for (c, w), (t, s), offset in itertools.product(
+        ((True, None), (True, 1), (True, 5), (False, 1), (False, 5)), ((19, 45), (45, 21)),
+        (-7, 3, 26, 60))]
+
+
+@pytest.mark.parametrize("mask", MASKS + OFFSET_MASKS, ids=str)
 @pytest.mark.parametrize("block_q,block_k", [(8, 8), (16, 8), (8, 32)])
 def test_tile_ranges_are_exactly_the_tiles_that_need_work(mask, block_q, block_k):
   """Skipped tiles see nothing and unmasked tiles see everything: speed and correctness."""
-  q_pos = np.arange(-(-mask.query_length // block_q) * block_q)[:, None]
+  q_row = np.arange(-(-mask.query_length // block_q) * block_q)[:, None]
   k_pos = np.arange(-(-mask.key_length // block_k) * block_k)[None, :]
-  visible = np.asarray(mask.visible(q_pos, k_pos))
+  visible = np.asarray(mask.visible(q_row, k_pos))
+  t, s = mask.query_length, mask.key_length
+  assert not visible[t:].any() and not visible[:, s:].any()  # Padding, whatever the offset.
+  reference = ops.attention_mask(t, s, causal=mask.causal, query_offset=mask.query_offset,
+                                 sliding_window=mask.sliding_window)
+  if reference is not None:
+    np.testing.assert_array_equal(visible[:t, :s], reference[0])
+  _check_tile_ranges(mask, visible, block_q, block_k)
+  if mask.query_offset:  # The same ranges from an offset given at run time.
+    _check_tile_ranges(dataclasses.replace(mask, query_offset=None), visible, block_q, block_k,
+                       offset=jnp.int32(mask.query_offset))
+
+
+def _check_tile_ranges(mask, visible, block_q, block_k, offset=None):
   num_q_blocks, num_k_blocks = visible.shape[0] // block_q, visible.shape[1] // block_k
   tiles = visible.reshape(num_q_blocks, block_q, num_k_blocks, block_k).transpose(0, 2, 1, 3)
   any_visible, all_visible = tiles.any(axis=(2, 3)), tiles.all(axis=(2, 3))
@@ -137,12 +272,14 @@ def test_tile_ranges_are_exactly_the_tiles_that_need_work(mask, block_q, block_k
     return set(range(first, end))
 
   for i in range(num_q_blocks):
-    assert as_set(mask.key_blocks(i, block_q, block_k)) == set(np.flatnonzero(any_visible[i]))
-    assert (as_set(mask.unmasked_key_blocks(i, block_q, block_k)) ==
+    assert (as_set(mask.key_blocks(i, block_q, block_k, offset)) ==
+            set(np.flatnonzero(any_visible[i])))
+    assert (as_set(mask.unmasked_key_blocks(i, block_q, block_k, offset)) ==
             set(np.flatnonzero(all_visible[i])))
   for j in range(num_k_blocks):
-    assert as_set(mask.query_blocks(j, block_q, block_k)) == set(np.flatnonzero(any_visible[:, j]))
-    assert (as_set(mask.unmasked_query_blocks(j, block_q, block_k)) ==
+    assert (as_set(mask.query_blocks(j, block_q, block_k, offset)) ==
+            set(np.flatnonzero(any_visible[:, j])))
+    assert (as_set(mask.unmasked_query_blocks(j, block_q, block_k, offset)) ==
             set(np.flatnonzero(all_visible[:, j])))
 
 
@@ -154,6 +291,9 @@ def test_tile_ranges_are_exactly_the_tiles_that_need_work(mask, block_q, block_k
     ({"value": jnp.zeros((1, 8, 2, 8), jnp.bfloat16)}, "share a dtype"),
     ({"sliding_window": 0}, "sliding_window"),
     ({"sliding_window": 2.5}, "sliding_window"),
+    ({"query_offset": 1.0}, "query_offset"),
+    ({"query_offset": jnp.zeros((1,), jnp.int32)}, "query_offset must be"),
+    ({"query_offset": jnp.float32(3)}, "query_offset must be"),
     ({"block_q": 24}, "block_q"),
     ({"block_k": 8}, "block_k"),
     ({"backend": "tpu", "block_k": 12}, "block_k"),

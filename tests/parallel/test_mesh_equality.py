@@ -97,7 +97,7 @@ def test_per_device_parameter_and_optimizer_bytes_follow_the_rules(mesh, one_dev
   assert _bytes_on_first_device(adam) == 2 * expected + scalars
 
 
-@pytest.mark.parametrize("mesh", ["mixed"])
+@pytest.mark.parametrize("mesh", ["mixed", "sequence"])
 def test_pallas_flash_attention_inside_the_sharded_model_equals_one_device(mesh, one_device, tmp_path):
   """The flash kernel (interpreted on CPU) runs per shard through shard_map inside the train step."""
   loss1, grads1, _ = one_device

@@ -39,7 +39,8 @@ def _loss_and_grads(q, k, v, seg, **options):
     {"fsdp": 2, "tensor": 4},  # 4-way heads with 2 kv heads: heads stay whole.
 ])
 @pytest.mark.parametrize("sliding_window", [None, 5])
-def test_sharded_attention_equals_one_device(axes, sliding_window):
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_sharded_attention_equals_one_device(axes, sliding_window, impl):
   q, k, v, seg = _inputs()
   expected_out, expected_grads = _loss_and_grads(q, k, v, seg, sliding_window=sliding_window)
   config = tiny_config(**{"mesh.data": 1, **{f"mesh.{a}": s for a, s in axes.items()}})
@@ -50,7 +51,8 @@ def test_sharded_attention_equals_one_device(axes, sliding_window):
         mesh, parallel.context.logical_spec(names, x.shape, mesh)))
     args = (put(q, ("batch", "length", "heads", None)), put(k, ("batch", "length", "kv_heads", None)),
             put(v, ("batch", "length", "kv_heads", None)), put(seg, ("batch", "length")))
-    out, grads = jax.jit(lambda *a: _loss_and_grads(*a, sliding_window=sliding_window))(*args)
+    out, grads = jax.jit(lambda *a: _loss_and_grads(*a, sliding_window=sliding_window,
+                                                    impl=impl))(*args)
   np.testing.assert_allclose(out, expected_out, atol=1e-5)
   for got, want in zip(grads, expected_grads):
     np.testing.assert_allclose(got, want, atol=1e-5)
