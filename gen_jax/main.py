@@ -24,6 +24,9 @@ _DRY_RUN_DEVICES = flags.DEFINE_integer("dry_run_devices", 0, "With --dry_run: p
 flags.mark_flags_as_required(["config"])
 flags.register_validator("workdir", lambda w: w is not None or flags.FLAGS.dry_run,
                          "--workdir is required unless --dry_run")
+flags.register_validator("dry_run_devices", lambda n: n == 0 or (n > 0 and flags.FLAGS.dry_run),
+                         "--dry_run_devices needs --dry_run and a positive count (training never "
+                         "runs on pretend devices)")
 
 
 def main(argv):

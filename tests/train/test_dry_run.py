@@ -45,3 +45,9 @@ def test_dry_run_config_errors_name_the_field():
   result = run_cli("gen_jax.main", "--config=configs/llm/pretrain.py:tiny", "--dry_run",
                    "--dry_run_devices=8", "--config.mesh.data=3")
   assert result.returncode == 2 and "mesh:" in result.stderr
+
+
+def test_pretend_devices_are_refused_for_training(tmp_path):
+  result = run_cli("gen_jax.main", "--config=configs/llm/pretrain.py:tiny", f"--workdir={tmp_path}",
+                   "--dry_run_devices=8")
+  assert result.returncode != 0 and "--dry_run_devices needs --dry_run" in result.stderr
