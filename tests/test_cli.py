@@ -122,7 +122,7 @@ def test_resume_with_a_changed_model_shape_is_refused(tmp_path):
 @pytest.mark.parametrize("flag,message", [
     ("--config.model.num_layer=3", "Config error: model.num_layer: no such field; fields of model are ['attention_impl'"),
     ("--config.model.num_layers=four", "flag --config.model.num_layers=four: invalid literal for int()"),
-    ("--config=configs/llm/pretrain.py:huge", "config preset: unknown preset 'huge'; choose one of ['125m', '1b', 'small', 'tiny']"),
+    ("--config=configs/llm/pretrain.py:huge", "config preset: unknown preset 'huge'; choose one of ['125m', '1b', '7b', 'small', 'tiny']"),
     ("--config.model.num_heads=3", "Config error: model.num_heads: 3 heads do not divide model.embed_dim=64"),
     ("--config.data.source=/no/such/corpus.txt", "Config error: data.source: no such file or folder: '/no/such/corpus.txt'"),
     ("--config.train.batch_size=4096", "Config error: data.source: 'pydoc' gives"),
