@@ -54,13 +54,20 @@ def eval_batches(arrays: dict[str, np.ndarray], *, batch_size: int, max_batches:
                  process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
   """Yields this host's held-out batches in order; the last is padded to `batch_size`.
 
-  `max_batches` > 0 stops after that many batches (the same ones every time).
+  Every host yields the same number of batches (a host whose slice is one example shorter ends
+  with a batch of zero weight), because each batch is one collective step on all hosts: a host
+  that stopped early would leave the others waiting forever. `max_batches` > 0 stops after that
+  many batches (the same ones every time).
   """
+  num_examples = len(next(iter(arrays.values())))
+  num_batches = -(-(-(-num_examples // process_count)) // batch_size)  # Of the longest slice.
+  if max_batches > 0:
+    num_batches = min(num_batches, max_batches)
   ds = grain.MapDataset.source(ArraySource(_with_weights(arrays)))
-  ds = ds[process_index::process_count].batch(batch_size, drop_remainder=False)
-  for i, batch in enumerate(ds):
-    if 0 < max_batches <= i:
-      return
+  batches = iter(ds[process_index::process_count].batch(batch_size, drop_remainder=False))
+  empty = {k: np.zeros((0,) + v.shape[1:], v.dtype) for k, v in _with_weights(arrays).items()}
+  for _ in range(num_batches):
+    batch = next(batches, empty)
     n = len(batch[EXAMPLE_WEIGHT])
     if n < batch_size:
       batch = {k: np.concatenate([v, np.zeros((batch_size - n,) + v.shape[1:], v.dtype)])
