@@ -4,6 +4,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -78,10 +79,16 @@ def tokenizer_for(config, workdir: str, train_docs, resuming: bool) -> data_lib.
   path = os.path.join(workdir, data_lib.tokenizer.TOKENIZER_FILE)
   if resuming and os.path.exists(path):
     tok = data_lib.Tokenizer.load(workdir)
-  else:
+  elif jax.process_count() == 1:
     tok = data_lib.train_bpe((d.text for d in train_docs), config.model.vocab_size)
+    tok.save(workdir)
+  else:
+    # One host trains it and the others read it back from the shared workdir, so every host
+    # tokenizes with the very same merges (BPE training is multi-threaded).
     if jax.process_index() == 0:
-      tok.save(workdir)
+      data_lib.train_bpe((d.text for d in train_docs), config.model.vocab_size).save(workdir)
+    multihost_utils.sync_global_devices("gen_jax: tokenizer saved")
+    tok = data_lib.Tokenizer.load(workdir)
   require(tok.vocab_size <= config.model.vocab_size, "model.vocab_size",
           f"{config.model.vocab_size} is smaller than the workdir tokenizer's {tok.vocab_size} "
           f"tokens ({path})")
