@@ -55,6 +55,9 @@ def transformer_logits(params, tokens, positions, segment_ids, cfg):
   x = p["embed/embedding"][tokens]
   causal = np.tril(np.ones((t, t), bool))
   mask = causal & (segment_ids[:, None] == segment_ids[None, :]) & (segment_ids[:, None] != 0)
+  if getattr(cfg, "sliding_window", 0):
+    index = np.arange(t)
+    mask &= index[:, None] - index[None, :] < cfg.sliding_window
   group = cfg.num_heads // cfg.num_kv_heads
   for layer in range(cfg.num_layers):
     lp = {k.split("/", 1)[1]: v[layer] for k, v in p.items() if k.startswith("layers/")}

@@ -21,7 +21,8 @@ def base() -> ml_collections.ConfigDict:
       tie_embeddings=False,
       dtype="float32",
       param_dtype="float32",
-      attention_impl="xla",
+      attention_impl="xla",  # ops.ATTENTION_IMPLS: xla, pallas, cudnn, auto.
+      sliding_window=0,  # Attend to this many most recent tokens, itself included; 0: all.
       remat="none",
       # Mixture of experts (gen_jax.models.moe): experts per block MLP, 0 for the dense SwiGLU.
       num_experts=0,

@@ -35,6 +35,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(m[name] in DTYPES, f"model.{name}", f"{m[name]!r} is not one of {DTYPES}")
   require(m.attention_impl in ops.ATTENTION_IMPLS, "model.attention_impl",
           f"{m.attention_impl!r} is not one of {ops.ATTENTION_IMPLS}")
+  require(m.sliding_window >= 0, "model.sliding_window",
+          f"must be >= 0 (0: attend to every earlier token), got {m.sliding_window}")
   require(m.remat in REMAT_POLICIES, "model.remat", f"{m.remat!r} is not one of {REMAT_POLICIES}")
   require(m.num_experts >= 0, "model.num_experts",
           f"must be >= 0 (0: the dense MLP), got {m.num_experts}")

@@ -79,6 +79,7 @@ class Attention(nn.Module):
   attention_impl: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  sliding_window: int | None = None  # Attend to this many most recent tokens (None: all).
 
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
@@ -99,5 +100,5 @@ class Attention(nn.Module):
     query = apply_rope(query, positions, self.rope_base)  # [b, t, n, h]
     key = apply_rope(key, positions, self.rope_base)  # [b, t, k, h]
     out = ops.attention(query, key, value, causal=True, segment_ids=segment_ids,
-                        impl=self.attention_impl)  # [b, t, n, h]
+                        sliding_window=self.sliding_window, impl=self.attention_impl)  # [b, t, n, h]
     return proj((n, h, d), ("heads", "head_dim", "embed"), "btnh,nhd->btd", "out")(out)

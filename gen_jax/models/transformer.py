@@ -34,6 +34,7 @@ class TransformerConfig:
   dtype: str = "float32"  # Compute dtype of matmuls and activations.
   param_dtype: str = "float32"
   attention_impl: str = "xla"
+  sliding_window: int = 0  # Each token attends to this many most recent tokens (Mistral); 0: all.
   remat: str = "none"  # Rematerialization of each block in the backward pass: REMAT_POLICIES.
   num_experts: int = 0  # Experts in each block's MLP; 0 is the dense SwiGLU.
   experts_per_token: int = 2  # Top-k routing (MoE only).
@@ -55,7 +56,8 @@ class _Block(nn.Module):
     dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     h = RMSNorm(c.norm_eps, dtype, param_dtype, name="attention_norm")(x)
     x = x + Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.rope_base, c.attention_impl,
-                      dtype, param_dtype, name="attention")(h, positions, segment_ids)
+                      dtype, param_dtype, sliding_window=c.sliding_window or None,
+                      name="attention")(h, positions, segment_ids)
     h = RMSNorm(c.norm_eps, dtype, param_dtype, name="mlp_norm")(x)
     if c.num_experts:
       valid = None if segment_ids is None else segment_ids != 0  # Padding is routed nowhere.

@@ -19,9 +19,9 @@ def _init(cfg, seed=0):
   return model, params
 
 
-@pytest.mark.parametrize("tie", [False, True])
-def test_logits_equal_numpy_reference(tie):
-  cfg = TransformerConfig(**{**CFG.__dict__, "tie_embeddings": tie})
+@pytest.mark.parametrize("tie,sliding_window", [(False, 0), (True, 0), (False, 3)])
+def test_logits_equal_numpy_reference(tie, sliding_window):
+  cfg = TransformerConfig(**{**CFG.__dict__, "tie_embeddings": tie, "sliding_window": sliding_window})
   model, params = _init(cfg)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, cfg.vocab_size, (2, 12))
