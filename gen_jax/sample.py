@@ -12,6 +12,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (config.json
 _PROMPT = flags.DEFINE_string("prompt", "", "Text to continue (language models).")
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 100, "Tokens to generate at most.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 is greedy; > 0 samples.")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus: the most likely tokens holding this "
+                            "probability mass (1: all).")
+_MIN_P = flags.DEFINE_float("min_p", 0.0, "Drop tokens below min_p x the top probability (0: off).")
+_REPETITION_PENALTY = flags.DEFINE_float("repetition_penalty", 1.0, "CTRL penalty on tokens "
+                                         "already seen (1: off; 1.1-1.3 is typical).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Images in the grid (image models).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.mark_flag_as_required("workdir")
@@ -24,6 +30,10 @@ class SampleRequest:
   temperature: float = 0.0
   num_samples: int = 64
   seed: int = 0
+  top_k: int = 0
+  top_p: float = 1.0
+  min_p: float = 0.0
+  repetition_penalty: float = 1.0
 
 
 def load_params(workdir: str):
@@ -66,7 +76,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   from gen_jax.config import ConfigError
   request = SampleRequest(_PROMPT.value, _MAX_NEW_TOKENS.value, _TEMPERATURE.value,
-                          _NUM_SAMPLES.value, _SEED.value)
+                          _NUM_SAMPLES.value, _SEED.value, _TOP_K.value, _TOP_P.value, _MIN_P.value,
+                          _REPETITION_PENALTY.value)
   try:
     sample(_WORKDIR.value, request)
   except (ConfigError, ValueError) as e:

@@ -48,8 +48,11 @@ def test_llm_trains_writes_its_workdir_and_samples(tmp_path):
   assert sample.returncode == 0, sample.stderr[-3000:]
   assert sample.stdout.startswith("The for statement")
   hot = run_cli("gen_jax.sample", f"--workdir={workdir}", "--prompt=The for statement",
-                "--max_new_tokens=12", "--temperature=1.0", "--seed=3")
-  assert hot.returncode == 0 and hot.stdout.startswith("The for statement")
+                "--max_new_tokens=12", "--temperature=1.0", "--seed=3", "--top_k=20", "--top_p=0.9",
+                "--min_p=0.05", "--repetition_penalty=1.2")
+  assert hot.returncode == 0 and hot.stdout.startswith("The for statement"), hot.stderr[-3000:]
+  bad = run_cli("gen_jax.sample", f"--workdir={workdir}", "--prompt=x", "--top_p=0")
+  assert bad.returncode == 2 and "top_p must be" in bad.stderr and "Traceback" not in bad.stderr
 
   too_long = run_cli("gen_jax.sample", f"--workdir={workdir}", "--prompt=" + "word " * 200)
   assert too_long.returncode == 2

@@ -212,12 +212,15 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
 
 def sample(config, params, workdir: str, request) -> str:
   """Continues request.prompt; prints and returns the continuation text."""
-  from gen_jax.sampling import generate
+  from gen_jax.sampling import SamplingParams, generate_batch
   tok = data_lib.Tokenizer.load(workdir)
   prompt = tok.encode(request.prompt)
-  out = generate(model(config), params, prompt, max_new_tokens=request.max_new_tokens,
-                 temperature=request.temperature, rng=jax.random.key(request.seed),
-                 eos_id=tok.eos_id, max_seq_len=config.model.max_seq_len)
+  sampling = SamplingParams(temperature=request.temperature, top_k=request.top_k,
+                            top_p=request.top_p, min_p=request.min_p,
+                            repetition_penalty=request.repetition_penalty)
+  out = generate_batch(model(config), params, [prompt], max_new_tokens=request.max_new_tokens,
+                       sampling=sampling, rng=jax.random.key(request.seed), eos_id=tok.eos_id,
+                       max_seq_len=config.model.max_seq_len)[0]
   text = tok.decode(out)
   print(request.prompt + text)
   return text

@@ -82,8 +82,16 @@ class Attention(nn.Module):
   sliding_window: int | None = None  # Attend to this many most recent tokens (None: all).
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
-    """x: [b, t, d]; positions, segment_ids: [b, t] -> [b, t, d]."""
+  def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
+               cache: dict | None = None, cache_index: jax.Array | None = None,
+               cache_segment_ids: jax.Array | None = None):
+    """x: [b, t, d]; positions, segment_ids: [b, t] -> [b, t, d].
+
+    With a cache ({"key", "value"}: [b, L, k, h]) the new keys and values are written at slots
+    cache_index .. cache_index + t - 1 and the queries attend to the whole cache, masked by
+    causality (slot order) and cache_segment_ids [b, L] (this call's ids already written in);
+    returns (out, the updated cache).
+    """
     d = x.shape[-1]
     def proj(shape, names, equation, name):
       # Fan-in is the contracted axes: embed for q/k/v, (heads, head_dim) for the output.
@@ -99,6 +107,16 @@ class Attention(nn.Module):
     value = proj((d, k, h), ("embed", "kv_heads", "head_dim"), "btd,dkh->btkh", "value")(x)
     query = apply_rope(query, positions, self.rope_base)  # [b, t, n, h]
     key = apply_rope(key, positions, self.rope_base)  # [b, t, k, h]
-    out = ops.attention(query, key, value, causal=True, segment_ids=segment_ids,
-                        sliding_window=self.sliding_window, impl=self.attention_impl)  # [b, t, n, h]
-    return proj((n, h, d), ("heads", "head_dim", "embed"), "btnh,nhd->btd", "out")(out)
+    if cache is None:
+      out = ops.attention(query, key, value, causal=True, segment_ids=segment_ids,
+                          sliding_window=self.sliding_window, impl=self.attention_impl)
+      return proj((n, h, d), ("heads", "head_dim", "embed"), "btnh,nhd->btd", "out")(out)
+    start = (0, cache_index, 0, 0)
+    cache = {"key": jax.lax.dynamic_update_slice(cache["key"], key.astype(cache["key"].dtype), start),
+             "value": jax.lax.dynamic_update_slice(cache["value"], value.astype(cache["value"].dtype),
+                                                   start)}
+    out = ops.attention(query, cache["key"].astype(query.dtype), cache["value"].astype(value.dtype),
+                        causal=True, segment_ids=segment_ids, key_segment_ids=cache_segment_ids,
+                        query_offset=cache_index, sliding_window=self.sliding_window,
+                        impl=self.attention_impl)  # [b, t, n, h]
+    return proj((n, h, d), ("heads", "head_dim", "embed"), "btnh,nhd->btd", "out")(out), cache

@@ -49,15 +49,21 @@ class _Block(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, positions, segment_ids):
-    """x: [b, t, d] -> ([b, t, d], router statistics {name: [b]} or None for a dense MLP); the
-    second output is nn.scan's per-layer output."""
+  def __call__(self, x, positions, segment_ids, layer_cache, cache_index, cache_segment_ids):
+    """x: [b, t, d] -> ([b, t, d], (router statistics {name: [b]} or None for a dense MLP, this
+    layer's updated KV cache or None)); the second output is nn.scan's per-layer output."""
     c = self.config
     dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     h = RMSNorm(c.norm_eps, dtype, param_dtype, name="attention_norm")(x)
-    x = x + Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.rope_base, c.attention_impl,
-                      dtype, param_dtype, sliding_window=c.sliding_window or None,
-                      name="attention")(h, positions, segment_ids)
+    attention = Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.rope_base, c.attention_impl,
+                          dtype, param_dtype, sliding_window=c.sliding_window or None,
+                          name="attention")
+    if layer_cache is None:
+      x = x + attention(h, positions, segment_ids)
+    else:
+      out, layer_cache = attention(h, positions, segment_ids, layer_cache, cache_index,
+                                   cache_segment_ids)
+      x = x + out
     h = RMSNorm(c.norm_eps, dtype, param_dtype, name="mlp_norm")(x)
     if c.num_experts:
       valid = None if segment_ids is None else segment_ids != 0  # Padding is routed nowhere.
@@ -66,7 +72,7 @@ class _Block(nn.Module):
     else:
       out, router_stats = SwiGLU(c.mlp_dim, dtype, param_dtype, name="mlp")(h), None
     x = nn.with_logical_constraint(x + out, ("batch", "length", None))
-    return x, router_stats
+    return x, (router_stats, layer_cache)
 
 
 def _remat(block_cls, policy: str):
@@ -82,7 +88,8 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-               segment_ids: jax.Array | None = None, *, return_router_stats: bool = False):
+               segment_ids: jax.Array | None = None, *, return_router_stats: bool = False,
+               cache: dict | None = None, cache_index: jax.Array | int = 0):
     """Next-token logits.
 
     Args:
@@ -91,9 +98,14 @@ class Transformer(nn.Module):
         document).
       segment_ids: [b, t] int document ids; attention stays inside a document; 0 is padding.
       return_router_stats: also return the MoE routing statistics (for the auxiliary losses).
+      cache: a KV cache from `init_kv_cache` for decoding: this call's tokens take cache slots
+        cache_index .. cache_index + t - 1 and attend to every earlier slot of their segment.
+        Requires segment_ids (the slots' segment ids are kept in the cache).
+      cache_index: the first slot of this call (a traced scalar is fine).
     Returns:
       logits [b, t, v] in float32; with return_router_stats, (logits, stats) where stats maps each
-      name of moe.ROUTER_STATS to [layers, b] float32 (None for a dense model).
+      name of moe.ROUTER_STATS to [layers, b] float32 (None for a dense model); with a cache,
+      (logits, updated cache).
     """
     c = self.config
     dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
@@ -104,11 +116,19 @@ class Transformer(nn.Module):
                      name="embed")
     x = embed(tokens)  # [b, t, d]
     x = nn.with_logical_constraint(x, ("batch", "length", None))
+    layer_caches = cache_segment_ids = None
+    if cache is not None:
+      if segment_ids is None or return_router_stats:
+        raise ValueError("decoding with a cache needs segment_ids and returns no router stats")
+      cache_segment_ids = jax.lax.dynamic_update_slice(
+          cache["segment_ids"], segment_ids.astype(jnp.int32), (0, cache_index))
+      layer_caches = {"key": cache["key"], "value": cache["value"]}  # [layers, b, L, k, h]
     blocks = nn.scan(
         _remat(_Block, c.remat), variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
+        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast), length=c.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"})
-    x, router_stats = blocks(c, name="layers")(x, positions, segment_ids)
+    x, (router_stats, layer_caches) = blocks(c, name="layers")(
+        x, positions, segment_ids, layer_caches, cache_index, cache_segment_ids)
     x = RMSNorm(c.norm_eps, dtype, param_dtype, name="final_norm")(x)
     if c.tie_embeddings:
       logits = embed.attend(x)
@@ -118,4 +138,15 @@ class Transformer(nn.Module):
           kernel_init=partitioned(nn.initializers.lecun_normal(), ("embed", "vocab")),
           name="lm_head")(x)
     logits = logits.astype(jnp.float32)
+    if cache is not None:
+      return logits, {**layer_caches, "segment_ids": cache_segment_ids}
     return (logits, router_stats) if return_router_stats else logits
+
+
+def init_kv_cache(config: TransformerConfig, batch_size: int, length: int) -> dict:
+  """An empty KV cache of `length` slots: key/value [layers, b, L, k, h] in the compute dtype,
+  segment_ids [b, L] int32 (0: an empty slot, which no query sees)."""
+  shape = (config.num_layers, batch_size, length, config.num_kv_heads, config.head_dim)
+  return {"key": jnp.zeros(shape, jnp.dtype(config.dtype)),
+          "value": jnp.zeros(shape, jnp.dtype(config.dtype)),
+          "segment_ids": jnp.zeros((batch_size, length), jnp.int32)}

@@ -1,11 +1,12 @@
-"""LM decoding: greedy equals a step-by-step argmax of the full forward pass; sampling follows softmax."""
+"""LM decoding with a KV cache: cached logits equal the full forward pass; batched greedy decoding of
+prompts of different lengths equals a step-by-step argmax of the full forward pass, row by row."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gen_jax.models import Transformer, TransformerConfig
-from gen_jax.sampling import choose_token, generate
+from gen_jax.models import Transformer, TransformerConfig, init_kv_cache
+from gen_jax.sampling import SamplingParams, generate, generate_batch
 
 CFG = TransformerConfig(vocab_size=40, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=1,
                         head_dim=8, mlp_dim=48, max_seq_len=16)
@@ -18,16 +19,25 @@ def _model():
   return model, params
 
 
+def _stepwise_greedy(model, params, prompt, num_tokens):
+  """The reference: argmax of the full forward pass, one token at a time (no cache).
+
+  The sequence sits in a fixed [1, max_seq_len] buffer so the forward pass compiles once; the
+  model is causal, so the unused slots after it change nothing.
+  """
+  forward = jax.jit(lambda buffer: model.apply({"params": params}, buffer))
+  buffer = np.zeros((1, CFG.max_seq_len), np.int32)
+  buffer[0, :len(prompt)] = prompt
+  for position in range(len(prompt), len(prompt) + num_tokens):
+    buffer[0, position] = int(jnp.argmax(forward(buffer)[0, position - 1]))
+  return buffer[0, len(prompt):len(prompt) + num_tokens].tolist()
+
+
 def test_greedy_equals_stepwise_argmax_of_the_full_forward_pass():
   model, params = _model()
-  prompt = [3, 7, 11]
-  out = generate(model, params, prompt, max_new_tokens=8, temperature=0.0, rng=jax.random.key(0),
-                 eos_id=-1, max_seq_len=CFG.max_seq_len)
-  seq = list(prompt)
-  for _ in range(8):
-    logits = model.apply({"params": params}, jnp.asarray([seq]))
-    seq.append(int(jnp.argmax(logits[0, -1])))
-  assert out == seq[len(prompt):]
+  out = generate(model, params, [3, 7, 11], max_new_tokens=8, temperature=0.0,
+                 rng=jax.random.key(0), eos_id=-1, max_seq_len=CFG.max_seq_len)
+  assert out == _stepwise_greedy(model, params, [3, 7, 11], 8)
 
 
 def test_stops_at_end_of_text_and_at_the_context():
@@ -50,13 +60,48 @@ def test_prompt_longer_than_the_context_is_refused():
              eos_id=0, max_seq_len=CFG.max_seq_len)
 
 
-def test_temperature_sampling_matches_the_softmax_distribution():
-  logits = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
-  keys = jax.random.split(jax.random.key(0), 20000)
-  for temperature in (1.0, 0.5):
-    draws = np.asarray(jax.vmap(lambda k: choose_token(logits, temperature, k))(keys))
-    expected = np.asarray(jax.nn.softmax(logits / temperature))
-    freq = np.bincount(draws, minlength=4) / len(draws)
-    # Binomial standard error at 20000 draws is at most 0.0036; allow 4 of them.
-    np.testing.assert_allclose(freq, expected, atol=0.015)
-  assert int(choose_token(logits, 0.0, keys[0])) == 0
+def test_cached_prefill_and_decode_logits_equal_the_full_forward_pass():
+  model, params = _model()
+  rng = np.random.default_rng(0)
+  seqs = [rng.integers(0, CFG.vocab_size, 9).tolist(), rng.integers(0, CFG.vocab_size, 12).tolist()]
+  prompt_lengths, slots = [4, 7], 7
+  tokens, segments, positions = (np.zeros((2, slots), np.int32) for _ in range(3))
+  for row, (seq, n) in enumerate(zip(seqs, prompt_lengths)):  # Left-padded prompts.
+    tokens[row, slots - n:], segments[row, slots - n:] = seq[:n], 1
+    positions[row, slots - n:] = np.arange(n)
+  logits, cache = model.apply({"params": params}, tokens, positions, segments,
+                              cache=init_kv_cache(CFG, 2, slots + 3), cache_index=0)
+  full = [np.asarray(model.apply({"params": params}, jnp.asarray([seq]))[0]) for seq in seqs]
+  for row, n in enumerate(prompt_lengths):
+    np.testing.assert_allclose(logits[row, slots - n:], full[row][:n], atol=2e-5)
+  for step in range(2):  # One token per row per step, at a shared cache slot.
+    next_tokens = np.array([[seq[n + step]] for seq, n in zip(seqs, prompt_lengths)], np.int32)
+    next_positions = np.array([[n + step] for n in prompt_lengths], np.int32)
+    logits, cache = model.apply({"params": params}, next_tokens, next_positions,
+                                np.ones((2, 1), np.int32), cache=cache, cache_index=slots + step)
+    for row, n in enumerate(prompt_lengths):
+      np.testing.assert_allclose(logits[row, 0], full[row][n + step], atol=2e-5)
+
+
+def test_batched_prompts_of_different_lengths_decode_as_if_alone():
+  model, params = _model()
+  prompts = [[3, 7, 11], [5], [2, 9, 4, 4, 8, 1]]
+  greedy = SamplingParams(temperature=0.0)
+  batched = generate_batch(model, params, prompts, max_new_tokens=6, sampling=greedy,
+                           rng=jax.random.key(0), eos_id=-1, max_seq_len=CFG.max_seq_len)
+  for prompt, out in zip(prompts, batched):
+    assert out == _stepwise_greedy(model, params, prompt, 6)
+
+
+def test_rows_stop_on_their_own_end_of_text_and_budget():
+  model, params = _model()
+  greedy = SamplingParams(temperature=0.0)
+  prompts = [[3, 7], [5, 1, 2, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6]]  # The second has 3 slots of context.
+  free = generate_batch(model, params, prompts, max_new_tokens=8, sampling=greedy,
+                        rng=jax.random.key(0), eos_id=-1, max_seq_len=CFG.max_seq_len)
+  assert [len(o) for o in free] == [8, 3]
+  eos = free[0][2]
+  stopped = generate_batch(model, params, prompts, max_new_tokens=8, sampling=greedy,
+                           rng=jax.random.key(0), eos_id=eos, max_seq_len=CFG.max_seq_len)
+  assert stopped[0] == free[0][:free[0].index(eos)]
+  assert stopped[1] == (free[1][:free[1].index(eos)] if eos in free[1] else free[1])
