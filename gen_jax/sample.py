@@ -16,6 +16,8 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus: the most likely tokens holding this "
                             "probability mass (1: all).")
 _MIN_P = flags.DEFINE_float("min_p", 0.0, "Drop tokens below min_p x the top probability (0: off).")
+_STOP = flags.DEFINE_multi_string("stop", [], "Stop a continuation at this text (repeatable); "
+                                  "the text returned ends before it.")
 _REPETITION_PENALTY = flags.DEFINE_float("repetition_penalty", 1.0, "CTRL penalty on tokens "
                                          "already seen (1: off; 1.1-1.3 is typical).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Images in the grid (image models).")
@@ -34,6 +36,7 @@ class SampleRequest:
   top_p: float = 1.0
   min_p: float = 0.0
   repetition_penalty: float = 1.0
+  stop: tuple[str, ...] = ()
 
 
 def load_params(workdir: str):
@@ -77,7 +80,7 @@ def main(argv):
   from gen_jax.config import ConfigError
   request = SampleRequest(_PROMPT.value, _MAX_NEW_TOKENS.value, _TEMPERATURE.value,
                           _NUM_SAMPLES.value, _SEED.value, _TOP_K.value, _TOP_P.value, _MIN_P.value,
-                          _REPETITION_PENALTY.value)
+                          _REPETITION_PENALTY.value, tuple(_STOP.value))
   try:
     sample(_WORKDIR.value, request)
   except (ConfigError, ValueError) as e:

@@ -51,6 +51,17 @@ def test_llm_trains_writes_its_workdir_and_samples(tmp_path):
                 "--max_new_tokens=12", "--temperature=1.0", "--seed=3", "--top_k=20", "--top_p=0.9",
                 "--min_p=0.05", "--repetition_penalty=1.2")
   assert hot.returncode == 0 and hot.stdout.startswith("The for statement"), hot.stderr[-3000:]
+  # A stop string taken from the middle of the sampled continuation: the same seed makes the same
+  # tokens up to it, and the text returned ends right before it.
+  continuation = hot.stdout[len("The for statement"):].rstrip("\n")
+  assert len(continuation) >= 4, continuation
+  stop_text = continuation[len(continuation) // 2:len(continuation) // 2 + 2]
+  stopped = run_cli("gen_jax.sample", f"--workdir={workdir}", "--prompt=The for statement",
+                    "--max_new_tokens=12", "--temperature=1.0", "--seed=3", "--top_k=20",
+                    "--top_p=0.9", "--min_p=0.05", "--repetition_penalty=1.2", f"--stop={stop_text}")
+  assert stopped.returncode == 0, stopped.stderr[-3000:]
+  assert stopped.stdout.rstrip("\n") == ("The for statement" +
+                                         continuation[:continuation.find(stop_text)])
   bad = run_cli("gen_jax.sample", f"--workdir={workdir}", "--prompt=x", "--top_p=0")
   assert bad.returncode == 2 and "top_p must be" in bad.stderr and "Traceback" not in bad.stderr
 

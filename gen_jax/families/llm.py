@@ -218,9 +218,16 @@ def sample(config, params, workdir: str, request) -> str:
   sampling = SamplingParams(temperature=request.temperature, top_k=request.top_k,
                             top_p=request.top_p, min_p=request.min_p,
                             repetition_penalty=request.repetition_penalty)
+  if any(not s for s in request.stop):
+    raise ValueError("--stop: a stop string must not be empty")
   out = generate_batch(model(config), params, [prompt], max_new_tokens=request.max_new_tokens,
                        sampling=sampling, rng=jax.random.key(request.seed), eos_id=tok.eos_id,
-                       max_seq_len=config.model.max_seq_len)[0]
+                       max_seq_len=config.model.max_seq_len,
+                       stop_sequences=tuple(tuple(tok.encode(s)) for s in request.stop))[0]
   text = tok.decode(out)
+  # The tokens stop at a stop string's own encoding; the text is cut wherever the string appears,
+  # however the continuation happened to tokenize it.
+  cuts = [text.find(s) for s in request.stop if s in text]
+  text = text[:min(cuts)] if cuts else text
   print(request.prompt + text)
   return text

@@ -20,11 +20,27 @@ from gen_jax.models.transformer import init_kv_cache
 from gen_jax.sampling.strategies import SamplingParams, choose_tokens
 
 
+def _ends_with_a_stop_sequence(out, step, stops, stop_lengths):
+  """[b] bool: whether out[:, :step + 1] ends with one of the stop sequences.
+
+  Args:
+    out: [b, n] generated tokens; step: the newest column.
+    stops: [m, l] stop sequences right-aligned (left-padded); stop_lengths: [m].
+  """
+  width = stops.shape[1]
+  padded = jnp.pad(out, ((0, 0), (width, 0)), constant_values=-1)  # Before the first token: -1.
+  window = jax.lax.dynamic_slice_in_dim(padded, step + 1, width, axis=1)  # [b, l], ends at step.
+  counted = jnp.arange(width)[None] >= width - stop_lengths[:, None]  # [m, l]
+  same = (window[:, None, :] == stops[None]) | ~counted[None]  # [b, m, l]
+  return jnp.any(jnp.all(same, axis=-1), axis=-1)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "sampling", "max_new_tokens"))
-def _generate(model: nn.Module, params, tokens, prompt_lengths, budgets, rng, eos_id, *,
-              sampling: SamplingParams, max_new_tokens: int):
+def _generate(model: nn.Module, params, tokens, prompt_lengths, budgets, rng, eos_id, stops,
+              stop_lengths, *, sampling: SamplingParams, max_new_tokens: int):
   """tokens [b, P] left-padded prompts; prompt_lengths, budgets [b] (new tokens each row may
-  make). Returns (new tokens [b, max_new_tokens], count [b] of tokens before the stop)."""
+  make); stops [m, l], stop_lengths [m] (see `_ends_with_a_stop_sequence`). Returns (new tokens
+  [b, max_new_tokens], count [b] of tokens kept: up to a stop sequence, before end-of-text)."""
   b, prompt_slots = tokens.shape
   vocab = model.config.vocab_size
   pad = prompt_slots - prompt_lengths  # [b]
@@ -44,7 +60,8 @@ def _generate(model: nn.Module, params, tokens, prompt_lengths, budgets, rng, eo
 
   first = choose(logits[:, -1], 0, seen)  # [b]
   out = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(first)
-  done = (first == eos_id) | (budgets <= 1)
+  done = (first == eos_id) | (budgets <= 1) | _ends_with_a_stop_sequence(out, 0, stops,
+                                                                         stop_lengths)
   count = jnp.where(first == eos_id, 0, 1)  # Tokens kept per row (the stop token is not).
 
   def cond(carry):
@@ -53,16 +70,17 @@ def _generate(model: nn.Module, params, tokens, prompt_lengths, budgets, rng, eo
 
   def body(carry):
     step, out, cache, done, count, seen = carry
-    previous = out[:, step - 1]
+    previous = jnp.maximum(out[:, step - 1], 0)  # A stopped row holds -1; it feeds token 0.
     seen = seen.at[jnp.arange(b), previous].set(True)
     logits, cache = model.apply(
         {"params": params}, previous[:, None], (prompt_lengths + step - 1)[:, None],
         jnp.ones((b, 1), jnp.int32), cache=cache, cache_index=prompt_slots + step - 1)
     token = choose(logits[:, 0], step, seen)
-    stops = token == eos_id
-    count = jnp.where(done | stops, count, count + 1)
-    out = out.at[:, step].set(jnp.where(done, 0, token))
-    done = done | stops | (step + 1 >= budgets)
+    ends = token == eos_id
+    count = jnp.where(done | ends, count, count + 1)
+    out = out.at[:, step].set(jnp.where(done, -1, token))
+    done = (done | ends | (step + 1 >= budgets) |
+            _ends_with_a_stop_sequence(out, step, stops, stop_lengths))
     return step + 1, out, cache, done, count, seen
 
   _, out, _, _, count, _ = jax.lax.while_loop(cond, body, (1, out, cache, done, count, seen))
@@ -70,12 +88,14 @@ def _generate(model: nn.Module, params, tokens, prompt_lengths, budgets, rng, eo
 
 
 def generate_batch(model: nn.Module, params, prompts: list[list[int]], *, max_new_tokens: int,
-                   sampling: SamplingParams, rng: jax.Array, eos_id: int,
-                   max_seq_len: int) -> list[list[int]]:
+                   sampling: SamplingParams, rng: jax.Array, eos_id: int, max_seq_len: int,
+                   stop_sequences: tuple[tuple[int, ...], ...] = ()) -> list[list[int]]:
   """Continues each prompt (token ids) by up to max_new_tokens tokens, stopping at end-of-text.
 
   A row also stops where it would pass the model's context (max_seq_len tokens in all), so its
-  list may be shorter. Raises ValueError naming the bad argument.
+  list may be shorter, and right after its new tokens end with one of `stop_sequences` (token ids,
+  e.g. a stop string's encoding; the sequence is kept, end-of-text is not). Raises ValueError
+  naming the bad argument.
   """
   if not prompts or any(not p for p in prompts):
     raise ValueError("every prompt needs at least one token of text")
@@ -87,6 +107,13 @@ def generate_batch(model: nn.Module, params, prompts: list[list[int]], *, max_ne
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
   sampling.validate()
+  if any(not s for s in stop_sequences):
+    raise ValueError("stop_sequences must not contain an empty sequence")
+  width = max([len(s) for s in stop_sequences], default=1)
+  stops = np.full((max(len(stop_sequences), 1), width), -2, np.int32)  # -2 matches no token.
+  for row, sequence in enumerate(stop_sequences):
+    stops[row, width - len(sequence):] = sequence
+  stop_lengths = np.array([len(s) for s in stop_sequences] or [width], np.int32)
   max_new_tokens = min(max_new_tokens, max_seq_len - min(len(p) for p in prompts))
   tokens = np.zeros((len(prompts), longest), np.int32)
   for row, prompt in enumerate(prompts):
@@ -95,7 +122,8 @@ def generate_batch(model: nn.Module, params, prompts: list[list[int]], *, max_ne
   budgets = np.minimum(max_new_tokens, max_seq_len - lengths)
   out, count = jax.device_get(_generate(
       model, params, jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(budgets), rng,
-      eos_id, sampling=sampling, max_new_tokens=int(max_new_tokens)))
+      eos_id, jnp.asarray(stops), jnp.asarray(stop_lengths), sampling=sampling,
+      max_new_tokens=int(max_new_tokens)))
   return [[int(t) for t in out[row, :count[row]]] for row in range(len(prompts))]
 
 

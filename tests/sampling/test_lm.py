@@ -105,3 +105,22 @@ def test_rows_stop_on_their_own_end_of_text_and_budget():
                            rng=jax.random.key(0), eos_id=eos, max_seq_len=CFG.max_seq_len)
   assert stopped[0] == free[0][:free[0].index(eos)]
   assert stopped[1] == (free[1][:free[1].index(eos)] if eos in free[1] else free[1])
+
+
+def test_rows_stop_right_after_a_stop_sequence():
+  model, params = _model()
+  greedy = SamplingParams(temperature=0.0)
+  prompts = [[3, 7], [5, 1, 2]]
+  free = generate_batch(model, params, prompts, max_new_tokens=8, sampling=greedy,
+                        rng=jax.random.key(0), eos_id=-1, max_seq_len=CFG.max_seq_len)
+  stop = tuple(free[0][2:4])  # Two tokens the first row makes at its 3rd and 4th steps.
+  stopped = generate_batch(model, params, prompts, max_new_tokens=8, sampling=greedy,
+                           rng=jax.random.key(0), eos_id=-1, max_seq_len=CFG.max_seq_len,
+                           stop_sequences=((39, 39, 39), stop))
+  for row in range(2):  # Each row ends right after the first occurrence of the stop pair.
+    ends = [i + 2 for i in range(len(free[row]) - 1) if tuple(free[row][i:i + 2]) == stop]
+    assert stopped[row] == (free[row][:ends[0]] if ends else free[row])
+  assert stopped[0] == free[0][:4]
+  with pytest.raises(ValueError, match="empty sequence"):
+    generate_batch(model, params, prompts, max_new_tokens=2, sampling=greedy, rng=jax.random.key(0),
+                   eos_id=-1, max_seq_len=CFG.max_seq_len, stop_sequences=((),))
