@@ -30,6 +30,8 @@ from gen_jax.kernels.flash_attention_tiles import (
   KernelBlocks,
   output_struct,
 )
+from gen_jax.kernels.flash_attention_tiles import dot as _dot
+from gen_jax.kernels.flash_attention_tiles import dot_nt as _dot_nt
 
 _LOG2_E = math.log2(math.e)
 _MIN_BLOCK = 16  # tl.dot needs every matmul dimension to be at least 16.
@@ -165,15 +167,6 @@ def _offset_spec(offset):
 def _load_offset(offset_ref):
   """The run-time query offset, a scalar, or None when the mask holds a static one."""
   return None if offset_ref is None else offset_ref[0]
-
-
-def _dot_nt(a, b):
-  """a [m, h] @ b[n, h]^T in float32."""
-  return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def _dot(a, b):
-  return jnp.dot(a, b, preferred_element_type=jnp.float32)
 
 
 def _walk_blocks(step, block_range, unmasked_range, carry):

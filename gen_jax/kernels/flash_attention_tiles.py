@@ -184,3 +184,13 @@ def _blocks_of_interval(first, last, block: int, nonempty):
 def _inside(full_first, full_end, first, end):
   full_first = jnp.clip(full_first, first, end)
   return full_first, jnp.clip(full_end, full_first, end)
+
+
+def dot_nt(a, b):
+  """a [m, h] @ b [n, h]^T, accumulated in float32 (both kernels' score products)."""
+  return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def dot(a, b):
+  """a [m, n] @ b [n, h], accumulated in float32."""
+  return jnp.dot(a, b, preferred_element_type=jnp.float32)

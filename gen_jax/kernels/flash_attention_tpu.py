@@ -34,6 +34,8 @@ from gen_jax.kernels.flash_attention_tiles import (
   clamp_block,
   output_struct,
 )
+from gen_jax.kernels.flash_attention_tiles import dot as _dot
+from gen_jax.kernels.flash_attention_tiles import dot_nt as _dot_nt
 
 _LANES = 128
 _SUBLANES = 8
@@ -207,15 +209,6 @@ def _split_offset(config: FlashConfig, refs):
   if config.mask.dynamic_offset:
     return refs[0][0], refs[1:]
   return None, refs
-
-
-def _dot_nt(a, b):
-  """a [m, h] @ b [n, h]^T in float32."""
-  return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def _dot(a, b):
-  return jnp.dot(a, b, preferred_element_type=jnp.float32)
 
 
 def _run_tile(step, block, block_range, unmasked_range):
