@@ -20,6 +20,12 @@ _STOP = flags.DEFINE_multi_string("stop", [], "Stop a continuation at this text 
                                   "the text returned ends before it.")
 _REPETITION_PENALTY = flags.DEFINE_float("repetition_penalty", 1.0, "CTRL penalty on tokens "
                                          "already seen (1: off; 1.1-1.3 is typical).")
+_BEAM_WIDTH = flags.DEFINE_integer("beam_width", 0, "Beam search with this many beams instead of "
+                                   "sampling (0: sample).")
+_LENGTH_PENALTY = flags.DEFINE_float("length_penalty", 1.0, "Beam search ranks by log p / "
+                                     "length ** length_penalty (> 0 favours longer outputs).")
+_NUM_RETURN = flags.DEFINE_integer("num_return", 1, "Beam search prints this many best "
+                                   "continuations with their scores.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Images in the grid (image models).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.mark_flag_as_required("workdir")
@@ -37,6 +43,9 @@ class SampleRequest:
   min_p: float = 0.0
   repetition_penalty: float = 1.0
   stop: tuple[str, ...] = ()
+  beam_width: int = 0  # > 0: beam search instead of sampling.
+  length_penalty: float = 1.0
+  num_return: int = 1
 
 
 def load_params(workdir: str):
@@ -80,7 +89,8 @@ def main(argv):
   from gen_jax.config import ConfigError
   request = SampleRequest(_PROMPT.value, _MAX_NEW_TOKENS.value, _TEMPERATURE.value,
                           _NUM_SAMPLES.value, _SEED.value, _TOP_K.value, _TOP_P.value, _MIN_P.value,
-                          _REPETITION_PENALTY.value, tuple(_STOP.value))
+                          _REPETITION_PENALTY.value, tuple(_STOP.value), _BEAM_WIDTH.value,
+                          _LENGTH_PENALTY.value, _NUM_RETURN.value)
   try:
     sample(_WORKDIR.value, request)
   except (ConfigError, ValueError) as e:

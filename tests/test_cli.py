@@ -62,6 +62,16 @@ def test_llm_trains_writes_its_workdir_and_samples(tmp_path):
   assert stopped.returncode == 0, stopped.stderr[-3000:]
   assert stopped.stdout.rstrip("\n") == ("The for statement" +
                                          continuation[:continuation.find(stop_text)])
+  beams = run_cli("gen_jax.sample", f"--workdir={workdir}", "--prompt=The for statement",
+                   "--max_new_tokens=8", "--beam_width=3", "--num_return=2", "--length_penalty=0.5")
+  assert beams.returncode == 0, beams.stderr[-3000:]
+  blocks = beams.stdout.split("--- beam ")[1:]  # "1: score S, log p L, ...\n<text>"
+  scores = [float(block.split()[2].rstrip(",")) for block in blocks]
+  assert len(blocks) == 2 and scores[0] >= scores[1], beams.stdout
+  assert all(block.split("\n", 1)[1].startswith("The for statement") for block in blocks)
+  mixed = run_cli("gen_jax.sample", f"--workdir={workdir}", "--prompt=x", "--beam_width=2",
+                  "--temperature=0.7")
+  assert mixed.returncode == 2 and "does not use --temperature" in mixed.stderr
   bad = run_cli("gen_jax.sample", f"--workdir={workdir}", "--prompt=x", "--top_p=0")
   assert bad.returncode == 2 and "top_p must be" in bad.stderr and "Traceback" not in bad.stderr
 

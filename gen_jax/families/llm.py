@@ -211,8 +211,9 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
 
 
 def sample(config, params, workdir: str, request) -> str:
-  """Continues request.prompt; prints and returns the continuation text."""
-  from gen_jax.sampling import SamplingParams, generate_batch
+  """Continues request.prompt; prints and returns the continuation text (with beam search, prints
+  the request.num_return best with their scores and returns the best)."""
+  from gen_jax.sampling import SamplingParams, beam_search, generate_batch
   tok = data_lib.Tokenizer.load(workdir)
   prompt = tok.encode(request.prompt)
   sampling = SamplingParams(temperature=request.temperature, top_k=request.top_k,
@@ -220,6 +221,23 @@ def sample(config, params, workdir: str, request) -> str:
                             repetition_penalty=request.repetition_penalty)
   if any(not s for s in request.stop):
     raise ValueError("--stop: a stop string must not be empty")
+  if request.beam_width:
+    changed = [f"--{name}" for name, default in (("temperature", 0.0), ("top_k", 0), ("top_p", 1.0),
+                                                 ("min_p", 0.0), ("repetition_penalty", 1.0))
+               if getattr(request, name) != default] + (["--stop"] if request.stop else [])
+    if changed:
+      raise ValueError(f"--beam_width: beam search ranks by log-probability and does not use "
+                       f"{', '.join(changed)}; drop them or set --beam_width=0 to sample")
+    found = beam_search(model(config), params, [prompt], beam_width=request.beam_width,
+                        max_new_tokens=request.max_new_tokens, eos_id=tok.eos_id,
+                        max_seq_len=config.model.max_seq_len,
+                        length_penalty=request.length_penalty, num_return=request.num_return)[0]
+    for rank, hypothesis in enumerate(found, 1):
+      end = "end-of-text" if hypothesis.ended else "the token budget"
+      print(f"--- beam {rank}: score {hypothesis.score:.4f}, log p {hypothesis.log_prob:.4f}, "
+            f"{len(hypothesis.tokens)} tokens, stopped at {end}\n"
+            f"{request.prompt}{tok.decode(hypothesis.tokens)}")
+    return tok.decode(found[0].tokens)
   out = generate_batch(model(config), params, [prompt], max_new_tokens=request.max_new_tokens,
                        sampling=sampling, rng=jax.random.key(request.seed), eos_id=tok.eos_id,
                        max_seq_len=config.model.max_seq_len,

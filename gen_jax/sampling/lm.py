@@ -35,6 +35,51 @@ def _ends_with_a_stop_sequence(out, step, stops, stop_lengths):
   return jnp.any(jnp.all(same, axis=-1), axis=-1)
 
 
+def prefill(model: nn.Module, params, tokens, prompt_lengths, cache_length: int):
+  """Runs left-padded prompts through the model into a fresh KV cache.
+
+  Args:
+    tokens: [b, P] prompts, right-aligned; prompt_lengths: [b].
+    cache_length: slots in the cache (P + the tokens still to come).
+  Returns:
+    (logits [b, P, v], the cache with slots 0..P-1 filled, segment_ids [b, P]: 1 on prompt
+    tokens, 0 on padding).
+  """
+  b, prompt_slots = tokens.shape
+  pad = prompt_slots - prompt_lengths  # [b]
+  slots = jnp.arange(prompt_slots)[None]  # [1, P]
+  segment_ids = (slots >= pad[:, None]).astype(jnp.int32)
+  positions = jnp.maximum(slots - pad[:, None], 0)  # RoPE counts from each row's first token.
+  cache = init_kv_cache(model.config, b, cache_length)
+  logits, cache = model.apply({"params": params}, tokens, positions, segment_ids, cache=cache,
+                              cache_index=0)
+  return logits, cache, segment_ids
+
+
+def pack_prompts(prompts: list[list[int]], max_new_tokens: int, max_seq_len: int):
+  """Checks the prompts and left-pads them into one batch.
+
+  Returns (tokens [b, P] int32, prompt_lengths [b], budgets [b]: new tokens each row may make
+  within max_new_tokens and the context, max_new_tokens cut to the largest budget). Raises
+  ValueError naming the bad argument.
+  """
+  if not prompts or any(not p for p in prompts):
+    raise ValueError("every prompt needs at least one token of text")
+  longest = max(len(p) for p in prompts)
+  if longest >= max_seq_len:
+    raise ValueError(f"the prompt is {longest} tokens but the model's context "
+                     f"(model.max_seq_len) is {max_seq_len}; shorten the prompt to at most "
+                     f"{max_seq_len - 1} tokens")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+  tokens = np.zeros((len(prompts), longest), np.int32)
+  for row, prompt in enumerate(prompts):
+    tokens[row, longest - len(prompt):] = prompt
+  lengths = np.array([len(p) for p in prompts], np.int32)
+  budgets = np.minimum(max_new_tokens, max_seq_len - lengths).astype(np.int32)
+  return tokens, lengths, budgets, int(budgets.max())
+
+
 @functools.partial(jax.jit, static_argnames=("model", "sampling", "max_new_tokens"))
 def _generate(model: nn.Module, params, tokens, prompt_lengths, budgets, rng, eos_id, stops,
               stop_lengths, *, sampling: SamplingParams, max_new_tokens: int):
@@ -43,13 +88,8 @@ def _generate(model: nn.Module, params, tokens, prompt_lengths, budgets, rng, eo
   [b, max_new_tokens], count [b] of tokens kept: up to a stop sequence, before end-of-text)."""
   b, prompt_slots = tokens.shape
   vocab = model.config.vocab_size
-  pad = prompt_slots - prompt_lengths  # [b]
-  slots = jnp.arange(prompt_slots)[None]  # [1, P]
-  segment_ids = (slots >= pad[:, None]).astype(jnp.int32)
-  positions = jnp.maximum(slots - pad[:, None], 0)
-  cache = init_kv_cache(model.config, b, prompt_slots + max_new_tokens)
-  logits, cache = model.apply({"params": params}, tokens, positions, segment_ids, cache=cache,
-                              cache_index=0)
+  logits, cache, segment_ids = prefill(model, params, tokens, prompt_lengths,
+                                       prompt_slots + max_new_tokens)
   # Tokens each row has seen (for the repetition penalty); padding indexes past the vocabulary.
   seen = jnp.zeros((b, vocab), bool).at[jnp.arange(b)[:, None],
                                         jnp.where(segment_ids > 0, tokens, vocab)].set(
@@ -97,15 +137,7 @@ def generate_batch(model: nn.Module, params, prompts: list[list[int]], *, max_ne
   e.g. a stop string's encoding; the sequence is kept, end-of-text is not). Raises ValueError
   naming the bad argument.
   """
-  if not prompts or any(not p for p in prompts):
-    raise ValueError("every prompt needs at least one token of text")
-  longest = max(len(p) for p in prompts)
-  if longest >= max_seq_len:
-    raise ValueError(f"the prompt is {longest} tokens but the model's context "
-                     f"(model.max_seq_len) is {max_seq_len}; shorten the prompt to at most "
-                     f"{max_seq_len - 1} tokens")
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+  tokens, lengths, budgets, max_new_tokens = pack_prompts(prompts, max_new_tokens, max_seq_len)
   sampling.validate()
   if any(not s for s in stop_sequences):
     raise ValueError("stop_sequences must not contain an empty sequence")
@@ -114,16 +146,10 @@ def generate_batch(model: nn.Module, params, prompts: list[list[int]], *, max_ne
   for row, sequence in enumerate(stop_sequences):
     stops[row, width - len(sequence):] = sequence
   stop_lengths = np.array([len(s) for s in stop_sequences] or [width], np.int32)
-  max_new_tokens = min(max_new_tokens, max_seq_len - min(len(p) for p in prompts))
-  tokens = np.zeros((len(prompts), longest), np.int32)
-  for row, prompt in enumerate(prompts):
-    tokens[row, longest - len(prompt):] = prompt
-  lengths = np.array([len(p) for p in prompts], np.int32)
-  budgets = np.minimum(max_new_tokens, max_seq_len - lengths)
   out, count = jax.device_get(_generate(
       model, params, jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(budgets), rng,
       eos_id, jnp.asarray(stops), jnp.asarray(stop_lengths), sampling=sampling,
-      max_new_tokens=int(max_new_tokens)))
+      max_new_tokens=max_new_tokens))
   return [[int(t) for t in out[row, :count[row]]] for row in range(len(prompts))]
 
 
