@@ -1,8 +1,19 @@
 """Decoding for language models (and, later, samplers for the image families)."""
 from gen_jax.sampling.beam import Hypothesis, beam_search
 from gen_jax.sampling.lm import generate, generate_batch
+from gen_jax.sampling.speculative import SpeculativeStats, speculative_generate
 from gen_jax.sampling.strategies import (SamplingParams, apply_repetition_penalty, choose_tokens,
                                          filter_logits)
 
-__all__ = ["Hypothesis", "SamplingParams", "beam_search", "apply_repetition_penalty", "choose_tokens", "filter_logits",
-           "generate", "generate_batch"]
+__all__ = [
+    "Hypothesis",
+    "SamplingParams",
+    "SpeculativeStats",
+    "apply_repetition_penalty",
+    "beam_search",
+    "choose_tokens",
+    "filter_logits",
+    "generate",
+    "generate_batch",
+    "speculative_generate",
+]
