@@ -22,6 +22,10 @@ INSTALL_REQUIRES = [
     "scikit-learn>=1.5",
     "importlib_resources>=6.0",  # tensorflow-datasets needs it to prepare local builders.
     "array_record>=0.5",  # The file format of locally prepared tfds datasets.
+    # gen_jax.interop: GGUF files, Hugging Face safetensors checkpoints, chat templates.
+    "gguf>=0.19.0",
+    "safetensors>=0.8.0",
+    "jinja2>=3.1.6",  # transformers' floor for sandboxed chat templates (older ones had escapes).
 ]
 
 EXTRAS = {

@@ -1,7 +1,10 @@
-"""Sample from a trained workdir: text for language models, a PNG grid for image models.
+"""Sample from a trained workdir (text for language models, a PNG grid for image models) or from a
+pretrained LLaMA-family model: a GGUF file or a Hugging Face directory (config.json + safetensors).
 
   python -m gen_jax.sample --workdir=/tmp/lm --prompt="The for statement" --temperature=0.8
   python -m gen_jax.sample --workdir=/tmp/vae --num_samples=64
+  python -m gen_jax.sample --gguf=SmolLM2-135M-Instruct.Q4_1.gguf --prompt="The capital of France"
+  python -m gen_jax.sample --hf_dir=DIR --chat --system="Answer briefly." --prompt="Why is it blue?"
 """
 import dataclasses
 import sys
@@ -9,6 +12,13 @@ import sys
 from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (config.json + checkpoints).")
+_GGUF = flags.DEFINE_string("gguf", None, "A pretrained LLaMA-architecture GGUF file (instead of "
+                            "--workdir).")
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "A Hugging Face LLaMA/Mistral directory: "
+                              "config.json, *.safetensors, tokenizer.json (instead of --workdir).")
+_CHAT = flags.DEFINE_bool("chat", False, "Answer --prompt as the user turn of the model's chat "
+                          "template; stops at the template's end-of-turn token.")
+_SYSTEM = flags.DEFINE_string("system", "", "With --chat: the system instruction.")
 _PROMPT = flags.DEFINE_string("prompt", "", "Text to continue (language models).")
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 100, "Tokens to generate at most.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 is greedy; > 0 samples.")
@@ -28,7 +38,6 @@ _NUM_RETURN = flags.DEFINE_integer("num_return", 1, "Beam search prints this man
                                    "continuations with their scores.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Images in the grid (image models).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.mark_flag_as_required("workdir")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +55,8 @@ class SampleRequest:
   beam_width: int = 0  # > 0: beam search instead of sampling.
   length_penalty: float = 1.0
   num_return: int = 1
+  chat: bool = False  # Prompt as the user turn of the chat template.
+  system: str = ""  # The chat's system instruction.
 
 
 def load_params(workdir: str):
@@ -77,8 +88,40 @@ def load_params(workdir: str):
 
 def sample(workdir: str, request: SampleRequest):
   from gen_jax import families
+  from gen_jax.config import ConfigError
   config, params = load_params(workdir)
+  if request.chat and config.family != "llm":
+    raise ConfigError("--chat", f"{workdir!r} holds a {config.family} model, not a language model")
   return families.get(config.family).sample(config, params, workdir, request)
+
+
+def sample_pretrained(request: SampleRequest, *, gguf: str | None = None,
+                      hf_dir: str | None = None) -> str:
+  """Loads a GGUF file or a Hugging Face directory (one of them) and samples as the llm family."""
+  from gen_jax import interop
+  from gen_jax.config import ConfigError
+  from gen_jax.families import llm
+  flag, path = ("--gguf", gguf) if gguf else ("--hf_dir", hf_dir)
+  try:
+    pretrained = interop.load_gguf(gguf) if gguf else interop.load_hf(hf_dir)
+  except (OSError, ValueError) as e:
+    raise ConfigError(flag, str(e)) from e
+  if pretrained.tokenizer is None:
+    raise ConfigError(flag, f"{path!r} has no tokenizer.json")
+  return llm.generate_text(pretrained.config, pretrained.params, pretrained.tokenizer, request)
+
+
+def _check_flags() -> None:
+  """Flag combinations, checked before anything loads."""
+  from gen_jax.config import ConfigError
+  given = [f"--{flag.name}" for flag in (_WORKDIR, _GGUF, _HF_DIR) if flag.value]
+  if len(given) != 1:
+    raise ConfigError(", ".join(given) if given else "--workdir/--gguf/--hf_dir",
+                      f"{'none' if not given else len(given)} given; give exactly one of --workdir "
+                      "(a training workdir), --gguf (a GGUF file) or --hf_dir (a Hugging Face "
+                      "directory)")
+  if _SYSTEM.value and not _CHAT.value:
+    raise ConfigError("--system", "a system instruction needs --chat")
 
 
 def main(argv):
@@ -90,9 +133,13 @@ def main(argv):
   request = SampleRequest(_PROMPT.value, _MAX_NEW_TOKENS.value, _TEMPERATURE.value,
                           _NUM_SAMPLES.value, _SEED.value, _TOP_K.value, _TOP_P.value, _MIN_P.value,
                           _REPETITION_PENALTY.value, tuple(_STOP.value), _BEAM_WIDTH.value,
-                          _LENGTH_PENALTY.value, _NUM_RETURN.value)
+                          _LENGTH_PENALTY.value, _NUM_RETURN.value, _CHAT.value, _SYSTEM.value)
   try:
-    sample(_WORKDIR.value, request)
+    _check_flags()
+    if _WORKDIR.value:
+      sample(_WORKDIR.value, request)
+    else:
+      sample_pretrained(request, gguf=_GGUF.value, hf_dir=_HF_DIR.value)
   except (ConfigError, ValueError) as e:
     print(f"Error: {e}", file=sys.stderr)
     sys.exit(2)

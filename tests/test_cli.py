@@ -156,3 +156,15 @@ def test_cli_bad_input_fails_with_a_message_naming_it(flag, message, tmp_path):
   assert result.returncode != 0
   assert message in result.stderr
   assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "Error: --workdir/--gguf/--hf_dir: none given; give exactly one of --workdir"),
+    (["--workdir=w", "--gguf=m.gguf"], "Error: --workdir, --gguf: 2 given; give exactly one of"),
+    (["--gguf=m.gguf", "--system=Be brief."], "Error: --system: a system instruction needs --chat"),
+    (["--hf_dir=/no/such/dir"], "Error: --hf_dir: /no/such/dir: has no config.json"),
+])
+def test_sample_model_flags_fail_with_a_message_naming_the_flag(args, message):
+  result = run_cli("gen_jax.sample", "--prompt=Hi", *args)
+  assert result.returncode == 2 and message in result.stderr, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr

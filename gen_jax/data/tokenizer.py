@@ -1,6 +1,8 @@
 """Byte-level BPE tokenizer (Hugging Face `tokenizers`), trained on the training split.
 
-Byte-level means every string round-trips exactly: no unknown tokens, no normalization.
+Byte-level means every string round-trips exactly: no unknown tokens, no normalization. The same
+wrapper also carries a pretrained model's tokenizer (`gen_jax.interop`), whose special tokens have
+other names and which may come with a chat template.
 """
 import os
 from typing import Iterable
@@ -15,21 +17,50 @@ TOKENIZER_FILE = "tokenizer.json"
 
 
 class Tokenizer:
-  """A thin wrapper naming the ids the rest of gen_jax needs."""
+  """A thin wrapper naming the ids the rest of gen_jax needs.
 
-  def __init__(self, hf_tokenizer: tokenizers.Tokenizer):
+  Args:
+    hf_tokenizer: the `tokenizers.Tokenizer`.
+    eos_token, pad_token: names of the end-of-text and padding tokens (ours by default; a pretrained
+      model names its own, and may pad with its eos token).
+    bos_token: the beginning-of-text token, or None where the model has none.
+    chat_template: the model's jinja2 chat template (`gen_jax.interop.chat_template`), or None.
+  """
+
+  def __init__(self, hf_tokenizer: tokenizers.Tokenizer, *, eos_token: str = END_OF_TEXT,
+               pad_token: str = PAD, bos_token: str | None = None,
+               chat_template: str | None = None):
     self.hf = hf_tokenizer
-    self.pad_id = hf_tokenizer.token_to_id(PAD)
-    self.eos_id = hf_tokenizer.token_to_id(END_OF_TEXT)
-    if self.pad_id is None or self.eos_id is None:
-      raise ValueError(f"tokenizer lacks the special tokens {SPECIAL_TOKENS}")
+    self.eos_token, self.pad_token, self.bos_token = eos_token, pad_token, bos_token
+    self.eos_id = self._id(eos_token, "eos_token")
+    self.pad_id = self._id(pad_token, "pad_token")
+    self.bos_id = None if bos_token is None else self._id(bos_token, "bos_token")
+    self.chat_template = chat_template
+
+  def _id(self, token: str, role: str) -> int:
+    token_id = self.hf.token_to_id(token)
+    if token_id is None:
+      raise ValueError(f"{role}: the tokenizer has no token {token!r}")
+    return token_id
+
+  @property
+  def special_tokens(self) -> dict[str, str | None]:
+    """{"bos_token", "eos_token", "pad_token"}: the names a chat template refers to them by."""
+    return {"bos_token": self.bos_token, "eos_token": self.eos_token, "pad_token": self.pad_token}
+
+  @property
+  def added_tokens(self) -> list[str]:
+    """The tokens matched whole in text (special and user-defined), e.g. "<|im_start|>"."""
+    return [t.content for t in self.hf.get_added_tokens_decoder().values()]
 
   @property
   def vocab_size(self) -> int:
     return self.hf.get_vocab_size()
 
-  def encode(self, text: str) -> list[int]:
-    return self.hf.encode(text).ids
+  def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    """Token ids of `text`; add_special_tokens=False leaves out what the post-processor adds
+    (a pretrained model's BOS), e.g. for a rendered chat template that writes it itself."""
+    return self.hf.encode(text, add_special_tokens=add_special_tokens).ids
 
   def encode_batch(self, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in self.hf.encode_batch(texts)]
@@ -43,6 +74,7 @@ class Tokenizer:
 
   @classmethod
   def load(cls, directory: str) -> "Tokenizer":
+    """The tokenizer a training run saved in its workdir (our own special tokens)."""
     return cls(tokenizers.Tokenizer.from_file(os.path.join(directory, TOKENIZER_FILE)))
 
 

@@ -211,11 +211,35 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
 
 
 def sample(config, params, workdir: str, request) -> str:
-  """Continues request.prompt; prints and returns the continuation text (with beam search, prints
-  the request.num_return best with their scores and returns the best)."""
+  """gen_jax.sample --workdir: `generate_text` with the workdir's model and tokenizer."""
+  return generate_text(TransformerConfig.from_config(config.model), params,
+                       data_lib.Tokenizer.load(workdir), request)
+
+
+def _prompt(tok: data_lib.Tokenizer, request) -> tuple[list[int], tuple[int, ...]]:
+  """(prompt ids, extra stop token ids): request.prompt as it is, or with request.chat the user
+  turn (after request.system) of the chat template, stopping at its end-of-turn token too."""
+  if not request.chat:
+    if request.system:
+      raise ValueError("--system: a system instruction needs --chat")
+    return tok.encode(request.prompt), ()
+  from gen_jax.interop import chat_prompt  # Only chat needs jinja2.
+  text, end_of_turn = chat_prompt(tok, request.prompt, request.system)
+  # The template writes any BOS itself; the post-processor must not add a second one.
+  prompt = tok.encode(text, add_special_tokens=False)
+  return prompt, () if end_of_turn in (None, tok.eos_id) else (end_of_turn,)
+
+
+def generate_text(model_config: TransformerConfig, params, tok: data_lib.Tokenizer,
+                  request) -> str:
+  """Continues request.prompt (with request.chat, answers it as the chat template's user turn);
+  prints the prompt and its continuation (in chat, the reply alone) and returns the continuation
+  (with beam search, prints the request.num_return best with their scores and returns the best).
+  Raises ValueError naming the bad flag."""
   from gen_jax.sampling import SamplingParams, beam_search, generate_batch
-  tok = data_lib.Tokenizer.load(workdir)
-  prompt = tok.encode(request.prompt)
+  prompt, turn_stops = _prompt(tok, request)
+  shown_prompt = "" if request.chat else request.prompt
+  net = Transformer(model_config)
   sampling = SamplingParams(temperature=request.temperature, top_k=request.top_k,
                             top_p=request.top_p, min_p=request.min_p,
                             repetition_penalty=request.repetition_penalty)
@@ -228,24 +252,30 @@ def sample(config, params, workdir: str, request) -> str:
     if changed:
       raise ValueError(f"--beam_width: beam search ranks by log-probability and does not use "
                        f"{', '.join(changed)}; drop them or set --beam_width=0 to sample")
-    found = beam_search(model(config), params, [prompt], beam_width=request.beam_width,
+    if turn_stops:
+      raise ValueError(f"--beam_width: beam search stops only at end-of-text, and this chat "
+                       f"template ends a turn with {tok.decode(turn_stops)!r}; sample instead")
+    found = beam_search(net, params, [prompt], beam_width=request.beam_width,
                         max_new_tokens=request.max_new_tokens, eos_id=tok.eos_id,
-                        max_seq_len=config.model.max_seq_len,
+                        max_seq_len=model_config.max_seq_len,
                         length_penalty=request.length_penalty, num_return=request.num_return)[0]
     for rank, hypothesis in enumerate(found, 1):
       end = "end-of-text" if hypothesis.ended else "the token budget"
       print(f"--- beam {rank}: score {hypothesis.score:.4f}, log p {hypothesis.log_prob:.4f}, "
             f"{len(hypothesis.tokens)} tokens, stopped at {end}\n"
-            f"{request.prompt}{tok.decode(hypothesis.tokens)}")
+            f"{shown_prompt}{tok.decode(hypothesis.tokens)}")
     return tok.decode(found[0].tokens)
-  out = generate_batch(model(config), params, [prompt], max_new_tokens=request.max_new_tokens,
+  stop_sequences = tuple(tuple(tok.encode(s, add_special_tokens=False)) for s in request.stop)
+  out = generate_batch(net, params, [prompt], max_new_tokens=request.max_new_tokens,
                        sampling=sampling, rng=jax.random.key(request.seed), eos_id=tok.eos_id,
-                       max_seq_len=config.model.max_seq_len,
-                       stop_sequences=tuple(tuple(tok.encode(s)) for s in request.stop))[0]
+                       max_seq_len=model_config.max_seq_len,
+                       stop_sequences=stop_sequences + tuple((t,) for t in turn_stops))[0]
+  if out and out[-1] in turn_stops:  # generate_batch keeps a stop sequence; end-of-turn is markup.
+    out = out[:-1]
   text = tok.decode(out)
   # The tokens stop at a stop string's own encoding; the text is cut wherever the string appears,
   # however the continuation happened to tokenize it.
   cuts = [text.find(s) for s in request.stop if s in text]
   text = text[:min(cuts)] if cuts else text
-  print(request.prompt + text)
+  print(shown_prompt + text)
   return text

@@ -1,0 +1,100 @@
+"""Chat templates: a model's jinja2 template rendered as transformers' `apply_chat_template` does.
+
+Following transformers (utils/chat_template_utils.py): a sandboxed environment (templates come with
+downloaded checkpoints, so they are untrusted code) with trim_blocks and lstrip_blocks, the
+`loopcontrols` extension, `raise_exception`, `strftime_now`, and a `tojson` that does not escape
+HTML; the template sees `messages`, `add_generation_prompt` and the special tokens by name
+(`bos_token`, `eos_token`, `pad_token`).
+"""
+import datetime
+import functools
+import json
+
+import jinja2
+import jinja2.ext
+import jinja2.sandbox
+
+# A message content no template changes, to find where an assistant turn's text ends.
+_SENTINEL = "gen_jax-end-of-turn-probe"
+
+
+def _raise_exception(message: str):
+  raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+  return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                    sort_keys=sort_keys)
+
+
+@functools.lru_cache(maxsize=8)
+def _compile(template: str) -> jinja2.Template:
+  env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                     extensions=[jinja2.ext.loopcontrols])
+  env.filters["tojson"] = _tojson
+  env.globals["raise_exception"] = _raise_exception
+  env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+  return env.from_string(template)
+
+
+def conversation(prompt: str, system: str = "") -> list[dict]:
+  """[{"role", "content"}]: the system instruction (when given), then `prompt` as the user turn."""
+  return ([{"role": "system", "content": system}] if system else []) + [
+      {"role": "user", "content": prompt}]
+
+
+def render(template: str, messages: list[dict], *, special_tokens: dict[str, str | None],
+           add_generation_prompt: bool = True) -> str:
+  """The conversation as the model reads it.
+
+  Args:
+    template: the jinja2 chat template.
+    messages: [{"role": "system" | "user" | "assistant", "content": str}, ...].
+    special_tokens: {"bos_token": ..., "eos_token": ..., "pad_token": ...}, the names the
+      template uses.
+    add_generation_prompt: end with the header of an assistant turn, for the model to write it.
+  Raises:
+    ValueError: the template raised (e.g. roles that do not alternate), with its message.
+  """
+  try:
+    return _compile(template).render(messages=messages, tools=None, documents=None,
+                                     add_generation_prompt=add_generation_prompt, **special_tokens)
+  except jinja2.exceptions.TemplateError as e:
+    raise ValueError(f"chat template: {e}") from e
+
+
+def end_of_turn_token(template: str, special_tokens: dict[str, str | None],
+                      added_tokens: list[str]) -> str | None:
+  """The token the template closes an assistant turn with (ChatML's `<|im_end|>`, Llama 3's
+  `<|eot_id|>`, `</s>`), or None where the template writes none of `added_tokens` there.
+
+  The model ends its reply by writing this token, so chat generation stops at it.
+  """
+  messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _SENTINEL}]
+  try:
+    text = render(template, messages, special_tokens=special_tokens, add_generation_prompt=False)
+  except ValueError:
+    return None
+  if _SENTINEL not in text:
+    return None
+  after = text[text.find(_SENTINEL) + len(_SENTINEL):].lstrip()
+  found = [token for token in added_tokens if token and after.startswith(token)]
+  return max(found, key=len) if found else None
+
+
+def chat_prompt(tokenizer, prompt: str, system: str = "") -> tuple[str, int | None]:
+  """(the conversation `prompt` (+ `system`) rendered with the tokenizer's chat template and ending
+  in an assistant turn's header, the id of the end-of-turn token or None).
+
+  Args:
+    tokenizer: a `gen_jax.data.Tokenizer` with a chat_template.
+  Raises:
+    ValueError: the tokenizer has no chat template, or the template refused the conversation.
+  """
+  if tokenizer.chat_template is None:
+    raise ValueError("--chat: the tokenizer has no chat template (a trained workdir's has none; "
+                     "chat with a pretrained chat model through --gguf or --hf_dir)")
+  specials = tokenizer.special_tokens
+  text = render(tokenizer.chat_template, conversation(prompt, system), special_tokens=specials)
+  end = end_of_turn_token(tokenizer.chat_template, specials, tokenizer.added_tokens)
+  return text, None if end is None else tokenizer.hf.token_to_id(end)
