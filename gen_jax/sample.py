@@ -36,6 +36,9 @@ _LENGTH_PENALTY = flags.DEFINE_float("length_penalty", 1.0, "Beam search ranks b
                                      "length ** length_penalty (> 0 favours longer outputs).")
 _NUM_RETURN = flags.DEFINE_integer("num_return", 1, "Beam search prints this many best "
                                    "continuations with their scores.")
+_DRAFT_LAYERS = flags.DEFINE_integer("draft_layers", 0, "Speculative decoding with the model's own "
+                                     "first N layers as the draft (0: off).")
+_DRAFT_TOKENS = flags.DEFINE_integer("draft_tokens", 4, "Tokens the draft proposes per round.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Images in the grid (image models).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
@@ -57,6 +60,8 @@ class SampleRequest:
   num_return: int = 1
   chat: bool = False  # Prompt as the user turn of the chat template.
   system: str = ""  # The chat's system instruction.
+  draft_layers: int = 0  # > 0: speculative decoding, drafting with the model's first N layers.
+  draft_tokens: int = 4
 
 
 def load_params(workdir: str):
@@ -133,7 +138,8 @@ def main(argv):
   request = SampleRequest(_PROMPT.value, _MAX_NEW_TOKENS.value, _TEMPERATURE.value,
                           _NUM_SAMPLES.value, _SEED.value, _TOP_K.value, _TOP_P.value, _MIN_P.value,
                           _REPETITION_PENALTY.value, tuple(_STOP.value), _BEAM_WIDTH.value,
-                          _LENGTH_PENALTY.value, _NUM_RETURN.value, _CHAT.value, _SYSTEM.value)
+                          _LENGTH_PENALTY.value, _NUM_RETURN.value, _CHAT.value, _SYSTEM.value,
+                          _DRAFT_LAYERS.value, _DRAFT_TOKENS.value)
   try:
     _check_flags()
     if _WORKDIR.value:

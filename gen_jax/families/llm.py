@@ -1,6 +1,7 @@
 """The llm family: a decoder-only transformer trained with next-token loss on packed text."""
 import math
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -237,6 +238,9 @@ def generate_text(model_config: TransformerConfig, params, tok: data_lib.Tokeniz
   (with beam search, prints the request.num_return best with their scores and returns the best).
   Raises ValueError naming the bad flag."""
   from gen_jax.sampling import SamplingParams, beam_search, generate_batch
+  if request.draft_layers and request.beam_width:
+    raise ValueError("--draft_layers: speculative decoding samples; it does not combine with "
+                     "--beam_width")
   prompt, turn_stops = _prompt(tok, request)
   shown_prompt = "" if request.chat else request.prompt
   net = Transformer(model_config)
@@ -265,6 +269,8 @@ def generate_text(model_config: TransformerConfig, params, tok: data_lib.Tokeniz
             f"{len(hypothesis.tokens)} tokens, stopped at {end}\n"
             f"{shown_prompt}{tok.decode(hypothesis.tokens)}")
     return tok.decode(found[0].tokens)
+  if request.draft_layers:
+    return _speculative_text(net, params, tok, prompt, turn_stops, sampling, shown_prompt, request)
   stop_sequences = tuple(tuple(tok.encode(s, add_special_tokens=False)) for s in request.stop)
   out = generate_batch(net, params, [prompt], max_new_tokens=request.max_new_tokens,
                        sampling=sampling, rng=jax.random.key(request.seed), eos_id=tok.eos_id,
@@ -278,4 +284,22 @@ def generate_text(model_config: TransformerConfig, params, tok: data_lib.Tokeniz
   cuts = [text.find(s) for s in request.stop if s in text]
   text = text[:min(cuts)] if cuts else text
   print(shown_prompt + text)
+  return text
+
+
+def _speculative_text(net, params, tok, prompt, turn_stops, sampling, shown_prompt, request) -> str:
+  """generate_text's speculative path: the model's first request.draft_layers layers draft."""
+  from gen_jax.sampling import layer_skip_draft, speculative_generate
+  if request.stop or turn_stops:
+    raise ValueError("--draft_layers: speculative decoding stops only at end-of-text; drop --stop "
+                     "(or a chat template whose turns end with another token)")
+  draft, draft_params = layer_skip_draft(net, params, request.draft_layers)
+  found, stats = speculative_generate(
+      net, params, draft, draft_params, [prompt], num_draft_tokens=request.draft_tokens,
+      max_new_tokens=request.max_new_tokens, sampling=sampling, rng=jax.random.key(request.seed),
+      eos_id=tok.eos_id, max_seq_len=net.config.max_seq_len)
+  text = tok.decode(found[0])
+  print(shown_prompt + text)
+  print(f"speculative decoding: {stats.accepted}/{stats.drafted} draft tokens accepted "
+        f"({stats.acceptance_rate:.0%}) in {stats.rounds} rounds", file=sys.stderr)
   return text

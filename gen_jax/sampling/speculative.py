@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gen_jax.models.transformer import Transformer
 from gen_jax.sampling.lm import pack_prompts, prefill
 from gen_jax.sampling.strategies import SamplingParams, filter_logits
 
@@ -40,6 +41,18 @@ class SpeculativeStats:
   @property
   def acceptance_rate(self) -> float:
     return self.accepted / max(self.drafted, 1)
+
+
+def layer_skip_draft(target: Transformer, params, num_layers: int) -> tuple[Transformer, dict]:
+  """A draft made of the target itself: its first num_layers layers, then its final norm and head
+  (self-speculation by early exit, as in Zhang et al., 2024, "Draft & Verify", and Elhoushi et al.,
+  2024, "LayerSkip"). Needs no second checkpoint; the params are views of the target's."""
+  if not 1 <= num_layers < target.config.num_layers:
+    raise ValueError(f"the draft's layers must be between 1 and the target's "
+                     f"{target.config.num_layers - 1}, got {num_layers}")
+  config = dataclasses.replace(target.config, num_layers=num_layers)
+  draft_params = {**params, "layers": jax.tree.map(lambda x: x[:num_layers], params["layers"])}
+  return Transformer(config), draft_params
 
 
 def _probs(logits, sampling: SamplingParams):

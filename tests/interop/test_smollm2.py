@@ -8,6 +8,7 @@ LlamaTensorProcessor undoing llama.cpp's Q/K permutation, LlamaForCausalLM) rath
 AutoTokenizer) here. Checked once by hand against that full load: equal weights, logits within
 1.5e-4 of each other (largest logit 27).
 """
+import dataclasses
 import importlib.util
 import os
 
@@ -140,6 +141,18 @@ def test_chat_answers_paris_and_stops_at_the_end_of_its_turn(smollm2, capsys):
   # Stopped at the end of its turn, well before the token budget.
   assert len(smollm2.tokenizer.encode(reply)) < request.max_new_tokens
   assert capsys.readouterr().out == reply + "\n"  # The reply alone, without the template.
+
+
+def test_self_speculative_chat_equals_plain_greedy_chat(smollm2, capsys):
+  """--draft_layers: the model's first 20 of 30 layers draft; greedy output must not change."""
+  request = SampleRequest(prompt=MESSAGES[1]["content"], chat=True, system=MESSAGES[0]["content"],
+                          max_new_tokens=10)
+  plain = llm.generate_text(smollm2.config, smollm2.params, smollm2.tokenizer, request)
+  speculative = llm.generate_text(smollm2.config, smollm2.params, smollm2.tokenizer,
+                                  dataclasses.replace(request, draft_layers=20, draft_tokens=3))
+  assert speculative == plain and "Paris" in plain
+  accepted = capsys.readouterr().err.split("speculative decoding: ")[1].split(" ")[0]  # "a/b"
+  assert 0 < int(accepted.split("/")[0]) <= int(accepted.split("/")[1])
 
 
 def test_sample_cli_continues_the_prompt_with_paris():

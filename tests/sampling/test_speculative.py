@@ -11,7 +11,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from gen_jax.models import Transformer, TransformerConfig
-from gen_jax.sampling import SamplingParams, filter_logits, generate_batch, speculative_generate
+from gen_jax.sampling import (SamplingParams, filter_logits, generate_batch, layer_skip_draft,
+                              speculative_generate)
 
 TARGET = TransformerConfig(vocab_size=4, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
                            head_dim=8, mlp_dim=48, max_seq_len=24)
@@ -141,3 +142,14 @@ def test_a_draft_with_another_vocabulary_is_refused():
     speculative_generate(target, target_params, other, {}, [[1]], num_draft_tokens=2,
                          max_new_tokens=3, sampling=SamplingParams(), rng=jax.random.key(0),
                          eos_id=-1, max_seq_len=TARGET.max_seq_len)
+
+
+def test_a_layer_skip_draft_is_the_targets_first_layers():
+  target, target_params, _, _ = _models()
+  draft, draft_params = layer_skip_draft(target, target_params, 1)
+  assert draft.config.num_layers == 1 and draft.config.embed_dim == TARGET.embed_dim
+  np.testing.assert_array_equal(draft_params["layers"]["mlp"]["wo"]["kernel"],
+                                target_params["layers"]["mlp"]["wo"]["kernel"][:1])
+  assert draft_params["lm_head"] is target_params["lm_head"]  # Its own head and final norm.
+  with pytest.raises(ValueError, match="the draft's layers must be between 1 and the target's 1, got 2"):
+    layer_skip_draft(target, target_params, 2)

