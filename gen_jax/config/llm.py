@@ -30,6 +30,14 @@ def base() -> ml_collections.ConfigDict:
       # Slots per expert in a sequence of t tokens: ceil(factor * t * experts_per_token /
       # num_experts), at most t; assignments past it are dropped and counted. 0: no drop.
       expert_capacity_factor=1.25,
+      # Weight-only quantization of the attention and MLP projections (gen_jax.quant), for
+      # inference on params from gen_jax.quant.quantize_params: 0 keeps float kernels; 8 or 4
+      # stores symmetric int8 / int4 codes with one scale per `weight_group_size` inputs of each
+      # output.
+      # Embeddings, norms and lm_head stay float; not with num_experts > 0. The group size must
+      # divide embed_dim, num_heads * head_dim and mlp_dim (64 divides SmolLM2's 576 and 1536).
+      weight_bits=0,
+      weight_group_size=64,
   ))
   config.data = ml_collections.ConfigDict(dict(
       source="pydoc",  # 'pydoc', a text file, a folder, a glob, or 'tfds:NAME'.

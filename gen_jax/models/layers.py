@@ -2,7 +2,9 @@
 
 Every parameter is created through `nn.with_logical_partitioning` with names from one vocabulary
 (batch, length, embed, heads, kv_heads, head_dim, mlp, vocab, layers), which the config's
-logical_axis_rules map onto mesh axes.
+logical_axis_rules map onto mesh axes. The attention and MLP projections are
+`gen_jax.quant.projection.Projection`s, which `weight_bits` switches from float kernels to
+group-wise int8/int4 weights.
 """
 from typing import Any
 
@@ -11,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from gen_jax import ops
+from gen_jax.quant.projection import Projection
 
 Dtype = Any
 
@@ -57,17 +60,18 @@ class SwiGLU(nn.Module):
   mlp_dim: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  weight_bits: int = 0  # 0: float kernels; 8 or 4: group-wise int weights (gen_jax.quant).
+  weight_group_size: int = 64
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [b, t, d] -> [b, t, d]."""
-    embed_dim = x.shape[-1]
-    dense = lambda features, names, name: nn.DenseGeneral(  # noqa: E731
-        features, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=partitioned(nn.initializers.lecun_normal(), names), name=name)
+    dense = lambda features, names, name: Projection(  # noqa: E731
+        (features,), names, self.dtype, self.param_dtype, self.weight_bits,
+        self.weight_group_size, name=name)
     gate = dense(self.mlp_dim, ("embed", "mlp"), "wi_gate")(x)  # [b, t, f]
     up = dense(self.mlp_dim, ("embed", "mlp"), "wi_up")(x)  # [b, t, f]
-    return dense(embed_dim, ("mlp", "embed"), "wo")(nn.silu(gate) * up)
+    return dense(x.shape[-1], ("mlp", "embed"), "wo")(nn.silu(gate) * up)
 
 
 class Attention(nn.Module):
@@ -80,6 +84,8 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   sliding_window: int | None = None  # Attend to this many most recent tokens (None: all).
+  weight_bits: int = 0  # 0: float kernels; 8 or 4: group-wise int weights (gen_jax.quant).
+  weight_group_size: int = 64
 
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
@@ -93,24 +99,20 @@ class Attention(nn.Module):
     returns (out, the updated cache).
     """
     d = x.shape[-1]
-    def proj(shape, names, equation, name):
-      # Fan-in is the contracted axes: embed for q/k/v, (heads, head_dim) for the output.
-      in_axis = (0, 1) if equation.startswith("btnh") else 0
-      out_axis = 2 if equation.startswith("btnh") else (1, 2)
-      init = nn.initializers.lecun_normal(in_axis=in_axis, out_axis=out_axis)
-      return nn.Einsum(shape, equation, use_bias=False, dtype=self.dtype,
-                       param_dtype=self.param_dtype, kernel_init=partitioned(init, names), name=name)
+    def proj(features, names, name):
+      return Projection(features, names, self.dtype, self.param_dtype, self.weight_bits,
+                        self.weight_group_size, name=name)
 
     n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
-    query = proj((d, n, h), ("embed", "heads", "head_dim"), "btd,dnh->btnh", "query")(x)
-    key = proj((d, k, h), ("embed", "kv_heads", "head_dim"), "btd,dkh->btkh", "key")(x)
-    value = proj((d, k, h), ("embed", "kv_heads", "head_dim"), "btd,dkh->btkh", "value")(x)
+    query = proj((n, h), ("embed", "heads", "head_dim"), "query")(x)  # btd,dnh->btnh
+    key = proj((k, h), ("embed", "kv_heads", "head_dim"), "key")(x)  # btd,dkh->btkh
+    value = proj((k, h), ("embed", "kv_heads", "head_dim"), "value")(x)  # btd,dkh->btkh
     query = apply_rope(query, positions, self.rope_base)  # [b, t, n, h]
     key = apply_rope(key, positions, self.rope_base)  # [b, t, k, h]
     if cache is None:
       out = ops.attention(query, key, value, causal=True, segment_ids=segment_ids,
                           sliding_window=self.sliding_window, impl=self.attention_impl)
-      return proj((n, h, d), ("heads", "head_dim", "embed"), "btnh,nhd->btd", "out")(out)
+      return proj((d,), ("heads", "head_dim", "embed"), "out")(out)  # btnh,nhd->btd
     start = (0, cache_index, 0, 0)
     cache = {"key": jax.lax.dynamic_update_slice(cache["key"], key.astype(cache["key"].dtype), start),
              "value": jax.lax.dynamic_update_slice(cache["value"], value.astype(cache["value"].dtype),
@@ -119,4 +121,4 @@ class Attention(nn.Module):
                         causal=True, segment_ids=segment_ids, key_segment_ids=cache_segment_ids,
                         query_offset=cache_index, sliding_window=self.sliding_window,
                         impl=self.attention_impl)  # [b, t, n, h]
-    return proj((n, h, d), ("heads", "head_dim", "embed"), "btnh,nhd->btd", "out")(out), cache
+    return proj((d,), ("heads", "head_dim", "embed"), "out")(out), cache  # btnh,nhd->btd

@@ -3,7 +3,9 @@
 Pre-norm blocks of RMSNorm -> grouped-query attention with RoPE -> residual, RMSNorm -> SwiGLU ->
 residual; the layers are one `nn.scan` so compile time does not grow with depth. With
 `num_experts > 0` the SwiGLU is a mixture of experts (`gen_jax.models.moe`, Mixtral-style), whose
-routing statistics come back from the scan per layer when the caller asks for them.
+routing statistics come back from the scan per layer when the caller asks for them. With
+`weight_bits` set, every attention and MLP projection holds group-wise int8/int4 weights
+(`gen_jax.quant`; the param tree from `gen_jax.quant.quantize_params`).
 """
 import dataclasses
 
@@ -13,6 +15,8 @@ import jax.numpy as jnp
 
 from gen_jax.models.layers import Attention, RMSNorm, SwiGLU, partitioned
 from gen_jax.models.moe import MoeMlp
+from gen_jax.quant.formats import check_weight_quantization
+from gen_jax.quant.projection import STATS, Projection
 
 REMAT_POLICIES = ("none", "full", "dots")
 
@@ -39,6 +43,11 @@ class TransformerConfig:
   num_experts: int = 0  # Experts in each block's MLP; 0 is the dense SwiGLU.
   experts_per_token: int = 2  # Top-k routing (MoE only).
   expert_capacity_factor: float = 1.25  # Slots per expert, see moe.expert_capacity; 0: no drop.
+  weight_bits: int = 0  # Attention/MLP weights: 0 float; 8 or 4 group-wise ints (gen_jax.quant).
+  weight_group_size: int = 64  # Inputs sharing one scale (int weights only).
+
+  def __post_init__(self):
+    check_weight_quantization(self)
 
   @classmethod
   def from_config(cls, model_config) -> "TransformerConfig":
@@ -57,6 +66,7 @@ class _Block(nn.Module):
     h = RMSNorm(c.norm_eps, dtype, param_dtype, name="attention_norm")(x)
     attention = Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.rope_base, c.attention_impl,
                           dtype, param_dtype, sliding_window=c.sliding_window or None,
+                          weight_bits=c.weight_bits, weight_group_size=c.weight_group_size,
                           name="attention")
     if layer_cache is None:
       x = x + attention(h, positions, segment_ids)
@@ -70,7 +80,9 @@ class _Block(nn.Module):
       out, router_stats = MoeMlp(c.num_experts, c.experts_per_token, c.mlp_dim,
                                  c.expert_capacity_factor, dtype, param_dtype, name="mlp")(h, valid)
     else:
-      out, router_stats = SwiGLU(c.mlp_dim, dtype, param_dtype, name="mlp")(h), None
+      out = SwiGLU(c.mlp_dim, dtype, param_dtype, c.weight_bits, c.weight_group_size,
+                   name="mlp")(h)
+      router_stats = None
     x = nn.with_logical_constraint(x + out, ("batch", "length", None))
     return x, (router_stats, layer_cache)
 
@@ -124,7 +136,8 @@ class Transformer(nn.Module):
           cache["segment_ids"], segment_ids.astype(jnp.int32), (0, cache_index))
       layer_caches = {"key": cache["key"], "value": cache["value"]}  # [layers, b, L, k, h]
     blocks = nn.scan(
-        _remat(_Block, c.remat), variable_axes={"params": 0}, split_rngs={"params": True},
+        # quant.STATS: per-layer calibration statistics, when the caller collects them.
+        _remat(_Block, c.remat), variable_axes={"params": 0, STATS: 0}, split_rngs={"params": True},
         in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast), length=c.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"})
     x, (router_stats, layer_caches) = blocks(c, name="layers")(
@@ -133,10 +146,9 @@ class Transformer(nn.Module):
     if c.tie_embeddings:
       logits = embed.attend(x)
     else:
-      logits = nn.DenseGeneral(
-          c.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-          kernel_init=partitioned(nn.initializers.lecun_normal(), ("embed", "vocab")),
-          name="lm_head")(x)
+      # Kept float when the blocks are quantized (as GPTQ and AWQ keep the output layer).
+      logits = Projection((c.vocab_size,), ("embed", "vocab"), dtype, param_dtype,
+                          name="lm_head")(x)
     logits = logits.astype(jnp.float32)
     if cache is not None:
       return logits, {**layer_caches, "segment_ids": cache_segment_ids}

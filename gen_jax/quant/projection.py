@@ -1,0 +1,87 @@
+"""The one linear projection of the transformer layers: float weights, or group-wise integer weights
+(int8 / int4, `gen_jax.quant.formats`) dequantized inside the jitted matmul (weight-only
+quantization as in GPTQ, Frantar et al., 2023, and AWQ, Lin et al., 2024).
+
+Every projection of the attention and MLP blocks is a `Projection`, so switching a model to integer
+weights is a config field (`model.weight_bits`), not a second copy of each layer; the param tree is
+what changes: {"kernel"} becomes {"qweight", "scale"}. Decoders (KV cache, beam search,
+speculative) run a quantized model unchanged.
+
+With float weights a projection can also record the Gram matrix X^T X of its input (the GPTQ
+Hessian, up to a factor) into the `STATS` collection when the caller applies the model with that
+collection mutable; otherwise recording costs nothing.
+"""
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gen_jax.quant import formats
+
+Dtype = Any
+STATS = "quant_stats"  # Collection of calibration statistics: {"input_gram": [in, in] float32}.
+
+
+class Projection(nn.Module):
+  """x [..., *in_shape] -> [..., *features]: contracts the trailing axes of x with the leading axes
+  of a kernel [*in_shape, *features] (LeCun-normal over those fan-in and fan-out axes).
+
+  Attributes:
+    features: output axes, e.g. (num_heads, head_dim) for the query projection.
+    axis_names: logical names of the kernel's axes, contracted ones first; their count minus
+      len(features) is the number of contracted axes of x.
+    weight_bits: 0 for a float kernel; 8 or 4 for qweight [in / g, g (g / 2 for int4), out] int8
+      and scale [in / g, out] with in, out the flattened contracted and output sizes, g the
+      group size. The first contracted and first output names stand for the flattened axes, so a
+      sharding rule splits the same blocks of the weight as it does the float kernel.
+    group_size: g, inputs per scale (int weights only).
+  """
+  features: tuple[int, ...]
+  axis_names: tuple[str | None, ...]
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  weight_bits: int = 0
+  group_size: int = 64
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    num_contracted = len(self.axis_names) - len(self.features)
+    in_shape = x.shape[x.ndim - num_contracted:]
+    batch_shape = x.shape[:x.ndim - num_contracted]
+    in_size, out_size = math.prod(in_shape), math.prod(self.features)
+    if not self.weight_bits:
+      init = nn.initializers.lecun_normal(
+          in_axis=tuple(range(num_contracted)),
+          out_axis=tuple(range(num_contracted, len(self.axis_names))))
+      kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axis_names),
+                          (*in_shape, *self.features), self.param_dtype)
+      if self.is_mutable_collection(STATS) and not self.is_initializing():
+        flat = x.reshape(-1, in_size).astype(jnp.float32)  # [tokens, in]
+        gram = jnp.matmul(flat.T, flat, precision=jax.lax.Precision.HIGHEST)
+        self.sow(STATS, "input_gram", gram, init_fn=lambda: 0.0, reduce_fn=jnp.add)
+      x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+      contract = (tuple(range(x.ndim - num_contracted, x.ndim)), tuple(range(num_contracted)))
+      return jax.lax.dot_general(x, kernel, (contract, ((), ())))
+    if in_size % self.group_size:
+      raise ValueError(f"model.weight_group_size: {self.group_size} does not divide the input "
+                       f"size {in_size} of projection {self.name!r}")
+    groups = in_size // self.group_size
+    in_name, out_name = self.axis_names[0], self.axis_names[num_contracted]
+    qweight = self.param(
+        "qweight", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                (in_name, None, out_name)),
+        (groups, formats.stored_group_size(self.weight_bits, self.group_size), out_size), jnp.int8)
+    scale = self.param(
+        "scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (in_name, out_name)),
+        (groups, out_size), self.param_dtype)
+    # Dequantized inside the jitted computation that runs the dot, so the float kernel is never a
+    # parameter: XLA fuses the layer's slice of the int8 stack, the int4 unpack, the convert and
+    # the scale into one elementwise fusion feeding the dot. XLA:CPU writes that fusion's output,
+    # one layer's [in, out] float kernel, to a temporary buffer (its dots take no fused operand
+    # producers); GPU and TPU emitters can fuse such a prologue into the matmul itself.
+    kernel = formats.dequantize(qweight, scale, self.weight_bits, self.dtype)  # [in, out]
+    x = x.reshape(*batch_shape, in_size).astype(self.dtype)
+    y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))  # [..., out]
+    return y.reshape(*batch_shape, *self.features)
