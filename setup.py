@@ -30,7 +30,10 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # The test suite: pytest, plus what the notebook test needs to execute the Colab notebook.
-    "dev": ["pytest>=8.0", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+    # pytest-xdist: the suite runs on two worker processes (-n 2), which overlap XLA's
+    # single-threaded compiles; most of a test's time on a CPU is compiling.
+    "dev": ["pytest>=8.0", "pytest-xdist>=3.6", "nbclient>=0.10", "nbformat>=5.10",
+            "ipykernel>=6.29"],
     # Accelerators, following JAX's own install names (pip install "jax[tpu]" / "jax[cuda12]").
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
