@@ -14,6 +14,7 @@ from gen_jax import objectives, ops
 from gen_jax.config.common import DTYPES
 from gen_jax.config.errors import ConfigError, require
 from gen_jax.models.transformer import REMAT_POLICIES, Transformer, TransformerConfig
+from gen_jax.quant.formats import check_weight_quantization
 from gen_jax.train.task import WEIGHT, Task
 
 MIN_VOCAB = 256 + len(data_lib.tokenizer.SPECIAL_TOKENS)  # Byte alphabet plus special tokens.
@@ -46,6 +47,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"must be in [1, model.num_experts={m.num_experts}], got {m.experts_per_token}")
     require(m.expert_capacity_factor >= 0, "model.expert_capacity_factor",
             f"must be >= 0 (0: no token is dropped), got {m.expert_capacity_factor}")
+  check_weight_quantization(m)
+  require(m.weight_bits == 0, "model.weight_bits",
+          f"training updates float kernels, got {m.weight_bits}; train with 0 and quantize the "
+          "trained params with gen_jax.quant.quantize_params")
   for name in ("router_aux_loss_weight", "router_z_loss_weight"):
     weight = config.objective[name]
     require(weight >= 0, f"objective.{name}", f"must be >= 0, got {weight}")

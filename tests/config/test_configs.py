@@ -68,6 +68,8 @@ BAD = [
     ({"optimizer.learning_rate": -1.0}, "optimizer.learning_rate: must be positive"),
     ({"mesh.data": -1, "mesh.fsdp": -1}, "mesh: at most one axis may be -1"),
     ({"data.eval_fraction": 1.5}, r"data.eval_fraction: must be in \(0, 1\)"),
+    ({"model.weight_bits": 3}, r"model.weight_bits: 3 is not one of"),
+    ({"model.weight_bits": 8}, "model.weight_bits: training updates float kernels, got 8"),
     ({"logical_axis_rules": (("batch", "dataa"),)}, "logical_axis_rules: rule .* names mesh axis 'dataa'"),
 ]
 
