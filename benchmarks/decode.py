@@ -18,6 +18,7 @@ On a GPU the batch-1 cached row also prints the fraction of the memory-bandwidth
 bytes every step must read (parameters + the KV cache) over the step time, against the device's
 peak HBM bandwidth. The last lines are a markdown table for docs/BENCHMARKS.md.
 """
+import dataclasses
 import datetime
 import importlib.util
 import os
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from gen_jax import interop
+from gen_jax import interop, quant
 from gen_jax.models import Transformer
 from gen_jax.sampling import (SamplingParams, generate_batch, layer_skip_draft,
                               speculative_generate)
@@ -41,8 +42,10 @@ _GGUF = flags.DEFINE_string("gguf", None, "A LLaMA-family GGUF file; default: Sm
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "32"], "Rows decoded at once.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Tokens generated per row.")
 _PROMPT = flags.DEFINE_string("prompt", "The capital of France is", "The prompt of every row.")
-_WEIGHTS = flags.DEFINE_list("weights", ["float32", "bfloat16"], "Weight formats: float32, "
-                             "bfloat16.")
+_WEIGHTS = flags.DEFINE_list("weights", ["float32", "bfloat16", "int8", "int4"], "Weight formats: "
+                             "float32, bfloat16, int8, int4 (bf16 compute, round-to-nearest "
+                             "weights in groups of --group_size, gen_jax.quant).")
+_GROUP_SIZE = flags.DEFINE_integer("group_size", 64, "Inputs per scale of int8/int4 weights.")
 _NO_CACHE = flags.DEFINE_bool("no_cache", True, "Also time decoding without a KV cache.")
 _DRAFT_LAYERS = flags.DEFINE_integer("draft_layers", 8, "Layers of the self-speculative draft; 0 "
                                      "skips the speculative row.")
@@ -74,9 +77,16 @@ def _median_seconds(fn, warm_up: bool = True) -> float:
   return statistics.median(times)
 
 
-def _with_dtype(config, params, dtype: str):
-  config = config.__class__(**{**config.__dict__, "dtype": dtype, "param_dtype": dtype})
-  return config, jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+def _weights(config, params, weights: str):
+  """(config, params) in a weight format: a float dtype, or int8/int4 with bf16 compute."""
+  dtype = weights if weights in ("float32", "bfloat16") else "bfloat16"
+  config = dataclasses.replace(config, dtype=dtype, param_dtype=dtype)
+  params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+  if weights == dtype:
+    return config, params
+  bits = {"int8": 8, "int4": 4}[weights]
+  params = quant.quantize_params(params, config, bits=bits, group_size=_GROUP_SIZE.value)
+  return quant.quantized_config(config, bits, _GROUP_SIZE.value), params
 
 
 def _no_cache_greedy(model, params, prompt_tokens, new_tokens):
@@ -131,7 +141,7 @@ def main(argv):
   peak = PEAK_BANDWIDTH.get(device.device_kind)
   rows = []  # (weights, batch, method, tokens/s, vs cache, note)
   for weights in _WEIGHTS.value:
-    config, params = _with_dtype(pretrained.config, pretrained.params, weights)
+    config, params = _weights(pretrained.config, pretrained.params, weights)
     model = Transformer(config)
     param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
     greedy = SamplingParams(temperature=0.0)
@@ -145,7 +155,7 @@ def main(argv):
       note = f"{pretrained.tokenizer.decode(ours[:8])!r}..."
       if peak and batch == 1:
         cache_bytes = (2 * config.num_layers * (len(prompt_ids) + new) * config.num_kv_heads *
-                       config.head_dim * jnp.dtype(weights).itemsize)
+                       config.head_dim * jnp.dtype(config.dtype).itemsize)
         note += f"; roofline {(param_bytes + cache_bytes) * new / cached / peak:.0%}"
       rows.append((weights, batch, "cache", batch * new / cached, 1.0, note))
       if _NO_CACHE.value:
@@ -165,7 +175,9 @@ def main(argv):
         rows.append((weights, batch, f"speculative ({_DRAFT_LAYERS.value}-layer draft, "
                      f"k={_DRAFT_TOKENS.value})", batch * new / seconds, cached / seconds,
                      f"acceptance {stats.acceptance_rate:.0%}, same tokens as cache"))
-      if _HF.value and importlib.util.find_spec("torch") is not None:
+      # transformers has no kernel for gen_jax's int formats: its rows are float only.
+      if (_HF.value and importlib.util.find_spec("torch") is not None
+          and weights in ("float32", "bfloat16")):
         seconds, theirs = _hf_seconds(pretrained.config, params, pretrained.tokenizer, prompt_ids,
                                       batch, weights)
         same = sum(a == b for a, b in zip(theirs, ours))
