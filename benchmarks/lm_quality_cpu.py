@@ -160,18 +160,18 @@ class JaxRun:
 
   def init_state(self):
     """A fresh state and its compiled train step; the schedule runs over config.train.num_steps."""
-    abstract, init, tx = abstract_train_state(self.task.init_params, self.config, self.mesh)
-    step = make_train_step(self.task.loss_fn, tx, learning_rate_schedule(self.config),
+    layout = abstract_train_state(self.task.params, self.config, self.mesh)
+    step = make_train_step(self.task.loss_fn, layout.tx, learning_rate_schedule(self.config),
                            self.config.train.grad_accum_steps)
     example = self.shard(next(iter(self.task.train_data)))
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      state = init(rng_for(self.config.seed, "init"))
-      shardings = jax.tree.map(lambda x: x.sharding, abstract)
+      state, self.frozen = layout.create(rng_for(self.config.seed, "init"))
+      shardings = jax.tree.map(lambda x: x.sharding, layout.abstract)
       start = time.perf_counter()
       compiled = jax.jit(step, donate_argnums=0, out_shardings=(shardings, None)).lower(
-          abstract, example, self.rng).compile()
+          layout.abstract, layout.abstract_frozen, example, self.rng).compile()
       compile_sec = time.perf_counter() - start
-    num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+    num_params = sum(x.size for x in jax.tree.leaves(layout.abstract.params))
     return state, compiled, compile_sec, num_params
 
   def shard(self, batch):
@@ -187,7 +187,7 @@ class JaxRun:
     next_report = budget_sec / 5
     start = time.perf_counter()
     while max_steps is None or len(losses) < max_steps:
-      state, metrics = step_fn(state, self.shard(next(batches)), self.rng)
+      state, metrics = step_fn(state, self.frozen, self.shard(next(batches)), self.rng)
       losses.append(metrics["loss"])
       if in_flight is not None:
         in_flight.block_until_ready()  # Dispatch of this step overlaps the previous one.

@@ -89,25 +89,26 @@ def main(argv):
   mesh = parallel.make_mesh(config.mesh)
   family = families.get(config.family)
   loss_fn, shapes = family.dry_run_inputs(config)
-  abstract, init, tx = abstract_train_state(family.init_params_fn(config), config, mesh)
-  step_fn = make_train_step(loss_fn, tx, learning_rate_schedule(config), config.train.grad_accum_steps)
+  layout = abstract_train_state(family.param_spec(config), config, mesh)
+  step_fn = make_train_step(loss_fn, layout.tx, learning_rate_schedule(config),
+                            config.train.grad_accum_steps)
   rules = parallel.rules_tuple(config.logical_axis_rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state = init(rng_for(config.seed, "init"))
+    state, frozen = layout.create(rng_for(config.seed, "init"))
     batch = _random_batch(config, shapes, mesh)
     step_fn = jax.jit(step_fn, donate_argnums=0,
-                      out_shardings=(jax.tree.map(lambda x: x.sharding, abstract), None))
+                      out_shardings=(jax.tree.map(lambda x: x.sharding, layout.abstract), None))
     rng = rng_for(config.seed, "train")
     start = time.perf_counter()
-    state, metrics = step_fn(state, batch, rng)
+    state, metrics = step_fn(state, frozen, batch, rng)
     jax.block_until_ready(metrics)
     compile_sec = time.perf_counter() - start
     for _ in range(_WARMUP.value):
-      state, metrics = step_fn(state, batch, rng)
+      state, metrics = step_fn(state, frozen, batch, rng)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(_STEPS.value):
-      state, metrics = step_fn(state, batch, rng)
+      state, metrics = step_fn(state, frozen, batch, rng)
     jax.block_until_ready(metrics)
     step_sec = (time.perf_counter() - start) / _STEPS.value
 

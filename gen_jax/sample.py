@@ -38,6 +38,10 @@ _NUM_RETURN = flags.DEFINE_integer("num_return", 1, "Beam search prints this man
                                    "continuations with their scores.")
 _DRAFT_LAYERS = flags.DEFINE_integer("draft_layers", 0, "Speculative decoding with the model's own "
                                      "first N layers as the draft (0: off).")
+_DRAFT_WORKDIR = flags.DEFINE_string("draft_workdir", "", "Speculative decoding with the model a "
+                                     "training workdir holds as the draft (e.g. a student "
+                                     "distilled from this model: configs/llm/distill.py); it "
+                                     "must share the model's tokenizer.")
 _DRAFT_TOKENS = flags.DEFINE_integer("draft_tokens", 4, "Tokens the draft proposes per round.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Images in the grid (image models).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -62,39 +66,14 @@ class SampleRequest:
   system: str = ""  # The chat's system instruction.
   draft_layers: int = 0  # > 0: speculative decoding, drafting with the model's first N layers.
   draft_tokens: int = 4
-
-
-def load_params(workdir: str):
-  """(config, params) from the workdir's saved config and newest checkpoint, on one device."""
-  import jax
-
-  from gen_jax import config as config_lib
-  from gen_jax import families, parallel
-  from gen_jax.config.common import MESH_AXES
-  from gen_jax.train import Checkpointer, abstract_train_state
-
-  config = config_lib.load_workdir_config(workdir)
-  if config is None:
-    raise config_lib.ConfigError("--workdir", f"{workdir!r} has no config.json: not a training workdir")
-  for axis in MESH_AXES:  # Sampling runs on one device whatever mesh the run trained on.
-    config.mesh[axis] = 1
-  config.mesh.num_devices = 1
-  family = families.get(config.family)
-  mesh = parallel.make_mesh(config.mesh, jax.devices()[:1])
-  abstract, _, _ = abstract_train_state(family.init_params_fn(config), config, mesh)
-  ckpt = Checkpointer(workdir)
-  step = ckpt.latest_step()
-  if step is None:
-    raise config_lib.ConfigError("--workdir", f"{workdir!r} has no checkpoint yet")
-  state, _ = ckpt.restore(step, abstract)
-  ckpt.close()
-  return config, state.params
+  draft_workdir: str = ""  # Speculative decoding with this training workdir's model as the draft.
 
 
 def sample(workdir: str, request: SampleRequest):
   from gen_jax import families
   from gen_jax.config import ConfigError
-  config, params = load_params(workdir)
+  from gen_jax.train.workdir import load_workdir_params
+  config, params = load_workdir_params(workdir)
   if request.chat and config.family != "llm":
     raise ConfigError("--chat", f"{workdir!r} holds a {config.family} model, not a language model")
   return families.get(config.family).sample(config, params, workdir, request)
@@ -139,7 +118,7 @@ def main(argv):
                           _NUM_SAMPLES.value, _SEED.value, _TOP_K.value, _TOP_P.value, _MIN_P.value,
                           _REPETITION_PENALTY.value, tuple(_STOP.value), _BEAM_WIDTH.value,
                           _LENGTH_PENALTY.value, _NUM_RETURN.value, _CHAT.value, _SYSTEM.value,
-                          _DRAFT_LAYERS.value, _DRAFT_TOKENS.value)
+                          _DRAFT_LAYERS.value, _DRAFT_TOKENS.value, _DRAFT_WORKDIR.value)
   try:
     _check_flags()
     if _WORKDIR.value:

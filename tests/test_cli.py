@@ -168,3 +168,10 @@ def test_sample_model_flags_fail_with_a_message_naming_the_flag(args, message):
   result = run_cli("gen_jax.sample", "--prompt=Hi", *args)
   assert result.returncode == 2 and message in result.stderr, result.stderr[-3000:]
   assert "Traceback" not in result.stderr
+
+
+def test_export_of_a_missing_workdir_fails_naming_the_flag(tmp_path):
+  result = run_cli("gen_jax.export", f"--workdir={tmp_path}", f"--hf_dir={tmp_path / 'hf'}")
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert f"Error: --workdir: '{tmp_path}' has no config.json: not a training workdir" in result.stderr
+  assert "Traceback" not in result.stderr

@@ -4,6 +4,7 @@ Byte-level means every string round-trips exactly: no unknown tokens, no normali
 wrapper also carries a pretrained model's tokenizer (`gen_jax.interop`), whose special tokens have
 other names and which may come with a chat template.
 """
+import json
 import os
 from typing import Iterable
 
@@ -14,6 +15,8 @@ END_OF_TEXT = "<|endoftext|>"  # Separates documents; the model learns to emit i
 PAD = "<|pad|>"
 SPECIAL_TOKENS = (PAD, END_OF_TEXT)
 TOKENIZER_FILE = "tokenizer.json"
+# The special tokens' names and the chat template, in transformers' format (AutoTokenizer reads it).
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
 class Tokenizer:
@@ -69,13 +72,28 @@ class Tokenizer:
     return self.hf.decode(list(ids), skip_special_tokens=False)
 
   def save(self, directory: str) -> None:
+    """tokenizer.json and tokenizer_config.json (special tokens, chat template), as transformers'
+    AutoTokenizer reads them."""
     os.makedirs(directory, exist_ok=True)
     self.hf.save(os.path.join(directory, TOKENIZER_FILE))
+    settings = {"tokenizer_class": "PreTrainedTokenizerFast", **self.special_tokens}
+    if self.chat_template is not None:
+      settings["chat_template"] = self.chat_template
+    with open(os.path.join(directory, TOKENIZER_CONFIG_FILE), "w") as f:
+      json.dump(settings, f, indent=2)
 
   @classmethod
   def load(cls, directory: str) -> "Tokenizer":
-    """The tokenizer a training run saved in its workdir (our own special tokens)."""
-    return cls(tokenizers.Tokenizer.from_file(os.path.join(directory, TOKENIZER_FILE)))
+    """The tokenizer `save` wrote (a workdir's): ours, or a pretrained model's with its special
+    tokens and chat template."""
+    hf = tokenizers.Tokenizer.from_file(os.path.join(directory, TOKENIZER_FILE))
+    config_path = os.path.join(directory, TOKENIZER_CONFIG_FILE)
+    if not os.path.exists(config_path):  # Saved before the names were written: ours.
+      return cls(hf)
+    with open(config_path) as f:
+      settings = json.load(f)
+    return cls(hf, eos_token=settings["eos_token"], pad_token=settings["pad_token"],
+               bos_token=settings["bos_token"], chat_template=settings.get("chat_template"))
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:

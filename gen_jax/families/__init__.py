@@ -2,7 +2,8 @@
 
 A family module offers:
   validate(config)                 checks config.model/config.data; raises ConfigError.
-  init_params_fn(config)           rng -> params with logical axis names (no data needed).
+  param_spec(config)               a gen_jax.train.ParamSpec: init (rng -> params with logical axis
+                                   names), which leaves train, pretrained values (no data needed).
   build_task(config, workdir, resuming)  loads data and returns a gen_jax.train.Task; when
                                    resuming it reuses what the workdir saved (the tokenizer).
   sample(config, params, workdir, request)  generates from trained params (gen_jax.sample).

@@ -1,4 +1,5 @@
 """The llm family: a decoder-only transformer trained with next-token loss on packed text."""
+import dataclasses
 import math
 import os
 import sys
@@ -13,9 +14,12 @@ from gen_jax import data as data_lib
 from gen_jax import objectives, ops
 from gen_jax.config.common import DTYPES
 from gen_jax.config.errors import ConfigError, require
+from gen_jax.families import llm_sources
+from gen_jax.lora import check_lora, is_adapter, merge_adapters
 from gen_jax.models.transformer import REMAT_POLICIES, Transformer, TransformerConfig
 from gen_jax.quant.formats import check_weight_quantization
-from gen_jax.train.task import WEIGHT, Task
+from gen_jax.train import partition
+from gen_jax.train.task import WEIGHT, ParamSpec, Task
 
 MIN_VOCAB = 256 + len(data_lib.tokenizer.SPECIAL_TOKENS)  # Byte alphabet plus special tokens.
 
@@ -54,19 +58,96 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in ("router_aux_loss_weight", "router_z_loss_weight"):
     weight = config.objective[name]
     require(weight >= 0, f"objective.{name}", f"must be >= 0, got {weight}")
+  check_lora(m)
+  _validate_sources(config)
   d = config.data
   require(d.source != "", "data.source", "is empty; use 'pydoc', a path, a glob or 'tfds:NAME'")
   require(0 < d.eval_fraction < 1, "data.eval_fraction", f"must be in (0, 1), got {d.eval_fraction}")
+
+
+def _validate_sources(config: ml_collections.ConfigDict) -> None:
+  """init.source and distill.teacher load, and agree with config.model and with each other."""
+  d = config.distill
+  require(d.temperature > 0, "distill.temperature", f"must be positive, got {d.temperature}")
+  require(0 <= d.kl_weight <= 1, "distill.kl_weight", f"must be in [0, 1], got {d.kl_weight}")
+  init = teacher = None
+  if llm_sources.parse(config.init.source, "init.source"):
+    init = llm_sources.load(config.init.source, "init.source")
+    llm_sources.check_shared_fields(config.model, init.config, "init.source")
+  if llm_sources.parse(d.teacher, "distill.teacher"):
+    teacher = llm_sources.load(d.teacher, "distill.teacher")
+    require(teacher.config.vocab_size == config.model.vocab_size, "model.vocab_size",
+            f"{config.model.vocab_size}, but the teacher (distill.teacher) predicts "
+            f"{teacher.config.vocab_size} tokens; the student needs the teacher's vocabulary")
+  if init and teacher:
+    require(init.tokenizer.hf.to_str() == teacher.tokenizer.hf.to_str(), "distill.teacher",
+            "tokenizes differently from init.source; distillation compares their distributions "
+            "token by token")
 
 
 def model(config: ml_collections.ConfigDict) -> Transformer:
   return Transformer(TransformerConfig.from_config(config.model))
 
 
-def init_params_fn(config: ml_collections.ConfigDict):
+def _teacher(config: ml_collections.ConfigDict) -> tuple[Transformer, llm_sources.Loaded] | None:
+  """The distillation teacher, computing in the student's dtype and attention implementation."""
+  if not config.distill.teacher:
+    return None
+  loaded = llm_sources.load(config.distill.teacher, "distill.teacher")
+  m = config.model
+  teacher_config = dataclasses.replace(loaded.config, dtype=m.dtype, param_dtype=m.param_dtype,
+                                       attention_impl=m.attention_impl)
+  return Transformer(teacher_config), loaded
+
+
+def param_spec(config: ml_collections.ConfigDict) -> ParamSpec:
+  """The llm family's parameters: the model's tree, or {"student", "teacher"} when distilling.
+
+  With init.source the model's weights start from that source's; with model.lora_rank > 0 only
+  the adapters train (their base frozen); a teacher is always frozen.
+  """
   net = model(config)
   dummy = jnp.zeros((1, config.model.max_seq_len), jnp.int32)
-  return lambda rng: net.init(rng, dummy)["params"]
+  teacher = _teacher(config)
+  adapters = config.model.lora_rank > 0
+
+  def init(rng):
+    params = net.init(rng, dummy)["params"]
+    if teacher is None:
+      return params
+    teacher_params = teacher[0].init(jax.random.fold_in(rng, 1), dummy)["params"]
+    return {"student": params, "teacher": teacher_params}
+
+  def trainable(path):
+    if teacher is not None:
+      if path[0] != "student":
+        return False
+      path = path[1:]
+    return is_adapter(path) if adapters else True
+
+  def pretrained():
+    values = {}
+    if config.init.source:
+      prefix = ("student",) if teacher is not None else ()
+      loaded = llm_sources.load(config.init.source, "init.source")
+      values.update({prefix + p: v for p, v in partition.flatten(loaded.params).items()})
+    if teacher is not None:
+      values.update({("teacher",) + p: v for p, v in partition.flatten(teacher[1].params).items()})
+    return values
+
+  return ParamSpec(init, trainable if teacher is not None or adapters else None,
+                   pretrained if config.init.source or teacher is not None else None)
+
+
+def inference_params(config: ml_collections.ConfigDict, params) -> tuple[TransformerConfig, dict]:
+  """(model config, params) of the model a run trains, for sampling or export: a distillation
+  run's student, with LoRA adapters folded into their float kernels."""
+  if config.distill.teacher:
+    params = params["student"]
+  model_config = TransformerConfig.from_config(config.model)
+  if model_config.lora_rank and not model_config.weight_bits:
+    params, model_config = merge_adapters(params, model_config)
+  return model_config, params
 
 
 def _documents(config) -> tuple[list, list]:
@@ -83,10 +164,17 @@ def _documents(config) -> tuple[list, list]:
 
 
 def tokenizer_for(config, workdir: str, train_docs, resuming: bool) -> data_lib.Tokenizer:
-  """The workdir's tokenizer when resuming; otherwise one trained on train_docs and saved there."""
+  """The workdir's tokenizer when resuming; otherwise init.source's or distill.teacher's (a model
+  keeps the tokenizer it was trained with), else one trained on train_docs; saved in the workdir."""
   path = os.path.join(workdir, data_lib.tokenizer.TOKENIZER_FILE)
+  source, field = ((config.init.source, "init.source") if config.init.source
+                   else (config.distill.teacher, "distill.teacher"))
   if resuming and os.path.exists(path):
     tok = data_lib.Tokenizer.load(workdir)
+  elif source:
+    tok = llm_sources.load(source, field).tokenizer
+    if jax.process_index() == 0:
+      tok.save(workdir)
   elif jax.process_count() == 1:
     tok = data_lib.train_bpe((d.text for d in train_docs), config.model.vocab_size)
     tok.save(workdir)
@@ -147,23 +235,34 @@ def make_loss_fn(config: ml_collections.ConfigDict, byte_lengths: jax.Array):
   moe = config.model.num_experts > 0
   aux_weight = config.objective.router_aux_loss_weight
   z_weight = config.objective.router_z_loss_weight
+  teacher = _teacher(config)
+  temperature, kl_weight = config.distill.temperature, config.distill.kl_weight
 
   def loss_fn(params, batch, rng):
     del rng  # The model has no dropout.
     tokens, segment_ids = batch["tokens"], batch["segment_ids"]
     inputs, targets, weights = objectives.packed_targets(tokens, segment_ids)
-    logits, router_stats = net.apply({"params": params}, inputs, batch["positions"][:, :-1],
-                                     segment_ids[:, :-1], return_router_stats=True)
-    loss_sum, weight = objectives.next_token_loss(logits, targets, weights)
+    model_inputs = (inputs, batch["positions"][:, :-1], segment_ids[:, :-1])
+    model_params = params if teacher is None else params["student"]
+    logits, router_stats = net.apply({"params": model_params}, *model_inputs,
+                                     return_router_stats=True)
+    lm_loss, weight = objectives.next_token_loss(logits, targets, weights)
     # Summed bytes of the counted targets; reported per token, and the basis of bits per byte.
     target_bytes = (byte_lengths[targets] * weights).sum()
     sums = {WEIGHT: weight, "bytes_per_token": target_bytes}
-    if not moe:
-      return loss_sum, sums
-    router_sums = _router_sums(router_stats, weights.sum(axis=1))
-    sums.update(lm_loss=loss_sum, **router_sums)
-    return (loss_sum + aux_weight * router_sums["router_aux_loss"]
-            + z_weight * router_sums["router_z_loss"]), sums
+    loss = lm_loss
+    if teacher is not None:
+      teacher_logits = teacher[0].apply({"params": params["teacher"]}, *model_inputs)
+      kl = objectives.distillation_kl(logits, teacher_logits, weights, temperature)
+      loss = kl_weight * temperature ** 2 * kl + (1 - kl_weight) * lm_loss
+      sums.update(lm_loss=lm_loss, distill_kl=kl,
+                  teacher_lm_loss=objectives.next_token_loss(teacher_logits, targets, weights)[0])
+    if moe:
+      router_sums = _router_sums(router_stats, weights.sum(axis=1))
+      sums.update(lm_loss=lm_loss, **router_sums)
+      loss = (loss + aux_weight * router_sums["router_aux_loss"]
+              + z_weight * router_sums["router_z_loss"])
+    return loss, sums
   return loss_fn
 
 
@@ -190,15 +289,19 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
                       f"sequences of {seq_len + 1} tokens, fewer than one batch "
                       f"(train.batch_size={config.train.batch_size}); use more text, a smaller "
                       "batch or a shorter model.max_seq_len")
-  moe = config.model.num_experts > 0
   byte_lengths = jnp.asarray(token_byte_lengths(tok, config.model.vocab_size))
 
   def eval_metrics(totals):
     # Predicting end-of-text costs nats but stands for no bytes: it is information about where
     # documents end, so it stays in the numerator (a slight overestimate for many short documents).
-    # An MoE's loss_sum also holds its auxiliary losses; bits per byte is the language model's.
-    lm_loss_sum = totals["lm_loss"] if moe else totals["loss_sum"]
-    return {"eval/bits_per_byte": lm_loss_sum / math.log(2) / totals["bytes_per_token"]}
+    # An MoE's or a distilled model's loss_sum holds other terms; bits per byte is the language
+    # model's own, on the text.
+    lm_loss_sum = totals["lm_loss"] if "lm_loss" in totals else totals["loss_sum"]
+    metrics = {"eval/bits_per_byte": lm_loss_sum / math.log(2) / totals["bytes_per_token"]}
+    if "teacher_lm_loss" in totals:
+      metrics["eval/teacher_bits_per_byte"] = (totals["teacher_lm_loss"] / math.log(2)
+                                               / totals["bytes_per_token"])
+    return metrics
 
   train_data, eval_data = data_lib.host_pipelines(
       train_arrays, eval_arrays, global_batch_size=config.train.batch_size,
@@ -206,7 +309,7 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
       eval_max_batches=config.train.eval_max_batches, seed=config.seed,
       process_index=jax.process_index(), process_count=num_hosts)
   return Task(
-      init_params=init_params_fn(config),
+      params=param_spec(config),
       loss_fn=make_loss_fn(config, byte_lengths),
       train_data=train_data,
       eval_data=eval_data,
@@ -218,8 +321,22 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
 
 def sample(config, params, workdir: str, request) -> str:
   """gen_jax.sample --workdir: `generate_text` with the workdir's model and tokenizer."""
-  return generate_text(TransformerConfig.from_config(config.model), params,
-                       data_lib.Tokenizer.load(workdir), request)
+  model_config, params = inference_params(config, params)
+  return generate_text(model_config, params, data_lib.Tokenizer.load(workdir), request)
+
+
+def export_workdir(workdir: str, hf_dir: str) -> None:
+  """Writes a workdir's model (`inference_params`: adapters folded in, a student alone) with its
+  tokenizer as a Hugging Face directory (gen_jax.export)."""
+  from gen_jax import interop
+  from gen_jax.train.workdir import load_workdir_params
+  config, params = load_workdir_params(workdir)
+  if config.family != "llm":
+    raise ConfigError("--workdir", f"{workdir!r} holds a {config.family} model; only language "
+                      "models have a Hugging Face layout")
+  model_config, params = inference_params(config, params)
+  interop.export_hf(hf_dir, model_config, params, data_lib.Tokenizer.load(workdir))
+  print(f"Wrote {hf_dir}")
 
 
 def _prompt(tok: data_lib.Tokenizer, request) -> tuple[list[int], tuple[int, ...]]:
@@ -243,9 +360,12 @@ def generate_text(model_config: TransformerConfig, params, tok: data_lib.Tokeniz
   (with beam search, prints the request.num_return best with their scores and returns the best).
   Raises ValueError naming the bad flag."""
   from gen_jax.sampling import SamplingParams, beam_search, generate_batch
-  if request.draft_layers and request.beam_width:
-    raise ValueError("--draft_layers: speculative decoding samples; it does not combine with "
-                     "--beam_width")
+  speculative = request.draft_layers or request.draft_workdir
+  if request.draft_layers and request.draft_workdir:
+    raise ValueError("--draft_workdir: give one draft, --draft_layers or --draft_workdir")
+  if speculative and request.beam_width:
+    raise ValueError("--draft_layers/--draft_workdir: speculative decoding samples; it does not "
+                     "combine with --beam_width")
   prompt, turn_stops = _prompt(tok, request)
   shown_prompt = "" if request.chat else request.prompt
   net = Transformer(model_config)
@@ -274,7 +394,7 @@ def generate_text(model_config: TransformerConfig, params, tok: data_lib.Tokeniz
             f"{len(hypothesis.tokens)} tokens, stopped at {end}\n"
             f"{shown_prompt}{tok.decode(hypothesis.tokens)}")
     return tok.decode(found[0].tokens)
-  if request.draft_layers:
+  if speculative:
     return _speculative_text(net, params, tok, prompt, turn_stops, sampling, shown_prompt, request)
   stop_sequences = tuple(tuple(tok.encode(s, add_special_tokens=False)) for s in request.stop)
   out = generate_batch(net, params, [prompt], max_new_tokens=request.max_new_tokens,
@@ -293,12 +413,21 @@ def generate_text(model_config: TransformerConfig, params, tok: data_lib.Tokeniz
 
 
 def _speculative_text(net, params, tok, prompt, turn_stops, sampling, shown_prompt, request) -> str:
-  """generate_text's speculative path: the model's first request.draft_layers layers draft."""
+  """generate_text's speculative path: the draft is the model's first request.draft_layers layers
+  or the model of request.draft_workdir."""
   from gen_jax.sampling import layer_skip_draft, speculative_generate
   if request.stop or turn_stops:
-    raise ValueError("--draft_layers: speculative decoding stops only at end-of-text; drop --stop "
-                     "(or a chat template whose turns end with another token)")
-  draft, draft_params = layer_skip_draft(net, params, request.draft_layers)
+    raise ValueError("--draft_layers/--draft_workdir: speculative decoding stops only at "
+                     "end-of-text; drop --stop (or a chat template whose turns end with another "
+                     "token)")
+  if request.draft_workdir:
+    loaded = llm_sources.load(f"workdir:{request.draft_workdir}", "--draft_workdir")
+    if loaded.tokenizer.hf.to_str() != tok.hf.to_str():
+      raise ValueError(f"--draft_workdir: {request.draft_workdir!r} tokenizes differently from "
+                       "the model; a draft proposes the model's own token ids")
+    draft, draft_params = Transformer(loaded.config), loaded.params
+  else:
+    draft, draft_params = layer_skip_draft(net, params, request.draft_layers)
   found, stats = speculative_generate(
       net, params, draft, draft_params, [prompt], num_draft_tokens=request.draft_tokens,
       max_new_tokens=request.max_new_tokens, sampling=sampling, rng=jax.random.key(request.seed),

@@ -14,7 +14,7 @@ from gen_jax.config.errors import require
 from gen_jax.eval import save_image_grid
 from gen_jax.models.vae import VAE, VAEConfig
 from gen_jax.train.state import rng_for
-from gen_jax.train.task import WEIGHT, Task
+from gen_jax.train.task import WEIGHT, ParamSpec, Task
 
 IMAGES_DIR = "images"
 
@@ -41,11 +41,12 @@ def model(config) -> VAE:
   return VAE(VAEConfig.from_config(config.model))
 
 
-def init_params_fn(config):
+def param_spec(config) -> ParamSpec:
+  """A random init; every parameter trains."""
   net = model(config)
   m = config.model
   dummy = jnp.zeros((1, m.image_size, m.image_size, m.image_channels), jnp.float32)
-  return lambda rng: net.init(rng, dummy, rng)["params"]
+  return ParamSpec(lambda rng: net.init(rng, dummy, rng)["params"])
 
 
 def _load(config):
@@ -128,7 +129,7 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
       eval_max_batches=config.train.eval_max_batches, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
   return Task(
-      init_params=init_params_fn(config),
+      params=param_spec(config),
       loss_fn=make_loss_fn(config, num_levels),
       train_data=train_data,
       eval_data=eval_data,

@@ -67,4 +67,4 @@ def export_hf(directory: str, config: TransformerConfig, params: dict,
   with open(os.path.join(directory, CONFIG_FILE), "w") as f:
     json.dump(hf_layout.hf_config(config, tokenizer), f, indent=2)
   if tokenizer is not None:
-    pretrained_tokenizer.save_hf_files(tokenizer, directory)
+    tokenizer.save(directory)

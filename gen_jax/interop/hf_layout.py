@@ -91,7 +91,8 @@ _HF_DEFAULTS = {
                 "mlp_bias": False, "rope_theta": 10000.0, "sliding_window": 4096},
 }
 # TransformerConfig features the LLaMA layout cannot hold (getattr: a field may not exist yet).
-_NOT_EXPORTABLE = {"num_experts": "a mixture of experts", "weight_bits": "int-quantized weights"}
+_NOT_EXPORTABLE = {"num_experts": "a mixture of experts", "weight_bits": "int-quantized weights",
+                   "lora_rank": "unmerged LoRA adapters (gen_jax.lora.merge_adapters folds them in)"}
 _REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
              "intermediate_size")
 

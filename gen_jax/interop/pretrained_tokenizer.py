@@ -12,9 +12,8 @@ import os
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 
-from gen_jax.data.tokenizer import TOKENIZER_FILE, Tokenizer
+from gen_jax.data.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Tokenizer
 
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # Where transformers 5 saves the template.
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp's token types of special and added tokens.
 
@@ -115,14 +114,3 @@ def from_hf_files(directory: str, hf_config: dict) -> Tokenizer | None:
     template = {t["name"]: t["template"] for t in template}.get("default")
   return Tokenizer(hf, eos_token=eos, pad_token=special("pad_token") or eos,
                    bos_token=special("bos_token"), chat_template=template)
-
-
-def save_hf_files(tokenizer: Tokenizer, directory: str) -> None:
-  """tokenizer.json and tokenizer_config.json, as transformers' AutoTokenizer reads them."""
-  tokenizer.save(directory)
-  settings = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": tokenizer.eos_token,
-              "pad_token": tokenizer.pad_token, "bos_token": tokenizer.bos_token}
-  if tokenizer.chat_template is not None:
-    settings["chat_template"] = tokenizer.chat_template
-  with open(os.path.join(directory, TOKENIZER_CONFIG_FILE), "w") as f:
-    json.dump(settings, f, indent=2)

@@ -4,7 +4,8 @@ Every parameter is created through `nn.with_logical_partitioning` with names fro
 (batch, length, embed, heads, kv_heads, head_dim, mlp, vocab, layers), which the config's
 logical_axis_rules map onto mesh axes. The attention and MLP projections are
 `gen_jax.quant.projection.Projection`s, which `weight_bits` switches from float kernels to
-group-wise int8/int4 weights.
+group-wise int8/int4 weights, and which `lora_rank` gives a low-rank adapter where the block's
+`lora_targets` names it (gen_jax.lora).
 """
 from typing import Any
 
@@ -55,6 +56,11 @@ def apply_rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
   return rotated.astype(x.dtype)
 
 
+def _lora_rank(module: nn.Module, name: str) -> int:
+  """The adapter rank of the projection `name` of an Attention or SwiGLU: 0 unless targeted."""
+  return module.lora_rank if name in module.lora_targets else 0
+
+
 class SwiGLU(nn.Module):
   """Gated MLP with a SiLU gate (Shazeer, 2020): wo(silu(x wg) * (x wu))."""
   mlp_dim: int
@@ -62,13 +68,16 @@ class SwiGLU(nn.Module):
   param_dtype: Dtype = jnp.float32
   weight_bits: int = 0  # 0: float kernels; 8 or 4: group-wise int weights (gen_jax.quant).
   weight_group_size: int = 64
+  lora_rank: int = 0  # Rank of the adapters on the projections in lora_targets; 0: none.
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ()  # Of wi_gate, wi_up, wo (other names are ignored).
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [b, t, d] -> [b, t, d]."""
     dense = lambda features, names, name: Projection(  # noqa: E731
         (features,), names, self.dtype, self.param_dtype, self.weight_bits,
-        self.weight_group_size, name=name)
+        self.weight_group_size, _lora_rank(self, name), self.lora_alpha, name=name)
     gate = dense(self.mlp_dim, ("embed", "mlp"), "wi_gate")(x)  # [b, t, f]
     up = dense(self.mlp_dim, ("embed", "mlp"), "wi_up")(x)  # [b, t, f]
     return dense(x.shape[-1], ("mlp", "embed"), "wo")(nn.silu(gate) * up)
@@ -86,6 +95,9 @@ class Attention(nn.Module):
   sliding_window: int | None = None  # Attend to this many most recent tokens (None: all).
   weight_bits: int = 0  # 0: float kernels; 8 or 4: group-wise int weights (gen_jax.quant).
   weight_group_size: int = 64
+  lora_rank: int = 0  # Rank of the adapters on the projections in lora_targets; 0: none.
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ()  # Of query, key, value, out (other names are ignored).
 
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
@@ -101,7 +113,7 @@ class Attention(nn.Module):
     d = x.shape[-1]
     def proj(features, names, name):
       return Projection(features, names, self.dtype, self.param_dtype, self.weight_bits,
-                        self.weight_group_size, name=name)
+                        self.weight_group_size, _lora_rank(self, name), self.lora_alpha, name=name)
 
     n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
     query = proj((n, h), ("embed", "heads", "head_dim"), "query")(x)  # btd,dnh->btnh

@@ -5,7 +5,8 @@ residual; the layers are one `nn.scan` so compile time does not grow with depth.
 `num_experts > 0` the SwiGLU is a mixture of experts (`gen_jax.models.moe`, Mixtral-style), whose
 routing statistics come back from the scan per layer when the caller asks for them. With
 `weight_bits` set, every attention and MLP projection holds group-wise int8/int4 weights
-(`gen_jax.quant`; the param tree from `gen_jax.quant.quantize_params`).
+(`gen_jax.quant`; the param tree from `gen_jax.quant.quantize_params`). With `lora_rank` set, the
+projections named in `lora_targets` carry LoRA adapters (`gen_jax.lora`; over int weights, QLoRA).
 """
 import dataclasses
 
@@ -13,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gen_jax.lora import check_lora, parse_targets
 from gen_jax.models.layers import Attention, RMSNorm, SwiGLU, partitioned
 from gen_jax.models.moe import MoeMlp
 from gen_jax.quant.formats import check_weight_quantization
@@ -45,9 +47,13 @@ class TransformerConfig:
   expert_capacity_factor: float = 1.25  # Slots per expert, see moe.expert_capacity; 0: no drop.
   weight_bits: int = 0  # Attention/MLP weights: 0 float; 8 or 4 group-wise ints (gen_jax.quant).
   weight_group_size: int = 64  # Inputs sharing one scale (int weights only).
+  lora_rank: int = 0  # Rank of the LoRA adapters (gen_jax.lora); 0: none.
+  lora_alpha: float = 16.0  # Adapter outputs are scaled by lora_alpha / lora_rank.
+  lora_targets: str = "query,value"  # Comma-separated projections with adapters: lora.LORA_TARGETS.
 
   def __post_init__(self):
     check_weight_quantization(self)
+    check_lora(self)
 
   @classmethod
   def from_config(cls, model_config) -> "TransformerConfig":
@@ -63,11 +69,13 @@ class _Block(nn.Module):
     layer's updated KV cache or None)); the second output is nn.scan's per-layer output."""
     c = self.config
     dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    lora = dict(lora_rank=c.lora_rank, lora_alpha=c.lora_alpha,
+                lora_targets=parse_targets(c.lora_targets))
     h = RMSNorm(c.norm_eps, dtype, param_dtype, name="attention_norm")(x)
     attention = Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.rope_base, c.attention_impl,
                           dtype, param_dtype, sliding_window=c.sliding_window or None,
                           weight_bits=c.weight_bits, weight_group_size=c.weight_group_size,
-                          name="attention")
+                          **lora, name="attention")
     if layer_cache is None:
       x = x + attention(h, positions, segment_ids)
     else:
@@ -80,7 +88,7 @@ class _Block(nn.Module):
       out, router_stats = MoeMlp(c.num_experts, c.experts_per_token, c.mlp_dim,
                                  c.expert_capacity_factor, dtype, param_dtype, name="mlp")(h, valid)
     else:
-      out = SwiGLU(c.mlp_dim, dtype, param_dtype, c.weight_bits, c.weight_group_size,
+      out = SwiGLU(c.mlp_dim, dtype, param_dtype, c.weight_bits, c.weight_group_size, **lora,
                    name="mlp")(h)
       router_stats = None
     x = nn.with_logical_constraint(x + out, ("batch", "length", None))
@@ -147,8 +155,9 @@ class Transformer(nn.Module):
       logits = embed.attend(x)
     else:
       # Kept float when the blocks are quantized (as GPTQ and AWQ keep the output layer).
+      lm_head_rank = c.lora_rank if "lm_head" in parse_targets(c.lora_targets) else 0
       logits = Projection((c.vocab_size,), ("embed", "vocab"), dtype, param_dtype,
-                          name="lm_head")(x)
+                          lora_rank=lm_head_rank, lora_alpha=c.lora_alpha, name="lm_head")(x)
     logits = logits.astype(jnp.float32)
     if cache is not None:
       return logits, {**layer_caches, "segment_ids": cache_segment_ids}

@@ -7,6 +7,12 @@ weights is a config field (`model.weight_bits`), not a second copy of each layer
 what changes: {"kernel"} becomes {"qweight", "scale"}. Decoders (KV cache, beam search,
 speculative) run a quantized model unchanged.
 
+Either kind of weight can carry a LoRA adapter (Hu et al., 2021, "LoRA: Low-Rank Adaptation of
+Large Language Models"): with `lora_rank` r > 0 the projection adds (x A B) * alpha / r, A [in, r]
+and B [r, out] float params beside the kernel; B starts at zero, so a fresh adapter changes
+nothing. Over int weights this is QLoRA (Dettmers et al., 2023): the adapter path is the same.
+Which projections get one, and merging them into the kernels, is `gen_jax.lora`.
+
 With float weights a projection can also record the Gram matrix X^T X of its input (the GPTQ
 Hessian, up to a factor) into the `STATS` collection when the caller applies the model with that
 collection mutable; otherwise recording costs nothing.
@@ -37,6 +43,11 @@ class Projection(nn.Module):
       group size. The first contracted and first output names stand for the flattened axes, so a
       sharding rule splits the same blocks of the weight as it does the float kernel.
     group_size: g, inputs per scale (int weights only).
+    lora_rank: r, the rank of a low-rank adapter: lora_a [in, r] and lora_b [r, out] in
+      param_dtype, named (first contracted name, None) and (None, first output name) so they
+      shard like the kernel's flattened axes; 0: no adapter.
+    lora_alpha: the adapter's output is scaled by lora_alpha / lora_rank (as in the paper and
+      PEFT, so changing the rank does not change the initial update size much).
   """
   features: tuple[int, ...]
   axis_names: tuple[str | None, ...]
@@ -44,6 +55,8 @@ class Projection(nn.Module):
   param_dtype: Dtype = jnp.float32
   weight_bits: int = 0
   group_size: int = 64
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -61,9 +74,10 @@ class Projection(nn.Module):
         flat = x.reshape(-1, in_size).astype(jnp.float32)  # [tokens, in]
         gram = jnp.matmul(flat.T, flat, precision=jax.lax.Precision.HIGHEST)
         self.sow(STATS, "input_gram", gram, init_fn=lambda: 0.0, reduce_fn=jnp.add)
-      x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+      inputs, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
       contract = (tuple(range(x.ndim - num_contracted, x.ndim)), tuple(range(num_contracted)))
-      return jax.lax.dot_general(x, kernel, (contract, ((), ())))
+      y = jax.lax.dot_general(inputs, kernel, (contract, ((), ())))  # [..., *features]
+      return y + self._adapter(x, num_contracted) if self.lora_rank else y
     if in_size % self.group_size:
       raise ValueError(f"model.weight_group_size: {self.group_size} does not divide the input "
                        f"size {in_size} of projection {self.name!r}")
@@ -82,6 +96,27 @@ class Projection(nn.Module):
     # one layer's [in, out] float kernel, to a temporary buffer (its dots take no fused operand
     # producers); GPU and TPU emitters can fuse such a prologue into the matmul itself.
     kernel = formats.dequantize(qweight, scale, self.weight_bits, self.dtype)  # [in, out]
-    x = x.reshape(*batch_shape, in_size).astype(self.dtype)
-    y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))  # [..., out]
-    return y.reshape(*batch_shape, *self.features)
+    flat = x.reshape(*batch_shape, in_size).astype(self.dtype)
+    y = jax.lax.dot_general(flat, kernel, (((flat.ndim - 1,), (0,)), ((), ())))  # [..., out]
+    y = y.reshape(*batch_shape, *self.features)
+    return y + self._adapter(x, num_contracted) if self.lora_rank else y
+
+  def _adapter(self, x: jax.Array, num_contracted: int) -> jax.Array:
+    """The LoRA update (x A B) * alpha / r of x [..., *in_shape] -> [..., *features], in the
+    compute dtype."""
+    batch_shape, in_shape = x.shape[:x.ndim - num_contracted], x.shape[x.ndim - num_contracted:]
+    in_size, out_size = math.prod(in_shape), math.prod(self.features)
+    in_name, out_name = self.axis_names[0], self.axis_names[num_contracted]
+    # PEFT's init: A is kaiming-uniform with a = sqrt(5), i.e. uniform(+-1 / sqrt(in)); B is zero,
+    # so training starts from the base model, and B gets a gradient at once since A is not zero.
+    a_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+    lora_a = self.param("lora_a", nn.with_logical_partitioning(a_init, (in_name, None)),
+                        (in_size, self.lora_rank), self.param_dtype)
+    lora_b = self.param("lora_b", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                               (None, out_name)),
+                        (self.lora_rank, out_size), self.param_dtype)
+    flat = x.reshape(*batch_shape, in_size).astype(self.dtype)  # [..., in]
+    # Scaling the rank-r intermediate rather than the output: r multiplies instead of out.
+    low = jnp.matmul(flat, lora_a.astype(self.dtype)) * (self.lora_alpha / self.lora_rank)
+    update = jnp.matmul(low, lora_b.astype(self.dtype))  # [..., out]
+    return update.reshape(*batch_shape, *self.features)

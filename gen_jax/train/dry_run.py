@@ -15,6 +15,7 @@ import numpy as np
 
 from gen_jax import families, parallel
 from gen_jax.config.common import validate_batch_against_mesh
+from gen_jax.train import partition
 from gen_jax.train.loop import abstract_train_state, validate
 from gen_jax.train.state import learning_rate_schedule, rng_for
 from gen_jax.train.step import make_train_step
@@ -25,7 +26,7 @@ class DryRunReport:
   """Per-device bytes of one train step, with the parameter shardings."""
   mesh: dict[str, int]
   platform: str
-  parameter_bytes: int  # This device's shards of the parameters.
+  parameter_bytes: int  # This device's shards of the parameters (trainable and frozen).
   optimizer_bytes: int  # ... and of the optimizer state.
   argument_bytes: int  # XLA: the step's inputs (state + batch) on one device.
   output_bytes: int
@@ -83,21 +84,23 @@ def dry_run(config: ml_collections.ConfigDict) -> DryRunReport:
   mesh = parallel.make_mesh(config.mesh)
   validate_batch_against_mesh(config, parallel.data_parallel_size(mesh))
   loss_fn, batch_shapes = family.dry_run_inputs(config)
-  abstract, _, tx = abstract_train_state(family.init_params_fn(config), config, mesh)
+  layout = abstract_train_state(family.param_spec(config), config, mesh)
   batch = {name: jax.ShapeDtypeStruct(s.shape, s.dtype,
                                       sharding=parallel.batch_sharding(mesh, len(s.shape)))
            for name, s in batch_shapes.items()}
   rng = jax.eval_shape(lambda: rng_for(config.seed, "train"))
-  step = make_train_step(loss_fn, tx, learning_rate_schedule(config), config.train.grad_accum_steps)
+  step = make_train_step(loss_fn, layout.tx, learning_rate_schedule(config),
+                         config.train.grad_accum_steps)
   with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.rules_tuple(config.logical_axis_rules)):
-    state_shardings = jax.tree.map(lambda x: x.sharding, abstract)
+    state_shardings = jax.tree.map(lambda x: x.sharding, layout.abstract)
     compiled = jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, None)).lower(
-        abstract, batch, rng).compile()
+        layout.abstract, layout.abstract_frozen, batch, rng).compile()
   memory = compiled.memory_analysis()
   return DryRunReport(
       mesh=dict(mesh.shape), platform=mesh.devices.flat[0].platform,
-      parameter_bytes=_bytes_per_device(abstract.params),
-      optimizer_bytes=_bytes_per_device(abstract.opt_state),
+      parameter_bytes=_bytes_per_device((layout.abstract.params, layout.abstract_frozen)),
+      optimizer_bytes=_bytes_per_device(layout.abstract.opt_state),
       argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
       alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
-      shardings=_sharding_rows(abstract.params))
+      shardings=_sharding_rows(partition.merge_params(layout.abstract.params,
+                                                      layout.abstract_frozen)))

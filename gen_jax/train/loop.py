@@ -3,27 +3,31 @@
 It validates the config, builds the mesh, initializes (or restores) the sharded state, runs the
 jitted step, evaluates, logs, checkpoints, and stops cleanly on SIGTERM or a non-finite metric.
 """
+import dataclasses
 import math
 import os
 import signal
 import threading
 import time
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import ml_collections
+import optax
 
 from gen_jax import config as config_lib
 from gen_jax import families, parallel
 from gen_jax.config.common import validate_batch_against_mesh, validate_common
+from gen_jax.train import partition
 from gen_jax.train.checkpoint import Checkpointer
 from gen_jax.train.metrics import MetricWriter, ProgressBar, latest_metrics
 from gen_jax.train.state import TrainState, learning_rate_schedule, make_optimizer, rng_for
 from gen_jax.train.step import make_eval_step, make_train_step
-from gen_jax.train.task import WEIGHT, Task
+from gen_jax.train.task import WEIGHT, ParamSpec, Task
 
 # Sections that fix what a checkpoint means; a resume must not change them.
-RESUME_FIXED_SECTIONS = ("family", "seed", "model", "data")
+RESUME_FIXED_SECTIONS = ("family", "seed", "model", "data", "init", "distill")
 
 
 class NonFiniteError(FloatingPointError):
@@ -45,7 +49,8 @@ def _check_resume_compatible(saved: ml_collections.ConfigDict, config: ml_collec
       return out
     return {prefix: list(node) if isinstance(node, tuple) else node}
   old = {k: v for s in RESUME_FIXED_SECTIONS if s in saved for k, v in flatten(saved[s], s).items()}
-  new = {k: v for s in RESUME_FIXED_SECTIONS for k, v in flatten(config[s], s).items()}
+  new = {k: v for s in RESUME_FIXED_SECTIONS if s in config
+         for k, v in flatten(config[s], s).items()}
   for field in sorted(set(old) | set(new)):
     if old.get(field) != new.get(field):
       raise config_lib.ConfigError(
@@ -54,30 +59,63 @@ def _check_resume_compatible(saved: ml_collections.ConfigDict, config: ml_collec
           "or the original value.")
 
 
-def abstract_train_state(init_params, config, mesh):
-  """The train state's shapes and shardings, and a jitted init that creates it in its shards.
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+  """A run's state from shapes alone: what `abstract_train_state` returns.
 
-  Nothing is allocated: `jax.eval_shape` traces the init, the parameters' logical axis names give
-  each leaf its sharding, and `init` (jitted with those out_shardings) makes every shard in place.
+  `abstract` is the TrainState (trainable params and optimizer state) and `abstract_frozen` the
+  frozen params, as ShapeDtypeStructs carrying their shardings; nothing is allocated until
+  `create`.
+  """
+  abstract: TrainState
+  abstract_frozen: dict
+  tx: optax.GradientTransformation
+  spec: ParamSpec
+  _init_state: Callable[[jax.Array], TrainState]
+  _init_frozen: Callable[[jax.Array], dict]
 
-  Args:
-    init_params: rng -> params carrying logical partitioning metadata.
-  Returns:
-    (abstract state of ShapeDtypeStructs with shardings, init(rng) -> state, optimizer).
+  def create(self, rng: jax.Array, *, with_state: bool = True) -> tuple[TrainState | None, dict]:
+    """(state, frozen) made in their shards: the seeded random init with the spec's pretrained
+    values in place of theirs; with_state=False builds only the frozen part (for a resume, whose
+    state comes from the checkpoint)."""
+    values = self.spec.pretrained() if self.spec.pretrained is not None else {}
+    known = set(partition.flatten(self.abstract.params)) | set(
+        partition.flatten(self.abstract_frozen))
+    unknown = sorted("/".join(p) for p in values if p not in known)
+    if unknown:
+      raise ValueError(f"pretrained parameters {unknown[:5]} are not in the model")
+    frozen = partition.place_values(self._init_frozen(rng), values)
+    if not with_state:
+      return None, frozen
+    state = self._init_state(rng)
+    # Adam's moments start at zero whatever the values, so only the params change.
+    return state.replace(params=partition.place_values(state.params, values)), frozen
+
+
+def abstract_train_state(spec: ParamSpec, config, mesh) -> StateLayout:
+  """The state's shapes and shardings, and jitted inits that create it in its shards.
+
+  `jax.eval_shape` traces the init, the parameters' logical axis names give each leaf its
+  sharding, and the inits (jitted with those out_shardings) make every shard in place. The
+  spec's `trainable` splits the params: the optimizer state covers the trainable part only.
   """
   tx = make_optimizer(config)
   rules = parallel.rules_tuple(config.logical_axis_rules)
 
   def init_boxed(rng):
-    return TrainState.create(init_params(rng), tx)
+    trainable, frozen = partition.split_params(spec.init(rng), spec.trainable)
+    return TrainState.create(trainable, tx), frozen
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(init_boxed, rng_for(config.seed, "init"))
     shardings = parallel.logical_shardings(boxed, mesh, rules)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           nn.meta.unbox(boxed), shardings)
-  init = jax.jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=shardings)
-  return abstract, init, tx
+  unboxed = lambda rng: nn.meta.unbox(init_boxed(rng))  # noqa: E731
+  return StateLayout(
+      abstract=abstract[0], abstract_frozen=abstract[1], tx=tx, spec=spec,
+      _init_state=jax.jit(lambda rng: unboxed(rng)[0], out_shardings=shardings[0]),
+      _init_frozen=jax.jit(lambda rng: unboxed(rng)[1], out_shardings=shardings[1]))
 
 
 class _Preemption:
@@ -188,25 +226,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   is_main = jax.process_index() == 0
   if is_main:
     config_lib.save_workdir_config(config, workdir)
-  abstract, init, tx = abstract_train_state(task.init_params, config, mesh)
+  layout = abstract_train_state(task.params, config, mesh)
   rules = parallel.rules_tuple(config.logical_axis_rules)
   writer = MetricWriter(workdir, tensorboard=config.logging.tensorboard, enabled=is_main)
   data_iter = iter(task.train_data)
+  with jax.set_mesh(mesh):
+    state, frozen = layout.create(rng_for(config.seed, "init"), with_state=not resuming)
   if not resuming:
-    with jax.set_mesh(mesh):
-      state = init(rng_for(config.seed, "init"))
     start = 0
     writer.truncate_after(0)  # A fresh run replaces the metrics of any run that left no checkpoint.
   else:
-    state, data_state = ckpt.restore(start, abstract)
+    state, data_state = ckpt.restore(start, layout.abstract)
     data_iter.set_state(data_state)
     writer.truncate_after(start)
     print(f"Resumed from {ckpt.directory}/{start}", flush=True)
 
-  train_step = make_train_step(task.loss_fn, tx, learning_rate_schedule(config),
+  train_step = make_train_step(task.loss_fn, layout.tx, learning_rate_schedule(config),
                                config.train.grad_accum_steps)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state_shardings = jax.tree.map(lambda x: x.sharding, abstract)
+    state_shardings = jax.tree.map(lambda x: x.sharding, layout.abstract)
     train_step = jax.jit(train_step, donate_argnums=0, out_shardings=(state_shardings, None))
     eval_step = jax.jit(make_eval_step(task.loss_fn))
   train_rng, eval_rng = rng_for(config.seed, "train"), rng_for(config.seed, "eval")
@@ -227,16 +265,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with _Preemption() as preemption, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       while step < num_steps:
         batch = parallel.shard_batch(next(data_iter), mesh)
-        state, metrics = train_step(state, batch, train_rng)
+        state, metrics = train_step(state, frozen, batch, train_rng)
         step += 1
         log.add(step, metrics)
         if step % config.train.log_every == 0 or step in (num_steps, start + 1):
           log.flush(step)
         if step % config.train.eval_every == 0 or step == num_steps:
           log.flush(step)
-          eval_metrics = evaluate(task, eval_step, state.params, mesh, eval_rng)
+          params = partition.merge_params(state.params, frozen)
+          eval_metrics = evaluate(task, eval_step, params, mesh, eval_rng)
           if task.on_eval is not None and is_main:
-            eval_metrics.update(task.on_eval(state.params, step))
+            eval_metrics.update(task.on_eval(params, step))
           log.write_eval(step, eval_metrics)
         if step % config.checkpoint.every_steps == 0 or step == num_steps:
           save(step)

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gen_jax.train.partition import merge_params
 from gen_jax.train.state import TrainState
 from gen_jax.train.task import WEIGHT, LossFn
 
@@ -17,27 +18,34 @@ def _split_microbatches(batch, num_micro: int):
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     grad_accum_steps: int):
-  """Builds train_step(state, batch, rng) -> (state, metrics).
+  """Builds train_step(state, frozen, batch, rng) -> (state, metrics).
+
+  `state.params` are the trainable parameters and `frozen` the rest (`gen_jax.train.partition`;
+  {} when all train): the loss sees them merged, the gradient and the update cover state.params
+  only.
 
   The loss and the gradient are weighted means over every counted unit (token, image) of the whole
   batch, however it is split into microbatches or over devices, so a step's loss is the same on one
   device or many and with or without accumulation. The rng is folded with the step number.
   """
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  def trainable_loss(params, frozen, batch, rng):
+    return loss_fn(merge_params(params, frozen), batch, rng)
 
-  def train_step(state: TrainState, batch, rng):
+  grad_fn = jax.value_and_grad(trainable_loss, has_aux=True)
+
+  def train_step(state: TrainState, frozen, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
     micro = _split_microbatches(batch, grad_accum_steps)
 
     def accumulate(carry, xs):
       micro_index, microbatch = xs
-      (loss_sum, sums), grads = grad_fn(state.params, microbatch,
+      (loss_sum, sums), grads = grad_fn(state.params, frozen, microbatch,
                                         jax.random.fold_in(rng, micro_index))
       return jax.tree.map(jnp.add, carry, (grads, loss_sum, sums)), None
 
     first = jax.tree.map(lambda x: x[0], micro)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
-        lambda: (state.params, *loss_fn(state.params, first, rng))))
+        lambda: (state.params, *trainable_loss(state.params, frozen, first, rng))))
     (grad_sum, loss_sum, sums), _ = jax.lax.scan(
         accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
 

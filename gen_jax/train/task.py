@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 Batch = dict[str, jax.Array]
+Path = tuple[str, ...]
 # loss_fn(params, batch, rng) -> (loss_sum, sums): `sums` holds "weight" (how many units counted:
 # tokens, images) and any other summed statistics. The reported loss is loss_sum / weight (e.g. nats
 # summed over tokens / number of tokens) and every other statistic is reported as sum / weight.
@@ -19,9 +20,21 @@ LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]
 WEIGHT = "weight"
 
 
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+  """How a run's parameters start, and which of them train (gen_jax.train.partition)."""
+  init: Callable[[jax.Array], Any]  # rng -> params (with logical partitioning metadata).
+  # Leaf path -> whether it trains; None: every leaf. The rest are frozen: the loss reads them but
+  # they get no gradient, no optimizer state and no place in checkpoints.
+  trainable: Callable[[Path], bool] | None = None
+  # () -> {leaf path: host array}: values from an earlier stage or an imported model that replace
+  # those leaves' random init (and rebuild frozen leaves when a run resumes).
+  pretrained: Callable[[], dict[Path, np.ndarray]] | None = None
+
+
 @dataclasses.dataclass
 class Task:
-  init_params: Callable[[jax.Array], Any]  # rng -> params (with logical partitioning metadata)
+  params: ParamSpec
   loss_fn: LossFn
   train_data: grain.MapDataset  # Infinite, batched (this host's share of the global batch).
   eval_data: Callable[[], Iterator[dict[str, np.ndarray]]]  # One held-out pass, padded batches.

@@ -14,7 +14,7 @@ from tests.conftest import tiny_config
 def test_task_loss_and_bits_per_byte_equal_numpy(tmp_path):
   config = tiny_config()
   task = families.get("llm").build_task(config, str(tmp_path))
-  params = jax.tree.map(lambda x: x.unbox(), task.init_params(jax.random.key(0)),
+  params = jax.tree.map(lambda x: x.unbox(), task.params.init(jax.random.key(0)),
                         is_leaf=lambda x: hasattr(x, "unbox"))
   batch = next(iter(task.train_data))
   loss_sum, sums = task.loss_fn(params, batch, jax.random.key(0))

@@ -24,8 +24,8 @@ def _loss_and_grads(config, workdir):
   """(loss, grads on the host, the sharded train state) for the first training batch."""
   mesh = parallel.make_mesh(config.mesh)
   task = families.get(config.family).build_task(config, workdir)
-  abstract, init, _ = abstract_train_state(task.init_params, config, mesh)
-  param_shardings = jax.tree.map(lambda x: x.sharding, abstract.params)
+  layout = abstract_train_state(task.params, config, mesh)
+  param_shardings = jax.tree.map(lambda x: x.sharding, layout.abstract.params)
 
   def loss_and_grads(params, batch):
     (loss_sum, sums), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(params, batch, None)
@@ -33,7 +33,7 @@ def _loss_and_grads(config, workdir):
     return loss_sum / weight, jax.tree.map(lambda g: g / weight, grads)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.rules_tuple(config.logical_axis_rules)):
-    state = init(rng_for(config.seed, "init"))
+    state, _ = layout.create(rng_for(config.seed, "init"))
     batch = parallel.shard_batch(next(iter(task.train_data)), mesh)
     step = jax.jit(loss_and_grads, out_shardings=(None, param_shardings))
     loss, grads = step(state.params, batch)
@@ -83,10 +83,10 @@ EXPECTED_SHARE = {
 def test_per_device_parameter_and_optimizer_bytes_follow_the_rules(mesh, one_device):
   _, _, state1 = one_device
   config = tiny_config(**MESHES[mesh])
-  init_params = families.get("llm").init_params_fn(config)
-  _, init, _ = abstract_train_state(init_params, config, parallel.make_mesh(config.mesh))
+  spec = families.get("llm").param_spec(config)
+  layout = abstract_train_state(spec, config, parallel.make_mesh(config.mesh))
   with jax.set_mesh(parallel.make_mesh(config.mesh)):
-    state = init(rng_for(config.seed, "init"))
+    state, _ = layout.create(rng_for(config.seed, "init"))
   total = sum(x.nbytes for x in jax.tree.leaves(state1.params))
   expected = EXPECTED_SHARE[mesh](total, _bytes_of(state1.params, "attention_norm", "mlp_norm",
                                                     "final_norm"),

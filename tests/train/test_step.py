@@ -14,16 +14,19 @@ def _run_steps(config, workdir, num_steps=3):
   """Trains num_steps in-process; returns (losses, params on the host, state sharding of a kernel)."""
   mesh = parallel.make_mesh(config.mesh)
   task = families.get(config.family).build_task(config, workdir)
-  abstract, init, tx = abstract_train_state(task.init_params, config, mesh)
-  step_fn = make_train_step(task.loss_fn, tx, learning_rate_schedule(config), config.train.grad_accum_steps)
+  layout = abstract_train_state(task.params, config, mesh)
+  step_fn = make_train_step(task.loss_fn, layout.tx, learning_rate_schedule(config),
+                            config.train.grad_accum_steps)
   rules = parallel.rules_tuple(config.logical_axis_rules)
   data = iter(task.train_data)
   losses = []
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state = init(rng_for(config.seed, "init"))
-    step_fn = jax.jit(step_fn, out_shardings=(jax.tree.map(lambda x: x.sharding, abstract), None))
+    state, frozen = layout.create(rng_for(config.seed, "init"))
+    step_fn = jax.jit(step_fn, out_shardings=(
+        jax.tree.map(lambda x: x.sharding, layout.abstract), None))
     for _ in range(num_steps):
-      state, metrics = step_fn(state, parallel.shard_batch(next(data), mesh), rng_for(0, "train"))
+      state, metrics = step_fn(state, frozen, parallel.shard_batch(next(data), mesh),
+                               rng_for(0, "train"))
       losses.append(float(metrics["loss"]))
   kernel = state.params["layers"]["mlp"]["wi_gate"]["kernel"] if config.family == "llm" else None
   return losses, jax.device_get(state.params), kernel
