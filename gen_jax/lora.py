@@ -9,7 +9,7 @@ splits a param tree into adapters and base, and folds trained adapters into the 
   adapters = adapter_params(params)  # What fine-tuning updates; base_params(params) stays frozen.
   merged, merged_config = merge_adapters(params, config)  # A plain model again (lora_rank 0).
 """
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 import dataclasses
 
 import flax.linen as nn
@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from gen_jax.config.errors import require
+from gen_jax.partition import split_params
 
 ATTENTION_TARGETS = ("query", "key", "value", "out")
 MLP_TARGETS = ("wi_gate", "wi_up", "wo")
@@ -63,43 +64,15 @@ def is_adapter(path: tuple) -> bool:
   return bool(path) and getattr(path[-1], "key", path[-1]) in ADAPTER_LEAVES
 
 
-def _select(tree: Mapping, keep: Callable[[tuple], bool], path: tuple = ()) -> dict:
-  """The nested dict of the leaves of `tree` whose path satisfies `keep`; empty subtrees dropped."""
-  out = {}
-  for key, value in tree.items():
-    where = (*path, key)
-    if isinstance(value, Mapping):
-      sub = _select(value, keep, where)
-      if sub:
-        out[key] = sub
-    elif keep(where):
-      out[key] = value
-  return out
-
-
 def adapter_params(params: Mapping) -> dict:
-  """The subtree of only the lora_a / lora_b leaves (same nesting, e.g. layers/attention/query)."""
-  return _select(params, is_adapter)
+  """The subtree of only the lora_a / lora_b leaves (same nesting, e.g. layers/attention/query);
+  `gen_jax.partition.merge_params(base, adapters)` joins the two parts again."""
+  return split_params(params, is_adapter)[0]
 
 
 def base_params(params: Mapping) -> dict:
   """Everything but the adapters: the frozen part of LoRA fine-tuning."""
-  return _select(params, lambda path: not is_adapter(path))
-
-
-def combine_params(base: Mapping, adapters: Mapping, path: str = "") -> dict:
-  """The inverse of the split: base_params and adapter_params joined into one tree (for example
-  adapters over a base from gen_jax.quant.quantize_params); a leaf in both is a ValueError."""
-  out = dict(base)
-  for key, value in adapters.items():
-    where = f"{path}/{key}" if path else key
-    if key not in out:
-      out[key] = value
-    elif isinstance(value, Mapping) and isinstance(out[key], Mapping):
-      out[key] = combine_params(out[key], value, where)
-    else:
-      raise ValueError(f"adapters: {where} is also in the base params")
-  return out
+  return split_params(params, is_adapter)[1]
 
 
 def merge_adapters(params: Mapping, model_config) -> tuple[dict, object]:
@@ -154,4 +127,4 @@ def merge_adapters(params: Mapping, model_config) -> tuple[dict, object]:
 
 
 __all__ = ["ADAPTER_LEAVES", "LORA_TARGETS", "adapter_params", "base_params", "check_lora",
-           "combine_params", "is_adapter", "merge_adapters", "parse_targets"]
+           "is_adapter", "merge_adapters", "parse_targets"]

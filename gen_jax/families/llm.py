@@ -18,7 +18,7 @@ from gen_jax.families import llm_sources
 from gen_jax.lora import check_lora, is_adapter, merge_adapters
 from gen_jax.models.transformer import REMAT_POLICIES, Transformer, TransformerConfig
 from gen_jax.quant.formats import check_weight_quantization
-from gen_jax.train import partition
+from gen_jax import partition
 from gen_jax.train.task import WEIGHT, ParamSpec, Task
 
 MIN_VOCAB = 256 + len(data_lib.tokenizer.SPECIAL_TOKENS)  # Byte alphabet plus special tokens.

@@ -15,7 +15,7 @@ import numpy as np
 
 from gen_jax import families, parallel
 from gen_jax.config.common import validate_batch_against_mesh
-from gen_jax.train import partition
+from gen_jax import partition
 from gen_jax.train.loop import abstract_train_state, validate
 from gen_jax.train.state import learning_rate_schedule, rng_for
 from gen_jax.train.step import make_train_step

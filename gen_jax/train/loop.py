@@ -19,7 +19,7 @@ import optax
 from gen_jax import config as config_lib
 from gen_jax import families, parallel
 from gen_jax.config.common import validate_batch_against_mesh, validate_common
-from gen_jax.train import partition
+from gen_jax import partition
 from gen_jax.train.checkpoint import Checkpointer
 from gen_jax.train.metrics import MetricWriter, ProgressBar, latest_metrics
 from gen_jax.train.state import TrainState, learning_rate_schedule, make_optimizer, rng_for

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gen_jax.train.partition import merge_params
+from gen_jax.partition import merge_params
 from gen_jax.train.state import TrainState
 from gen_jax.train.task import WEIGHT, LossFn
 
@@ -20,7 +20,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
                     grad_accum_steps: int):
   """Builds train_step(state, frozen, batch, rng) -> (state, metrics).
 
-  `state.params` are the trainable parameters and `frozen` the rest (`gen_jax.train.partition`;
+  `state.params` are the trainable parameters and `frozen` the rest (`gen_jax.partition`;
   {} when all train): the loss sees them merged, the gradient and the update cover state.params
   only.
 

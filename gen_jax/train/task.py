@@ -22,7 +22,7 @@ WEIGHT = "weight"
 
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
-  """How a run's parameters start, and which of them train (gen_jax.train.partition)."""
+  """How a run's parameters start, and which of them train (gen_jax.partition)."""
   init: Callable[[jax.Array], Any]  # rng -> params (with logical partitioning metadata).
   # Leaf path -> whether it trains; None: every leaf. The rest are frozen: the loss reads them but
   # they get no gradient, no optimizer state and no place in checkpoints.

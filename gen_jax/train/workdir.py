@@ -5,7 +5,7 @@ import ml_collections
 from gen_jax import config as config_lib
 from gen_jax import families, parallel
 from gen_jax.config.common import MESH_AXES
-from gen_jax.train import partition
+from gen_jax import partition
 from gen_jax.train.checkpoint import Checkpointer
 from gen_jax.train.loop import abstract_train_state
 from gen_jax.train.state import rng_for

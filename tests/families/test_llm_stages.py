@@ -17,7 +17,8 @@ from gen_jax.families import llm
 from gen_jax.lora import is_adapter
 from gen_jax.models import Transformer, TransformerConfig
 from gen_jax.sample import SampleRequest
-from gen_jax.train import abstract_train_state, partition, read_metrics, train_and_evaluate
+from gen_jax import partition
+from gen_jax.train import abstract_train_state, read_metrics, train_and_evaluate
 from gen_jax.train.workdir import load_workdir_params
 from tests import reference
 from tests.conftest import tiny_config

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from gen_jax import lora, quant
+from gen_jax.partition import merge_params
 from gen_jax.config import ConfigError
 from gen_jax.models import Transformer, TransformerConfig
 from gen_jax.quant.projection import Projection
@@ -152,10 +153,10 @@ def test_only_targeted_projections_carry_adapters_and_the_split_is_exact():
   assert not _paths(adapters) & _paths(base) and _paths(base) == _param_paths(CFG)
   assert all(lora.is_adapter(path) for path in _paths(adapters))
   assert not any(lora.is_adapter(path) for path in _paths(base))
-  rejoined = lora.combine_params(base, adapters)
+  rejoined = merge_params(base, adapters)
   jax.tree.map(np.testing.assert_array_equal, rejoined, params)
-  with pytest.raises(ValueError, match=r"adapters: layers/attention/key/lora_a is also in "):
-    lora.combine_params(params, adapters)
+  with pytest.raises(ValueError, match=r"merge_params: layers/attention/key/lora_a, .* in both parts"):
+    merge_params(params, adapters)
 
 
 def test_mixture_of_experts_takes_attention_adapters():
@@ -202,13 +203,13 @@ def test_qlora_equals_the_float_model_on_dequantized_weights_plus_adapters(bits)
   adapters = lora.adapter_params(params)
   qbase = quant.quantize_params(lora.base_params(params), CFG, bits=bits, group_size=GROUP)
   qconfig = quant.quantized_config(config, bits, GROUP)
-  qparams = lora.combine_params(qbase, adapters)
+  qparams = merge_params(qbase, adapters)
   # The tree is exactly what the QLoRA model declares: codes and scales beside float adapters.
   assert _paths(qparams) == _param_paths(qconfig)
   assert set(qparams["layers"]["attention"]["query"]) == {"qweight", "scale", "lora_a", "lora_b"}
   qlora = _logits(qconfig, qparams, TOKENS)
   dequantized = quant.dequantize_params(qbase, quant.quantized_config(CFG, bits, GROUP))
-  expected = _logits(config, lora.combine_params(dequantized, adapters), TOKENS)
+  expected = _logits(config, merge_params(dequantized, adapters), TOKENS)
   np.testing.assert_allclose(qlora, expected, rtol=1e-5, atol=1e-5)
   without = _logits(quant.quantized_config(CFG, bits, GROUP), qbase, TOKENS)
   assert float(jnp.max(jnp.abs(qlora - without))) > 0.1
@@ -224,7 +225,7 @@ def test_gradients_reach_both_adapter_matrices():
   targets = jnp.roll(TOKENS, -1, axis=1)
 
   def loss(adapters):
-    logits = Transformer(config).apply({"params": lora.combine_params(base, adapters)}, TOKENS)
+    logits = Transformer(config).apply({"params": merge_params(base, adapters)}, TOKENS)
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1))
 
   def grad_norms(adapters):

@@ -35,10 +35,15 @@ def split_params(params, trainable: Trainable | None) -> tuple[dict, dict]:
 
 
 def merge_params(trainable_params, frozen_params) -> dict:
-  """The whole tree again from split_params' two parts (cheap: no array is copied)."""
+  """The whole tree again from split_params' two parts (cheap: no array is copied); a leaf in both
+  is a ValueError naming it."""
   if not frozen_params:
     return trainable_params
-  return unflatten({**flatten(trainable_params), **flatten(frozen_params)})
+  first, second = flatten(trainable_params), flatten(frozen_params)
+  both = sorted("/".join(p) for p in first.keys() & second.keys())
+  if both:
+    raise ValueError(f"merge_params: {', '.join(both[:5])} in both parts")
+  return unflatten({**first, **second})
 
 
 def place_values(tree, values: Mapping[Path, np.ndarray]):
