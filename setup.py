@@ -26,6 +26,10 @@ INSTALL_REQUIRES = [
     "gguf>=0.19.0",
     "safetensors>=0.8.0",
     "jinja2>=3.1.6",  # transformers' floor for sandboxed chat templates (older ones had escapes).
+    # Real dialogue for supervised fine-tuning (gen_jax.data.conversations): YAML files only, no
+    # dependencies of its own (1.3.3 declares none).
+    "chatterbot-corpus>=1.3.3",
+    "pyyaml>=6.0",
 ]
 
 EXTRAS = {

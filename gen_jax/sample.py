@@ -74,7 +74,7 @@ def sample(workdir: str, request: SampleRequest):
   from gen_jax.config import ConfigError
   from gen_jax.train.workdir import load_workdir_params
   config, params = load_workdir_params(workdir)
-  if request.chat and config.family != "llm":
+  if request.chat and not hasattr(families.get(config.family), "inference_params"):
     raise ConfigError("--chat", f"{workdir!r} holds a {config.family} model, not a language model")
   return families.get(config.family).sample(config, params, workdir, request)
 

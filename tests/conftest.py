@@ -4,6 +4,16 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# JAX's persistent compilation cache, for this test run only: many tests and their CLI
+# subprocesses compile the same tiny programs, and a hit skips XLA (a repeated CLI training run
+# takes half the time). Set here, in the process that starts the xdist workers, so they and their
+# subprocesses share one folder; pytest_sessionfinish removes it. A user's own setting wins.
+_OWN_JIT_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_JIT_CACHE:
+  import tempfile  # noqa: E402
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gen_jax_test_jit_cache_")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import pathlib  # noqa: E402
 import subprocess  # noqa: E402
@@ -36,3 +46,10 @@ def run_cli(module: str, *args: str, env_extra: dict | None = None, timeout: int
 @pytest.fixture
 def repo_root() -> pathlib.Path:
   return REPO_ROOT
+
+
+def pytest_sessionfinish(session, exitstatus):
+  # Workers inherit the folder from the process that started them; only that one removes it.
+  if _OWN_JIT_CACHE and "PYTEST_XDIST_WORKER" not in os.environ:
+    import shutil
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -22,9 +22,7 @@ ADAPTERS = {"model.lora_rank": 8, "model.lora_alpha": 16.0,
 PRESETS = {
     "tiny": {
         **ADAPTERS, "model.lora_rank": 4,
-        "model.vocab_size": 512, "model.embed_dim": 64, "model.num_layers": 2,
-        "model.num_heads": 4, "model.num_kv_heads": 2, "model.head_dim": 16, "model.mlp_dim": 128,
-        "model.max_seq_len": 64,
+        **llm.TINY_MODEL,
         "train.num_steps": 10, "train.batch_size": 8, "train.log_every": 5, "train.eval_every": 10,
         "train.eval_max_batches": 4, "optimizer.warmup_steps": 2, "optimizer.learning_rate": 1e-2,
         "checkpoint.every_steps": 10,

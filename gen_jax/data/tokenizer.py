@@ -13,7 +13,17 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 END_OF_TEXT = "<|endoftext|>"  # Separates documents; the model learns to emit it at a document's end.
 PAD = "<|pad|>"
-SPECIAL_TOKENS = (PAD, END_OF_TEXT)
+# ChatML's turn markers (the format SmolLM2 and Qwen use): every tokenizer we train has them, so a
+# model pretrained here can be fine-tuned into a chat model (configs/llm/sft.py) without resizing
+# its embeddings.
+TURN_START, TURN_END = "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = (PAD, END_OF_TEXT, TURN_START, TURN_END)
+# <|im_start|>role\ncontent<|im_end|>\n per message; the generation prompt opens an assistant turn.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 TOKENIZER_FILE = "tokenizer.json"
 # The special tokens' names and the chat template, in transformers' format (AutoTokenizer reads it).
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -97,7 +107,8 @@ class Tokenizer:
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-  """Trains a byte-level BPE with at most `vocab_size` tokens (256 bytes + specials + merges)."""
+  """Trains a byte-level BPE with at most `vocab_size` tokens (256 bytes + specials + merges), with
+  ChatML's turn markers and chat template."""
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
@@ -105,4 +116,4 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
       vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
   tok.train_from_iterator(texts, trainer=trainer)
-  return Tokenizer(tok)
+  return Tokenizer(tok, chat_template=CHATML_TEMPLATE)

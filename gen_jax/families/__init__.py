@@ -8,12 +8,16 @@ A family module offers:
                                    resuming it reuses what the workdir saved (the tokenizer).
   sample(config, params, workdir, request)  generates from trained params (gen_jax.sample).
   dry_run_inputs(config)           (loss_fn, global batch shapes) without data, for --dry_run.
+A language-model family (one a later stage can start from, and export) also offers
+  inference_params(config, params)  (TransformerConfig, params) of the model it trains.
 """
 import importlib
 
 from gen_jax.config.errors import ConfigError
 
-FAMILIES = ("llm", "vae")
+# llm: pretraining, SFT and distillation; reward, dpo, ppo and grpo: the alignment stages
+# (gen_jax.families.alignment, gen_jax.families.rl).
+FAMILIES = ("llm", "reward", "dpo", "ppo", "grpo", "vae")
 
 
 def get(name: str):

@@ -14,6 +14,7 @@ from gen_jax import data as data_lib
 from gen_jax import objectives, ops
 from gen_jax.config.common import DTYPES
 from gen_jax.config.errors import ConfigError, require
+from gen_jax.data import conversations, synthetic_tasks
 from gen_jax.families import llm_sources
 from gen_jax.lora import check_lora, is_adapter, merge_adapters
 from gen_jax.models.transformer import REMAT_POLICIES, Transformer, TransformerConfig
@@ -25,6 +26,16 @@ MIN_VOCAB = 256 + len(data_lib.tokenizer.SPECIAL_TOKENS)  # Byte alphabet plus s
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
+  validate_model(config)
+  for name in ("router_aux_loss_weight", "router_z_loss_weight"):
+    weight = config.objective[name]
+    require(weight >= 0, f"objective.{name}", f"must be >= 0, got {weight}")
+  validate_sources(config)
+  validate_data(config)
+
+
+def validate_model(config: ml_collections.ConfigDict) -> None:
+  """config.model of a trainable transformer (every stage that trains one checks it)."""
   m = config.model
   for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                "mlp_dim", "max_seq_len"):
@@ -55,17 +66,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(m.weight_bits == 0, "model.weight_bits",
           f"training updates float kernels, got {m.weight_bits}; train with 0 and quantize the "
           "trained params with gen_jax.quant.quantize_params")
-  for name in ("router_aux_loss_weight", "router_z_loss_weight"):
-    weight = config.objective[name]
-    require(weight >= 0, f"objective.{name}", f"must be >= 0, got {weight}")
   check_lora(m)
-  _validate_sources(config)
+
+
+DATA_FORMATS = ("text", "chat")
+CHAT_SOURCES = "'chatterbot', 'synthetic:arithmetic' or a .jsonl file of {\"messages\": [...]}"
+
+
+def validate_data(config: ml_collections.ConfigDict) -> None:
   d = config.data
-  require(d.source != "", "data.source", "is empty; use 'pydoc', a path, a glob or 'tfds:NAME'")
+  require(d.format in DATA_FORMATS, "data.format", f"{d.format!r} is not one of {DATA_FORMATS}")
+  if d.format == "text":
+    require(d.source != "", "data.source", "is empty; use 'pydoc', a path, a glob or 'tfds:NAME'")
+  else:
+    chat_source = lambda s: s in ("chatterbot", SYNTHETIC_SOURCE) or s.endswith(".jsonl")  # noqa: E731
+    require(chat_source(d.source), "data.source",
+            f"{d.source!r}: with data.format='chat' use {CHAT_SOURCES}")
+    require(not d.eval_source or chat_source(d.eval_source), "data.eval_source",
+            f"{d.eval_source!r}: with data.format='chat' use {CHAT_SOURCES}")
   require(0 < d.eval_fraction < 1, "data.eval_fraction", f"must be in (0, 1), got {d.eval_fraction}")
+  validate_task(config)
 
 
-def _validate_sources(config: ml_collections.ConfigDict) -> None:
+def validate_task(config: ml_collections.ConfigDict) -> None:
+  t = config.task
+  for name in ("max_digits", "num_train", "num_eval"):
+    require(t[name] > 0, f"task.{name}", f"must be positive, got {t[name]}")
+  require(t.max_digits <= 18, "task.max_digits", f"must be at most 18, got {t.max_digits}")
+
+
+def validate_sources(config: ml_collections.ConfigDict) -> None:
   """init.source and distill.teacher load, and agree with config.model and with each other."""
   d = config.distill
   require(d.temperature > 0, "distill.temperature", f"must be positive, got {d.temperature}")
@@ -150,6 +180,29 @@ def inference_params(config: ml_collections.ConfigDict, params) -> tuple[Transfo
   return model_config, params
 
 
+SYNTHETIC_SOURCE = "synthetic:arithmetic"
+
+
+def task_problems(config) -> tuple[list, list]:
+  """(training, held-out) problems of the synthetic task config.task (disjoint prompts)."""
+  t = config.task
+  return synthetic_tasks.task_splits(t.num_train, t.num_eval, seed=t.seed, max_digits=t.max_digits)
+
+
+def _conversations(config) -> tuple[list, list]:
+  """(training, held-out) conversations of a data.format='chat' source."""
+  d = config.data
+  if d.source == SYNTHETIC_SOURCE:
+    train, held_out = task_problems(config)
+    return synthetic_tasks.demonstrations(train), synthetic_tasks.demonstrations(held_out)
+  train = conversations.load_conversations(d.source, "data.source")
+  if d.eval_source == SYNTHETIC_SOURCE:
+    return train, synthetic_tasks.demonstrations(task_problems(config)[1])
+  if d.eval_source:
+    return train, conversations.load_conversations(d.eval_source, "data.eval_source")
+  return conversations.split_items(train, d.eval_fraction)
+
+
 def _documents(config) -> tuple[list, list]:
   d = config.data
   kwargs = dict(tfds_text_key=d.tfds_text_key, tfds_data_dir=d.tfds_data_dir)
@@ -194,10 +247,11 @@ def tokenizer_for(config, workdir: str, train_docs, resuming: bool) -> data_lib.
 def token_byte_lengths(tok: data_lib.Tokenizer, vocab_size: int) -> np.ndarray:
   """[vocab_size] UTF-8 bytes each token stands for (special and unused ids: 0).
 
-  Byte-level BPE writes each byte as one character, so a token's string length is its byte count.
+  Byte-level BPE writes each byte as one character, so a token's string length is its byte count;
+  added tokens (end-of-text, padding, chat turn markers) are markup and stand for no bytes.
   """
   lengths = np.zeros((vocab_size,), np.float32)
-  specials = {tok.pad_id, tok.eos_id}
+  specials = {tok.pad_id, tok.eos_id, *tok.hf.get_added_tokens_decoder()}
   for i in range(tok.vocab_size):
     if i not in specials:
       lengths[i] = len(tok.hf.id_to_token(i))
@@ -229,7 +283,7 @@ def make_loss_fn(config: ml_collections.ConfigDict, byte_lengths: jax.Array):
 
   Args:
     byte_lengths: [vocab_size] UTF-8 bytes of each token (`token_byte_lengths`).
-  The batch holds tokens, segment_ids and positions, each [b, max_seq_len + 1].
+  The batch holds tokens, segment_ids, positions and loss_mask, each [b, max_seq_len + 1].
   """
   net = model(config)
   moe = config.model.num_experts > 0
@@ -242,6 +296,7 @@ def make_loss_fn(config: ml_collections.ConfigDict, byte_lengths: jax.Array):
     del rng  # The model has no dropout.
     tokens, segment_ids = batch["tokens"], batch["segment_ids"]
     inputs, targets, weights = objectives.packed_targets(tokens, segment_ids)
+    weights = weights * batch["loss_mask"][:, 1:]  # Chat data: the assistant's tokens only.
     model_inputs = (inputs, batch["positions"][:, :-1], segment_ids[:, :-1])
     model_params = params if teacher is None else params["student"]
     logits, router_stats = net.apply({"params": model_params}, *model_inputs,
@@ -271,16 +326,44 @@ def dry_run_inputs(config: ml_collections.ConfigDict):
   byte_lengths = jnp.ones((config.model.vocab_size,), jnp.float32)
   shape = (config.train.batch_size, config.model.max_seq_len + 1)
   return make_loss_fn(config, byte_lengths), {
-      name: jax.ShapeDtypeStruct(shape, jnp.int32) for name in ("tokens", "segment_ids", "positions")}
+      name: jax.ShapeDtypeStruct(shape, jnp.int32)
+      for name in ("tokens", "segment_ids", "positions", "loss_mask")}
+
+
+def _packed_chats(tok: data_lib.Tokenizer, chats: list, seq_len: int, field: str) -> dict:
+  """Conversations tokenized with the chat template (only assistant tokens count) and packed."""
+  from gen_jax.interop import encode_chat  # Only chat needs jinja2.
+  try:
+    examples = [encode_chat(tok, messages) for messages in chats]
+  except ValueError as e:
+    raise ConfigError(field, f"{e} (data.format='chat')") from None
+  arrays, cut = data_lib.pack_examples(examples, tok.pad_id, seq_len)
+  if cut:
+    print(f"{field}: {cut} of {len(chats)} conversations are longer than model.max_seq_len + 1 = "
+          f"{seq_len + 1} tokens and were cut to it", flush=True)
+  return arrays
+
+
+def _training_arrays(config, workdir: str, resuming: bool) -> tuple[data_lib.Tokenizer, dict, dict]:
+  """(tokenizer, training windows, held-out windows) of config.data."""
+  seq_len = config.model.max_seq_len
+  if config.data.format == "chat":
+    train_chats, eval_chats = _conversations(config)
+    # A tokenizer trained here learns from the turns' text; the template adds its markers.
+    texts = [data_lib.Document("", m["content"]) for chat in train_chats for m in chat]
+    tok = tokenizer_for(config, workdir, texts, resuming)
+    return (tok, _packed_chats(tok, train_chats, seq_len, "data.source"),
+            _packed_chats(tok, eval_chats, seq_len, "data.eval_source"))
+  train_docs, eval_docs = _documents(config)
+  tok = tokenizer_for(config, workdir, train_docs, resuming)
+  pack = lambda docs: data_lib.pack_documents(  # noqa: E731
+      tok.encode_batch([d.text for d in docs]), tok.eos_id, tok.pad_id, seq_len)
+  return tok, pack(train_docs), pack(eval_docs)
 
 
 def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool = False) -> Task:
-  train_docs, eval_docs = _documents(config)
-  tok = tokenizer_for(config, workdir, train_docs, resuming)
+  tok, train_arrays, eval_arrays = _training_arrays(config, workdir, resuming)
   seq_len = config.model.max_seq_len
-  pack = lambda docs: data_lib.pack_documents(  # noqa: E731
-      tok.encode_batch([d.text for d in docs]), tok.eos_id, tok.pad_id, seq_len)
-  train_arrays, eval_arrays = pack(train_docs), pack(eval_docs)
   num_hosts = jax.process_count()
   host_batch = config.train.batch_size // num_hosts
   num_windows = len(train_arrays["tokens"])
@@ -328,13 +411,14 @@ def sample(config, params, workdir: str, request) -> str:
 def export_workdir(workdir: str, hf_dir: str) -> None:
   """Writes a workdir's model (`inference_params`: adapters folded in, a student alone) with its
   tokenizer as a Hugging Face directory (gen_jax.export)."""
-  from gen_jax import interop
+  from gen_jax import families, interop
   from gen_jax.train.workdir import load_workdir_params
   config, params = load_workdir_params(workdir)
-  if config.family != "llm":
+  family = families.get(config.family)
+  if not hasattr(family, "inference_params"):
     raise ConfigError("--workdir", f"{workdir!r} holds a {config.family} model; only language "
                       "models have a Hugging Face layout")
-  model_config, params = inference_params(config, params)
+  model_config, params = family.inference_params(config, params)
   interop.export_hf(hf_dir, model_config, params, data_lib.Tokenizer.load(workdir))
   print(f"Wrote {hf_dir}")
 

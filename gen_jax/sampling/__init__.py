@@ -1,6 +1,6 @@
 """Decoding for language models (and, later, samplers for the image families)."""
 from gen_jax.sampling.beam import Hypothesis, beam_search
-from gen_jax.sampling.lm import generate, generate_batch
+from gen_jax.sampling.lm import generate, generate_batch, sample_continuations
 from gen_jax.sampling.speculative import SpeculativeStats, layer_skip_draft, speculative_generate
 from gen_jax.sampling.strategies import (SamplingParams, apply_repetition_penalty, choose_tokens,
                                          filter_logits)
@@ -16,5 +16,6 @@ __all__ = [
     "generate",
     "generate_batch",
     "layer_skip_draft",
+    "sample_continuations",
     "speculative_generate",
 ]

@@ -99,7 +99,8 @@ def _generate(model: nn.Module, params, tokens, prompt_lengths, budgets, rng, eo
     return choose_tokens(logits, jax.random.fold_in(rng, step), sampling, seen)
 
   first = choose(logits[:, -1], 0, seen)  # [b]
-  out = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(first)
+  # -1 marks the columns after a row stopped (the loop ends when every row has).
+  out = jnp.full((b, max_new_tokens), -1, jnp.int32).at[:, 0].set(first)
   done = (first == eos_id) | (budgets <= 1) | _ends_with_a_stop_sequence(out, 0, stops,
                                                                          stop_lengths)
   count = jnp.where(first == eos_id, 0, 1)  # Tokens kept per row (the stop token is not).
@@ -139,18 +140,46 @@ def generate_batch(model: nn.Module, params, prompts: list[list[int]], *, max_ne
   """
   tokens, lengths, budgets, max_new_tokens = pack_prompts(prompts, max_new_tokens, max_seq_len)
   sampling.validate()
-  if any(not s for s in stop_sequences):
-    raise ValueError("stop_sequences must not contain an empty sequence")
-  width = max([len(s) for s in stop_sequences], default=1)
-  stops = np.full((max(len(stop_sequences), 1), width), -2, np.int32)  # -2 matches no token.
-  for row, sequence in enumerate(stop_sequences):
-    stops[row, width - len(sequence):] = sequence
-  stop_lengths = np.array([len(s) for s in stop_sequences] or [width], np.int32)
+  stops, stop_lengths = _stop_arrays(stop_sequences)
   out, count = jax.device_get(_generate(
       model, params, jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(budgets), rng,
       eos_id, jnp.asarray(stops), jnp.asarray(stop_lengths), sampling=sampling,
       max_new_tokens=max_new_tokens))
   return [[int(t) for t in out[row, :count[row]]] for row in range(len(prompts))]
+
+
+def _stop_arrays(stop_sequences: tuple[tuple[int, ...], ...]) -> tuple[np.ndarray, np.ndarray]:
+  """The stop sequences right-aligned into [m, l] (-2, which matches no token, before each) and
+  their lengths [m], as `_ends_with_a_stop_sequence` reads them."""
+  if any(not s for s in stop_sequences):
+    raise ValueError("stop_sequences must not contain an empty sequence")
+  width = max([len(s) for s in stop_sequences], default=1)
+  stops = np.full((max(len(stop_sequences), 1), width), -2, np.int32)
+  for row, sequence in enumerate(stop_sequences):
+    stops[row, width - len(sequence):] = sequence
+  return stops, np.array([len(s) for s in stop_sequences] or [width], np.int32)
+
+
+def sample_continuations(model: nn.Module, params, tokens: jax.Array, prompt_lengths: jax.Array,
+                         *, max_new_tokens: int, sampling: SamplingParams, rng: jax.Array,
+                         eos_id: int, stop_sequences: tuple[tuple[int, ...], ...] = ()
+                         ) -> jax.Array:
+  """Continuations of a fixed-shape batch of left-padded prompts, on device: the same compiled
+  function for every batch of the same shape (RL rollouts call it once per step).
+
+  Args:
+    tokens: [b, P] prompts, right-aligned; prompt_lengths: [b] (P + max_new_tokens must fit the
+      model's context).
+  Returns:
+    [b, max_new_tokens] int32: each row's new tokens, its end-of-text or stop sequence included,
+    then -1 once the row has stopped.
+  """
+  stops, stop_lengths = _stop_arrays(stop_sequences)
+  budgets = jnp.full(prompt_lengths.shape, max_new_tokens, jnp.int32)
+  out, _ = _generate(model, params, tokens, prompt_lengths, budgets, rng, eos_id,
+                     jnp.asarray(stops), jnp.asarray(stop_lengths), sampling=sampling,
+                     max_new_tokens=max_new_tokens)
+  return out
 
 
 def generate(model: nn.Module, params, prompt: list[int], *, max_new_tokens: int,

@@ -90,7 +90,8 @@ def dry_run(config: ml_collections.ConfigDict) -> DryRunReport:
            for name, s in batch_shapes.items()}
   rng = jax.eval_shape(lambda: rng_for(config.seed, "train"))
   step = make_train_step(loss_fn, layout.tx, learning_rate_schedule(config),
-                         config.train.grad_accum_steps)
+                         config.train.grad_accum_steps, epochs=config.train.epochs_per_batch,
+                         minibatches=config.train.minibatches)
   with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.rules_tuple(config.logical_axis_rules)):
     state_shardings = jax.tree.map(lambda x: x.sharding, layout.abstract)
     compiled = jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, None)).lower(

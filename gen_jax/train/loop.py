@@ -27,7 +27,8 @@ from gen_jax.train.step import make_eval_step, make_train_step
 from gen_jax.train.task import WEIGHT, ParamSpec, Task
 
 # Sections that fix what a checkpoint means; a resume must not change them.
-RESUME_FIXED_SECTIONS = ("family", "seed", "model", "data", "init", "distill")
+RESUME_FIXED_SECTIONS = ("family", "seed", "model", "data", "init", "distill", "task", "dpo", "ppo",
+                         "grpo", "rollout")
 
 
 class NonFiniteError(FloatingPointError):
@@ -104,7 +105,7 @@ def abstract_train_state(spec: ParamSpec, config, mesh) -> StateLayout:
 
   def init_boxed(rng):
     trainable, frozen = partition.split_params(spec.init(rng), spec.trainable)
-    return TrainState.create(trainable, tx), frozen
+    return TrainState.create(trainable, tx, spec.extra), frozen
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(init_boxed, rng_for(config.seed, "init"))
@@ -242,12 +243,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print(f"Resumed from {ckpt.directory}/{start}", flush=True)
 
   train_step = make_train_step(task.loss_fn, layout.tx, learning_rate_schedule(config),
-                               config.train.grad_accum_steps)
+                               config.train.grad_accum_steps, experience=task.experience,
+                               epochs=config.train.epochs_per_batch,
+                               minibatches=config.train.minibatches)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state_shardings = jax.tree.map(lambda x: x.sharding, layout.abstract)
     train_step = jax.jit(train_step, donate_argnums=0, out_shardings=(state_shardings, None))
     eval_step = jax.jit(make_eval_step(task.loss_fn))
   train_rng, eval_rng = rng_for(config.seed, "train"), rng_for(config.seed, "eval")
+  rollout_rng = rng_for(config.seed, "rollout")
   num_steps = config.train.num_steps
   bar = ProgressBar(num_steps, start, task.throughput_unit,
                     enabled=is_main and config.logging.progress_bar)
@@ -264,7 +268,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   try:
     with _Preemption() as preemption, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       while step < num_steps:
-        batch = parallel.shard_batch(next(data_iter), mesh)
+        batch = next(data_iter)
+        if task.rollout is not None:  # On-policy: this step's responses, from the current params.
+          batch = task.rollout(partition.merge_params(state.params, frozen), batch,
+                               jax.random.fold_in(rollout_rng, step))
+        batch = parallel.shard_batch(batch, mesh)
         state, metrics = train_step(state, frozen, batch, train_rng)
         step += 1
         log.add(step, metrics)

@@ -10,13 +10,17 @@ import optax
 @flax.struct.dataclass
 class TrainState:
   """Everything a step changes. The optimizer itself is not stored: it is rebuilt from the config."""
-  step: jax.Array  # int32 scalar: optimizer steps taken.
+  step: jax.Array  # int32 scalar: train steps taken (each makes updates_per_step updates).
   params: dict
   opt_state: optax.OptState
+  extra: dict  # Scalars a stage carries between steps (ParamSpec.extra); usually {}.
 
   @classmethod
-  def create(cls, params, tx: optax.GradientTransformation) -> "TrainState":
-    return cls(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(params))
+  def create(cls, params, tx: optax.GradientTransformation, extra: dict | None = None
+             ) -> "TrainState":
+    extra = {k: jax.numpy.asarray(v) for k, v in (extra or {}).items()}
+    return cls(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(params),
+               extra=extra)
 
 
 def rng_for(seed: int, purpose: str) -> jax.Array:
@@ -24,16 +28,24 @@ def rng_for(seed: int, purpose: str) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), zlib.crc32(purpose.encode()) & 0x7FFFFFFF)
 
 
+def updates_per_step(config: ml_collections.ConfigDict) -> int:
+  """Optimizer updates in one train step: train.epochs_per_batch passes of train.minibatches."""
+  return config.train.epochs_per_batch * config.train.minibatches
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """Linear warmup to the peak, then cosine decay to min_lr_ratio * peak at train.num_steps.
+  """Linear warmup to the peak, then cosine decay to min_lr_ratio * peak at train.num_steps; a
+  function of the optimizer's update count (optimizer.warmup_steps and train.num_steps count
+  train steps, of updates_per_step updates each).
 
   Warmup starts at peak / warmup_steps rather than 0, so the first update is not wasted.
   """
-  o = config.optimizer
-  warmup = min(o.warmup_steps, config.train.num_steps)
+  o, updates = config.optimizer, updates_per_step(config)
+  warmup = min(o.warmup_steps, config.train.num_steps) * updates
+  total = config.train.num_steps * updates
   return optax.warmup_cosine_decay_schedule(
       init_value=o.learning_rate / max(warmup, 1), peak_value=o.learning_rate, warmup_steps=warmup,
-      decay_steps=max(config.train.num_steps, warmup + 1), end_value=o.learning_rate * o.min_lr_ratio)
+      decay_steps=max(total, warmup + 1), end_value=o.learning_rate * o.min_lr_ratio)
 
 
 def _decay_mask(params):

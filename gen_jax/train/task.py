@@ -18,6 +18,10 @@ Path = tuple[str, ...]
 # summed over tokens / number of tokens) and every other statistic is reported as sum / weight.
 LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 WEIGHT = "weight"
+# experience(params, extra, batch, rng) -> (batch, extra, metrics): an on-policy stage's statistics
+# of a freshly sampled batch under the current params (old log-probs, values, advantages), jitted
+# inside the train step; `extra` is TrainState.extra (e.g. an adaptive KL coefficient).
+ExperienceFn = Callable[[Any, dict, Batch, jax.Array], tuple[Batch, dict, dict[str, jax.Array]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +34,9 @@ class ParamSpec:
   # () -> {leaf path: host array}: values from an earlier stage or an imported model that replace
   # those leaves' random init (and rebuild frozen leaves when a run resumes).
   pretrained: Callable[[], dict[Path, np.ndarray]] | None = None
+  # Scalars the train step carries from step to step besides the params (PPO's adaptive KL
+  # coefficient): their starting values; held in TrainState.extra and checkpointed with it.
+  extra: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -44,3 +51,8 @@ class Task:
   units_per_example: int  # e.g. sequence length for tokens.
   # Called at eval time with the current params and step; writes outputs, returns extra metrics.
   on_eval: Callable[[Any, int], dict[str, float]] | None = None
+  # On-policy stages: (params, host batch, rng) -> host batch, run before every step on what
+  # train_data gives (prompts): samples responses with the current params and scores them on the
+  # host where rewards are Python functions. Then `experience` runs inside the jitted step.
+  rollout: Callable[[Any, dict[str, np.ndarray], jax.Array], dict[str, np.ndarray]] | None = None
+  experience: ExperienceFn | None = None

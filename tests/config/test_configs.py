@@ -32,6 +32,10 @@ def test_config_files_exist():
 def test_every_preset_validates_and_builds_its_sharded_state_shapes(path, preset):
   config = config_lib.load_config_file(f"{path}:{preset}")
   assert config.preset == preset and config.is_locked
+  if config.family == "ppo":  # Needs a reward run's workdir (tests/families/test_alignment.py).
+    with pytest.raises(config_lib.ConfigError, match="ppo.reward_model: is empty"):
+      validate(config)
+    return
   validate(config)
   mesh = parallel.make_mesh(config.mesh)  # 8 fake devices, with the preset's own mesh axes.
   family = families.get(config.family)
@@ -61,9 +65,9 @@ BAD = [
     ({"model.num_kv_heads": 3}, "model.num_kv_heads: 3 kv heads do not divide model.num_heads=4"),
     ({"model.dtype": "float16"}, r"model.dtype: 'float16' is not one of \('float32', 'bfloat16'\)"),
     ({"model.head_dim": 15}, "model.head_dim: must be even for RoPE"),
-    ({"model.vocab_size": 100}, "model.vocab_size: must be at least 258"),
+    ({"model.vocab_size": 100}, "model.vocab_size: must be at least 260"),
     ({"model.attention_impl": "flash"}, "model.attention_impl: 'flash' is not one of"),
-    ({"train.batch_size": 6, "train.grad_accum_steps": 4}, "train.batch_size: 6 is not divisible by train.grad_accum_steps=4"),
+    ({"train.batch_size": 6, "train.grad_accum_steps": 4}, "train.batch_size: 6 is not divisible by train.minibatches=1 x train.grad_accum_steps=4"),
     ({"train.num_steps": 0}, "train.num_steps: must be positive"),
     ({"optimizer.learning_rate": -1.0}, "optimizer.learning_rate: must be positive"),
     ({"mesh.data": -1, "mesh.fsdp": -1}, "mesh: at most one axis may be -1"),

@@ -1,5 +1,6 @@
 """Packing: every token once, segment ids per document, positions restarting per document."""
 import numpy as np
+import pytest
 
 from gen_jax import data
 
@@ -35,3 +36,27 @@ def test_segment_ids_change_exactly_at_end_of_text():
       if seg[i] and seg[i - 1]:
         # A new segment starts exactly after an end-of-text token.
         assert (seg[i] != seg[i - 1]) == (tokens[i - 1] == 1)
+
+
+def test_examples_are_packed_whole_with_their_loss_masks():
+  examples = [([10, 11, 12], [0, 1, 1]), ([20, 21], [0, 1]), ([30, 31, 32, 33], [0, 0, 1, 1]),
+              ([40] * 9, [1] * 9)]
+  packed, cut = data.pack_examples(examples, pad_id=0, seq_len=5)
+  assert cut == 1  # The last is longer than a window of 6 and keeps its first 6 tokens.
+  np.testing.assert_array_equal(packed["tokens"], [[10, 11, 12, 20, 21, 0], [30, 31, 32, 33, 0, 0],
+                                                   [40] * 6])
+  np.testing.assert_array_equal(packed["segment_ids"], [[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 0, 0],
+                                                        [1] * 6])
+  np.testing.assert_array_equal(packed["positions"], [[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 0],
+                                                      list(range(6))])
+  np.testing.assert_array_equal(packed["loss_mask"], [[0, 1, 1, 0, 1, 0], [0, 0, 1, 1, 0, 0],
+                                                      [1] * 6])
+  single, _ = data.pack_examples(examples[:2], pad_id=0, seq_len=5, one_per_window=True)
+  np.testing.assert_array_equal(single["tokens"], [[10, 11, 12, 0, 0, 0], [20, 21, 0, 0, 0, 0]])
+  with pytest.raises(ValueError, match="2 tokens but a loss mask of 1"):
+    data.pack_examples([([1, 2], [1])], pad_id=0, seq_len=5)
+
+
+def test_documents_count_every_real_token():
+  packed = data.pack_documents([[5, 6, 7]], eos_id=1, pad_id=0, seq_len=6)
+  np.testing.assert_array_equal(packed["loss_mask"], [[1, 1, 1, 1, 0, 0, 0]])

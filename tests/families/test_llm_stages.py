@@ -24,7 +24,11 @@ from tests import reference
 from tests.conftest import tiny_config
 
 
-@pytest.fixture(scope="module")
+# One worker runs this module and trains the base once (a session fixture: once per worker).
+pytestmark = pytest.mark.xdist_group("llm_stages")
+
+
+@pytest.fixture(scope="session")
 def base_workdir(tmp_path_factory):
   """A tiny pretrained LM: the LoRA base and the distillation teacher."""
   workdir = str(tmp_path_factory.mktemp("base"))

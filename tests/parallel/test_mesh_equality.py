@@ -40,7 +40,11 @@ def _loss_and_grads(config, workdir):
   return float(loss), jax.device_get(grads), state
 
 
-@pytest.fixture(scope="module")
+# One worker runs this module, so its session fixtures load once.
+pytestmark = pytest.mark.xdist_group("mesh_equality")
+
+
+@pytest.fixture(scope="session")
 def one_device(tmp_path_factory):
   return _loss_and_grads(tiny_config(**{"mesh.num_devices": 1}), str(tmp_path_factory.mktemp("one")))
 

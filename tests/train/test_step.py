@@ -70,3 +70,39 @@ def test_a_failed_start_does_not_pin_the_workdir_to_its_config(tmp_path):
     train_and_evaluate(bad, str(tmp_path / "w"))
   metrics = train_and_evaluate(tiny_config(**{"train.num_steps": 2}), str(tmp_path / "w"))
   assert np.isfinite(metrics["train/loss"])
+
+
+def test_epochs_and_minibatches_are_sequential_updates_on_shuffled_splits():
+  """train.epochs_per_batch passes over the batch, each shuffled (by the step's rng folded with the
+  epoch) and cut into train.minibatches updates; `experience` runs once, before them."""
+  import jax.numpy as jnp
+  import optax
+  from gen_jax.train.state import TrainState
+
+  def loss_fn(params, batch, rng):  # Mean squared distance of w to each row: grad = w - mean(x).
+    del rng
+    return 0.5 * ((params["w"] - batch["x"]) ** 2).sum(), {"weight": jnp.float32(len(batch["x"]))}
+
+  def experience(params, extra, batch, rng):  # Once per step: shifts the rows, counts itself.
+    return {"x": batch["x"] + 1.0}, {"calls": extra["calls"] + 1}, {"seen": batch["x"].mean()}
+
+  x = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32)
+  tx, lr = optax.sgd(0.1), lambda count: 0.1
+  state = TrainState.create({"w": jnp.zeros(3)}, tx, {"calls": np.int32(0)})
+  rng = jax.random.key(7)
+  step = jax.jit(make_train_step(loss_fn, tx, lr, 1, experience=experience, epochs=2,
+                                 minibatches=4))
+  new_state, metrics = step(state, {}, {"x": jnp.asarray(x)}, rng)
+
+  w, rows = np.zeros(3, np.float32), x + 1.0
+  for epoch in range(2):
+    epoch_rng = jax.random.fold_in(jax.random.fold_in(rng, 0), epoch)
+    order = np.asarray(jax.random.permutation(epoch_rng, 8))
+    for part in np.split(rows[order], 4):
+      w = w - 0.1 * (w - part.mean(axis=0))
+  np.testing.assert_allclose(np.asarray(new_state.params["w"]), w, rtol=1e-5)
+  assert int(new_state.step) == 1 and int(new_state.extra["calls"]) == 1
+  np.testing.assert_allclose(float(metrics["seen"]), x.mean(), rtol=1e-6)
+  # A plain step is one update on the whole batch.
+  plain, _ = jax.jit(make_train_step(loss_fn, tx, lr, 1))(state, {}, {"x": jnp.asarray(x)}, rng)
+  np.testing.assert_allclose(np.asarray(plain.params["w"]), 0.1 * x.mean(axis=0), rtol=1e-5)

@@ -1,0 +1,196 @@
+"""What the alignment stages (gen_jax.families.reward, .dpo) share: their validation, preference
+pair data and the forward pass over both responses of a pair.
+
+A stage starts from an earlier one through init.source (an SFT workdir, a GGUF or Hugging Face
+model) and takes its tokenizer and chat template. Preference data (data.format='preference') is
+the synthetic arithmetic task's pairs (data.source='synthetic:arithmetic': the right answer chosen,
+a plausible wrong one rejected; gen_jax.data.synthetic_tasks) or a local .jsonl of
+{"prompt", "chosen", "rejected"} lines.
+"""
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gen_jax import data as data_lib
+from gen_jax import objectives, partition
+from gen_jax.config.errors import ConfigError, require
+from gen_jax.data import conversations, synthetic_tasks
+from gen_jax.families import llm, llm_sources
+from gen_jax.lora import is_adapter
+from gen_jax.models import Transformer, TransformerConfig
+from gen_jax.train.task import ParamSpec, Task
+
+RESPONSES = ("chosen", "rejected")
+PAIR_FIELDS = ("tokens", "segment_ids", "positions", "loss_mask")
+
+
+POLICY, REFERENCE = "policy", "reference"
+
+
+def validate_policy_stage(config: ml_collections.ConfigDict) -> None:
+  """The model, init.source and task of a stage that trains a language model."""
+  llm.validate_model(config)
+  require(not config.distill.teacher, "distill.teacher",
+          f"{config.distill.teacher!r}: distillation is a stage of its own (family 'llm'); "
+          f"leave it empty in a {config.family} run")
+  llm.validate_sources(config)
+  llm.validate_task(config)
+
+
+def validate_stage(config: ml_collections.ConfigDict) -> None:
+  """An alignment stage trained on preference pairs (reward, dpo)."""
+  validate_policy_stage(config)
+  d = config.data
+  require(d.format == "preference", "data.format",
+          f"{d.format!r}: a {config.family} run trains on preference pairs; set 'preference'")
+  pairs_source = lambda s: s == llm.SYNTHETIC_SOURCE or s.endswith(".jsonl")  # noqa: E731
+  require(pairs_source(d.source), "data.source",
+          f"{d.source!r}: use {llm.SYNTHETIC_SOURCE!r} or a .jsonl file of "
+          '{"prompt", "chosen", "rejected"} lines')
+  require(not d.eval_source or pairs_source(d.eval_source), "data.eval_source",
+          f"{d.eval_source!r}: use {llm.SYNTHETIC_SOURCE!r} or a .jsonl file of pairs")
+  require(0 < d.eval_fraction < 1, "data.eval_fraction", f"must be in (0, 1), got {d.eval_fraction}")
+
+
+def policy_and_reference(config) -> tuple[Transformer, Transformer]:
+  """The trained policy and its frozen reference (the same model without adapters: the base they
+  adapt)."""
+  policy_config = TransformerConfig.from_config(config.model)
+  return Transformer(policy_config), Transformer(dataclasses.replace(policy_config, lora_rank=0))
+
+
+def policy_param_spec(config) -> ParamSpec:
+  """{"policy", "reference"}: two copies of init.source's weights (or of one seeded random init);
+  only the policy trains (only its adapters, with model.lora_rank > 0)."""
+  policy, reference = policy_and_reference(config)
+  dummy = jnp.zeros((1, config.model.max_seq_len), jnp.int32)
+
+  def init(rng):  # One rng: the reference starts where the policy does.
+    return {POLICY: policy.init(rng, dummy)["params"],
+            REFERENCE: reference.init(rng, dummy)["params"]}
+
+  def trainable(path):
+    return path[0] == POLICY and (is_adapter(path) or not config.model.lora_rank)
+
+  def pretrained():
+    flat = partition.flatten(llm_sources.load(config.init.source, "init.source").params)
+    return {(role,) + path: value for role in (POLICY, REFERENCE) for path, value in flat.items()}
+
+  return ParamSpec(init, trainable, pretrained if config.init.source else None)
+
+
+def inference_params(config, params) -> tuple[TransformerConfig, dict]:
+  """The policy, adapters folded in (what sampling, export and a later stage use)."""
+  return llm.inference_params(config, params[POLICY])
+
+
+def sample(config, params, workdir: str, request) -> str:
+  """gen_jax.sample --workdir: generates with the policy."""
+  model_config, params = inference_params(config, params)
+  return llm.generate_text(model_config, params, data_lib.Tokenizer.load(workdir), request)
+
+
+def _pairs(config, source: str, field: str, held_out: bool) -> list:
+  if source == llm.SYNTHETIC_SOURCE:
+    problems = llm.task_problems(config)[1 if held_out else 0]
+    # Its own seed stream: the wrong answers differ between the training and held-out pairs.
+    return synthetic_tasks.preference_pairs(problems, seed=config.task.seed + int(held_out))
+  return conversations.load_preference_pairs(source, field)
+
+
+def preference_pairs(config) -> tuple[list, list]:
+  """(training, held-out) PreferencePairs of config.data."""
+  d = config.data
+  train = _pairs(config, d.source, "data.source", held_out=False)
+  if d.eval_source:
+    return train, _pairs(config, d.eval_source, "data.eval_source", held_out=True)
+  if d.source == llm.SYNTHETIC_SOURCE:
+    return train, _pairs(config, d.source, "data.source", held_out=True)
+  return conversations.split_items(train, d.eval_fraction)
+
+
+def pair_arrays(tok: data_lib.Tokenizer, pairs: list, seq_len: int, field: str
+                ) -> dict[str, np.ndarray]:
+  """Each pair's two conversations (prompt + response) as rows of seq_len + 1 tokens.
+
+  Returns:
+    {f"{response}_{name}"} for response in RESPONSES and name in PAIR_FIELDS: int32 [num_pairs,
+    seq_len + 1]; loss_mask is 1 on the response's tokens (what the chat template adds for the
+    assistant turn), so row i of chosen_* and of rejected_* share pair i's prompt.
+  """
+  from gen_jax.interop import encode_chat  # Only chat needs jinja2.
+  arrays = {}
+  for response in RESPONSES:
+    try:
+      examples = [encode_chat(tok, [*pair.prompt, {"role": "assistant",
+                                                   "content": getattr(pair, response)}])
+                  for pair in pairs]
+    except ValueError as e:
+      raise ConfigError(field, str(e)) from None
+    packed, cut = data_lib.pack_examples(examples, tok.pad_id, seq_len, one_per_window=True)
+    if cut:
+      print(f"{field}: {cut} of {len(pairs)} {response} conversations are longer than "
+            f"model.max_seq_len + 1 = {seq_len + 1} tokens and were cut to it", flush=True)
+    arrays.update({f"{response}_{name}": packed[name] for name in PAIR_FIELDS})
+  return arrays
+
+
+def pair_dry_run_batch(config) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global batch of pair_arrays rows (with the pipeline's example_weight), as shapes."""
+  shape = (config.train.batch_size, config.model.max_seq_len + 1)
+  shapes = {f"{response}_{name}": jax.ShapeDtypeStruct(shape, jnp.int32)
+            for response in RESPONSES for name in PAIR_FIELDS}
+  return {**shapes, data_lib.EXAMPLE_WEIGHT: jax.ShapeDtypeStruct(shape[:1], jnp.float32)}
+
+
+class PairRows(NamedTuple):
+  """Both responses of a batch of pairs as 2b rows, chosen rows first, shifted for next-token
+  prediction; each field [2b, t]."""
+  model_inputs: tuple  # (input tokens, positions, segment_ids): what the model reads.
+  targets: jax.Array  # The next token at each position.
+  target_weights: jax.Array  # 1 where the target is a response token (what log-probs sum over).
+  response_inputs: jax.Array  # 1 where the input is a response token (a reward reads the last).
+
+
+def both_responses(batch) -> PairRows:
+  """One batch of 2b sequences from a batch of alignment.pair_arrays rows, so one forward pass
+  covers both responses."""
+  def stacked(name):
+    return jnp.concatenate([batch[f"{r}_{name}"] for r in RESPONSES], axis=0)  # [2b, t + 1]
+  tokens, segment_ids, loss_mask = stacked("tokens"), stacked("segment_ids"), stacked("loss_mask")
+  inputs, targets, weights = objectives.packed_targets(tokens, segment_ids)
+  return PairRows((inputs, stacked("positions")[:, :-1], segment_ids[:, :-1]), targets,
+                  weights * loss_mask[:, 1:], loss_mask[:, :-1])
+
+
+def build_pair_task(config, workdir: str, resuming: bool, *, param_spec: ParamSpec,
+                    loss_fn) -> Task:
+  """The Task of a stage trained on preference pairs (reward, dpo)."""
+  _, train_data, eval_data = build_pair_data(config, workdir, resuming)
+  return Task(params=param_spec, loss_fn=loss_fn, train_data=train_data, eval_data=eval_data,
+              eval_metrics=lambda totals: {}, throughput_unit="examples", units_per_example=1)
+
+
+def build_pair_data(config, workdir: str, resuming: bool):
+  """(tokenizer, this host's training dataset, held-out pass factory) of preference pairs."""
+  train_pairs, eval_pairs = preference_pairs(config)
+  texts = [data_lib.Document("", text) for pair in train_pairs
+           for text in (*(m["content"] for m in pair.prompt), pair.chosen, pair.rejected)]
+  tok = llm.tokenizer_for(config, workdir, texts, resuming)
+  seq_len = config.model.max_seq_len
+  train_arrays = pair_arrays(tok, train_pairs, seq_len, "data.source")
+  eval_arrays = pair_arrays(tok, eval_pairs, seq_len, "data.eval_source")
+  num_hosts = jax.process_count()
+  if len(train_pairs) // num_hosts < config.train.batch_size // num_hosts:
+    raise ConfigError("data.source", f"{len(train_pairs)} training pairs, fewer than one batch "
+                      f"(train.batch_size={config.train.batch_size})")
+  train_data, eval_data = data_lib.host_pipelines(
+      train_arrays, eval_arrays, global_batch_size=config.train.batch_size,
+      grad_accum_steps=config.train.grad_accum_steps,
+      eval_max_batches=config.train.eval_max_batches, seed=config.seed,
+      process_index=jax.process_index(), process_count=num_hosts)
+  return tok, train_data, eval_data

@@ -1,0 +1,314 @@
+"""The alignment stages on tiny models: SFT counts only the assistant's tokens; DPO starts at log 2
+and trains only its policy; the reward model reads each response's last token; PPO's experience
+equals a numpy computation; stages start from earlier ones through the real loop and leave the
+frozen models alone; rollouts compile once; bad stage configs fail naming the field before
+anything compiles."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gen_jax import data, families, parallel, partition
+from gen_jax.config import ConfigError
+from gen_jax.data import synthetic_tasks
+from gen_jax.families import alignment, dpo, grpo, llm, ppo, reward, rl
+from gen_jax.train import abstract_train_state, train_and_evaluate, validate
+from gen_jax.train.state import learning_rate_schedule, rng_for
+from gen_jax.train.step import make_train_step
+from gen_jax.train.workdir import load_workdir_params
+from tests.conftest import run_cli, tiny_config
+
+# One worker runs this module, so the SFT and reward model stages are trained once.
+pytestmark = pytest.mark.xdist_group("alignment_stages")
+SHORT = {"train.num_steps": 3, "train.eval_every": 3, "checkpoint.every_steps": 3,
+         "train.eval_max_batches": 1}
+
+
+@pytest.fixture(scope="module")
+def tok():
+  problems = synthetic_tasks.arithmetic_problems(200, seed=1)
+  texts = [m["content"] for chat in synthetic_tasks.demonstrations(problems) for m in chat]
+  return data.train_bpe(texts, vocab_size=512)
+
+
+def _log_softmax(logits):
+  logits = np.asarray(logits, np.float64)
+  return logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+      - logits.max(-1, keepdims=True)
+
+
+def test_sft_loss_counts_the_assistant_tokens_only(tok):
+  config = tiny_config("configs/llm/sft.py", **{"data.source": "synthetic:arithmetic"})
+  chats = synthetic_tasks.demonstrations(synthetic_tasks.arithmetic_problems(12, seed=3))
+  batch = {k: jnp.asarray(v) for k, v in llm._packed_chats(tok, chats, 64, "data.source").items()}
+  net = llm.model(config)
+  params = net.init(jax.random.key(0), batch["tokens"][:, :-1])["params"]
+  loss_fn = llm.make_loss_fn(config, jnp.ones((config.model.vocab_size,)))
+  loss_sum, sums = loss_fn(params, batch, jax.random.key(0))
+
+  log_probs = _log_softmax(net.apply({"params": params}, batch["tokens"][:, :-1],
+                                     batch["positions"][:, :-1], batch["segment_ids"][:, :-1]))
+  tokens, segments, mask = (np.asarray(batch[k]) for k in ("tokens", "segment_ids", "loss_mask"))
+  expected, counted, same_segment = 0.0, 0, 0
+  for w in range(tokens.shape[0]):
+    for j in range(tokens.shape[1] - 1):
+      if segments[w, j + 1] and segments[w, j + 1] == segments[w, j]:
+        same_segment += 1
+        if mask[w, j + 1]:
+          expected -= log_probs[w, j, tokens[w, j + 1]]
+          counted += 1
+  # "The answer is N.<|im_end|>\n" per conversation: the prompt's tokens are left out.
+  assert float(sums["weight"]) == counted and counted < same_segment / 2
+  np.testing.assert_allclose(float(loss_sum), expected, rtol=1e-5)
+  assert tok.decode(tokens[0][mask[0] == 1]).startswith("The answer is")
+
+
+def _pair_batch(config, tok, num_pairs: int = 8):
+  pairs = synthetic_tasks.preference_pairs(synthetic_tasks.arithmetic_problems(num_pairs, seed=5),
+                                           seed=0)
+  arrays = alignment.pair_arrays(tok, pairs, config.model.max_seq_len, "data.source")
+  return {**{k: jnp.asarray(v) for k, v in arrays.items()},
+          data.EXAMPLE_WEIGHT: jnp.ones((num_pairs,), jnp.float32)}
+
+
+def test_dpo_starts_at_log_2_and_its_reference_never_changes(tok):
+  config = tiny_config("configs/llm/dpo.py", **{"optimizer.learning_rate": 1e-2})
+  validate(config)
+  mesh = parallel.make_mesh(config.mesh)
+  layout = abstract_train_state(dpo.param_spec(config), config, mesh)
+  assert {p[0] for p in partition.flatten(layout.abstract.params)} == {"policy"}
+  assert {p[0] for p in partition.flatten(layout.abstract_frozen)} == {"reference"}
+  with jax.set_mesh(mesh):
+    state, frozen = layout.create(rng_for(config.seed, "init"))
+  reference_before = jax.device_get(frozen)
+  # Policy and reference start from one init: every implicit reward is 0 and the loss is log 2.
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params)["policy"],
+               reference_before["reference"])
+  batch = _pair_batch(config, tok)
+  step = jax.jit(make_train_step(dpo.make_loss_fn(config), layout.tx,
+                                 learning_rate_schedule(config), 1))
+  with jax.set_mesh(mesh):
+    state, first = step(state, frozen, batch, jax.random.key(0))
+    for _ in range(3):
+      state, metrics = step(state, frozen, batch, jax.random.key(0))
+  np.testing.assert_allclose(float(first["loss"]), math.log(2), rtol=1e-6)
+  assert float(first["reward_margin"]) == 0.0
+  assert float(metrics["loss"]) < math.log(2) and float(metrics["reward_margin"]) > 0
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(frozen), reference_before)
+
+
+def test_reward_is_the_score_at_each_responses_last_token(tok):
+  config = tiny_config("configs/llm/reward.py")
+  batch = _pair_batch(config, tok, num_pairs=4)
+  net = reward.model(config)
+  params = net.init(jax.random.key(1), batch["chosen_tokens"][:, :-1])["params"]
+  assert set(params) == {"backbone", "head"} and "lm_head" not in params["backbone"]
+  chosen, rejected = reward.rewards(net, params, batch)
+  for name, values in (("chosen", chosen), ("rejected", rejected)):
+    scores = net.apply({"params": params}, batch[f"{name}_tokens"][:, :-1],
+                       batch[f"{name}_positions"][:, :-1], batch[f"{name}_segment_ids"][:, :-1])
+    mask = np.asarray(batch[f"{name}_loss_mask"])[:, :-1]
+    last = [max(np.flatnonzero(row)) for row in mask]
+    np.testing.assert_allclose(values, [scores[i, j] for i, j in enumerate(last)], rtol=1e-6)
+  loss_sum, sums = reward.make_loss_fn(config)(params, batch, jax.random.key(0))
+  margins = np.asarray(chosen - rejected, np.float64)
+  np.testing.assert_allclose(float(loss_sum), np.log1p(np.exp(-margins)).sum(), rtol=1e-5)
+  assert float(sums["accuracy"]) == (margins > 0).sum()
+
+
+@pytest.fixture(scope="session")  # Once per worker; the xdist group keeps these tests on one.
+def stages(tmp_path_factory):
+  """(SFT workdir, reward model workdir): SFT on the synthetic task, a reward model from it."""
+  root = tmp_path_factory.mktemp("stages")
+  sft, rm = str(root / "sft"), str(root / "rm")
+  train_and_evaluate(tiny_config("configs/llm/sft.py", **SHORT,
+                                 **{"data.source": "synthetic:arithmetic"}), sft)
+  metrics = train_and_evaluate(tiny_config("configs/llm/reward.py", **SHORT,
+                                           **{"init.source": f"workdir:{sft}"}), rm)
+  assert 0 <= metrics["eval/accuracy"] <= 1 and math.isfinite(metrics["eval/loss"])
+  return sft, rm
+
+
+def _host(params):
+  return jax.tree.map(np.asarray, jax.device_get(params))
+
+
+def test_reward_model_and_dpo_start_from_sft_and_keep_it_frozen(stages, tmp_path):
+  sft, rm = stages
+  _, sft_params = load_workdir_params(sft)
+  source = {"init.source": f"workdir:{sft}"}
+  start = reward.param_spec(tiny_config("configs/llm/reward.py", **source)).pretrained()
+  # The body starts as the SFT model (its output layer has no place in a reward model).
+  assert set(start) == {("backbone",) + p for p in partition.flatten(sft_params)
+                        if p[0] != "lm_head"}
+  _, rm_params = load_workdir_params(rm)
+  assert not np.array_equal(rm_params["backbone"]["final_norm"]["scale"],
+                            sft_params["final_norm"]["scale"])  # It trained.
+
+  dpo_dir = str(tmp_path / "dpo")
+  metrics = train_and_evaluate(tiny_config("configs/llm/dpo.py", **SHORT, **source), dpo_dir)
+  assert {"eval/reward_accuracy", "eval/reward_margin", "train/chosen_reward"} <= set(metrics)
+  _, params = load_workdir_params(dpo_dir)
+  jax.tree.map(np.testing.assert_array_equal, _host(params["reference"]), _host(sft_params))
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), params["policy"], params["reference"])
+  assert all(jax.tree.leaves(changed))
+  # The policy is a language model: sampling (and a later stage, export) take it.
+  result = run_cli("gen_jax.sample", f"--workdir={dpo_dir}", "--chat", "--prompt=What is 3 + 4?",
+                   "--max_new_tokens=4")
+  assert result.returncode == 0, result.stderr[-2000:]
+
+
+def _ppo_config(stages, **overrides):
+  sft, rm = stages
+  return tiny_config("configs/llm/ppo.py", **SHORT, **{
+      "init.source": f"workdir:{sft}", "ppo.reward_model": f"workdir:{rm}", **overrides})
+
+
+def _numpy_gae(rewards, values, mask, gamma, lam):
+  advantages = np.zeros_like(rewards)
+  for row in range(rewards.shape[0]):
+    following, next_value = 0.0, 0.0
+    for t in reversed(range(rewards.shape[1])):
+      if not mask[row, t]:
+        continue
+      delta = rewards[row, t] + gamma * next_value - values[row, t]
+      following = delta + gamma * lam * following
+      advantages[row, t], next_value = following, values[row, t]
+  return advantages, (advantages + values) * mask
+
+
+def test_ppo_experience_equals_numpy(stages, tmp_path):
+  """Rewards (the reward model's score at the last token, -kl_coef * (log pi - log pi_ref) at
+  every token), GAE and whitening, from the models' own outputs."""
+  config = _ppo_config(stages, **{"ppo.gamma": 0.9, "ppo.lam": 0.8, "ppo.kl_coef": 0.3})
+  task = ppo.build_task(config, str(tmp_path))
+  layout = abstract_train_state(task.params, config, parallel.make_mesh(config.mesh))
+  state, frozen = layout.create(rng_for(config.seed, "init"))
+  params = partition.merge_params(state.params, frozen)
+  batch = task.rollout(params, next(iter(task.train_data)), jax.random.key(0))
+  out, extra, metrics = jax.jit(task.experience)(params, state.extra, batch, jax.random.key(1))
+
+  policy, reference, reward_model, value = ppo._models(config)
+  tokens, positions, segments = batch["tokens"], batch["positions"], batch["segment_ids"]
+  inputs = (tokens[:, :-1], positions[:, :-1], segments[:, :-1])
+  targets, mask = tokens[:, 1:], batch["response_mask"][:, 1:].astype(np.float64)
+
+  def log_probs(net, net_params):
+    logits = _log_softmax(net.apply({"params": net_params}, *inputs))
+    return np.take_along_axis(logits, np.asarray(targets)[..., None], -1)[..., 0]
+
+  kl = (log_probs(policy, params["policy"]) - log_probs(reference, params["reference"])) * mask
+  scores_all = np.asarray(reward_model.apply({"params": params["reward_model"]}, tokens,
+                                             positions, segments))
+  values = np.asarray(value.apply({"params": params["value"]}, *inputs), np.float64) * mask
+  rewards = -0.3 * kl
+  for row in range(len(tokens)):
+    response = np.flatnonzero(batch["response_mask"][row])
+    rewards[row, response[-1] - 1] += scores_all[row, response[-1]]  # Last target, last token.
+  advantages, returns = _numpy_gae(rewards, values, mask, 0.9, 0.8)
+  mean = advantages[mask > 0].mean()
+  whitened = (advantages - mean) / np.sqrt(advantages[mask > 0].var() + 1e-8) * mask
+  np.testing.assert_allclose(np.asarray(out["returns"]), returns, rtol=2e-4, atol=2e-5)
+  np.testing.assert_allclose(np.asarray(out["advantages"]), whitened, rtol=2e-4, atol=2e-4)
+  np.testing.assert_allclose(float(metrics["kl"]), kl.sum(1).mean(), rtol=1e-4, atol=1e-6)
+  assert float(extra["kl_coef"]) == np.float32(0.3)  # Fixed: ppo.kl_target is 0.
+  assert mask.sum() > 0 and np.all(batch["response_mask"][:, :batch["tokens"].shape[1] - 8] == 0)
+
+
+def test_ppo_and_grpo_train_through_the_loop_leaving_reference_and_reward_model_alone(
+    stages, tmp_path):
+  sft, rm = stages
+  _, sft_params = load_workdir_params(sft)
+  _, rm_params = load_workdir_params(rm)
+  workdir = str(tmp_path / "ppo")
+  # An adaptive KL coefficient with a short horizon moves at once, and is carried between steps.
+  metrics = train_and_evaluate(_ppo_config(stages, **{
+      "ppo.kl_target": 1.0, "ppo.kl_horizon": 16.0, "train.log_every": 1}), workdir)
+  for name in ("reward", "kl", "entropy", "clip_fraction", "approx_kl", "value_loss",
+               "value_explained_variance", "response_length"):
+    assert math.isfinite(metrics[f"train/{name}"]), name
+  assert 0 <= metrics["eval/true_reward"] <= 1 and math.isfinite(metrics["eval/kl_to_reference"])
+  assert metrics["train/kl_coef"] < 0.05  # Lowered at steps 1 and 2 (KL far below its target).
+  _, params = load_workdir_params(workdir)
+  assert set(params) == {"policy", "reference", "reward_model", "value"}
+  jax.tree.map(np.testing.assert_array_equal, _host(params["reference"]), _host(sft_params))
+  jax.tree.map(np.testing.assert_array_equal, _host(params["reward_model"]), _host(rm_params))
+  assert not np.array_equal(params["value"]["head"]["dense"]["kernel"],
+                            rm_params["head"]["dense"]["kernel"])  # The value model trains.
+
+  metrics = train_and_evaluate(tiny_config("configs/llm/grpo.py", **SHORT, **{
+      "init.source": f"workdir:{sft}", "grpo.group_size": 2}), str(tmp_path / "grpo"))
+  for name in ("reward", "reward_std_in_group", "solved_groups", "kl", "kl_k3", "clip_fraction"):
+    assert math.isfinite(metrics[f"train/{name}"]), name
+  assert 0 <= metrics["eval/true_reward"] <= 1 and metrics["eval/response_length"] > 0
+
+
+def test_rollouts_and_steps_compile_once(stages, tmp_path):
+  """Steps after the first sample, score and update without compiling anything again."""
+  from gen_jax.sampling import lm as sampling_lm
+  sft, _ = stages
+  config = tiny_config("configs/llm/grpo.py", **{"init.source": f"workdir:{sft}",
+                                                 "train.epochs_per_batch": 2})
+  task = grpo.build_task(config, str(tmp_path))
+  mesh = parallel.make_mesh(config.mesh)
+  layout = abstract_train_state(task.params, config, mesh)
+  with jax.set_mesh(mesh):  # As the loop does: the state keeps its shardings from step to step.
+    state, frozen = layout.create(rng_for(config.seed, "init"))
+    step = jax.jit(make_train_step(task.loss_fn, layout.tx, learning_rate_schedule(config), 1,
+                                   experience=task.experience, epochs=2), donate_argnums=0,
+                   out_shardings=(jax.tree.map(lambda x: x.sharding, layout.abstract), None))
+    data_iter, sizes = iter(task.train_data), []
+    for index in range(3):
+      batch = task.rollout(partition.merge_params(state.params, frozen), next(data_iter),
+                           jax.random.key(index))
+      state, metrics = step(state, frozen, parallel.shard_batch(batch, mesh), jax.random.key(0))
+      sizes.append((sampling_lm._generate._cache_size(), rl.sequences._cache_size(),
+                    step._cache_size()))
+  assert sizes[0] == sizes[1] == sizes[2] and sizes[0][2] == 1, sizes
+  assert int(state.step) == 3 and math.isfinite(float(metrics["loss"]))
+
+
+def test_bad_rl_configs_fail_naming_the_field(stages, tmp_path):
+  sft, rm = stages
+  with pytest.raises(ConfigError, match=r"grpo.reward_functions: .*'exactly'"):
+    validate(tiny_config("configs/llm/grpo.py", **{"grpo.reward_functions": "exactly,format"}))
+  with pytest.raises(ConfigError, match=r"ppo.reward_model: scores a vocabulary of 512 tokens but "
+                     r"the policy has model.vocab_size=600"):
+    validate(_ppo_config(stages, **{"init.source": "", "model.vocab_size": 600}))
+  with pytest.raises(ConfigError, match=r"ppo.reward_model: .* holds a llm model, not a reward"):
+    validate(_ppo_config(stages, **{"ppo.reward_model": f"workdir:{sft}"}))
+  with pytest.raises(ConfigError, match=r"init.source: '/no/such/sft' does not exist"):
+    validate(_ppo_config(stages, **{"init.source": "workdir:/no/such/sft"}))
+  with pytest.raises(ConfigError, match=r"rollout.max_new_tokens: 60 new tokens after prompts"):
+    families.get("grpo").build_task(tiny_config("configs/llm/grpo.py", **{
+        "rollout.max_new_tokens": 60}), str(tmp_path))
+
+
+BAD_STAGES = [
+    ("configs/llm/dpo.py", {"init.source": "workdir:/no/such/sft"},
+     "init.source: '/no/such/sft' does not exist"),
+    ("configs/llm/dpo.py", {"dpo.beta": 0.0}, "dpo.beta: must be positive"),
+    ("configs/llm/dpo.py", {"dpo.loss_type": "hinge"}, r"dpo.loss_type: 'hinge' is not one of"),
+    ("configs/llm/dpo.py", {"data.source": "chatterbot"}, "data.source: 'chatterbot': use"),
+    ("configs/llm/reward.py", {"data.format": "chat"},
+     "data.format: 'chat': a reward run trains on preference pairs"),
+    ("configs/llm/reward.py", {"distill.teacher": "workdir:/tmp"},
+     "distill.teacher: 'workdir:/tmp': distillation is a stage of its own"),
+    ("configs/llm/sft.py", {"data.source": "pydoc"}, "data.source: 'pydoc': with data.format='chat'"),
+    ("configs/llm/sft.py", {"data.format": "preference"}, "data.format: 'preference' is not one of"),
+    ("configs/llm/sft.py", {"task.max_digits": 0}, "task.max_digits: must be positive"),
+    ("configs/llm/grpo.py", {"grpo.group_size": 1}, "grpo.group_size: must be at least 2"),
+    ("configs/llm/grpo.py", {"rollout.temperature": 0.0}, "rollout.temperature: must be positive"),
+    ("configs/llm/grpo.py", {"data.format": "chat"}, "data.format: 'chat': a grpo run samples"),
+    ("configs/llm/ppo.py", {"ppo.reward_model": ""}, "ppo.reward_model: is empty"),
+]
+
+
+@pytest.mark.parametrize("path,overrides,message", BAD_STAGES,
+                         ids=[m.split(":")[0] for _, _, m in BAD_STAGES])
+def test_bad_stage_configs_fail_naming_the_field(path, overrides, message):
+  with pytest.raises(ConfigError, match=message):
+    validate(tiny_config(path, **overrides))
+
