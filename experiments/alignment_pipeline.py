@@ -30,28 +30,29 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = {"model.vocab_size": 512, "model.embed_dim": 128, "model.num_layers": 4,
          "model.num_heads": 4, "model.num_kv_heads": 2, "model.head_dim": 32,
          "model.mlp_dim": 384, "model.max_seq_len": 64}
-TASK = {"task.max_digits": 2, "task.num_train": 4000, "task.num_eval": 200}
-RL = {"rollout.max_new_tokens": 10, "rollout.eval_batch_size": 100, "optimizer.weight_decay": 0.0,
+# 1000 held-out prompts: a binomial standard error of at most 1.6 points on the true reward.
+TASK = {"task.max_digits": 2, "task.num_train": 4000, "task.num_eval": 1000}
+RL = {"rollout.max_new_tokens": 16, "rollout.eval_batch_size": 100, "optimizer.weight_decay": 0.0,
       "optimizer.warmup_steps": 0}
 # (name, config file, steps, overrides); "{name}" in a value is that stage's workdir.
 STAGES = (
     ("pretrain", "configs/llm/pretrain.py:tiny", 150,
      {"train.batch_size": 16, "optimizer.learning_rate": 3e-3}),
-    ("sft", "configs/llm/sft.py:tiny", 300,
+    ("sft", "configs/llm/sft.py:tiny", 800,
      {"data.source": "synthetic:arithmetic", "init.source": "workdir:{pretrain}",
       "train.batch_size": 16, "optimizer.learning_rate": 2e-3, "optimizer.warmup_steps": 20}),
-    ("reward_model", "configs/llm/reward.py:tiny", 150,
-     {"init.source": "workdir:{sft}", "train.batch_size": 32, "optimizer.learning_rate": 1e-3}),
+    ("reward_model", "configs/llm/reward.py:tiny", 250,
+     {"init.source": "workdir:{sft}", "train.batch_size": 32, "optimizer.learning_rate": 5e-4}),
     ("ppo", "configs/llm/ppo.py:tiny", 60,
      {"init.source": "workdir:{sft}", "ppo.reward_model": "workdir:{reward_model}",
       "train.batch_size": 32, "train.epochs_per_batch": 2, "train.minibatches": 2,
-      "optimizer.learning_rate": 3e-5, **RL}),
-    ("dpo", "configs/llm/dpo.py:tiny", 100,
-     {"init.source": "workdir:{sft}", "train.batch_size": 16, "optimizer.learning_rate": 1e-4,
+      "optimizer.learning_rate": 2e-5, "ppo.kl_coef": 0.5, **RL}),
+    ("dpo", "configs/llm/dpo.py:tiny", 150,
+     {"init.source": "workdir:{sft}", "train.batch_size": 16, "optimizer.learning_rate": 3e-5,
       "optimizer.warmup_steps": 5, "dpo.beta": 0.1}),
-    ("grpo", "configs/llm/grpo.py:tiny", 60,
+    ("grpo", "configs/llm/grpo.py:tiny", 100,
      {"init.source": "workdir:{sft}", "train.batch_size": 16, "grpo.group_size": 8,
-      "optimizer.learning_rate": 3e-5, **RL}),
+      "optimizer.learning_rate": 3e-4, **RL}),
 )
 POLICIES = ("sft", "ppo", "dpo", "grpo")
 

@@ -43,6 +43,17 @@ def run_cli(module: str, *args: str, env_extra: dict | None = None, timeout: int
                         capture_output=True, text=True, timeout=timeout, **popen)
 
 
+def checkpoint_tree(workdir: str, step: int) -> dict:
+  """{path: shape} of what the checkpoint at `step` stores on disk (its state's leaves)."""
+  import jax
+  import orbax.checkpoint as ocp
+  meta = ocp.StandardCheckpointer().metadata(
+      os.path.join(workdir, "checkpoints", str(step), "state")).item_metadata
+  leaves = jax.tree_util.tree_flatten_with_path(dict(meta), is_leaf=lambda x: hasattr(x, "shape"))
+  return {tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(v.shape)
+          for path, v in leaves[0]}
+
+
 @pytest.fixture
 def repo_root() -> pathlib.Path:
   return REPO_ROOT

@@ -18,7 +18,7 @@ from gen_jax.train import abstract_train_state, train_and_evaluate, validate
 from gen_jax.train.state import learning_rate_schedule, rng_for
 from gen_jax.train.step import make_train_step
 from gen_jax.train.workdir import load_workdir_params
-from tests.conftest import run_cli, tiny_config
+from tests.conftest import checkpoint_tree, run_cli, tiny_config
 
 # One worker runs this module, so the SFT and reward model stages are trained once.
 pytestmark = pytest.mark.xdist_group("alignment_stages")
@@ -223,20 +223,24 @@ def test_ppo_and_grpo_train_through_the_loop_leaving_reference_and_reward_model_
   _, sft_params = load_workdir_params(sft)
   _, rm_params = load_workdir_params(rm)
   workdir = str(tmp_path / "ppo")
-  # An adaptive KL coefficient with a short horizon moves at once, and is carried between steps.
+  # An adaptive KL coefficient with a short horizon moves at once, and is carried between steps;
+  # the value head shares the policy's body (test_ppo_experience_equals_numpy: a separate one).
   metrics = train_and_evaluate(_ppo_config(stages, **{
-      "ppo.kl_target": 1.0, "ppo.kl_horizon": 16.0, "train.log_every": 1}), workdir)
+      "ppo.kl_target": 1.0, "ppo.kl_horizon": 16.0, "train.log_every": 1,
+      "ppo.value_model": "shared"}), workdir)
   for name in ("reward", "kl", "entropy", "clip_fraction", "approx_kl", "value_loss",
                "value_explained_variance", "response_length"):
     assert math.isfinite(metrics[f"train/{name}"]), name
   assert 0 <= metrics["eval/true_reward"] <= 1 and math.isfinite(metrics["eval/kl_to_reference"])
   assert metrics["train/kl_coef"] < 0.05  # Lowered at steps 1 and 2 (KL far below its target).
   _, params = load_workdir_params(workdir)
-  assert set(params) == {"policy", "reference", "reward_model", "value"}
+  assert set(params) == {"policy", "reference", "reward_model", "value_head"}
   jax.tree.map(np.testing.assert_array_equal, _host(params["reference"]), _host(sft_params))
   jax.tree.map(np.testing.assert_array_equal, _host(params["reward_model"]), _host(rm_params))
-  assert not np.array_equal(params["value"]["head"]["dense"]["kernel"],
-                            rm_params["head"]["dense"]["kernel"])  # The value model trains.
+  # The checkpoint holds what trains: the policy and the value head; and the KL coefficient.
+  saved = checkpoint_tree(workdir, 3)
+  assert {p[1] for p in saved if p[0] == "params"} == {"policy", "value_head"}
+  assert ("extra", "kl_coef") in saved
 
   metrics = train_and_evaluate(tiny_config("configs/llm/grpo.py", **SHORT, **{
       "init.source": f"workdir:{sft}", "grpo.group_size": 2}), str(tmp_path / "grpo"))

@@ -8,7 +8,6 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from gen_jax import families, interop, parallel
@@ -21,7 +20,7 @@ from gen_jax import partition
 from gen_jax.train import abstract_train_state, read_metrics, train_and_evaluate
 from gen_jax.train.workdir import load_workdir_params
 from tests import reference
-from tests.conftest import tiny_config
+from tests.conftest import checkpoint_tree, tiny_config
 
 
 # One worker runs this module and trains the base once (a session fixture: once per worker).
@@ -43,15 +42,6 @@ def _lora_config(base: str, **overrides):
       "train.num_steps": 4, "train.eval_every": 4, "checkpoint.every_steps": 2, **overrides})
 
 
-def _saved_tree(workdir: str, step: int) -> dict:
-  """{path: shape} of what the checkpoint at `step` stores on disk."""
-  meta = ocp.StandardCheckpointer().metadata(
-      os.path.join(workdir, "checkpoints", str(step), "state")).item_metadata
-  leaves = jax.tree_util.tree_flatten_with_path(dict(meta), is_leaf=lambda x: hasattr(x, "shape"))
-  return {tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(v.shape)
-          for path, v in leaves[0]}
-
-
 def test_lora_trains_only_the_adapters_saves_them_alone_and_merges(base_workdir, tmp_path):
   base, _ = base_workdir
   workdir = str(tmp_path / "lora")
@@ -71,7 +61,7 @@ def test_lora_trains_only_the_adapters_saves_them_alone_and_merges(base_workdir,
       assert np.abs(np.asarray(value)).max() > 1e-4, path
 
   # Only adapters (and their Adam moments) are on disk; the optimizer covers nothing else.
-  saved = _saved_tree(workdir, 4)
+  saved = checkpoint_tree(workdir, 4)
   saved_params = {p[1:] for p in saved if p[0] == "params"}
   assert saved_params == set(adapters)
   moments = [p for p in saved if p[0] == "opt_state" and len(saved[p]) > 0]
@@ -182,7 +172,7 @@ def test_distillation_trains_the_student_against_the_frozen_teacher(base_workdir
   assert len(kl) == 8 and kl[-1] < 0.9 * kl[0], kl
   assert math.isclose(metrics["train/loss"], metrics["train/distill_kl"], rel_tol=1e-6)
 
-  saved = _saved_tree(workdir, 8)
+  saved = checkpoint_tree(workdir, 8)
   assert {p[1] for p in saved if p[0] == "params"} == {"student"}
   _, params = load_workdir_params(workdir)
   _, base_params = load_workdir_params(base)
