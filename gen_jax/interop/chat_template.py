@@ -92,8 +92,8 @@ def chat_prompt(tokenizer, prompt: str, system: str = "") -> tuple[str, int | No
     ValueError: the tokenizer has no chat template, or the template refused the conversation.
   """
   if tokenizer.chat_template is None:
-    raise ValueError("--chat: the tokenizer has no chat template (a trained workdir's has none; "
-                     "chat with a pretrained chat model through --gguf or --hf_dir)")
+    raise ValueError("--chat: the tokenizer has no chat template (tokenizers gen_jax trains have "
+                     "ChatML's since the SFT stage landed; an older workdir's has none)")
   specials = tokenizer.special_tokens
   text = render(tokenizer.chat_template, conversation(prompt, system), special_tokens=specials)
   end = end_of_turn_token(tokenizer.chat_template, specials, tokenizer.added_tokens)
