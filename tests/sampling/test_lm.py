@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gen_jax.models import Transformer, TransformerConfig, init_kv_cache
-from gen_jax.sampling import SamplingParams, generate, generate_batch
+from gen_jax.sampling import SamplingParams, generate, generate_batch, sample_continuations
 
 CFG = TransformerConfig(vocab_size=40, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=1,
                         head_dim=8, mlp_dim=48, max_seq_len=16)
@@ -124,3 +124,19 @@ def test_rows_stop_right_after_a_stop_sequence():
   with pytest.raises(ValueError, match="empty sequence"):
     generate_batch(model, params, prompts, max_new_tokens=2, sampling=greedy, rng=jax.random.key(0),
                    eos_id=-1, max_seq_len=CFG.max_seq_len, stop_sequences=((),))
+
+
+def test_fixed_shape_continuations_mark_every_column_after_a_stop_with_minus_one():
+  """sample_continuations (RL rollouts) returns whole rows: once every row has stopped the loop
+  ends early, and the columns it never reached must read -1, never a real token id such as 0."""
+  model, params = _model()
+  prompts = jnp.asarray([[5, 6, 7], [0, 8, 9]], jnp.int32)  # Right-aligned; row 1 has 2 tokens.
+  lengths = jnp.asarray([3, 2], jnp.int32)
+  firsts = [generate(model, params, [int(t) for t in prompts[row, 3 - int(lengths[row]):]],
+                     max_new_tokens=1, temperature=0.0, rng=jax.random.key(0), eos_id=-1,
+                     max_seq_len=CFG.max_seq_len)[0] for row in range(2)]
+  out = np.asarray(sample_continuations(
+      model, params, prompts, lengths, max_new_tokens=6, sampling=SamplingParams(temperature=0.0),
+      rng=jax.random.key(0), eos_id=-1, stop_sequences=tuple((t,) for t in set(firsts))))
+  np.testing.assert_array_equal(out[:, 0], firsts)  # Each row stops at its first token, kept.
+  np.testing.assert_array_equal(out[:, 1:], -1)
