@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
       log_every=10,
       eval_every=200,  # Also evaluated at the last step.
       eval_max_batches=50,  # Caps held-out evaluation cost; -1 means the whole held-out split.
+      # > 0 keeps an exponential moving average of the weights with this decay (warmed up over
+      # the first steps); evaluation, sample grids and gen_jax.sample then use it. 0: none.
+      ema_decay=0.0,
   ))
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=3e-4,  # Peak, after linear warmup, then cosine decay to min_lr_ratio * peak.
@@ -86,6 +89,7 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
   for name in ("num_steps", "batch_size", "grad_accum_steps", "epochs_per_batch", "minibatches",
                "log_every", "eval_every"):
     require(t[name] > 0, f"train.{name}", f"must be positive, got {t[name]}")
+  require(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
   require(t.eval_max_batches == -1 or t.eval_max_batches > 0, "train.eval_max_batches",
           f"must be positive or -1 (all), got {t.eval_max_batches}")
   require(t.batch_size % (t.minibatches * t.grad_accum_steps) == 0, "train.batch_size",

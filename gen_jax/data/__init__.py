@@ -1,5 +1,5 @@
 """Input data: text sources, the tokenizer, packing, image sources and Grain pipelines."""
-from gen_jax.data.images import load_image_source, split_examples
+from gen_jax.data.images import ImageData, load_images, split_examples
 from gen_jax.data.packing import pack_documents, pack_examples
 from gen_jax.data.pipeline import EXAMPLE_WEIGHT, eval_batches, host_pipelines, train_dataset
 from gen_jax.data.text_sources import Document, load_documents, split_documents
@@ -8,11 +8,12 @@ from gen_jax.data.tokenizer import Tokenizer, train_bpe
 __all__ = [
     "Document",
     "EXAMPLE_WEIGHT",
+    "ImageData",
     "Tokenizer",
     "eval_batches",
     "host_pipelines",
     "load_documents",
-    "load_image_source",
+    "load_images",
     "pack_documents",
     "pack_examples",
     "split_documents",

@@ -16,9 +16,8 @@ import numpy as np
 from gen_jax import families, parallel
 from gen_jax.config.common import validate_batch_against_mesh
 from gen_jax import partition
-from gen_jax.train.loop import abstract_train_state, validate
-from gen_jax.train.state import learning_rate_schedule, rng_for
-from gen_jax.train.step import make_train_step
+from gen_jax.train.loop import abstract_train_state, build_train_step, validate
+from gen_jax.train.state import rng_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,9 +88,10 @@ def dry_run(config: ml_collections.ConfigDict) -> DryRunReport:
                                       sharding=parallel.batch_sharding(mesh, len(s.shape)))
            for name, s in batch_shapes.items()}
   rng = jax.eval_shape(lambda: rng_for(config.seed, "train"))
-  step = make_train_step(loss_fn, layout.tx, learning_rate_schedule(config),
-                         config.train.grad_accum_steps, epochs=config.train.epochs_per_batch,
-                         minibatches=config.train.minibatches)
+  # A family with optimizer groups (a GAN) gives {group: loss} as its loss_fn.
+  phase_losses = loss_fn if isinstance(loss_fn, dict) else None
+  step = build_train_step(config, layout, None if phase_losses else loss_fn,
+                          phase_losses=phase_losses)
   with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.rules_tuple(config.logical_axis_rules)):
     state_shardings = jax.tree.map(lambda x: x.sharding, layout.abstract)
     compiled = jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, None)).lower(

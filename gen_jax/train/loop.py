@@ -23,12 +23,15 @@ from gen_jax import partition
 from gen_jax.train.checkpoint import Checkpointer
 from gen_jax.train.metrics import MetricWriter, ProgressBar, latest_metrics
 from gen_jax.train.state import TrainState, learning_rate_schedule, make_optimizer, rng_for
-from gen_jax.train.step import make_eval_step, make_train_step
-from gen_jax.train.task import WEIGHT, ParamSpec, Task
+from gen_jax.train.step import Phase, make_eval_step, make_train_step
+from gen_jax.train.task import WEIGHT, LossFn, ParamSpec, Task
 
-# Sections that fix what a checkpoint means; a resume must not change them.
-RESUME_FIXED_SECTIONS = ("family", "seed", "model", "data", "init", "distill", "task", "dpo", "ppo",
-                         "grpo", "rollout")
+# How a run proceeds: a resume may change these sections (more steps, another learning rate or
+# mesh). Every other section (model, data, init, a family's objective settings) fixes what a
+# checkpoint means, as do the fields in RESUME_FIXED_FIELDS, and a resume must not change them.
+RESUMABLE_SECTIONS = ("preset", "train", "optimizer", "discriminator_optimizer", "checkpoint",
+                      "logging", "mesh", "logical_axis_rules", "sample")
+RESUME_FIXED_FIELDS = ("train.ema_decay",)  # Whether the state holds an EMA.
 
 
 class NonFiniteError(FloatingPointError):
@@ -49,15 +52,17 @@ def _check_resume_compatible(saved: ml_collections.ConfigDict, config: ml_collec
         out.update(flatten(node[key], f"{prefix}.{key}" if prefix else key))
       return out
     return {prefix: list(node) if isinstance(node, tuple) else node}
-  old = {k: v for s in RESUME_FIXED_SECTIONS if s in saved for k, v in flatten(saved[s], s).items()}
-  new = {k: v for s in RESUME_FIXED_SECTIONS if s in config
-         for k, v in flatten(config[s], s).items()}
+  def fixed(c):
+    flat = flatten(c, "")
+    return {k: v for k, v in flat.items()
+            if k.split(".")[0] not in RESUMABLE_SECTIONS or k in RESUME_FIXED_FIELDS}
+  old, new = fixed(saved), fixed(config)
   for field in sorted(set(old) | set(new)):
     if old.get(field) != new.get(field):
       raise config_lib.ConfigError(
           field, f"the workdir holds a run with {old.get(field)!r} but this run has "
-          f"{new.get(field)!r}; a resume cannot change {RESUME_FIXED_SECTIONS}. Use a new --workdir "
-          "or the original value.")
+          f"{new.get(field)!r}; a resume can change only {RESUMABLE_SECTIONS} (not "
+          f"{RESUME_FIXED_FIELDS}). Use a new --workdir or the original value.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +75,7 @@ class StateLayout:
   """
   abstract: TrainState
   abstract_frozen: dict
-  tx: optax.GradientTransformation
+  tx: optax.GradientTransformation | dict  # {group: (owns, optimizer)} with ParamSpec.optimizers.
   spec: ParamSpec
   _init_state: Callable[[jax.Array], TrainState]
   _init_frozen: Callable[[jax.Array], dict]
@@ -100,12 +105,15 @@ def abstract_train_state(spec: ParamSpec, config, mesh) -> StateLayout:
   sharding, and the inits (jitted with those out_shardings) make every shard in place. The
   spec's `trainable` splits the params: the optimizer state covers the trainable part only.
   """
-  tx = make_optimizer(config)
+  if spec.optimizers:
+    tx = {g.name: (g.owns, make_optimizer(config, g.section)) for g in spec.optimizers}
+  else:
+    tx = make_optimizer(config)
   rules = parallel.rules_tuple(config.logical_axis_rules)
 
   def init_boxed(rng):
     trainable, frozen = partition.split_params(spec.init(rng), spec.trainable)
-    return TrainState.create(trainable, tx, spec.extra), frozen
+    return TrainState.create(trainable, tx, spec.extra, ema=config.train.ema_decay > 0), frozen
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(init_boxed, rng_for(config.seed, "init"))
@@ -117,6 +125,24 @@ def abstract_train_state(spec: ParamSpec, config, mesh) -> StateLayout:
       abstract=abstract[0], abstract_frozen=abstract[1], tx=tx, spec=spec,
       _init_state=jax.jit(lambda rng: unboxed(rng)[0], out_shardings=shardings[0]),
       _init_frozen=jax.jit(lambda rng: unboxed(rng)[1], out_shardings=shardings[1]))
+
+
+def build_train_step(config, layout: StateLayout, loss_fn: LossFn, *,
+                     phase_losses: dict[str, LossFn] | None = None, experience=None,
+                     statistics_update=None):
+  """The (unjitted) train step for `config`'s trainer settings and the layout's optimizers; with
+  optimizer groups (ParamSpec.optimizers) `phase_losses` gives each group's loss by name."""
+  groups = layout.spec.optimizers
+  names = [g.name for g in groups]
+  if sorted(names) != sorted(phase_losses or {}):
+    raise ValueError(f"the param spec's optimizer groups {names} and the task's phase losses "
+                     f"{sorted(phase_losses or {})} differ")
+  phases = tuple(Phase(g.name, phase_losses[g.name], g.owns, layout.tx[g.name][1]) for g in groups)
+  return make_train_step(loss_fn, None if groups else layout.tx, learning_rate_schedule(config),
+                         config.train.grad_accum_steps, experience=experience,
+                         epochs=config.train.epochs_per_batch,
+                         minibatches=config.train.minibatches, phases=phases,
+                         ema_decay=config.train.ema_decay, statistics_update=statistics_update)
 
 
 class _Preemption:
@@ -141,8 +167,8 @@ class _Preemption:
 
 def _check_finite(step_metrics: list[tuple[int, dict]]) -> None:
   for step, metrics in step_metrics:
-    for name in ("loss", "grad_norm"):
-      value = float(metrics[name])
+    for name, value in metrics.items():
+      value = float(value)
       if not math.isfinite(value):
         raise NonFiniteError(f"train/{name} is {value} at step {step}; stopping. The last "
                              "checkpoint before it is intact.")
@@ -153,8 +179,9 @@ class _StepLog:
   NaN/inf (naming the step), computes throughput and writes the newest to every sink."""
 
   def __init__(self, writer: MetricWriter, bar: ProgressBar, *, first_step: int, unit: str,
-               units_per_step: int, last: dict[str, float]):
+               units_per_step: int, last: dict[str, float], progress_metric: str = "loss"):
     self._writer, self._bar, self._first_step = writer, bar, first_step
+    self._progress_metric = f"train/{progress_metric}"
     self._unit, self._units_per_step = unit, units_per_step
     self._pending: list[tuple[int, dict]] = []
     self._window_start = time.perf_counter()
@@ -179,7 +206,7 @@ class _StepLog:
       rate = self._units_per_step * window_steps / elapsed
       metrics[f"train/{self._unit}_per_sec"] = rate
     self._writer.write(step, metrics)
-    self._bar.update(window_steps, metrics["train/loss"], rate)
+    self._bar.update(window_steps, metrics[self._progress_metric], rate)
     self.last.update(metrics)
     self._window_start = time.perf_counter()
 
@@ -242,10 +269,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.truncate_after(start)
     print(f"Resumed from {ckpt.directory}/{start}", flush=True)
 
-  train_step = make_train_step(task.loss_fn, layout.tx, learning_rate_schedule(config),
-                               config.train.grad_accum_steps, experience=task.experience,
-                               epochs=config.train.epochs_per_batch,
-                               minibatches=config.train.minibatches)
+  train_step = build_train_step(config, layout, task.loss_fn, phase_losses=task.phase_losses,
+                                experience=task.experience,
+                                statistics_update=task.statistics_update)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state_shardings = jax.tree.map(lambda x: x.sharding, layout.abstract)
     train_step = jax.jit(train_step, donate_argnums=0, out_shardings=(state_shardings, None))
@@ -257,7 +283,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     enabled=is_main and config.logging.progress_bar)
   log = _StepLog(writer, bar, first_step=start + 1, unit=task.throughput_unit,
                  units_per_step=config.train.batch_size * task.units_per_example,
-                 last=latest_metrics(workdir) if resuming else {})
+                 last=latest_metrics(workdir) if resuming else {},
+                 progress_metric=task.progress_metric)
 
   def save(step: int) -> None:
     if ckpt.latest_step() != step:
@@ -280,7 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           log.flush(step)
         if step % config.train.eval_every == 0 or step == num_steps:
           log.flush(step)
-          params = partition.merge_params(state.params, frozen)
+          params = partition.merge_params(state.eval_params(), frozen)
           eval_metrics = evaluate(task, eval_step, params, mesh, eval_rng)
           if task.on_eval is not None and is_main:
             eval_metrics.update(task.on_eval(params, step))

@@ -22,6 +22,25 @@ WEIGHT = "weight"
 # of a freshly sampled batch under the current params (old log-probs, values, advantages), jitted
 # inside the train step; `extra` is TrainState.extra (e.g. an adaptive KL coefficient).
 ExperienceFn = Callable[[Any, dict, Batch, jax.Array], tuple[Batch, dict, dict[str, jax.Array]]]
+# statistics_update(params, batch, rng) -> ({leaf path: new value}, metrics): leaves set from batch
+# statistics rather than by a gradient (a VQ-VAE's EMA codebook), computed under the step's
+# starting params and written over those (trainable) leaves after the optimizer's update.
+StatisticsUpdateFn = Callable[[Any, Batch, jax.Array],
+                              tuple[dict[tuple[str, ...], jax.Array], dict[str, jax.Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerGroup:
+  """Trainable leaves one optimizer of several updates, in its own phase of the train step.
+
+  A GAN has two groups, discriminator then generator: the phases run in order, each on the params
+  as the phases before it left them; a phase differentiates its loss (Task.phase_losses[name])
+  with respect to the leaves it `owns` only and its own AdamW (config[section]) updates them,
+  keeping its state in TrainState.opt_state[name]. Its metrics read <name>/loss, <name>/grad_norm.
+  """
+  name: str
+  owns: Callable[[Path], bool]
+  section: str = "optimizer"  # The config section of this optimizer's settings.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +56,8 @@ class ParamSpec:
   # Scalars the train step carries from step to step besides the params (PPO's adaptive KL
   # coefficient): their starting values; held in TrainState.extra and checkpointed with it.
   extra: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  # Several optimizers, one phase of the step each, in order; (): one (config.optimizer) over all.
+  optimizers: tuple[OptimizerGroup, ...] = ()
 
 
 @dataclasses.dataclass
@@ -56,3 +77,8 @@ class Task:
   # host where rewards are Python functions. Then `experience` runs inside the jitted step.
   rollout: Callable[[Any, dict[str, np.ndarray], jax.Array], dict[str, np.ndarray]] | None = None
   experience: ExperienceFn | None = None
+  # With ParamSpec.optimizers: each group's training loss by name; `loss_fn` then serves only
+  # held-out evaluation.
+  phase_losses: dict[str, LossFn] = dataclasses.field(default_factory=dict)
+  statistics_update: StatisticsUpdateFn | None = None
+  progress_metric: str = "loss"  # The train metric the progress bar shows.

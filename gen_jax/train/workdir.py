@@ -15,8 +15,9 @@ def load_workdir_params(workdir: str, field: str = "--workdir") -> tuple[ml_coll
                                                                           dict]:
   """(config, params) from the workdir's saved config and newest checkpoint, on one device.
 
-  The params are the whole tree: the checkpoint's trainable part merged with the frozen part
-  rebuilt as the run built it (e.g. a LoRA run's base weights from its init.source).
+  The params are the whole tree: the checkpoint's trainable part (its EMA where the run kept
+  one) merged with the frozen part rebuilt as the run built it (e.g. a LoRA run's base weights
+  from its init.source).
   Raises ConfigError naming `field` when the directory is not a workdir or has no checkpoint.
   """
   config = config_lib.load_workdir_config(workdir)
@@ -37,4 +38,4 @@ def load_workdir_params(workdir: str, field: str = "--workdir") -> tuple[ml_coll
   ckpt.close()
   with jax.set_mesh(mesh):
     _, frozen = layout.create(rng_for(config.seed, "init"), with_state=False)
-  return config, partition.merge_params(state.params, frozen)
+  return config, partition.merge_params(state.eval_params(), frozen)
