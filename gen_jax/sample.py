@@ -3,6 +3,7 @@ pretrained LLaMA-family model: a GGUF file or a Hugging Face directory (config.j
 
   python -m gen_jax.sample --workdir=/tmp/lm --prompt="The for statement" --temperature=0.8
   python -m gen_jax.sample --workdir=/tmp/vae --num_samples=64
+  python -m gen_jax.sample --workdir=/tmp/diffusion --class=3 --guidance=2.0
   python -m gen_jax.sample --gguf=SmolLM2-135M-Instruct.Q4_1.gguf --prompt="The capital of France"
   python -m gen_jax.sample --hf_dir=DIR --chat --system="Answer briefly." --prompt="Why is it blue?"
 """
@@ -44,6 +45,11 @@ _DRAFT_WORKDIR = flags.DEFINE_string("draft_workdir", "", "Speculative decoding 
                                      "must share the model's tokenizer.")
 _DRAFT_TOKENS = flags.DEFINE_integer("draft_tokens", 4, "Tokens the draft proposes per round.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Images in the grid (image models).")
+_CLASS = flags.DEFINE_integer("class", None, "Class-conditional image models: the class index of "
+                              "every image (default: the grid cycles through the classes).")
+_GUIDANCE = flags.DEFINE_float("guidance", None, "Conditioned diffusion models: the "
+                               "classifier-free guidance scale (1: the conditional model alone; "
+                               "default: the config's sample.guidance_scale).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
@@ -67,6 +73,8 @@ class SampleRequest:
   draft_layers: int = 0  # > 0: speculative decoding, drafting with the model's first N layers.
   draft_tokens: int = 4
   draft_workdir: str = ""  # Speculative decoding with this training workdir's model as the draft.
+  class_label: int | None = None  # Class-conditional image models: every image of this class.
+  guidance: float | None = None  # Classifier-free guidance scale; None: the config's.
 
 
 def sample(workdir: str, request: SampleRequest):
@@ -118,7 +126,8 @@ def main(argv):
                           _NUM_SAMPLES.value, _SEED.value, _TOP_K.value, _TOP_P.value, _MIN_P.value,
                           _REPETITION_PENALTY.value, tuple(_STOP.value), _BEAM_WIDTH.value,
                           _LENGTH_PENALTY.value, _NUM_RETURN.value, _CHAT.value, _SYSTEM.value,
-                          _DRAFT_LAYERS.value, _DRAFT_TOKENS.value, _DRAFT_WORKDIR.value)
+                          _DRAFT_LAYERS.value, _DRAFT_TOKENS.value, _DRAFT_WORKDIR.value,
+                          _CLASS.value, _GUIDANCE.value)
   try:
     _check_flags()
     if _WORKDIR.value:

@@ -28,6 +28,7 @@ from gen_jax.train.task import WEIGHT, ParamSpec, Task
 
 VALUE_MODELS = ("separate", "shared")
 POLICY, REFERENCE, REWARD_MODEL = alignment.POLICY, alignment.REFERENCE, "reward_model"
+EARLIER_STAGE_FIELD = "ppo.reward_model"  # The workdir a run reads; a config without one fails.
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
