@@ -106,3 +106,60 @@ def test_epochs_and_minibatches_are_sequential_updates_on_shuffled_splits():
   # A plain step is one update on the whole batch.
   plain, _ = jax.jit(make_train_step(loss_fn, tx, lr, 1))(state, {}, {"x": jnp.asarray(x)}, rng)
   np.testing.assert_allclose(np.asarray(plain.params["w"]), 0.1 * x.mean(axis=0), rtol=1e-5)
+
+
+def test_optimizer_groups_update_in_phases_with_statistics_and_ema():
+  """Two optimizer groups step in order (the second sees the first's update), each touching only
+  its own leaves with its own optimizer state; a statistics-set leaf takes the value computed
+  under the step's starting params; the EMA follows its warmed-up formula."""
+  import jax.numpy as jnp
+  import optax
+  from gen_jax.partition import split_params
+  from gen_jax.train.state import TrainState
+  from gen_jax.train.step import Phase, ema_decay_at
+
+  weight = {"weight": jnp.float32(1.0)}
+
+  def a_loss(params, batch, rng):  # d/da = a - x.mean + b: depends on b, which phase "b" moves.
+    return 0.5 * ((params["a"]["w"] + params["b"]["w"] - batch["x"].mean(0)) ** 2).sum(), weight
+
+  def b_loss(params, batch, rng):  # d/db = b - 2a: sees the a that phase "a" just wrote.
+    return 0.5 * ((params["b"]["w"] - 2 * params["a"]["w"]) ** 2).sum(), weight
+
+  def statistics(params, batch, rng):  # The running mean of x, and a metric.
+    return {("stats", "mean"): 0.5 * params["stats"]["mean"] + 0.5 * batch["x"].mean(0)}, {
+        "stat_metric": batch["x"].sum()}
+
+  owns_a = lambda p: p[0] in ("a", "stats")  # noqa: E731 (the stats leaf gets a zero gradient)
+  owns_b = lambda p: p[0] == "b"  # noqa: E731
+  tx_a, tx_b = optax.sgd(0.5), optax.adam(0.1)
+  params = {"a": {"w": jnp.ones(2)}, "b": {"w": jnp.full(2, 3.0)}, "stats": {"mean": jnp.zeros(2)}}
+  state = TrainState.create(params, {"a": (owns_a, tx_a), "b": (owns_b, tx_b)}, ema=True)
+  assert set(state.opt_state) == {"a", "b"}
+  phases = (Phase("a", a_loss, owns_a, tx_a), Phase("b", b_loss, owns_b, tx_b))
+  step = jax.jit(make_train_step(None, None, lambda count: 0.0, 1, phases=phases, ema_decay=0.9,
+                                 statistics_update=statistics))
+  x = jnp.asarray([[1.0, 2.0], [3.0, 6.0]])
+  new, metrics = step(state, {}, {"x": x}, jax.random.key(0))
+
+  a0, b0, mean_x = np.ones(2), np.full(2, 3.0), np.array([2.0, 4.0])
+  a1 = a0 - 0.5 * (a0 + b0 - mean_x)
+  b_grad = b0 - 2 * a1
+  b_update, _ = tx_b.update({"w": jnp.asarray(b_grad)}, tx_b.init({"w": jnp.asarray(b0)}))
+  b1 = b0 + np.asarray(b_update["w"])
+  np.testing.assert_allclose(new.params["a"]["w"], a1, rtol=1e-6)
+  np.testing.assert_allclose(new.params["b"]["w"], b1, rtol=1e-6)
+  np.testing.assert_allclose(new.params["stats"]["mean"], 0.5 * mean_x, rtol=1e-6)
+  np.testing.assert_allclose(float(metrics["a/loss"]), 0.5 * ((a0 + b0 - mean_x) ** 2).sum())
+  np.testing.assert_allclose(float(metrics["b/loss"]), 0.5 * (b_grad ** 2).sum(), rtol=1e-6)
+  assert float(metrics["stat_metric"]) == 12.0
+  # Adam's state advanced for b only; the sgd state of group a holds no b leaves.
+  assert int(new.opt_state["b"][0].count) == 1
+  assert set(split_params(new.params, owns_a)[0]) == {"a", "stats"}
+  decay = float(ema_decay_at(0, 0.9))
+  assert decay == pytest.approx(0.1)  # (1 + 0) / (10 + 0): the warmup, below the 0.9 cap.
+  assert float(ema_decay_at(10_000, 0.9)) == pytest.approx(0.9)
+  for path, start in (("a", a0), ("b", b0)):
+    np.testing.assert_allclose(new.ema[path]["w"], decay * start + (1 - decay) * new.params[path]["w"],
+                               rtol=1e-6)
+  assert new.eval_params() is new.ema
