@@ -38,9 +38,9 @@ def param_spec(config) -> ParamSpec:
   return ParamSpec(lambda rng: net.init(rng, dummy, rng)["params"])
 
 
-def decode_samples(net: VAE, params, rng, num_images: int, latent_dim: int) -> jax.Array:
+def decode_samples(net: VAE, params, rng, num_images: int) -> jax.Array:
   """Decoder means for z ~ N(0, I): [num_images, H, W, C] in [-1, 1]."""
-  z = jax.random.normal(rng, (num_images, latent_dim))
+  z = jax.random.normal(rng, (num_images, *net.latent_shape()))
   return net.apply({"params": params}, z, method=VAE.decode)[0]
 
 
@@ -75,7 +75,7 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
   @jax.jit
   def reconstruct_and_sample(params, images, rng):
     decoded, _ = net.apply({"params": params}, images, rng)
-    samples = decode_samples(net, params, rng, config.sample.num_images, config.model.latent_dim)
+    samples = decode_samples(net, params, rng, config.sample.num_images)
     return decoded[0], samples
 
   def on_eval(params, step):
@@ -107,5 +107,5 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
 def sample(config, params, workdir: str, request) -> str:
   """Writes request.num_samples decoded prior samples as WORKDIR/samples.png; returns the path."""
   samples = decode_samples(model(config), params, jax.random.key(request.seed),
-                           request.num_samples, config.model.latent_dim)
+                           request.num_samples)
   return images.write_samples(workdir, samples)

@@ -4,8 +4,9 @@ import jax.numpy as jnp
 
 
 def gaussian_kl_to_standard_normal(mean: jax.Array, log_variance: jax.Array) -> jax.Array:
-  """KL(N(mean, exp(log_variance)) || N(0, I)), summed over the last axis: [..., z] -> [...]."""
-  return 0.5 * jnp.sum(jnp.exp(log_variance) + mean**2 - 1.0 - log_variance, axis=-1)
+  """KL(N(mean, exp(log_variance)) || N(0, I)), summed over all but the first axis: [b, ...] -> [b]."""
+  terms = jnp.exp(log_variance) + mean**2 - 1.0 - log_variance
+  return 0.5 * terms.reshape(terms.shape[0], -1).sum(axis=-1)
 
 
 def discretized_logistic_log_prob(x: jax.Array, mean: jax.Array, log_scale: jax.Array,
@@ -46,7 +47,7 @@ def negative_elbo(images: jax.Array, decoded: tuple[jax.Array, jax.Array],
   Args:
     images: [b, H, W, C] on the discretization grid in [-1, 1].
     decoded: (mean, log_scale), each [b, H, W, C].
-    posterior: (mean, log_variance), each [b, z].
+    posterior: (mean, log_variance), each [b, z] (or [b, h, w, z] for a spatial latent).
     num_levels: pixel levels of the data.
     kl_weight: beta of a beta-VAE for the training loss; the reported ELBO always uses 1.
   Returns:
