@@ -8,6 +8,25 @@ from tqdm import auto as tqdm_auto
 METRICS_FILE = "metrics.jsonl"
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch.
+
+  tensorboardX imports torch whenever it is installed, only to accept torch tensors; gen_jax logs
+  Python floats, and torch's import adds about 2 s to every run. Marking torch absent for the
+  duration of the import (unless something already imported it) keeps tensorboardX on numpy.
+  """
+  import sys
+  blocked = "torch" not in sys.modules
+  if blocked:
+    sys.modules["torch"] = None  # `import torch` now raises ImportError, which tensorboardX catches.
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if blocked:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricWriter:
   """Writes one JSON object per logged step to workdir/metrics.jsonl and to TensorBoard.
 
@@ -19,8 +38,7 @@ class MetricWriter:
     self._path = os.path.join(workdir, METRICS_FILE)
     self._tb = None
     if enabled and tensorboard:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"))
 
   def truncate_after(self, step: int) -> None:
     """Drops records after `step`: a resumed run rewrites the steps the killed run had logged."""
