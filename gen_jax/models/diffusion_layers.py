@@ -122,19 +122,23 @@ class MultiHeadAttention(nn.Module):
     d = x.shape[-1]
     n, h = self.num_heads, d // self.num_heads
 
-    def proj(features, names, name):
-      return nn.DenseGeneral(features, dtype=self.dtype, param_dtype=self.param_dtype,
-                             kernel_init=partitioned(nn.initializers.lecun_normal(), names),
-                             bias_init=partitioned(nn.initializers.zeros, names[1:]), name=name)
+    def proj(inputs, features, names, name):
+      """inputs [b, t, d_in] -> [b, t, *features]: a dense map whose kernel [d_in, *features]
+      keeps its logical axis names (nn.DenseGeneral inits a flattened kernel, which they do not fit)."""
+      kernel = self.param(f"{name}_kernel", partitioned(nn.initializers.lecun_normal(), names),
+                          (inputs.shape[-1], *features), self.param_dtype)
+      bias = self.param(f"{name}_bias", partitioned(nn.initializers.zeros, names[1:]), features,
+                        self.param_dtype)
+      out = jnp.tensordot(inputs.astype(self.dtype), kernel.astype(self.dtype), axes=1)
+      return out + bias.astype(self.dtype)
 
     # Fused projections: one matmul (and one random init) for what comes from the same input.
     if context is None:
-      qkv = proj((3, n, h), ("embed", None, "heads", "head_dim"), "qkv")(x)  # [b, t, 3, n, h]
+      qkv = proj(x, (3, n, h), ("embed", None, "heads", "head_dim"), "qkv")  # [b, t, 3, n, h]
       query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     else:
-      query = proj((n, h), ("embed", "heads", "head_dim"), "query")(x)  # btd,dnh->btnh
-      kv = proj((2, n, h), ("embed", None, "kv_heads", "head_dim"), "kv")(
-          context.astype(self.dtype))  # [b, s, 2, n, h]
+      query = proj(x, (n, h), ("embed", "heads", "head_dim"), "query")  # btd,dnh->btnh
+      kv = proj(context, (2, n, h), ("embed", None, "kv_heads", "head_dim"), "kv")  # [b, s, 2, n, h]
       key, value = kv[:, :, 0], kv[:, :, 1]
     segments = {}
     if context_mask is not None:
@@ -142,11 +146,13 @@ class MultiHeadAttention(nn.Module):
       segments = dict(segment_ids=jnp.ones(x.shape[:2], jnp.int32),
                       key_segment_ids=context_mask.astype(jnp.int32))
     out = ops.attention(query, key, value, causal=False, impl=ATTENTION_IMPL, **segments)
-    return nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
-                           kernel_init=partitioned(nn.initializers.zeros,
-                                                   ("heads", "head_dim", "embed")),
-                           bias_init=partitioned(nn.initializers.zeros, ("embed",)),
-                           name="out")(out)  # btnh,nhd->btd
+    out_kernel = self.param("out_kernel", partitioned(nn.initializers.zeros,
+                                                      ("heads", "head_dim", "embed")),
+                            (n, h, d), self.param_dtype)
+    out_bias = self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (d,),
+                          self.param_dtype)
+    return (jnp.einsum("btnh,nhd->btd", out.astype(self.dtype), out_kernel.astype(self.dtype))
+            + out_bias.astype(self.dtype))
 
 
 class CrossAttentionBlock(nn.Module):

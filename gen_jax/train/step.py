@@ -52,8 +52,12 @@ def _accumulated_update(loss_fn: LossFn, tx: optax.GradientTransformation, grad_
     first = jax.tree.map(lambda x: x[0], micro)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
         lambda: (params, *trainable_loss(params, frozen, first, rng))))
-    (grad_sum, loss_sum, sums), _ = jax.lax.scan(
-        accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+    if grad_accum_steps == 1:
+      # XLA:CPU runs convolutions inside a loop, even a one-trip scan, several times slower.
+      (grad_sum, loss_sum, sums), _ = accumulate(zeros, (jnp.zeros((), jnp.int32), first))
+    else:
+      (grad_sum, loss_sum, sums), _ = jax.lax.scan(
+          accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
 
     weight = jnp.maximum(sums.pop(WEIGHT), 1e-9)
     grads = jax.tree.map(lambda g: g / weight, grad_sum)

@@ -137,14 +137,14 @@ def test_embeddings_and_masked_cross_attention_match_numpy():
   params = jax.eval_shape(layer.init, jax.random.key(0), x, context, mask)["params"]
   params = _perturb(jax.tree.map(lambda x: np.zeros(x.shape, np.float32), _unbox(params)), 7, 0.5)
   out = np.asarray(jax.jit(layer.apply)({"params": params}, x, context, mask))
-  q = np.einsum("btd,dnh->btnh", x, params["query"]["kernel"]) + params["query"]["bias"]
-  kv = np.einsum("bsc,cjnh->bsjnh", context, params["kv"]["kernel"]) + params["kv"]["bias"]
+  q = np.einsum("btd,dnh->btnh", x, params["query_kernel"]) + params["query_bias"]
+  kv = np.einsum("bsc,cjnh->bsjnh", context, params["kv_kernel"]) + params["kv_bias"]
   logits = np.einsum("btnh,bsnh->bnts", q, kv[:, :, 0]) / np.sqrt(4.0)
   logits = np.where(mask[:, None, None, :], logits, -np.inf)
   weights = np.exp(logits - logits.max(-1, keepdims=True))
   weights /= weights.sum(-1, keepdims=True)
   heads = np.einsum("bnts,bsnh->btnh", weights, kv[:, :, 1])
-  expected = np.einsum("btnh,nhd->btd", heads, params["out"]["kernel"]) + params["out"]["bias"]
+  expected = np.einsum("btnh,nhd->btd", heads, params["out_kernel"]) + params["out_bias"]
   np.testing.assert_allclose(out, expected, atol=1e-4, rtol=1e-4)
 
 
