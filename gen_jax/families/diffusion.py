@@ -1,0 +1,189 @@
+"""The diffusion family: a denoising diffusion model (Ho et al., 2020) with a U-Net or DiT backbone,
+class-conditional with classifier-free guidance (Ho & Salimans, 2022), sampled by DDPM, DDIM or
+DPM-Solver++ (gen_jax.sampling.diffusion); PNG sample grids at eval."""
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gen_jax import data as data_lib
+from gen_jax.config.errors import require
+from gen_jax.families import images
+from gen_jax.models.dit import DiT, DiTConfig, validate_dit
+from gen_jax.models.unet import UNet, UNetConfig, validate_unet
+from gen_jax.objectives import diffusion as objective_lib
+from gen_jax.sampling import diffusion as samplers
+from gen_jax.train.state import rng_for
+from gen_jax.train.task import WEIGHT, ParamSpec, Task
+
+BACKBONES = ("unet", "dit")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  images.validate_image_config(config)
+  m, d, s = config.model, config.diffusion, config.sample
+  require(m.backbone in BACKBONES, "model.backbone", f"{m.backbone!r} is not one of {BACKBONES}")
+  require(m.context_dim == 0, "model.context_dim",
+          f"text conditioning needs a text encoder, which the diffusion family does not have yet; "
+          f"set 0 (got {m.context_dim})")
+  (validate_unet if m.backbone == "unet" else validate_dit)(m)
+  require(d.schedule in objective_lib.SCHEDULES, "diffusion.schedule",
+          f"{d.schedule!r} is not one of {objective_lib.SCHEDULES}")
+  require(d.num_timesteps > 0, "diffusion.num_timesteps",
+          f"must be positive, got {d.num_timesteps}")
+  require(d.objective in objective_lib.OBJECTIVES, "diffusion.objective",
+          f"{d.objective!r} is not one of {objective_lib.OBJECTIVES}")
+  require(0 <= d.condition_dropout < 1, "diffusion.condition_dropout",
+          f"must be in [0, 1), got {d.condition_dropout}")
+  require(s.sampler in samplers.SAMPLERS, "sample.sampler",
+          f"{s.sampler!r} is not one of {samplers.SAMPLERS}")
+  require(0 < s.num_steps <= d.num_timesteps, "sample.num_steps",
+          f"must be in [1, diffusion.num_timesteps={d.num_timesteps}], got {s.num_steps}")
+  require(s.eta >= 0, "sample.eta", f"must be >= 0, got {s.eta}")
+  require(s.eta == 0 or s.sampler == "ddim", "sample.eta",
+          f"only the ddim sampler uses eta; got {s.eta} with sample.sampler={s.sampler!r}")
+  require(s.guidance_scale >= 0, "sample.guidance_scale", f"must be >= 0, got {s.guidance_scale}")
+  require(s.guidance_scale == 1 or m.num_classes > 0, "sample.guidance_scale",
+          f"guidance ({s.guidance_scale}) needs a conditioned model (model.num_classes > 0); "
+          "use 1 for an unconditional one")
+  require(s.guidance_scale == 1 or d.condition_dropout > 0, "diffusion.condition_dropout",
+          f"guidance (sample.guidance_scale={s.guidance_scale}) needs the unconditional model that "
+          "condition dropout trains; got 0")
+
+
+def model(config):
+  """The backbone config.model.backbone names."""
+  if config.model.backbone == "dit":
+    return DiT(DiTConfig.from_config(config.model))
+  return UNet(UNetConfig.from_config(config.model))
+
+
+def schedule(config) -> objective_lib.Schedule:
+  return objective_lib.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
+
+
+def param_spec(config) -> ParamSpec:
+  """A random init; every parameter trains."""
+  net = model(config)
+  x = jnp.zeros((1, *images.image_shape(config)), jnp.float32)
+  labels = jnp.zeros((1,), jnp.int32) if config.model.num_classes > 0 else None
+  t = jnp.zeros((1,), jnp.float32)
+  return ParamSpec(lambda rng: net.init(rng, x, t, labels=labels)["params"])
+
+
+def make_loss_fn(config):
+  """loss_fn(params, batch, rng) -> (summed per-image MSE on the objective's target, sums).
+
+  Each image gets a uniform timestep and fresh noise; a class-conditional model sees the null class
+  (model.num_classes) instead of its label with probability diffusion.condition_dropout. The
+  held-out pass computes the same quantity, so eval/loss is the training objective on unseen
+  images; eval/mse_epsilon, mse_v and mse_x0 are the implied predictions' errors.
+  """
+  net, sched = model(config), schedule(config)
+  d, num_classes = config.diffusion, config.model.num_classes
+
+  def loss_fn(params, batch, rng):
+    x0 = batch["images"]  # [b, H, W, C]
+    b = x0.shape[0]
+    t_rng, noise_rng, drop_rng, dropout_rng = jax.random.split(rng, 4)
+    t = objective_lib.sample_timesteps(t_rng, b, d.num_timesteps)
+    noise = jax.random.normal(noise_rng, x0.shape, jnp.float32)
+    alpha, sigma = objective_lib.alpha_sigma(sched, t, x0.ndim)
+    x_t = objective_lib.q_sample(sched, x0, t, noise)
+    labels = None
+    if num_classes > 0:
+      dropped = jax.random.uniform(drop_rng, (b,)) < d.condition_dropout
+      labels = jnp.where(dropped, num_classes, batch["labels"].astype(jnp.int32))
+    prediction = net.apply({"params": params}, x_t, t.astype(jnp.float32), labels=labels,
+                           train=True, rngs={"dropout": dropout_rng})
+    terms = objective_lib.diffusion_loss(prediction, x0, noise, alpha, sigma, d.objective)
+    w = batch[data_lib.EXAMPLE_WEIGHT]
+    sums = {k: (v * w).sum() for k, v in terms.items() if k != "loss"}
+    return (terms["loss"] * w).sum(), {WEIGHT: w.sum(), **sums}
+  return loss_fn
+
+
+def dry_run_inputs(config):
+  """(loss_fn, global batch shapes) without reading data."""
+  return make_loss_fn(config), images.batch_shapes(config)
+
+
+def make_sampler(config, guidance: float, num_samples: int):
+  """A jitted run(params, rng, labels [num_samples] int32 or None) -> images [n, H, W, C] with
+  config.sample's sampler and `guidance` (a conditioned model's classifier-free guidance scale)."""
+  net, sched = model(config), schedule(config)
+  s, num_classes = config.sample, config.model.num_classes
+  shape = (num_samples, *images.image_shape(config))
+
+  @jax.jit
+  def run(params, rng, labels):
+    def apply_fn(x, t, condition):
+      return net.apply({"params": params}, x, t, labels=condition)
+
+    if num_classes > 0:
+      model_fn = samplers.classifier_free_guidance(
+          apply_fn, labels, jnp.full_like(labels, num_classes), guidance)
+    else:
+      model_fn = lambda x, t: apply_fn(x, t, None)  # noqa: E731
+    return samplers.sample(s.sampler, model_fn, sched, config.diffusion.objective, rng, shape,
+                           num_steps=s.num_steps, eta=s.eta, clip_x0=s.clip_denoised)
+  return run
+
+
+def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool = False) -> Task:
+  del resuming  # Nothing is derived from the data that a resume must reuse.
+  data = images.load_data(config)
+  num_classes = config.model.num_classes
+  require(num_classes == 0 or num_classes == data.num_classes, "model.num_classes",
+          f"{num_classes} but the data ({config.data.source!r}) has {data.num_classes} classes")
+  # A class-conditional grid has one row per class: sample.num_images rounded up to a multiple.
+  per_class = math.ceil(config.sample.num_images / num_classes) if num_classes else 0
+  num_images = per_class * num_classes if num_classes else config.sample.num_images
+  labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_class) if num_classes else None
+  run = make_sampler(config, config.sample.guidance_scale, num_images)
+
+  def on_eval(params, step):
+    samples = run(params, rng_for(config.seed, "sample"), labels)
+    images.write_eval_grid(workdir, "samples", step, samples, num_cols=per_class or None)
+    return {}
+
+  train_data, eval_data = images.pipelines(config, data)
+  return Task(
+      params=param_spec(config),
+      loss_fn=make_loss_fn(config),
+      train_data=train_data,
+      eval_data=eval_data,
+      eval_metrics=lambda totals: {},  # eval/loss and eval/mse_* are the loop's weighted means.
+      throughput_unit="examples",
+      units_per_example=1,
+      on_eval=on_eval,
+  )
+
+
+def sample(config, params, workdir: str, request) -> str:
+  """Writes request.num_samples images as WORKDIR/samples.png; returns the path.
+
+  A class-conditional model draws request.class_label for every image (None: the images cycle
+  through the classes) with guidance request.guidance (None: config.sample.guidance_scale).
+  """
+  num_classes = config.model.num_classes
+  guidance = config.sample.guidance_scale if request.guidance is None else request.guidance
+  require(guidance >= 0, "--guidance", f"must be >= 0, got {guidance}")
+  if num_classes == 0:
+    require(request.class_label is None, "--class",
+            "the model is unconditional (model.num_classes = 0)")
+    require(guidance == 1, "--guidance",
+            f"guidance ({guidance}) needs a class-conditional model; this one is unconditional")
+    labels, what = None, "samples"
+  elif request.class_label is None:
+    labels, what = np.arange(request.num_samples, dtype=np.int32) % num_classes, "samples"
+  else:
+    require(0 <= request.class_label < num_classes, "--class",
+            f"must be in [0, {num_classes}), got {request.class_label}")
+    labels = np.full((request.num_samples,), request.class_label, np.int32)
+    what = f"samples of class {request.class_label}"
+  run = make_sampler(config, float(guidance), request.num_samples)
+  samples = run(params, jax.random.key(request.seed), labels)
+  return images.write_samples(workdir, samples, what=what)
