@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",
     "pillow>=10.0",
     "scikit-learn>=1.5",
+    "scipy>=1.11",  # The flow's LU init, the Frechet distance's matrix square root.
     "importlib_resources>=6.0",  # tensorflow-datasets needs it to prepare local builders.
     "array_record>=0.5",  # The file format of locally prepared tfds datasets.
     # gen_jax.interop: GGUF files, Hugging Face safetensors checkpoints, chat templates.
