@@ -17,7 +17,7 @@ pytestmark = pytest.mark.xdist_group("classifier")
 def test_tiny_run_then_load_classifier(tmp_path):
   workdir = str(tmp_path / "clf")
   result = run_cli("gen_jax.main", f"--config={REPO_ROOT}/configs/classifier/fashion_mnist.py:tiny",
-                   f"--workdir={workdir}")
+                   f"--workdir={workdir}", "--config.mesh.num_devices=1")
   assert result.returncode == 0, result.stderr[-3000:]
   metrics = latest_metrics(workdir)
   assert metrics["eval/accuracy"] > 0.7  # Chance is 0.1; 60 steps reach about 0.9.

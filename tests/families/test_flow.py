@@ -19,7 +19,8 @@ CONFIG = "configs/flow/digits.py"
 
 def test_trains_below_a_uniform_models_bits_per_dim_and_samples(tmp_path):
   workdir = str(tmp_path / "flow")
-  result = run_cli("gen_jax.main", f"--config={CONFIG}:tiny", f"--workdir={workdir}")
+  result = run_cli("gen_jax.main", f"--config={CONFIG}:tiny", f"--workdir={workdir}",
+                   "--config.mesh.num_devices=1")
   assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]

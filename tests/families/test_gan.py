@@ -30,7 +30,7 @@ def test_trains_checkpoints_both_optimizers_and_samples_a_class(tmp_path):
   workdir = str(tmp_path / "gan")
   # No TensorBoard: its writer's import costs seconds, and the LLM's CLI test covers it.
   result = run_cli("gen_jax.main", f"--config={CONFIG}:tiny", f"--workdir={workdir}",
-                   "--config.logging.tensorboard=false")
+                   "--config.logging.tensorboard=false", "--config.mesh.num_devices=1")
   assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
@@ -65,7 +65,7 @@ def test_trains_checkpoints_both_optimizers_and_samples_a_class(tmp_path):
 def test_one_step_updates_the_discriminator_then_the_generator(tmp_path):
   """The loop's jitted step equals, leaf for leaf, a manual Adam update of the discriminator from
   its loss, then of the generator from its loss against the already updated discriminator."""
-  config = tiny_config(CONFIG)
+  config = tiny_config(CONFIG, **{"mesh.num_devices": 1})  # As the CLI test runs it.
   mesh = parallel.make_mesh(config.mesh)
   task = gan.build_task(config, str(tmp_path))
   layout = abstract_train_state(task.params, config, mesh)
@@ -126,7 +126,8 @@ def test_a_diverging_run_stops_naming_the_metric(tmp_path):
   result = run_cli("gen_jax.main", f"--config={CONFIG}:tiny", f"--workdir={tmp_path}",
                    "--config.discriminator_optimizer.learning_rate=1e30",
                    "--config.discriminator_optimizer.grad_clip_norm=0", "--config.gan.r1_weight=0",
-                   "--config.train.log_every=1", "--config.logging.tensorboard=false")
+                   "--config.train.log_every=1", "--config.logging.tensorboard=false",
+                   "--config.mesh.num_devices=1")
   assert result.returncode == 3, result.stderr[-3000:]
   # (Here: train/generator/fake_logit is nan at step 1.)
   assert re.search(r"Training stopped: train/(discriminator|generator)/\w+ is (nan|inf|-inf) at "

@@ -26,7 +26,8 @@ def _latest(workdir: str) -> dict:
 
 def test_vqvae_then_its_prior_train_report_honest_bits_per_dim_and_sample(tmp_path):
   vq_dir, prior_dir = str(tmp_path / "vqvae"), str(tmp_path / "prior")
-  result = run_cli("gen_jax.main", f"--config={VQVAE}:tiny", f"--workdir={vq_dir}")
+  result = run_cli("gen_jax.main", f"--config={VQVAE}:tiny", f"--workdir={vq_dir}",
+                   "--config.mesh.num_devices=1")
   assert result.returncode == 0, result.stderr[-3000:]
   records = read_metrics(vq_dir)
   # The first step restarts the codes the tiny initial codebook leaves unused.
@@ -39,7 +40,7 @@ def test_vqvae_then_its_prior_train_report_honest_bits_per_dim_and_sample(tmp_pa
   assert os.path.exists(os.path.join(vq_dir, "images", "reconstructions_000030.png"))
 
   result = run_cli("gen_jax.main", f"--config={PRIOR}:tiny", f"--workdir={prior_dir}",
-                   f"--config.prior.vqvae_workdir={vq_dir}")
+                   f"--config.prior.vqvae_workdir={vq_dir}", "--config.mesh.num_devices=1")
   assert result.returncode == 0, result.stderr[-3000:]
   prior = _latest(prior_dir)
   assert math.isfinite(prior["eval/bits_per_dim"])
