@@ -8,7 +8,7 @@ import nbclient
 import nbformat
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import FAST_COMPILE_XLA_FLAG, REPO_ROOT
 
 NOTEBOOK = REPO_ROOT / "experiments" / "quickstart.ipynb"
 KERNEL_NAME = "gen_jax_test_python"  # A kernelspec of our own, so no other python3 spec can win.
@@ -37,8 +37,9 @@ def _kernel_env(tmp_path, monkeypatch) -> dict[str, str]:
   assert KernelSpecManager().get_kernel_spec(KERNEL_NAME).argv[0] == sys.executable
 
   env = dict(os.environ)
-  # conftest.py fakes 8 CPU devices for this process; the notebook runs as a user would, on 1 device.
-  env.pop("XLA_FLAGS", None)
+  # conftest.py fakes 8 CPU devices for this process; the notebook runs as a user would, on 1
+  # device (with the tests' fast-compile flag).
+  env["XLA_FLAGS"] = FAST_COMPILE_XLA_FLAG
   env["JAX_PLATFORMS"] = "cpu"
   env["IPYTHONDIR"] = str(tmp_path / "ipython")  # No profile or history in the home folder.
   env.pop("MPLBACKEND", None)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 from gen_jax.train.metrics import read_metrics
-from tests.conftest import REPO_ROOT
+from tests.conftest import FAST_COMPILE_XLA_FLAG, REPO_ROOT
 
 ARGS = ["--config=configs/llm/pretrain.py:tiny", "--config.train.num_steps=12",
         "--config.train.log_every=1", "--config.checkpoint.every_steps=6",
@@ -25,7 +25,8 @@ def _free_port() -> int:
 
 def _run_two_hosts(workdir: str) -> list[str]:
   """Runs gen_jax.main as processes 0 and 1 of a 2-host job; returns their outputs."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+  env = {**os.environ,
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count=4 {FAST_COMPILE_XLA_FLAG}",
          "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
          "JAX_COORDINATOR_ADDRESS": f"localhost:{_free_port()}", "JAX_NUM_PROCESSES": "2"}
   procs = [subprocess.Popen([sys.executable, "-m", "gen_jax.main", *ARGS, f"--workdir={workdir}"],
