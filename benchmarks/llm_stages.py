@@ -2,14 +2,15 @@
 
   distill: a 4-layer student trained on the teacher's logits (configs/llm/distill.py:smollm2)
            vs the same student on the text's own next tokens (distill.kl_weight=0), same steps;
-  lora:    rank-8 adapters on every projection (configs/llm/lora.py:smollm2) vs full fine-tuning
-           of the same model from the same weights, same steps.
+  lora:    rank-8 adapters on every projection (configs/llm/lora.py:smollm2), the same adapters
+           over the base rounded to int4 (QLoRA, model.weight_bits=4), and full fine-tuning of
+           the same model from the same weights, same steps.
 
   python benchmarks/llm_stages.py --distill_steps=50 --lora_steps=15
 
 Prints held-out bits per byte (Python's documentation topics, the configs' held-out split), the
 teacher's / base model's on the same windows, seconds per step, trainable parameters and the bytes
-one checkpoint takes.
+one checkpoint takes, and the bytes of the frozen weights the run holds beside them.
 """
 import os
 import tempfile
@@ -51,13 +52,16 @@ def _run(label: str, config, root: str) -> dict:
           * config.model.max_seq_len, "wall": wall, "ckpt_mb": ckpt_bytes / 2 ** 20}
 
 
-def _trainable(config) -> int:
+def _sizes(config) -> dict:
+  """{"trainable": parameter count, "frozen_mb": MiB of the frozen leaves}."""
   import jax
   from gen_jax import families, parallel
   from gen_jax.train import abstract_train_state
   layout = abstract_train_state(families.get("llm").param_spec(config), config,
                                 parallel.make_mesh(config.mesh))
-  return sum(x.size for x in jax.tree.leaves(layout.abstract.params))
+  return {"trainable": sum(x.size for x in jax.tree.leaves(layout.abstract.params)),
+          "frozen_mb": sum(x.size * x.dtype.itemsize
+                           for x in jax.tree.leaves(layout.abstract_frozen)) / 2 ** 20}
 
 
 def main(argv):
@@ -68,23 +72,25 @@ def main(argv):
       n = _DISTILL_STEPS.value
       for label, weight in (("student, KL to teacher", 1.0), ("student, text only", 0.0)):
         config = _config("configs/llm/distill.py:smollm2", n, **{"distill.kl_weight": weight})
-        rows.append({**_run(label, config, root), "trainable": _trainable(config), "steps": n})
+        rows.append({**_run(label, config, root), **_sizes(config), "steps": n})
     if _LORA_STEPS.value:
       n = _LORA_STEPS.value
       for label, overrides in (
           ("LoRA rank 8, all projections", {}),
+          ("QLoRA: the same over an int4 base", {"model.weight_bits": 4}),
           ("full fine-tuning", {"model.lora_rank": 0, "optimizer.learning_rate": _FULL_LR.value,
                                 "optimizer.weight_decay": 0.0})):
         config = _config("configs/llm/lora.py:smollm2", n, **overrides)
-        rows.append({**_run(label, config, root), "trainable": _trainable(config), "steps": n})
+        rows.append({**_run(label, config, root), **_sizes(config), "steps": n})
   print("| run | steps | held-out bits/byte | teacher bits/byte | eval KL | s/step | "
-        "trainable params | checkpoint MiB |")
-  print("|---|---|---|---|---|---|---|---|")
+        "trainable params | checkpoint MiB | frozen MiB |")
+  print("|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     teacher = f"{r['teacher_bpb']:.4f}" if r["teacher_bpb"] is not None else "-"
     kl = f"{r['kl']:.4f}" if r["kl"] is not None else "-"
     print(f"| {r['label']} | {r['steps']} | {r['bpb']:.4f} | {teacher} | {kl} | "
-          f"{r['sec_per_step']:.2f} | {r['trainable']:,} | {r['ckpt_mb']:.1f} |")
+          f"{r['sec_per_step']:.2f} | {r['trainable']:,} | {r['ckpt_mb']:.1f} | "
+          f"{r['frozen_mb']:.1f} |")
 
 
 if __name__ == "__main__":
