@@ -1,5 +1,5 @@
 """Post-training weight-only quantization: group-wise int8 / int4 weights dequantized inside the
-matmul, by round-to-nearest or GPTQ (Frantar et al., 2023).
+matmul, by round-to-nearest, GPTQ (Frantar et al., 2023) or AWQ (Lin et al., 2024).
 
   qparams = quantize_params(params, config, bits=4, group_size=64, method="gptq",
                             calibration=tokens)

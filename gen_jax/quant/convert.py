@@ -1,5 +1,6 @@
-"""Post-training weight-only quantization of a transformer's param tree: round-to-nearest, or GPTQ
-(Frantar et al., 2023) with Hessians from calibration text.
+"""Post-training weight-only quantization of a transformer's param tree: round-to-nearest, GPTQ
+(Frantar et al., 2023) with Hessians from calibration text, or AWQ (Lin et al., 2024): rounding
+after activation-aware input scales chosen on calibration text (gen_jax.quant.awq).
 
 `quantize_params` turns a float tree (trained, or imported through gen_jax.interop) into the tree of
 the same `Transformer` with `weight_bits` set: each projection's {"kernel"} becomes
@@ -16,11 +17,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen_jax.quant import formats
+from gen_jax.quant import awq, formats
 from gen_jax.quant.calibration import collect_input_grams
 from gen_jax.quant.gptq import gptq_quantize
 
-METHODS = ("rtn", "gptq")
+METHODS = ("rtn", "gptq", "awq")
 
 
 def quantized_config(config, bits: int, group_size: int):
@@ -78,13 +79,14 @@ def quantize_params(params: dict, config, *, bits: int, group_size: int, method:
 
   Args:
     params: the float model's param tree (boxed or not; numpy or jax arrays). LoRA adapters
-      (config.lora_rank > 0) are carried over unchanged beside the quantized kernels: QLoRA.
+      (config.lora_rank > 0) are carried over beside the quantized kernels (QLoRA; AWQ rescales
+      them with their kernels, so the adapted model is unchanged).
     config: its TransformerConfig (weight_bits 0); param_dtype is the dtype scales are kept in.
     bits: 8 or 4.
     group_size: inputs per scale; divides every projection's input size.
-    method: "rtn" (round to nearest) or "gptq".
-    calibration: GPTQ only: [n, t] int token windows, the text the Hessians come from (keep it
-      apart from any text the quantized model is evaluated on).
+    method: "rtn" (round to nearest), "gptq" or "awq".
+    calibration: GPTQ and AWQ: [n, t] int token windows, the text the input statistics come from
+      (keep it apart from any text the quantized model is evaluated on).
     damping: GPTQ's relative diagonal damping of the Hessian.
     act_order: GPTQ quantizes the inputs with the largest activations first (`gptq_quantize`);
       on SmolLM2-135M int4 it removed most of GPTQ's perplexity loss (benchmarks/quantization.py).
@@ -99,20 +101,22 @@ def quantize_params(params: dict, config, *, bits: int, group_size: int, method:
   if config.weight_bits:
     raise ValueError(f"config.weight_bits: the params to quantize are float ones (weight_bits 0), "
                      f"got {config.weight_bits}")
-  if method == "gptq" and calibration is None:
-    raise ValueError("calibration: GPTQ needs calibration tokens [n, t]")
+  if method != "rtn" and calibration is None:
+    raise ValueError(f"calibration: {method} needs calibration tokens [n, t]")
   if method == "rtn" and calibration is not None:
     raise ValueError("calibration: round-to-nearest uses no calibration data; pass method='gptq'")
   target = _param_shapes(quantized_config(config, bits, group_size))
   params = nn.meta.unbox(params)
-  grams = collect_input_grams(config, params, calibration, batch_size) if method == "gptq" else {}
+  grams = collect_input_grams(config, params, calibration, batch_size) if method != "rtn" else {}
+  if method == "awq":  # Scale, then round to nearest.
+    params, _ = awq.scale_params(params, grams, bits=bits, group_size=group_size)
   scale_dtype = jnp.dtype(config.param_dtype)
 
   def quantize(path, source, node):
     lead, out_size = node["qweight"].shape[:-3], node["qweight"].shape[-1]
     kernel = jnp.asarray(source["kernel"], jnp.float32)
     w = kernel.reshape(*lead, -1, out_size)  # [*lead, in, out]: contracted axes flattened.
-    if method == "rtn":
+    if method in ("rtn", "awq"):
       qweight, scale = formats.quantize(w, bits, group_size, scale_dtype)
     else:
       gram = _get(grams, path)["input_gram"]  # [*lead, in, in]

@@ -125,10 +125,11 @@ def test_compiled_forward_never_holds_the_stacked_weights_in_float():
 
 
 def test_quantize_params_errors_name_the_argument(float_params):
-  with pytest.raises(ValueError, match=r"method: 'awq' is not one of \('rtn', 'gptq'\)"):
-    quant.quantize_params(float_params, CFG, bits=4, group_size=GROUP, method="awq")
-  with pytest.raises(ValueError, match=r"calibration: GPTQ needs calibration tokens"):
-    quant.quantize_params(float_params, CFG, bits=4, group_size=GROUP, method="gptq")
+  with pytest.raises(ValueError, match=r"method: 'nf4' is not one of \('rtn', 'gptq', 'awq'\)"):
+    quant.quantize_params(float_params, CFG, bits=4, group_size=GROUP, method="nf4")
+  for method in ("gptq", "awq"):
+    with pytest.raises(ValueError, match=f"calibration: {method} needs calibration tokens"):
+      quant.quantize_params(float_params, CFG, bits=4, group_size=GROUP, method=method)
   with pytest.raises(ValueError, match=r"bits: 2 is not one of \(8, 4\)"):
     quant.quantize_params(float_params, CFG, bits=2, group_size=GROUP)
   with pytest.raises(ConfigError, match=r"model.weight_group_size: 24 does not divide the input "
