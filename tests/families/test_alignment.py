@@ -274,6 +274,39 @@ def test_rollouts_and_steps_compile_once(stages, tmp_path):
   assert int(state.step) == 3 and math.isfinite(float(metrics["loss"]))
 
 
+def test_ppo_on_an_eight_device_mesh_equals_one_device(stages, tmp_path):
+  """The policy samples from its sharded params, and PPO's experience (policy, reference, reward
+  model and value model, all sharded) and update on a data x fsdp mesh compute what one device
+  computes on the same rollouts."""
+  results, rollouts = [], None
+  for index, mesh_fields in enumerate(({"mesh.num_devices": 1},
+                                       {"mesh.data": 2, "mesh.fsdp": 4})):
+    config = _ppo_config(stages, **mesh_fields)
+    task = ppo.build_task(config, str(tmp_path / str(index)))
+    mesh = parallel.make_mesh(config.mesh)
+    layout = abstract_train_state(task.params, config, mesh)
+    with jax.set_mesh(mesh):
+      state, frozen = layout.create(rng_for(config.seed, "init"))
+      sampled = task.rollout(partition.merge_params(state.params, frozen),
+                             next(iter(task.train_data)), jax.random.key(0))
+      rollouts = rollouts or sampled  # Both meshes step on the one-device rollouts.
+      assert sampled["tokens"].shape == rollouts["tokens"].shape
+      assert np.asarray(sampled["response_mask"]).sum() > 0
+      step = jax.jit(make_train_step(task.loss_fn, layout.tx, learning_rate_schedule(config), 1,
+                                     experience=task.experience,
+                                     epochs=config.train.epochs_per_batch),
+                     out_shardings=(jax.tree.map(lambda x: x.sharding, layout.abstract), None))
+      state, metrics = step(state, frozen, parallel.shard_batch(rollouts, mesh), jax.random.key(1))
+    if index:  # Sharded as the rules say: the policy's MLP kernels split over fsdp.
+      kernel = state.params["policy"]["layers"]["mlp"]["wi_gate"]["kernel"]
+      assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None)
+    results.append((float(metrics["loss"]), float(metrics["reward"]), _host(state.params)))
+  (loss1, reward1, params1), (loss8, reward8, params8) = results
+  np.testing.assert_allclose(reward8, reward1, rtol=1e-5)
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-4, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4), params8, params1)
+
+
 def test_bad_rl_configs_fail_naming_the_field(stages, tmp_path):
   sft, rm = stages
   with pytest.raises(ConfigError, match=r"grpo.reward_functions: .*'exactly'"):
