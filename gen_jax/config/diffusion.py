@@ -47,3 +47,19 @@ def base() -> ml_collections.ConfigDict:
   config.train.ema_decay = 0.999  # Samples and evaluation use the weights' EMA.
   config.optimizer.learning_rate = 2e-4
   return config
+
+
+def latent_base() -> ml_collections.ConfigDict:
+  """The latent_diffusion family: the diffusion model above, trained in the spatial latent space
+  of a trained VAE (Rombach et al., 2022). model.image_size / image_channels describe the pixels
+  (the VAE's); the backbone's own input is the VAE's latent [h, w, latent_dim]."""
+  config = base()
+  config.family = "latent_diffusion"
+  config.latent = ml_collections.ConfigDict(dict(
+      # The workdir of a vae run with model.spatial_latent=True (configs/vae/digits.py:latent).
+      vae_workdir="",
+  ))
+  # Latents are not bounded like pixels: clipping each step's predicted x0 to [-1, 1] would cut
+  # them (validate refuses True).
+  config.sample.clip_denoised = False
+  return config

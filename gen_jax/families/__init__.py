@@ -18,8 +18,8 @@ from gen_jax.config.errors import ConfigError
 # llm: pretraining, SFT and distillation; reward, dpo, ppo and grpo: the alignment stages
 # (gen_jax.families.alignment, gen_jax.families.rl). The image families share
 # gen_jax.families.images; classifier trains the Fashion-MNIST classifier sample metrics use.
-FAMILIES = ("llm", "reward", "dpo", "ppo", "grpo", "vae", "diffusion", "gan", "flow", "vqvae",
-            "vq_prior", "classifier")
+FAMILIES = ("llm", "reward", "dpo", "ppo", "grpo", "vae", "diffusion", "latent_diffusion", "gan",
+            "flow", "vqvae", "vq_prior", "classifier")
 
 
 def get(name: str):

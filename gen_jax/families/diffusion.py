@@ -21,14 +21,16 @@ from gen_jax.train.task import WEIGHT, ParamSpec, Task
 BACKBONES = ("unet", "dit")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def validate(config: ml_collections.ConfigDict, shape: tuple[int, int, int] | None = None) -> None:
+  """ConfigError naming the first bad field; `shape`: what the backbone denoises, if not the
+  images (latent diffusion's latents)."""
   images.validate_image_config(config)
   m, d, s = config.model, config.diffusion, config.sample
   require(m.backbone in BACKBONES, "model.backbone", f"{m.backbone!r} is not one of {BACKBONES}")
   require(m.context_dim == 0, "model.context_dim",
           f"text conditioning needs a text encoder, which the diffusion family does not have yet; "
           f"set 0 (got {m.context_dim})")
-  (validate_unet if m.backbone == "unet" else validate_dit)(m)
+  (validate_unet if m.backbone == "unet" else validate_dit)(backbone_fields(config, shape))
   require(d.schedule in objective_lib.SCHEDULES, "diffusion.schedule",
           f"{d.schedule!r} is not one of {objective_lib.SCHEDULES}")
   require(d.num_timesteps > 0, "diffusion.num_timesteps",
@@ -53,35 +55,46 @@ def validate(config: ml_collections.ConfigDict) -> None:
           "condition dropout trains; got 0")
 
 
-def model(config):
-  """The backbone config.model.backbone names."""
+def backbone_fields(config, shape: tuple[int, int, int] | None = None) -> dict:
+  """config.model's fields, with image_size / image_channels those of `shape` [H, W, C] when the
+  backbone denoises something other than the images (latent diffusion's latents)."""
+  fields = config.model.to_dict()
+  if shape is not None:
+    fields.update(image_size=shape[0], image_channels=shape[2])
+  return fields
+
+
+def model(config, shape: tuple[int, int, int] | None = None):
+  """The backbone config.model.backbone names, denoising images or arrays of `shape`."""
+  fields = backbone_fields(config, shape)
   if config.model.backbone == "dit":
-    return DiT(DiTConfig.from_config(config.model))
-  return UNet(UNetConfig.from_config(config.model))
+    return DiT(DiTConfig.from_config(fields))
+  return UNet(UNetConfig.from_config(fields))
 
 
 def schedule(config) -> objective_lib.Schedule:
   return objective_lib.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
 
 
-def param_spec(config) -> ParamSpec:
+def param_spec(config, shape: tuple[int, int, int] | None = None) -> ParamSpec:
   """A random init; every parameter trains."""
-  net = model(config)
-  x = jnp.zeros((1, *images.image_shape(config)), jnp.float32)
+  net = model(config, shape)
+  x = jnp.zeros((1, *(shape or images.image_shape(config))), jnp.float32)
   labels = jnp.zeros((1,), jnp.int32) if config.model.num_classes > 0 else None
   t = jnp.zeros((1,), jnp.float32)
   return ParamSpec(lambda rng: net.init(rng, x, t, labels=labels)["params"])
 
 
-def make_loss_fn(config):
-  """loss_fn(params, batch, rng) -> (summed per-image MSE on the objective's target, sums).
+def make_loss_fn(config, shape: tuple[int, int, int] | None = None):
+  """loss_fn(params, batch, rng) -> (summed per-image MSE on the objective's target, sums);
+  batch["images"] [b, *shape] (the images by default).
 
   Each image gets a uniform timestep and fresh noise; a class-conditional model sees the null class
   (model.num_classes) instead of its label with probability diffusion.condition_dropout. The
   held-out pass computes the same quantity, so eval/loss is the training objective on unseen
   images; eval/mse_epsilon, mse_v and mse_x0 are the implied predictions' errors.
   """
-  net, sched = model(config), schedule(config)
+  net, sched = model(config, shape), schedule(config)
   d, num_classes = config.diffusion, config.model.num_classes
 
   def loss_fn(params, batch, rng):
@@ -110,12 +123,14 @@ def dry_run_inputs(config):
   return make_loss_fn(config), images.batch_shapes(config)
 
 
-def make_sampler(config, guidance: float, num_samples: int):
-  """A jitted run(params, rng, labels [num_samples] int32 or None) -> images [n, H, W, C] with
-  config.sample's sampler and `guidance` (a conditioned model's classifier-free guidance scale)."""
-  net, sched = model(config), schedule(config)
+def make_sampler(config, guidance: float, num_samples: int,
+                 shape: tuple[int, int, int] | None = None):
+  """A jitted run(params, rng, labels [num_samples] int32 or None) -> samples [n, *shape] (images
+  [n, H, W, C] by default) with config.sample's sampler and `guidance` (a conditioned model's
+  classifier-free guidance scale)."""
+  net, sched = model(config, shape), schedule(config)
   s, num_classes = config.sample, config.model.num_classes
-  shape = (num_samples, *images.image_shape(config))
+  shape = (num_samples, *(shape or images.image_shape(config)))
 
   @jax.jit
   def run(params, rng, labels):
@@ -134,7 +149,13 @@ def make_sampler(config, guidance: float, num_samples: int):
 
 def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool = False) -> Task:
   del resuming  # Nothing is derived from the data that a resume must reuse.
-  data = images.load_data(config)
+  return make_task(config, workdir, images.load_data(config))
+
+
+def make_task(config, workdir: str, data: data_lib.ImageData,
+              shape: tuple[int, int, int] | None = None, decode=None) -> Task:
+  """The training task on `data`, whose "images" [n, *shape] the backbone denoises (the images
+  themselves by default); decode(samples) -> images [n, H, W, C] for the eval grids."""
   num_classes = config.model.num_classes
   require(num_classes == 0 or num_classes == data.num_classes, "model.num_classes",
           f"{num_classes} but the data ({config.data.source!r}) has {data.num_classes} classes")
@@ -142,17 +163,18 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
   per_class = math.ceil(config.sample.num_images / num_classes) if num_classes else 0
   num_images = per_class * num_classes if num_classes else config.sample.num_images
   labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_class) if num_classes else None
-  run = make_sampler(config, config.sample.guidance_scale, num_images)
+  run = make_sampler(config, config.sample.guidance_scale, num_images, shape)
 
   def on_eval(params, step):
     samples = run(params, rng_for(config.seed, "sample"), labels)
-    images.write_eval_grid(workdir, "samples", step, samples, num_cols=per_class or None)
+    images.write_eval_grid(workdir, "samples", step, decode(samples) if decode else samples,
+                           num_cols=per_class or None)
     return {}
 
   train_data, eval_data = images.pipelines(config, data)
   return Task(
-      params=param_spec(config),
-      loss_fn=make_loss_fn(config),
+      params=param_spec(config, shape),
+      loss_fn=make_loss_fn(config, shape),
       train_data=train_data,
       eval_data=eval_data,
       eval_metrics=lambda totals: {},  # eval/loss and eval/mse_* are the loop's weighted means.
@@ -162,11 +184,13 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
   )
 
 
-def sample(config, params, workdir: str, request) -> str:
+def sample(config, params, workdir: str, request, shape: tuple[int, int, int] | None = None,
+           decode=None) -> str:
   """Writes request.num_samples images as WORKDIR/samples.png; returns the path.
 
   A class-conditional model draws request.class_label for every image (None: the images cycle
   through the classes) with guidance request.guidance (None: config.sample.guidance_scale).
+  `shape` and `decode` as in make_task.
   """
   num_classes = config.model.num_classes
   guidance = config.sample.guidance_scale if request.guidance is None else request.guidance
@@ -184,6 +208,6 @@ def sample(config, params, workdir: str, request) -> str:
             f"must be in [0, {num_classes}), got {request.class_label}")
     labels = np.full((request.num_samples,), request.class_label, np.int32)
     what = f"samples of class {request.class_label}"
-  run = make_sampler(config, float(guidance), request.num_samples)
+  run = make_sampler(config, float(guidance), request.num_samples, shape)
   samples = run(params, jax.random.key(request.seed), labels)
-  return images.write_samples(workdir, samples, what=what)
+  return images.write_samples(workdir, decode(samples) if decode else samples, what=what)
