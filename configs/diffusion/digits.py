@@ -12,16 +12,7 @@ rows of recognisable digits, each its row's class; --class=3 --guidance=2 draws 
 from gen_jax.config import apply_preset
 from gen_jax.config import diffusion
 
-_TINY = {
-    # One resolution level (and the middle block's attention): a U-Net that compiles in seconds.
-    "model.num_classes": 10, "model.base_channels": 16, "model.channel_multipliers": (1,),
-    "model.attention_resolutions": (), "model.num_heads": 2,
-    "diffusion.num_timesteps": 100, "sample.num_steps": 10, "sample.guidance_scale": 2.0,
-    "train.num_steps": 20, "train.batch_size": 16, "train.log_every": 10, "train.eval_every": 10,
-    "train.eval_max_batches": 2, "train.ema_decay": 0.9, "optimizer.learning_rate": 2e-3,
-    "optimizer.warmup_steps": 5,
-    "checkpoint.every_steps": 10, "sample.num_images": 16,
-}
+_TINY = {**diffusion.TINY, "model.num_classes": 10, "sample.guidance_scale": 2.0}
 
 PRESETS = {
     "tiny": _TINY,

@@ -16,15 +16,7 @@ from gen_jax.config import diffusion
 _CONDITIONED = {"model.num_classes": 10, "sample.guidance_scale": 2.0}
 
 PRESETS = {
-    "tiny": {
-        **_CONDITIONED, "model.base_channels": 16, "model.channel_multipliers": (1,),
-        "model.attention_resolutions": (), "model.num_heads": 2,
-        "diffusion.num_timesteps": 100, "sample.num_steps": 10,
-        "train.num_steps": 20, "train.batch_size": 16, "train.log_every": 10,
-        "train.eval_every": 10, "train.eval_max_batches": 2, "train.ema_decay": 0.9,
-        "optimizer.learning_rate": 2e-3, "optimizer.warmup_steps": 5,
-        "checkpoint.every_steps": 10, "sample.num_images": 16,
-    },
+    "tiny": {**diffusion.TINY, **_CONDITIONED},
     "small": {
         # The 4x4 latent: two levels (4, 2), attention at 2 and in the middle.
         **_CONDITIONED, "model.base_channels": 64, "model.channel_multipliers": (1, 2),

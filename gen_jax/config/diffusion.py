@@ -4,6 +4,18 @@ import ml_collections
 from gen_jax.config.image import image_base
 
 
+# The tests' preset of every diffusion config (conditioning fields apart): one resolution level
+# (and the middle block's attention), a U-Net that compiles in seconds.
+TINY = {
+    "model.base_channels": 16, "model.channel_multipliers": (1,),
+    "model.attention_resolutions": (), "model.num_heads": 2,
+    "diffusion.num_timesteps": 100, "sample.num_steps": 10,
+    "train.num_steps": 20, "train.batch_size": 16, "train.log_every": 10, "train.eval_every": 10,
+    "train.eval_max_batches": 2, "train.ema_decay": 0.9, "optimizer.learning_rate": 2e-3,
+    "optimizer.warmup_steps": 5, "checkpoint.every_steps": 10, "sample.num_images": 16,
+}
+
+
 def base() -> ml_collections.ConfigDict:
   config = image_base("diffusion")
   config.model.update(dict(
@@ -11,7 +23,7 @@ def base() -> ml_collections.ConfigDict:
       # 0: unconditional; > 0: class-conditional on the data's labels (must equal the data's
       # number of classes), with a null class for classifier-free guidance.
       num_classes=0,
-      # > 0: cross-attention to text token states of this width (needs a text encoder; not yet).
+      # > 0: cross-attention to text.encoder's token states, which are this wide.
       context_dim=0,
       # U-Net (Ho et al., 2020; Dhariwal & Nichol, 2021).
       base_channels=32,
@@ -34,6 +46,15 @@ def base() -> ml_collections.ConfigDict:
       # Probability of training a class-conditional model on the null class instead of the label,
       # so one network also gives the unconditional prediction guidance needs.
       condition_dropout=0.1,
+  ))
+  # Text conditioning (gen_jax.families.conditioning): a frozen language model's token states,
+  # attended to by cross-attention. Labelled data is captioned from its class names.
+  config.text = ml_collections.ConfigDict(dict(
+      # "" (none), or a language model as in llm's init.source: "workdir:DIR", "gguf:PATH",
+      # "hf:DIR". Needs model.context_dim = its width and model.num_classes = 0.
+      encoder="",
+      caption_template="a picture of the digit {}",  # {} is a class name.
+      max_tokens=16,  # Captions and prompts are padded to this many tokens.
   ))
   config.sample.update(dict(
       sampler="ddim",  # "ddim", "ddpm" (all num_timesteps steps) or "dpm_solver" (++(2M)).

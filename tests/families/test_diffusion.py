@@ -59,7 +59,11 @@ BAD = [
     ({"sample.sampler": "dpm_solver", "sample.eta": 1.0}, "sample.eta: only the ddim sampler"),
     ({"model.num_classes": 0}, r"sample.guidance_scale: guidance \(2.0\) needs a conditioned"),
     ({"diffusion.condition_dropout": 0.0}, "diffusion.condition_dropout: guidance"),
-    ({"model.context_dim": 16}, "model.context_dim: text conditioning needs a text encoder"),
+    ({"model.context_dim": 16}, "model.context_dim: 16: cross-attention needs text.encoder"),
+    ({"text.encoder": "workdir:/x", "model.context_dim": 16},
+     "model.num_classes: 10: with text.encoder the classes condition through their captions"),
+    ({"text.encoder": "workdir:/x", "model.num_classes": 0},
+     "model.context_dim: must be text.encoder.s width"),
     ({"model.backbone": "vit"}, r"model.backbone: 'vit' is not one of \('unet', 'dit'\)"),
     ({"model.attention_resolutions": (3,)}, "model.attention_resolutions: 3 is not a resolution"),
     ({"model.backbone": "dit", "model.patch_size": 3}, "model.patch_size"),
@@ -78,7 +82,7 @@ def test_bad_configs_and_sample_requests_name_their_field():
   with pytest.raises(ConfigError, match=r"--class: must be in \[0, 10\), got 10"):
     diffusion.sample(config, None, "/nonexistent", SampleRequest(class_label=10))
   unconditional = tiny_config(CONFIG, **{"model.num_classes": 0, "sample.guidance_scale": 1.0})
-  with pytest.raises(ConfigError, match="--guidance: guidance .* needs a class-conditional"):
+  with pytest.raises(ConfigError, match="--guidance: guidance .* needs a conditioned model"):
     diffusion.sample(unconditional, None, "/nonexistent", SampleRequest(guidance=3.0))
   with pytest.raises(ConfigError, match="--class: the model is unconditional"):
     diffusion.sample(unconditional, None, "/nonexistent", SampleRequest(class_label=1))
