@@ -82,9 +82,14 @@ def sample(workdir: str, request: SampleRequest):
   from gen_jax.config import ConfigError
   from gen_jax.train.workdir import load_workdir_params
   config, params = load_workdir_params(workdir)
-  if request.chat and not hasattr(families.get(config.family), "inference_params"):
+  family = families.get(config.family)
+  if request.chat and not hasattr(family, "inference_params"):
     raise ConfigError("--chat", f"{workdir!r} holds a {config.family} model, not a language model")
-  return families.get(config.family).sample(config, params, workdir, request)
+  if hasattr(family, "generate"):  # An image generator: its images become WORKDIR/samples.png.
+    from gen_jax.families import images
+    samples, what = family.generate(config, params, workdir, request)
+    return images.write_samples(workdir, samples, what=what)
+  return family.sample(config, params, workdir, request)
 
 
 def sample_pretrained(request: SampleRequest, *, gguf: str | None = None,

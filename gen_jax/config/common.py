@@ -48,6 +48,11 @@ def base_config() -> ml_collections.ConfigDict:
       # > 0 keeps an exponential moving average of the weights with this decay (warmed up over
       # the first steps); evaluation, sample grids and gen_jax.sample then use it. 0: none.
       ema_decay=0.0,
+      # > 0: training also ends (evaluated and checkpointed as at num_steps) after the first step
+      # at which the run's process has used this many CPU seconds (all threads) since its first
+      # step: the same compute for every model on a shared machine (benchmarks compare families
+      # at one budget). 0: num_steps alone decides.
+      time_budget_s=0.0,
   ))
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=3e-4,  # Peak, after linear warmup, then cosine decay to min_lr_ratio * peak.
@@ -90,6 +95,8 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
                "log_every", "eval_every"):
     require(t[name] > 0, f"train.{name}", f"must be positive, got {t[name]}")
   require(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
+  require(t.time_budget_s >= 0, "train.time_budget_s", f"must be >= 0 (0: off), got "
+          f"{t.time_budget_s}")
   require(t.eval_max_batches == -1 or t.eval_max_batches > 0, "train.eval_max_batches",
           f"must be positive or -1 (all), got {t.eval_max_batches}")
   require(t.batch_size % (t.minibatches * t.grad_accum_steps) == 0, "train.batch_size",

@@ -6,7 +6,10 @@ A family module offers:
                                    names), which leaves train, pretrained values (no data needed).
   build_task(config, workdir, resuming)  loads data and returns a gen_jax.train.Task; when
                                    resuming it reuses what the workdir saved (the tokenizer).
-  sample(config, params, workdir, request)  generates from trained params (gen_jax.sample).
+  sample(config, params, workdir, request)  generates from trained params (gen_jax.sample); an
+                                   image generator offers instead
+  generate(config, params, workdir, request)  (images [n, H, W, C] in [-1, 1], what they are),
+                                   which gen_jax.sample writes as a grid and benchmarks score.
   dry_run_inputs(config)           (loss_fn, global batch shapes) without data, for --dry_run.
 A language-model family (one a later stage can start from, and export) also offers
   inference_params(config, params)  (TransformerConfig, params) of the model it trains.

@@ -234,12 +234,11 @@ def _sample_condition(config, workdir: str, request) -> tuple[dict, dict, str]:
   return table.of_labels(jnp.asarray(labels, jnp.int32)), table.null(n), what
 
 
-def sample(config, params, workdir: str, request, shape: tuple[int, int, int] | None = None,
-           decode=None) -> str:
-  """Writes request.num_samples images as WORKDIR/samples.png; returns the path.
-
-  Conditioned as _sample_condition says, with guidance request.guidance (None:
-  config.sample.guidance_scale). `shape` and `decode` as in make_task.
+def generate(config, params, workdir: str, request, shape: tuple[int, int, int] | None = None,
+             decode=None):
+  """(request.num_samples images [n, H, W, C], what they are), conditioned as _sample_condition
+  says, with guidance request.guidance (None: config.sample.guidance_scale). `shape` and `decode`
+  as in make_task.
   """
   guidance = config.sample.guidance_scale if request.guidance is None else request.guidance
   require(guidance >= 0, "--guidance", f"must be >= 0, got {guidance}")
@@ -248,4 +247,4 @@ def sample(config, params, workdir: str, request, shape: tuple[int, int, int] | 
           f"guidance ({guidance}) needs a conditioned model; this one is unconditional")
   run = make_sampler(config, float(guidance), request.num_samples, shape)
   samples = run(params, jax.random.key(request.seed), condition, null)
-  return images.write_samples(workdir, decode(samples) if decode else samples, what=what)
+  return (decode(samples) if decode else samples), what

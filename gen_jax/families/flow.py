@@ -125,13 +125,14 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
   )
 
 
-def sample(config, params, workdir: str, request) -> str:
-  """Writes request.num_samples samples as WORKDIR/samples.png; returns the path. The prior's
-  temperature is request.temperature when > 0, else config.sample.temperature."""
+def generate(config, params, workdir: str, request):
+  """(request.num_samples samples, "samples"). The prior's temperature is request.temperature
+  when > 0, else config.sample.temperature."""
+  del workdir
   if request.guidance is not None:
     raise ConfigError("--guidance", "a flow has no classifier-free guidance")
   require(request.class_label is None, "--class", "this flow is not class-conditional")
   temperature = request.temperature if request.temperature > 0 else config.sample.temperature
   samples = _sampler(config)(params, jax.random.key(request.seed), request.num_samples,
                              temperature)
-  return images.write_samples(workdir, samples)
+  return samples, "samples"

@@ -204,12 +204,10 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
   )
 
 
-def sample(config, params, workdir: str, request) -> str:
-  """Writes request.num_samples generated images as WORKDIR/samples.png; returns the path.
-
-  Class-conditional models draw every image from request.class_label, or cycle through the
-  classes when it is None.
-  """
+def generate(config, params, workdir: str, request):
+  """(request.num_samples generated images, what they are). Class-conditional models draw every
+  image from request.class_label, or cycle through the classes when it is None."""
+  del workdir
   m = config.model
   if request.guidance is not None:
     raise ConfigError("--guidance", "a GAN has no classifier-free guidance")
@@ -224,6 +222,7 @@ def sample(config, params, workdir: str, request) -> str:
     require(0 <= request.class_label < m.num_classes, "--class",
             f"must be in [0, {m.num_classes}), got {request.class_label}")
     labels = jnp.full((n,), request.class_label, jnp.int32)
-  generate, _, _ = _networks(config)
-  samples = jax.jit(generate, static_argnums=3)(params, jax.random.key(request.seed), labels, n)
-  return images.write_samples(workdir, samples)
+  generator, _, _ = _networks(config)
+  samples = jax.jit(generator, static_argnums=3)(params, jax.random.key(request.seed), labels, n)
+  what = "samples" if request.class_label is None else f"samples of class {request.class_label}"
+  return samples, what

@@ -128,11 +128,11 @@ def data_with_images(data, train: np.ndarray, held_out: np.ndarray):
       held_out={**data.held_out, "images": held_out.astype(np.float32)})
 
 
-def sample(config, params, workdir: str, request) -> str:
-  """diffusion.sample in the latent space, decoded by the VAE; the workdir's saved scale."""
+def generate(config, params, workdir: str, request):
+  """diffusion.generate in the latent space, decoded by the VAE; the workdir's saved scale."""
   scale = read_scale(workdir)
   require(scale is not None, "--workdir", f"{workdir!r} has no {SCALE_FILE}: not a "
           "latent_diffusion run's workdir")
   net, vae_params = load_vae(config)
-  return diffusion.sample(config, params, workdir, request, latent_shape(config),
-                          decode=decoder(net, vae_params, scale))
+  return diffusion.generate(config, params, workdir, request, latent_shape(config),
+                            decode=decoder(net, vae_params, scale))

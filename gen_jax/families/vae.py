@@ -104,8 +104,9 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
   )
 
 
-def sample(config, params, workdir: str, request) -> str:
-  """Writes request.num_samples decoded prior samples as WORKDIR/samples.png; returns the path."""
+def generate(config, params, workdir: str, request):
+  """(request.num_samples decoder means of z ~ N(0, I), "samples")."""
+  del workdir
   samples = decode_samples(model(config), params, jax.random.key(request.seed),
                            request.num_samples)
-  return images.write_samples(workdir, samples)
+  return samples, "samples"

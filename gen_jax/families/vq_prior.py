@@ -290,10 +290,11 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool =
   )
 
 
-def sample(config, params, workdir: str, request) -> str:
-  """Writes request.num_samples images decoded from sampled codes as WORKDIR/samples.png: all of
-  class request.class_label, or cycling through the classes; the temperature is
-  request.temperature when > 0, else config.sample.temperature. Returns the path."""
+def generate(config, params, workdir: str, request):
+  """(request.num_samples images decoded from sampled codes, what they are): all of class
+  request.class_label, or cycling through the classes; the temperature is request.temperature
+  when > 0, else config.sample.temperature."""
+  del workdir
   sequences = layout(config)
   count = request.num_samples
   if request.class_label is None:
@@ -312,4 +313,4 @@ def sample(config, params, workdir: str, request) -> str:
   what = "samples" if labels is None else (
       f"samples of class {request.class_label}" if request.class_label is not None
       else "samples, cycling through the classes")
-  return images.write_samples(workdir, samples, what=what)
+  return samples, what

@@ -145,6 +145,27 @@ def build_train_step(config, layout: StateLayout, loss_fn: LossFn, *,
                          ema_decay=config.train.ema_decay, statistics_update=statistics_update)
 
 
+class _CpuBudget:
+  """Asked after every step: whether the process has used `seconds` of CPU time (all threads)
+  since the first step (whose compilation would dominate a small budget); hosts agree by taking
+  process 0's answer. seconds 0: never."""
+
+  def __init__(self, seconds: float):
+    self.seconds, self._start = seconds, None
+
+  def spent(self) -> bool:
+    if not self.seconds:
+      return False
+    if self._start is None:  # After the first step.
+      self._start = time.process_time()
+      return False
+    spent = time.process_time() - self._start >= self.seconds
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      spent = bool(multihost_utils.broadcast_one_to_all(spent))
+    return spent
+
+
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks after every step."""
 
@@ -292,6 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ckpt.save(step, state, data_iter.get_state())
 
   step = start
+  budget = _CpuBudget(config.train.time_budget_s)
   try:
     with _Preemption() as preemption, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       while step < num_steps:
@@ -303,17 +325,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state, metrics = train_step(state, frozen, batch, train_rng)
         step += 1
         log.add(step, metrics)
-        if step % config.train.log_every == 0 or step in (num_steps, start + 1):
+        out_of_budget = budget.spent()
+        last = step == num_steps or out_of_budget
+        if step % config.train.log_every == 0 or step == start + 1 or last:
           log.flush(step)
-        if step % config.train.eval_every == 0 or step == num_steps:
+        if step % config.train.eval_every == 0 or last:
           log.flush(step)
           params = partition.merge_params(state.eval_params(), frozen)
           eval_metrics = evaluate(task, eval_step, params, mesh, eval_rng)
           if task.on_eval is not None and is_main:
             eval_metrics.update(task.on_eval(params, step))
           log.write_eval(step, eval_metrics)
-        if step % config.checkpoint.every_steps == 0 or step == num_steps:
+        if step % config.checkpoint.every_steps == 0 or last:
           save(step)
+        if out_of_budget:
+          bar.write(f"train.time_budget_s: {budget.seconds:g} CPU seconds used by step {step}; "
+                    "stopped there.")
+          break
         if preemption.requested:
           save(step)
           bar.write(f"SIGTERM: saved a checkpoint at step {step}; exiting.")

@@ -80,9 +80,9 @@ def test_bad_configs_and_sample_requests_name_their_field():
   # Sample requests are checked before the params are touched.
   config = tiny_config(CONFIG)
   with pytest.raises(ConfigError, match=r"--class: must be in \[0, 10\), got 10"):
-    diffusion.sample(config, None, "/nonexistent", SampleRequest(class_label=10))
+    diffusion.generate(config, None, "/nonexistent", SampleRequest(class_label=10))
   unconditional = tiny_config(CONFIG, **{"model.num_classes": 0, "sample.guidance_scale": 1.0})
   with pytest.raises(ConfigError, match="--guidance: guidance .* needs a conditioned model"):
-    diffusion.sample(unconditional, None, "/nonexistent", SampleRequest(guidance=3.0))
+    diffusion.generate(unconditional, None, "/nonexistent", SampleRequest(guidance=3.0))
   with pytest.raises(ConfigError, match="--class: the model is unconditional"):
-    diffusion.sample(unconditional, None, "/nonexistent", SampleRequest(class_label=1))
+    diffusion.generate(unconditional, None, "/nonexistent", SampleRequest(class_label=1))

@@ -69,6 +69,6 @@ def test_bad_config_and_sample_requests_fail_naming_the_field(tmp_path):
       validate(tiny_config(CONFIG, **overrides))
   config = tiny_config(CONFIG)  # sample() checks the request before it touches the params.
   with pytest.raises(ConfigError, match="--class: this flow is not class-conditional"):
-    flow.sample(config, None, str(tmp_path), SampleRequest(class_label=1))
+    flow.generate(config, None, str(tmp_path), SampleRequest(class_label=1))
   with pytest.raises(ConfigError, match="--guidance: a flow has no classifier-free guidance"):
-    flow.sample(config, None, str(tmp_path), SampleRequest(guidance=2.0))
+    flow.generate(config, None, str(tmp_path), SampleRequest(guidance=2.0))

@@ -155,9 +155,9 @@ def test_bad_config_and_sample_requests_fail_naming_the_field(tmp_path):
     gan.build_task(tiny_config(CONFIG, **{"model.num_classes": 7}), str(tmp_path))
   config = tiny_config(CONFIG)  # sample() checks the request before it touches the params.
   with pytest.raises(ConfigError, match=r"--class: must be in \[0, 10\), got 10"):
-    gan.sample(config, None, str(tmp_path), SampleRequest(class_label=10))
+    gan.generate(config, None, str(tmp_path), SampleRequest(class_label=10))
   with pytest.raises(ConfigError, match="--guidance: a GAN has no classifier-free guidance"):
-    gan.sample(config, None, str(tmp_path), SampleRequest(guidance=2.0))
+    gan.generate(config, None, str(tmp_path), SampleRequest(guidance=2.0))
   unconditional = tiny_config(CONFIG, **{"model.num_classes": 0})
   with pytest.raises(ConfigError, match="--class: this GAN is not class-conditional"):
-    gan.sample(unconditional, None, str(tmp_path), SampleRequest(class_label=1))
+    gan.generate(unconditional, None, str(tmp_path), SampleRequest(class_label=1))

@@ -82,5 +82,5 @@ def test_tiny_run_trains_and_samples_a_prompt_with_guidance(encoder_workdir, tmp
   assert "Wrote 4 samples of 'a picture of the digit 7'" in sample.stdout
   assert np.asarray(Image.open(os.path.join(workdir, "samples.png"))).shape == _grid_shape(2, 2)
   with pytest.raises(ConfigError, match="--prompt: give --prompt or --class, not both"):
-    diffusion.sample(_config(encoder_workdir), None, workdir,
+    diffusion.generate(_config(encoder_workdir), None, workdir,
                      SampleRequest(prompt="a 7", class_label=7))

@@ -67,7 +67,7 @@ def test_vqvae_then_its_prior_train_report_honest_bits_per_dim_and_sample(tmp_pa
 
   config = tiny_config(PRIOR, **{"prior.vqvae_workdir": vq_dir})
   with pytest.raises(ConfigError, match=r"--class: 10 is not a class of this prior: 0..9"):
-    vq_prior.sample(config, None, prior_dir, SampleRequest(class_label=10))
+    vq_prior.generate(config, None, prior_dir, SampleRequest(class_label=10))
   config = tiny_config(PRIOR, **{"prior.vqvae_workdir": vq_dir, "prior.num_classes": 3})
   with pytest.raises(ConfigError, match=r"prior.num_classes: 3, but the VQ-VAE's data 'digits' "
                      "has 10 classes"):
