@@ -51,6 +51,11 @@ def validate(config: ml_collections.ConfigDict, shape: tuple[int, int, int] | No
           f"{d.objective!r} is not one of {objective_lib.OBJECTIVES}")
   require(0 <= d.condition_dropout < 1, "diffusion.condition_dropout",
           f"must be in [0, 1), got {d.condition_dropout}")
+  require(s.clip_denoised or d.objective != "epsilon" or d.schedule != "cosine",
+          "diffusion.objective",
+          "'epsilon' with the cosine schedule needs sample.clip_denoised: unclipped, the first "
+          "sampling step multiplies the noise estimate's error by ~sqrt(alpha_bar_T-k / "
+          "alpha_bar_T) (hundreds, alpha_bar_T being ~2e-9); use 'v' or 'x0'")
   require(s.sampler in samplers.SAMPLERS, "sample.sampler",
           f"{s.sampler!r} is not one of {samplers.SAMPLERS}")
   require(0 < s.num_steps <= d.num_timesteps, "sample.num_steps",

@@ -60,6 +60,8 @@ BAD = [
     ({"model.num_classes": 0}, r"sample.guidance_scale: guidance \(2.0\) needs a conditioned"),
     ({"diffusion.condition_dropout": 0.0}, "diffusion.condition_dropout: guidance"),
     ({"model.context_dim": 16}, "model.context_dim: 16: cross-attention needs text.encoder"),
+    ({"sample.clip_denoised": False},
+     "diffusion.objective: 'epsilon' with the cosine schedule needs sample.clip_denoised"),
     ({"text.encoder": "workdir:/x", "model.context_dim": 16},
      "model.num_classes: 10: with text.encoder the classes condition through their captions"),
     ({"text.encoder": "workdir:/x", "model.num_classes": 0},

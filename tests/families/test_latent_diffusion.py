@@ -12,6 +12,7 @@ from PIL import Image
 from gen_jax.config import ConfigError
 from gen_jax.families import images, latent_diffusion, vae
 from gen_jax.models.vae import VAE
+from gen_jax.objectives import diffusion as diffusion_objectives
 from gen_jax.train import train_and_evaluate, validate
 from gen_jax.train.workdir import load_workdir_params
 from tests.conftest import run_cli, tiny_config
@@ -45,7 +46,10 @@ def test_trains_in_the_vaes_unit_variance_latent_and_samples_decoded_pixels(vae_
   np.testing.assert_allclose(saved["scale"], 1 / np.asarray(means).std(), rtol=1e-4)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     last = [r for r in map(json.loads, f) if "eval/loss" in r][-1]
-  assert last["step"] == 20 and 0 < last["eval/loss"] < 0.95, last  # Below eps = 0's E[eps^2] = 1.
+  # A v-model that outputs 0 (the zero-initialized last conv) implies eps = sigma x_t, whose error
+  # on unit-variance latents averages E_t[alpha_bar_t]; training goes well below it.
+  zero_model = float(np.mean(diffusion_objectives.make_schedule("cosine", 100).alphas_cumprod))
+  assert last["step"] == 20 and 0 < last["eval/mse_epsilon"] < 0.8 * zero_model, last
   grid = np.asarray(Image.open(os.path.join(workdir, "images", "samples_000020.png")))
   assert grid.shape == _grid_shape(rows=10, cols=2) and grid.std() > 5  # Decoded 8x8 pixels.
 
