@@ -87,6 +87,9 @@ def sample(workdir: str, request: SampleRequest):
     raise ConfigError("--chat", f"{workdir!r} holds a {config.family} model, not a language model")
   if hasattr(family, "generate"):  # An image generator: its images become WORKDIR/samples.png.
     from gen_jax.families import images
+    if request.prompt and not ("text" in config and config.text.encoder):
+      raise ConfigError("--prompt", f"{workdir!r} holds a {config.family} model that is not "
+                        "text-conditioned")
     samples, what = family.generate(config, params, workdir, request)
     return images.write_samples(workdir, samples, what=what)
   return family.sample(config, params, workdir, request)

@@ -98,6 +98,10 @@ def test_vae_trains_writes_png_grids_and_samples(tmp_path):
   sample = run_cli("gen_jax.sample", f"--workdir={workdir}", "--num_samples=9")
   assert sample.returncode == 0, sample.stderr[-3000:]
   assert os.path.exists(os.path.join(workdir, "samples.png"))
+  from gen_jax.config import ConfigError
+  from gen_jax.sample import SampleRequest, sample as sample_workdir
+  with pytest.raises(ConfigError, match="--prompt: .* holds a vae model that is not text-cond"):
+    sample_workdir(workdir, SampleRequest(prompt="a shoe"))
 
 
 def test_sigterm_saves_and_resume_reproduces_the_uninterrupted_losses(tmp_path):
