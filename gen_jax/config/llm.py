@@ -136,6 +136,17 @@ def preference_base(family: str) -> ml_collections.ConfigDict:
   config.family = family
   config.data.format = "preference"
   config.data.source = "synthetic:arithmetic"
+  # How the synthetic task's pairs are made: the right answer is always chosen; rejected is
+  # "rules" (a mistake made by hand: a digit off by one, a dropped carry, swapped digits) or
+  # "policy" (a wrong reply sampled from init.source's model, the stage being improved; a rule-made
+  # mistake where all of its replies are right). Policy pairs put the preference where the model
+  # errs: its own mistakes are likely under it, while rule-made ones mostly are not.
+  config.pairs = ml_collections.ConfigDict(dict(
+      rejected="rules",
+      policy_replies=4,  # Sampled replies per problem ("policy").
+      temperature=1.0,  # Their sampling temperature.
+      max_new_tokens=16,  # Their length budget; prompt + this must fit model.max_seq_len.
+  ))
   if family == "dpo":
     config.dpo = ml_collections.ConfigDict(dict(
         beta=0.1,  # Strength of the implicit KL to the reference: higher stays closer.

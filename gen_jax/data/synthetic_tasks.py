@@ -203,16 +203,25 @@ def _wrong_answer(problem: Problem, rng: random.Random) -> str:
   return rng.choice(candidates)  # Off by one always differs, so this is never empty.
 
 
-def preference_pairs(problems: Sequence[Problem], *, seed: int) -> list[PreferencePair]:
-  """SYNTHETIC preference pairs: the right formatted answer over a plausible wrong one.
+def preference_pairs(problems: Sequence[Problem], *, seed: int,
+                     replies: Sequence[Sequence[str]] | None = None) -> list[PreferencePair]:
+  """SYNTHETIC preference pairs: the right formatted answer over a wrong one.
 
-  The wrong answer is one of the mistakes people make adding by hand: one digit off by one, a
-  dropped carry, or two neighbouring digits swapped; never the right one. Both replies are in the
-  answer format, so a preference model must judge the number, not the form. Deterministic given
-  `seed` and the order of `problems`.
+  The wrong one is the first reply of replies[i] (a model's own replies to problem i) that
+  exact_match_reward rejects; where there is none (or no replies), one of the mistakes people make
+  adding by hand: one digit off by one, a dropped carry, or two neighbouring digits swapped, in the
+  answer format, so a preference model must judge the number, not the form. Never the right
+  answer. Deterministic given `seed`, the order of `problems` and the replies.
   """
   rng = random.Random(seed)
-  return [PreferencePair(prompt=[{"role": "user", "content": p.prompt}],
-                         chosen=format_answer(p.answer),
-                         rejected=format_answer(_wrong_answer(p, rng)))
-          for p in problems]
+  replies = replies if replies is not None else [()] * len(problems)
+  if len(replies) != len(problems):
+    raise ValueError(f"{len(replies)} lists of replies for {len(problems)} problems")
+  pairs = []
+  for problem, own in zip(problems, replies):
+    wrong = [r for r in own if not exact_match_reward(problem, r)]
+    rule_made = format_answer(_wrong_answer(problem, rng))  # Drawn always: a stable rng stream.
+    pairs.append(PreferencePair(prompt=[{"role": "user", "content": problem.prompt}],
+                                chosen=format_answer(problem.answer),
+                                rejected=wrong[0] if wrong else rule_made))
+  return pairs

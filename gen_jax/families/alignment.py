@@ -43,8 +43,18 @@ def validate_policy_stage(config: ml_collections.ConfigDict) -> None:
 
 def validate_stage(config: ml_collections.ConfigDict) -> None:
   """An alignment stage trained on preference pairs (reward, dpo)."""
+  d, p = config.data, config.pairs
+  require(p.rejected in ("rules", "policy"), "pairs.rejected",
+          f"{p.rejected!r}: use 'rules' or 'policy'")
+  if p.rejected == "policy":  # Before init.source loads: these need nothing read.
+    require(llm.SYNTHETIC_SOURCE in (d.source, d.eval_source), "pairs.rejected",
+            f"'policy' makes the synthetic task's pairs, but data.source={d.source!r} and "
+            f"data.eval_source={d.eval_source!r} name none")
+    require(bool(config.init.source), "pairs.rejected",
+            "'policy' samples init.source's model, and init.source is empty")
+    for name in ("policy_replies", "temperature", "max_new_tokens"):
+      require(p[name] > 0, f"pairs.{name}", f"must be positive, got {p[name]}")
   validate_policy_stage(config)
-  d = config.data
   require(d.format == "preference", "data.format",
           f"{d.format!r}: a {config.family} run trains on preference pairs; set 'preference'")
   pairs_source = lambda s: s == llm.SYNTHETIC_SOURCE or s.endswith(".jsonl")  # noqa: E731
@@ -94,11 +104,35 @@ def sample(config, params, workdir: str, request) -> str:
   return llm.generate_text(model_config, params, data_lib.Tokenizer.load(workdir), request)
 
 
+def policy_replies(config, problems: list, held_out: bool) -> list[list[str]]:
+  """pairs.policy_replies replies of init.source's model to each problem, sampled at
+  pairs.temperature (seeded by config.seed)."""
+  from gen_jax.families import rl  # rl builds on this module.
+  from gen_jax.sampling import SamplingParams
+  from gen_jax.train.state import rng_for
+  p = config.pairs
+  source = llm_sources.load(config.init.source, "init.source")  # Adapters merged.
+  return rl.sampled_replies(
+      Transformer(source.config), jax.device_put(source.params), source.tokenizer, problems,
+      num_replies=p.policy_replies, sampling_params=SamplingParams(temperature=p.temperature),
+      max_new_tokens=p.max_new_tokens, batch_size=max(1, 512 // p.policy_replies),
+      rng=rng_for(config.seed, f"policy pairs {int(held_out)}"), field="pairs.max_new_tokens")
+
+
 def _pairs(config, source: str, field: str, held_out: bool) -> list:
   if source == llm.SYNTHETIC_SOURCE:
     problems = llm.task_problems(config)[1 if held_out else 0]
+    replies = None
+    if config.pairs.rejected == "policy":
+      replies = policy_replies(config, problems, held_out)
+      own = sum(any(not synthetic_tasks.exact_match_reward(p, r) for r in rs)
+                for p, rs in zip(problems, replies))
+      print(f"{field}: {own} of {len(problems)} {'held-out' if held_out else 'training'} pairs "
+            f"reject a wrong reply of init.source's model; the rest a rule-made mistake "
+            f"(its {config.pairs.policy_replies} replies were all right)", flush=True)
     # Its own seed stream: the wrong answers differ between the training and held-out pairs.
-    return synthetic_tasks.preference_pairs(problems, seed=config.task.seed + int(held_out))
+    return synthetic_tasks.preference_pairs(problems, seed=config.task.seed + int(held_out),
+                                            replies=replies)
   return conversations.load_preference_pairs(source, field)
 
 

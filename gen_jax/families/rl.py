@@ -153,6 +153,34 @@ def rollout(net, params, prompts: dict, *, sampling_params: SamplingParams, max_
           np.asarray(responses))
 
 
+def sampled_replies(net, params, tok, problems, *, num_replies: int,
+                    sampling_params: SamplingParams, max_new_tokens: int, batch_size: int, rng,
+                    field: str) -> list[list[str]]:
+  """num_replies replies (texts) sampled from a policy for each problem's prompt.
+
+  Batches of batch_size prompts (the last wraps around: one compiled shape); `field` is named
+  when the prompts plus max_new_tokens pass model.max_seq_len.
+  """
+  stops = end_of_turn(tok)
+  prompts = encode_prompts(tok, problems)
+  width = max(len(p) for p in prompts)
+  require(width + max_new_tokens <= net.config.max_seq_len, field,
+          f"{max_new_tokens} new tokens after prompts of up to {width} tokens pass the model's "
+          f"max_seq_len={net.config.max_seq_len}")
+  arrays = prompt_arrays(prompts, width, tok.pad_id)
+  replies = []
+  for start in range(0, len(problems), batch_size):
+    rows = np.arange(start, start + batch_size) % len(problems)
+    real = min(batch_size, len(problems) - start)
+    _, responses = rollout(net, params, {k: v[rows] for k, v in arrays.items()},
+                           sampling_params=sampling_params, max_new_tokens=max_new_tokens,
+                           tok=tok, stops=stops, rng=jax.random.fold_in(rng, start),
+                           repeat=num_replies)
+    texts = response_texts(tok, responses[:real * num_replies], stops)
+    replies += [texts[i * num_replies:(i + 1) * num_replies] for i in range(real)]
+  return replies
+
+
 @functools.partial(jax.jit, static_argnames=("net", "reference"))
 def _sequence_kl(net, params, reference, reference_params, batch) -> jax.Array:
   """[b] sum over each response's tokens of log pi - log pi_ref: the sampled estimate of the

@@ -146,6 +146,21 @@ def test_preference_pairs_prefer_the_right_answer_over_a_human_mistake():
   assert kinds == {"off_by_one", "dropped_carry", "swapped"}
 
 
+def test_preference_pairs_reject_a_models_own_wrong_reply():
+  problems = st.arithmetic_problems(3, seed=2)
+  right = [st.format_answer(p.answer) for p in problems]
+  replies = [["The answer is -1.", "garbled"],  # Both wrong: the first is rejected.
+             [right[1], " The answer is 1000000."],  # The right one is skipped.
+             [right[2], right[2] + " Sure."]]  # All right: a rule-made mistake instead.
+  pairs = st.preference_pairs(problems, seed=4, replies=replies)
+  assert [pair.rejected for pair in pairs[:2]] == ["The answer is -1.", " The answer is 1000000."]
+  assert [pair.chosen for pair in pairs] == right
+  # The rule-made mistakes come from the same rng stream as without replies.
+  assert pairs[2] == st.preference_pairs(problems, seed=4)[2]
+  with pytest.raises(ValueError, match="2 lists of replies for 3 problems"):
+    st.preference_pairs(problems, seed=4, replies=replies[:2])
+
+
 def test_preference_pairs_on_edge_answers():
   # 0 + 0 = 0 has no carry and no swap: only an off-by-one can be wrong; 5 + 5 = 10 keeps no zero lead.
   edge = [st.Problem("What is 0 + 0?", "0"), st.Problem("What is 5 + 5?", "10"),

@@ -160,6 +160,28 @@ def test_reward_model_and_dpo_start_from_sft_and_keep_it_frozen(stages, tmp_path
   assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_policy_pairs_reject_the_starting_models_own_mistakes(stages, tmp_path):
+  sft, _ = stages
+  config = tiny_config("configs/llm/dpo.py", **SHORT, **{
+      "init.source": f"workdir:{sft}", "pairs.rejected": "policy", "pairs.policy_replies": 2,
+      "task.num_train": 48, "task.num_eval": 16})
+  train_problems, _ = llm.task_problems(config)
+  train_pairs, eval_pairs = alignment.preference_pairs(config)
+  assert len(train_pairs) == 48 and len(eval_pairs) == 16
+  rules = synthetic_tasks.preference_pairs(train_problems, seed=config.task.seed)
+  replies = alignment.policy_replies(config, train_problems, held_out=False)
+  assert replies == alignment.policy_replies(config, train_problems, held_out=False)  # Seeded.
+  own = 0
+  for problem, pair, rule_pair, sampled in zip(train_problems, train_pairs, rules, replies):
+    assert len(sampled) == 2 and not synthetic_tasks.exact_match_reward(problem, pair.rejected)
+    wrong = [r for r in sampled if not synthetic_tasks.exact_match_reward(problem, r)]
+    assert pair.rejected == (wrong[0] if wrong else rule_pair.rejected)
+    own += bool(wrong)
+  assert own > 0  # A 3-step SFT model errs, so its own replies are rejected.
+  metrics = train_and_evaluate(config, str(tmp_path / "dpo"))
+  assert math.isfinite(metrics["eval/loss"])
+
+
 def _ppo_config(stages, **overrides):
   sft, rm = stages
   return tiny_config("configs/llm/ppo.py", **SHORT, **{
@@ -329,6 +351,13 @@ BAD_STAGES = [
     ("configs/llm/dpo.py", {"dpo.beta": 0.0}, "dpo.beta: must be positive"),
     ("configs/llm/dpo.py", {"dpo.loss_type": "hinge"}, r"dpo.loss_type: 'hinge' is not one of"),
     ("configs/llm/dpo.py", {"data.source": "chatterbot"}, "data.source: 'chatterbot': use"),
+    ("configs/llm/dpo.py", {"pairs.rejected": "sampled"},
+     "pairs.rejected: 'sampled': use 'rules' or 'policy'"),
+    ("configs/llm/reward.py", {"pairs.rejected": "policy"},
+     "pairs.rejected: 'policy' samples init.source's model, and init.source is empty"),
+    ("configs/llm/dpo.py", {"pairs.rejected": "policy", "data.source": "/tmp/p.jsonl",
+                            "init.source": "workdir:/tmp"},
+     "pairs.rejected: 'policy' makes the synthetic task's pairs"),
     ("configs/llm/reward.py", {"data.format": "chat"},
      "data.format: 'chat': a reward run trains on preference pairs"),
     ("configs/llm/reward.py", {"distill.teacher": "workdir:/tmp"},
