@@ -31,6 +31,8 @@ INSTALL_REQUIRES = [
     # dependencies of its own (1.3.3 declares none).
     "chatterbot-corpus>=1.3.3",
     "pyyaml>=6.0",
+    # gen_jax.rag's approximate nearest-neighbour search (HNSW); a CPU wheel, no native build.
+    "faiss-cpu>=1.9,<2",
 ]
 
 EXTRAS = {
