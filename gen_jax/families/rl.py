@@ -153,6 +153,15 @@ def rollout(net, params, prompts: dict, *, sampling_params: SamplingParams, max_
           np.asarray(responses))
 
 
+def wrapped_batches(arrays: dict[str, np.ndarray], size: int):
+  """(batch of `size` rows, how many are real) over prompt_arrays rows; the last batch wraps
+  around to the first rows, so every batch has one shape (one compiled program)."""
+  n = len(next(iter(arrays.values())))
+  for start in range(0, n, size):
+    rows = np.arange(start, start + size) % n
+    yield {k: v[rows] for k, v in arrays.items()}, min(size, n - start)
+
+
 def sampled_replies(net, params, tok, problems, *, num_replies: int,
                     sampling_params: SamplingParams, max_new_tokens: int, batch_size: int, rng,
                     field: str) -> list[list[str]]:
@@ -167,15 +176,12 @@ def sampled_replies(net, params, tok, problems, *, num_replies: int,
   require(width + max_new_tokens <= net.config.max_seq_len, field,
           f"{max_new_tokens} new tokens after prompts of up to {width} tokens pass the model's "
           f"max_seq_len={net.config.max_seq_len}")
-  arrays = prompt_arrays(prompts, width, tok.pad_id)
   replies = []
-  for start in range(0, len(problems), batch_size):
-    rows = np.arange(start, start + batch_size) % len(problems)
-    real = min(batch_size, len(problems) - start)
-    _, responses = rollout(net, params, {k: v[rows] for k, v in arrays.items()},
-                           sampling_params=sampling_params, max_new_tokens=max_new_tokens,
-                           tok=tok, stops=stops, rng=jax.random.fold_in(rng, start),
-                           repeat=num_replies)
+  for index, (batch, real) in enumerate(
+      wrapped_batches(prompt_arrays(prompts, width, tok.pad_id), batch_size)):
+    _, responses = rollout(net, params, batch, sampling_params=sampling_params,
+                           max_new_tokens=max_new_tokens, tok=tok, stops=stops,
+                           rng=jax.random.fold_in(rng, index * batch_size), repeat=num_replies)
     texts = response_texts(tok, responses[:real * num_replies], stops)
     replies += [texts[i * num_replies:(i + 1) * num_replies] for i in range(real)]
   return replies
@@ -213,12 +219,10 @@ def evaluate_policy(net, params, reference, reference_params, tok, problems, *, 
             "response_length": 0.0}
   generate = functools.partial(rollout, net, params, max_new_tokens=config.rollout.max_new_tokens,
                                tok=tok, stops=stops)
-  for start in range(0, len(problems), size):
-    rows = np.arange(start, start + size) % len(problems)  # The last batch wraps: one shape.
-    real = min(size, len(problems) - start)
-    batch = {k: v[rows] for k, v in arrays.items()}
+  for index, (batch, real) in enumerate(wrapped_batches(arrays, size)):
+    start = index * size
     _, greedy = generate(batch, sampling_params=SamplingParams(temperature=0.0), rng=rng)
-    for problem, text in zip((problems[i] for i in rows[:real]),
+    for problem, text in zip(problems[start:start + real],
                              response_texts(tok, greedy[:real], stops)):
       totals["true_reward"] += synthetic_tasks.exact_match_reward(problem, text)
       totals["format_reward"] += synthetic_tasks.format_reward(problem, text)

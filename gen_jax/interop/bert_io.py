@@ -3,11 +3,12 @@ gen_jax.models.bert parameters."""
 import json
 import os
 
+import jax
 import numpy as np
 import tokenizers
 
 from gen_jax.interop.hf_io import read_tensors
-from gen_jax.models.bert import BertConfig
+from gen_jax.models.bert import Bert, BertConfig
 
 
 def config_from_hf(hf: dict, source: str) -> BertConfig:
@@ -57,8 +58,7 @@ def params_from_hf(config: BertConfig, tensors: dict[str, np.ndarray], source: s
     for key in path[:-1]:
       node = node.setdefault(key, {})
     node[path[-1]] = value
-  import jax  # Shapes checked against the module's own init (abstractly: nothing allocated).
-  from gen_jax.models.bert import Bert
+  # Shapes checked against the module's own init, abstractly (nothing allocated).
   expected = jax.eval_shape(lambda: Bert(config).init(
       jax.random.key(0), np.zeros((1, 2), np.int32), np.ones((1, 2), np.int32)))["params"]
   for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(expected),

@@ -147,10 +147,10 @@ class VectorIndex:
       raise ValueError(f"queries of shape {queries.shape}: the index holds [n, {self.dim}]")
     if k <= 0:
       raise ValueError(f"k={k}: must be positive")
-    rows = self._exact_rows(queries, k, mesh, axis) if exact else self._hnsw_rows(queries, k)
-    scores, rows = rows
-    ids = np.where(rows >= 0, self.ids[np.maximum(rows, 0)] if len(self.ids) else -1, -1)
-    return np.where(rows >= 0, scores, -np.inf).astype(np.float32), ids.astype(np.int64)
+    scores, rows = (self._exact_rows(queries, k, mesh, axis) if exact
+                    else self._hnsw_rows(queries, k))  # Rows -1 (score -inf) past the alive ones.
+    ids = np.append(self.ids, -1)[rows]  # Row -1 picks the appended -1.
+    return scores.astype(np.float32), ids.astype(np.int64)
 
   def _exact_rows(self, queries, k, mesh, axis):
     capacity = _capacity(len(self.vectors))
