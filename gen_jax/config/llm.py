@@ -151,6 +151,8 @@ def preference_base(family: str) -> ml_collections.ConfigDict:
     config.dpo = ml_collections.ConfigDict(dict(
         beta=0.1,  # Strength of the implicit KL to the reference: higher stays closer.
         loss_type="sigmoid",  # "sigmoid": DPO's logistic loss; "ipo": IPO's squared loss.
+        # Weight of the chosen response's per-token NLL added to each pair's loss (RPO); 0: none.
+        chosen_nll_weight=0.0,
     ))
   return config
 

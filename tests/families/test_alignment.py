@@ -99,6 +99,33 @@ def test_dpo_starts_at_log_2_and_its_reference_never_changes(tok):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(frozen), reference_before)
 
 
+def test_dpo_chosen_nll_weight_adds_the_chosen_responses_per_token_nll(tok):
+  """RPO: each pair's loss gains weight * (-log pi(chosen)) / (chosen's response tokens)."""
+  weight = 0.5
+  plain = tiny_config("configs/llm/dpo.py")
+  with_nll = tiny_config("configs/llm/dpo.py", **{"dpo.chosen_nll_weight": weight})
+  batch = _pair_batch(plain, tok, num_pairs=4)
+  policy, _ = alignment.policy_and_reference(plain)
+  params = policy.init(jax.random.key(3), batch["chosen_tokens"][:, :-1])["params"]
+  # A reference different from the policy, so the DPO part is not log 2 everywhere.
+  reference = policy.init(jax.random.key(4), batch["chosen_tokens"][:, :-1])["params"]
+  both = {dpo.POLICY: params, dpo.REFERENCE: reference}
+  plain_loss, plain_sums = dpo.make_loss_fn(plain)(both, batch, None)
+  loss, sums = dpo.make_loss_fn(with_nll)(both, batch, None)
+  # The chosen responses' log-probs, independently: log-softmax at each response target.
+  logits = policy.apply({"params": params}, batch["chosen_tokens"][:, :-1],
+                        batch["chosen_positions"][:, :-1], batch["chosen_segment_ids"][:, :-1])
+  log_probs = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)), np.float64)
+  targets = np.asarray(batch["chosen_tokens"])[:, 1:]
+  mask = np.asarray(batch["chosen_loss_mask"])[:, 1:]
+  picked = np.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+  nll_per_token = -(picked * mask).sum(-1) / mask.sum(-1)
+  np.testing.assert_allclose(float(loss) - float(plain_loss), weight * nll_per_token.sum(),
+                             rtol=1e-4)
+  np.testing.assert_allclose(float(sums["chosen_nll_per_token"]), nll_per_token.sum(), rtol=1e-4)
+  assert float(plain_sums["reward_margin"]) == float(sums["reward_margin"])
+
+
 def test_reward_is_the_score_at_each_responses_last_token(tok):
   config = tiny_config("configs/llm/reward.py")
   batch = _pair_batch(config, tok, num_pairs=4)
@@ -349,6 +376,7 @@ BAD_STAGES = [
     ("configs/llm/dpo.py", {"init.source": "workdir:/no/such/sft"},
      "init.source: '/no/such/sft' does not exist"),
     ("configs/llm/dpo.py", {"dpo.beta": 0.0}, "dpo.beta: must be positive"),
+    ("configs/llm/dpo.py", {"dpo.chosen_nll_weight": -1.0}, "dpo.chosen_nll_weight: must be >= 0"),
     ("configs/llm/dpo.py", {"dpo.loss_type": "hinge"}, r"dpo.loss_type: 'hinge' is not one of"),
     ("configs/llm/dpo.py", {"data.source": "chatterbot"}, "data.source: 'chatterbot': use"),
     ("configs/llm/dpo.py", {"pairs.rejected": "sampled"},
