@@ -35,6 +35,9 @@ def chunk_text(text: str, source: str, tokenizer: tokenizers.Tokenizer, *, chunk
   if not 0 <= overlap_tokens < chunk_tokens:
     raise ValueError(f"overlap_tokens={overlap_tokens}: must be in [0, chunk_tokens="
                      f"{chunk_tokens})")
+  if tokenizer.truncation is not None:  # It must see every token (an embedder's truncates).
+    tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+    tokenizer.no_truncation()
   # Token start characters, each once: a character a byte-level tokenizer splits into several
   # tokens counts as one (a chunk never cuts a character; WordPiece gives one token each).
   starts = sorted({o[0] for o in tokenizer.encode(text, add_special_tokens=False).offsets

@@ -53,3 +53,13 @@ def test_no_tokens_no_chunks_and_bad_sizes_fail(tokenizer):
     chunk_text(TEXT, "d", tokenizer, chunk_tokens=4, overlap_tokens=4)
   with pytest.raises(ValueError, match="chunk_tokens=0: must be positive"):
     chunk_text(TEXT, "d", tokenizer, chunk_tokens=0, overlap_tokens=0)
+
+
+def test_a_truncating_tokenizer_still_chunks_the_whole_text(tokenizer):
+  """The embedder's tokenizer truncates to its max_length; chunking must count every token."""
+  truncating = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+  truncating.enable_truncation(8)
+  long_text = TEXT * 4
+  expected = chunk_text(long_text, "d", tokenizer, chunk_tokens=6, overlap_tokens=2)
+  assert chunk_text(long_text, "d", truncating, chunk_tokens=6, overlap_tokens=2) == expected
+  assert len(expected) > 10 and truncating.truncation is not None  # The caller's is unchanged.
