@@ -7,10 +7,11 @@ pretrained LLaMA-family model: a GGUF file or a Hugging Face directory (config.j
   python -m gen_jax.sample --gguf=SmolLM2-135M-Instruct.Q4_1.gguf --prompt="The capital of France"
   python -m gen_jax.sample --hf_dir=DIR --chat --system="Answer briefly." --prompt="Why is it blue?"
 """
-import dataclasses
 import sys
 
 from absl import app, flags, logging
+
+from gen_jax.sampling.request import SampleRequest
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (config.json + checkpoints).")
 _GGUF = flags.DEFINE_string("gguf", None, "A pretrained LLaMA-architecture GGUF file (instead of "
@@ -51,30 +52,6 @@ _GUIDANCE = flags.DEFINE_float("guidance", None, "Conditioned diffusion models: 
                                "classifier-free guidance scale (1: the conditional model alone; "
                                "default: the config's sample.guidance_scale).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-
-
-@dataclasses.dataclass(frozen=True)
-class SampleRequest:
-  prompt: str = ""
-  max_new_tokens: int = 100
-  temperature: float = 0.0
-  num_samples: int = 64
-  seed: int = 0
-  top_k: int = 0
-  top_p: float = 1.0
-  min_p: float = 0.0
-  repetition_penalty: float = 1.0
-  stop: tuple[str, ...] = ()
-  beam_width: int = 0  # > 0: beam search instead of sampling.
-  length_penalty: float = 1.0
-  num_return: int = 1
-  chat: bool = False  # Prompt as the user turn of the chat template.
-  system: str = ""  # The chat's system instruction.
-  draft_layers: int = 0  # > 0: speculative decoding, drafting with the model's first N layers.
-  draft_tokens: int = 4
-  draft_workdir: str = ""  # Speculative decoding with this training workdir's model as the draft.
-  class_label: int | None = None  # Class-conditional image models: every image of this class.
-  guidance: float | None = None  # Classifier-free guidance scale; None: the config's.
 
 
 def sample(workdir: str, request: SampleRequest):

@@ -441,26 +441,27 @@ def export_workdir(workdir: str, hf_dir: str) -> None:
   print(f"Wrote {hf_dir}")
 
 
-def _prompt(tok: data_lib.Tokenizer, request) -> tuple[list[int], tuple[int, ...]]:
-  """(prompt ids, extra stop token ids): request.prompt as it is, or with request.chat the user
-  turn (after request.system) of the chat template, stopping at its end-of-turn token too."""
-  if not request.chat:
-    if request.system:
+def prompt_ids(tok: data_lib.Tokenizer, prompt: str, *, chat: bool = False, system: str = ""
+               ) -> tuple[list[int], tuple[int, ...]]:
+  """(prompt ids, extra stop token ids): `prompt` as it is, or with `chat` the user turn (after
+  `system`) of the chat template, stopping at its end-of-turn token too."""
+  if not chat:
+    if system:
       raise ValueError("--system: a system instruction needs --chat")
-    return tok.encode(request.prompt), ()
+    return tok.encode(prompt), ()
   from gen_jax.interop import chat_prompt  # Only chat needs jinja2.
-  text, end_of_turn = chat_prompt(tok, request.prompt, request.system)
+  text, end_of_turn = chat_prompt(tok, prompt, system)
   # The template writes any BOS itself; the post-processor must not add a second one.
-  prompt = tok.encode(text, add_special_tokens=False)
-  return prompt, () if end_of_turn in (None, tok.eos_id) else (end_of_turn,)
+  ids = tok.encode(text, add_special_tokens=False)
+  return ids, () if end_of_turn in (None, tok.eos_id) else (end_of_turn,)
 
 
 def generate_text(model_config: TransformerConfig, params, tok: data_lib.Tokenizer,
-                  request) -> str:
-  """Continues request.prompt (with request.chat, answers it as the chat template's user turn);
-  prints the prompt and its continuation (in chat, the reply alone) and returns the continuation
-  (with beam search, prints the request.num_return best with their scores and returns the best).
-  Raises ValueError naming the bad flag."""
+                  request, *, echo: bool = True) -> str:
+  """Continues request.prompt (with request.chat, answers it as the chat template's user turn)
+  and returns the continuation; with `echo`, prints the prompt and its continuation (in chat,
+  the reply alone; with beam search, the request.num_return best with their scores). Raises
+  ValueError naming the bad flag."""
   from gen_jax.sampling import SamplingParams, beam_search, generate_batch
   speculative = request.draft_layers or request.draft_workdir
   if request.draft_layers and request.draft_workdir:
@@ -468,7 +469,8 @@ def generate_text(model_config: TransformerConfig, params, tok: data_lib.Tokeniz
   if speculative and request.beam_width:
     raise ValueError("--draft_layers/--draft_workdir: speculative decoding samples; it does not "
                      "combine with --beam_width")
-  prompt, turn_stops = _prompt(tok, request)
+  prompt, turn_stops = prompt_ids(tok, request.prompt, chat=request.chat,
+                                  system=request.system)
   shown_prompt = "" if request.chat else request.prompt
   net = Transformer(model_config)
   sampling = SamplingParams(temperature=request.temperature, top_k=request.top_k,
@@ -490,14 +492,15 @@ def generate_text(model_config: TransformerConfig, params, tok: data_lib.Tokeniz
                         max_new_tokens=request.max_new_tokens, eos_id=tok.eos_id,
                         max_seq_len=model_config.max_seq_len,
                         length_penalty=request.length_penalty, num_return=request.num_return)[0]
-    for rank, hypothesis in enumerate(found, 1):
+    for rank, hypothesis in enumerate(found if echo else (), 1):
       end = "end-of-text" if hypothesis.ended else "the token budget"
       print(f"--- beam {rank}: score {hypothesis.score:.4f}, log p {hypothesis.log_prob:.4f}, "
             f"{len(hypothesis.tokens)} tokens, stopped at {end}\n"
             f"{shown_prompt}{tok.decode(hypothesis.tokens)}")
     return tok.decode(found[0].tokens)
   if speculative:
-    return _speculative_text(net, params, tok, prompt, turn_stops, sampling, shown_prompt, request)
+    return _speculative_text(net, params, tok, prompt, turn_stops, sampling,
+                             shown_prompt if echo else None, request)
   stop_sequences = tuple(tuple(tok.encode(s, add_special_tokens=False)) for s in request.stop)
   out = generate_batch(net, params, [prompt], max_new_tokens=request.max_new_tokens,
                        sampling=sampling, rng=jax.random.key(request.seed), eos_id=tok.eos_id,
@@ -510,13 +513,15 @@ def generate_text(model_config: TransformerConfig, params, tok: data_lib.Tokeniz
   # however the continuation happened to tokenize it.
   cuts = [text.find(s) for s in request.stop if s in text]
   text = text[:min(cuts)] if cuts else text
-  print(shown_prompt + text)
+  if echo:
+    print(shown_prompt + text)
   return text
 
 
-def _speculative_text(net, params, tok, prompt, turn_stops, sampling, shown_prompt, request) -> str:
+def _speculative_text(net, params, tok, prompt, turn_stops, sampling, shown_prompt: str | None,
+                      request) -> str:
   """generate_text's speculative path: the draft is the model's first request.draft_layers layers
-  or the model of request.draft_workdir."""
+  or the model of request.draft_workdir. Prints shown_prompt and the text unless it is None."""
   from gen_jax.sampling import layer_skip_draft, speculative_generate
   if request.stop or turn_stops:
     raise ValueError("--draft_layers/--draft_workdir: speculative decoding stops only at "
@@ -535,7 +540,8 @@ def _speculative_text(net, params, tok, prompt, turn_stops, sampling, shown_prom
       max_new_tokens=request.max_new_tokens, sampling=sampling, rng=jax.random.key(request.seed),
       eos_id=tok.eos_id, max_seq_len=net.config.max_seq_len)
   text = tok.decode(found[0])
-  print(shown_prompt + text)
+  if shown_prompt is not None:
+    print(shown_prompt + text)
   print(f"speculative decoding: {stats.accepted}/{stats.drafted} draft tokens accepted "
         f"({stats.acceptance_rate:.0%}) in {stats.rounds} rounds", file=sys.stderr)
   return text
