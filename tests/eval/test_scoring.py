@@ -100,9 +100,15 @@ def test_the_harness_backend_scores_as_gen_jax_does_and_runs_local_tasks(loaded,
     np.testing.assert_allclose(log_prob, _reference_log_prob(loaded, ids, n), rtol=1e-5)
   results = lm_eval.simple_evaluate(
       model=model, tasks=["gen_jax_arithmetic_mc", "gen_jax_arithmetic_gen",
-                          "gen_jax_arithmetic_ppl"],
+                          "gen_jax_arithmetic_ppl", "gen_jax_arithmetic_cot"],
       task_manager=TaskManager(include_path=os.path.join(REPO_ROOT, "tests", "eval", "tasks")),
-      limit=6)["results"]
+      limit=6, log_samples=True)
+  samples, results = results["samples"], results["results"]
+  # Chain-of-thought few-shot: the worked exemplars come before each question.
+  cot_prompt = samples["gen_jax_arithmetic_cot"][0]["arguments"][0][0]
+  assert cot_prompt.startswith("Q: What is 27 + 15?\nA: Ones: 7 + 5 = 12, write 2 and carry 1.")
+  assert "The answer is 69.\n\nQ: What is" in cot_prompt
+  assert results["gen_jax_arithmetic_cot"]["exact_match,answer"] == 0.0
   assert 0.0 <= results["gen_jax_arithmetic_mc"]["acc,none"] <= 1.0
   assert results["gen_jax_arithmetic_gen"]["exact_match,none"] == 0.0  # A random model.
   # bits_per_byte from the harness equals our own over the same six documents.
