@@ -54,6 +54,13 @@ def run_index() -> None:
   documents = load_documents(_DOCS.value, field="--docs")
   if os.path.exists(os.path.join(_INDEX.value, SETTINGS_FILE)):
     store = Store.open(_INDEX.value)
+    # Adding to an index keeps its chunking and embedder; a flag asking otherwise is an error.
+    for flag, key in ((_CHUNK_TOKENS, "chunk_tokens"), (_OVERLAP_TOKENS, "overlap_tokens"),
+                      (_EMBEDDER, "embedder_directory")):
+      if flags.FLAGS[flag.name].present and flag.value != store.settings[key]:
+        _require(flag, f"{_INDEX.value!r} was built with {key}={store.settings[key]!r}; "
+                       "documents added to it are chunked and embedded the same way (use a new "
+                       "--index to change it)")
   else:
     try:
       store = Store.create(embedder_directory=_EMBEDDER.value, chunk_tokens=_CHUNK_TOKENS.value,

@@ -146,6 +146,10 @@ def test_cli_indexes_documents_and_answers_with_numbered_sources(tmp_path):
                     "--chunk_tokens=24", "--overlap_tokens=4")
   assert indexed.returncode == 0, indexed.stderr
   assert "Indexed 3 documents as" in indexed.stdout
+  clash = run_cli("gen_jax.rag", "index", f"--docs={docs / 'for.txt'}", f"--index={index}",
+                  "--chunk_tokens=32")
+  assert clash.returncode == 2 and "--chunk_tokens: " in clash.stderr
+  assert "was built with chunk_tokens=24" in clash.stderr
   result = run_cli("gen_jax.rag", "ask", f"--index={index}", f"--gguf={smollm2_gguf()}",
                    "--question=What does the finally clause of a try statement do?",
                    "--k=2", "--context_tokens=512", "--max_new_tokens=24")
