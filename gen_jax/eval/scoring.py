@@ -46,11 +46,6 @@ class TextScore:
     return -self.log_likelihood / math.log(2) / max(self.bytes, 1)
 
 
-def total(scores: list[TextScore]) -> TextScore:
-  return TextScore(sum(s.log_likelihood for s in scores), sum(s.tokens for s in scores),
-                   sum(s.bytes for s in scores))
-
-
 class Scorer:
   """A language model (gen_jax.families.llm_sources.Loaded: config, params, tokenizer) that scores
   token spans.
