@@ -142,10 +142,11 @@ class Scorer:
 
   def score_texts(self, texts: list[str]) -> list[TextScore]:
     """Each text's log-likelihood over all of its tokens (rolling windows)."""
-    per_text = [self.rolling_rows(self.encode(t)) for t in texts]
+    ids = [self.encode(t) for t in texts]
+    per_text = [self.rolling_rows(x) for x in ids]
     scores = iter(self.span_scores([row for rows in per_text for row in rows]))
-    return [TextScore(sum(next(scores)[0] for _ in rows), len(self.encode(t)),
-                      len(t.encode("utf-8"))) for t, rows in zip(texts, per_text)]
+    return [TextScore(sum(next(scores)[0] for _ in rows), len(x), len(t.encode("utf-8")))
+            for t, x, rows in zip(texts, ids, per_text)]
 
   def generate_until(self, prompts: list[str], *, until: list[str], max_new_tokens: int
                      ) -> list[str]:
