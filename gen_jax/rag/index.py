@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from gen_jax.data.packing import power_of_two_bucket
+
 FILES = {"meta": "index.json", "arrays": "vectors.npz", "records": "records.jsonl",
          "hnsw": "hnsw.faiss"}
 MIN_CAPACITY = 1024
@@ -25,7 +27,7 @@ MIN_CAPACITY = 1024
 
 def _capacity(n: int) -> int:
   """Rows of the padded matrix exact search reads: a power of two, so adds rarely recompile."""
-  return max(MIN_CAPACITY, 1 << max(n - 1, 0).bit_length())
+  return power_of_two_bucket(n, minimum=MIN_CAPACITY)
 
 
 @functools.partial(jax.jit, static_argnames=("k",))

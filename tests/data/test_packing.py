@@ -60,3 +60,11 @@ def test_examples_are_packed_whole_with_their_loss_masks():
 def test_documents_count_every_real_token():
   packed = data.pack_documents([[5, 6, 7]], eos_id=1, pad_id=0, seq_len=6)
   np.testing.assert_array_equal(packed["loss_mask"], [[1, 1, 1, 1, 0, 0, 0]])
+
+
+def test_power_of_two_bucket_rounds_up_within_its_bounds():
+  from gen_jax.data.packing import power_of_two_bucket
+  assert [power_of_two_bucket(n, minimum=16, maximum=256)
+          for n in (1, 16, 17, 100, 256, 300)] == [16, 16, 32, 128, 256, 256]
+  assert [power_of_two_bucket(n, minimum=1024) for n in (0, 1, 1024, 1025)] == [1024, 1024, 1024,
+                                                                                2048]
