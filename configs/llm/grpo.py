@@ -7,8 +7,9 @@ synthetic arithmetic task and learns from their rewards relative to the group's,
 
 Every step samples grpo.group_size responses to each of train.batch_size prompts. Held-out
 metrics at eval time: eval/true_reward, eval/kl_to_reference, eval/response_length; training
-metrics: reward, reward_std_in_group, solved_groups (groups whose rewards differ, the only ones
-that teach), kl, kl_k3, entropy, clip_fraction, approx_kl, response_length.
+metrics: reward, true_reward (exact match alone), reward_std_in_group, solved_groups (groups
+whose rewards differ, the only ones that teach), kl, kl_k3, entropy, clip_fraction, approx_kl,
+response_length.
 
 Presets: tiny (tests and CPU: the tiny model's shape).
 """

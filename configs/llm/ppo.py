@@ -9,8 +9,9 @@ makes train.epochs_per_batch passes of train.minibatches clipped updates. ppo.va
 separate value model (started from the reward model) or a value head on the policy; ppo.kl_target
 > 0 adapts the KL coefficient. Held-out metrics at eval time: eval/true_reward (the task's
 exact-match reward of greedy replies), eval/kl_to_reference, eval/response_length. Training
-metrics: reward, kl, kl_coef, entropy, clip_fraction, approx_kl, value_explained_variance,
-response_length.
+metrics: reward (the reward model's), true_reward (the task's check of the same rollouts: when
+reward rises and it falls, the policy is exploiting the reward model), kl, kl_coef, entropy,
+clip_fraction, approx_kl, value_explained_variance, response_length.
 
 Presets: tiny (tests and CPU: the tiny model's shape).
 """

@@ -8,6 +8,8 @@ Data: the synthetic arithmetic task's pairs (the right answer chosen, a plausibl
 rejected; synthetic, since no human preference data is available offline) or a local .jsonl of
 {"prompt", "chosen", "rejected"} lines (data.source). Held-out pairwise accuracy is eval/accuracy.
 The run takes init.source's tokenizer and chat template and must have its model.* shape.
+reward.center_weight > 0 also pulls each pair's summed score toward 0 (Eisenstein et al., 2023), so
+the scores a PPO policy trains on do not carry an offset per prompt.
 
 Presets: tiny (tests and CPU: the tiny model's shape; a random body unless init.source names a
 workdir).

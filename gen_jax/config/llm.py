@@ -147,6 +147,13 @@ def preference_base(family: str) -> ml_collections.ConfigDict:
       temperature=1.0,  # Their sampling temperature.
       max_new_tokens=16,  # Their length budget; prompt + this must fit model.max_seq_len.
   ))
+  if family == "reward":
+    config.reward = ml_collections.ConfigDict(dict(
+        # Weight of mean((r_chosen + r_rejected)^2) added to the Bradley-Terry loss (Eisenstein
+        # et al., 2023): the loss alone leaves each prompt's offset free, and offsets that vary
+        # from prompt to prompt are noise to the policy trained on the scores (PPO). 0: none.
+        center_weight=0.0,
+    ))
   if family == "dpo":
     config.dpo = ml_collections.ConfigDict(dict(
         beta=0.1,  # Strength of the implicit KL to the reference: higher stays closer.

@@ -57,7 +57,8 @@ def make_experience_fn(config: ml_collections.ConfigDict):
     scores = batch["scores"]  # [b * group_size], each prompt's group in consecutive rows.
     advantages = objectives.group_advantages(scores.reshape(-1, group_size)).reshape(-1)
     groups = scores.reshape(-1, group_size)
-    metrics = {"reward": scores.mean(), "reward_std_in_group": groups.std(axis=1).mean(),
+    metrics = {"reward": scores.mean(), "true_reward": batch[rl.TRUE_REWARD].mean(),
+               "reward_std_in_group": groups.std(axis=1).mean(),
                "solved_groups": (groups.max(axis=1) > groups.min(axis=1)).mean(),
                "kl": (objectives.kl_penalty(log_probs, reference_log_probs, "k1") * mask
                       ).sum(axis=1).mean(),

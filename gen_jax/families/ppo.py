@@ -141,7 +141,8 @@ def make_experience_fn(config: ml_collections.ConfigDict):
     if p.kl_target > 0:  # Ziegler et al. (2019): move the coefficient toward the target KL.
       error = jnp.clip(sequence_kl / p.kl_target - 1, -0.2, 0.2)
       kl_coef = kl_coef * (1 + error * targets.shape[0] / p.kl_horizon)
-    metrics = {"reward": scores.mean(), "kl": sequence_kl, "kl_coef": extra["kl_coef"],
+    metrics = {"reward": scores.mean(), "true_reward": batch[rl.TRUE_REWARD].mean(),
+               "kl": sequence_kl, "kl_coef": extra["kl_coef"],
                "non_score_reward": -(extra["kl_coef"] * kl).sum(axis=1).mean(),
                "response_length": mask.sum(axis=1).mean(),
                "value_explained_variance": objectives.explained_variance(values, returns, mask)}

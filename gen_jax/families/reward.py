@@ -12,7 +12,7 @@ import ml_collections
 
 from gen_jax import data as data_lib
 from gen_jax import objectives, partition
-from gen_jax.config.errors import ConfigError
+from gen_jax.config.errors import ConfigError, require
 from gen_jax.families import alignment, llm_sources
 from gen_jax.lora import is_adapter
 from gen_jax.models import RewardModel, TransformerConfig
@@ -23,6 +23,8 @@ HEAD = "head"
 
 def validate(config: ml_collections.ConfigDict) -> None:
   alignment.validate_stage(config)
+  require(config.reward.center_weight >= 0, "reward.center_weight",
+          f"must be >= 0, got {config.reward.center_weight}")
 
 
 def model(config: ml_collections.ConfigDict) -> RewardModel:
@@ -60,13 +62,16 @@ def rewards(net: RewardModel, params, batch) -> tuple[jax.Array, jax.Array]:
 
 
 def make_loss_fn(config: ml_collections.ConfigDict):
-  """loss_fn(params, batch, rng) -> (summed Bradley-Terry loss, sums) over the batch's pairs."""
+  """loss_fn(params, batch, rng) -> (summed Bradley-Terry loss + reward.center_weight * the
+  pair's (r_chosen + r_rejected)^2, sums) over the batch's pairs."""
   net = model(config)
+  center_weight = config.reward.center_weight
 
   def loss_fn(params, batch, rng):
     del rng
     chosen, rejected = rewards(net, params, batch)
     losses, accuracy = objectives.bradley_terry_loss(chosen, rejected)
+    losses = losses + center_weight * (chosen + rejected) ** 2
     w = batch[data_lib.EXAMPLE_WEIGHT]  # 0 on the rows that pad a held-out batch.
     sums = {WEIGHT: w.sum(), "accuracy": (accuracy * w).sum(),
             "reward_margin": ((chosen - rejected) * w).sum(),

@@ -26,6 +26,7 @@ from gen_jax.train.task import Task
 
 PROMPT_FIELDS = ("prompt_tokens", "prompt_lengths", "problem_index")
 SEQUENCE_FIELDS = ("tokens", "segment_ids", "positions", "response_mask")
+TRUE_REWARD = "true_reward"  # A rollout's [b] exact-match rewards: a metric, not a training signal.
 
 
 def validate_rollout(config: ml_collections.ConfigDict) -> None:
@@ -244,7 +245,8 @@ def build_rl_task(config, workdir: str, resuming: bool, *, param_spec, loss_fn, 
     policy_and_reference: the two Transformers (params "policy" and "reference").
     repeat: responses sampled per prompt.
     rewards: (Problem, reply text) -> float, run on the host for each response into the batch's
-      "scores"; None where the step scores responses itself (a reward model).
+      "scores"; None where the step scores responses itself (a reward model). Either way the
+      batch's TRUE_REWARD holds each response's exact-match reward, for the metrics.
   """
   if jax.process_count() > 1:
     raise ConfigError("family", f"{config.family} runs on one host for now: its rollouts compute "
@@ -265,11 +267,15 @@ def build_rl_task(config, workdir: str, resuming: bool, *, param_spec, loss_fn, 
                                max_new_tokens=config.rollout.max_new_tokens, tok=tok, stops=stops,
                                rng=rng, repeat=repeat)
     batch = jax.device_get(batch)
+    problems = [train_problems[i] for i in np.repeat(prompts["problem_index"], repeat)]
+    texts = response_texts(tok, responses, stops)
+    # The task's own check of every response, logged beside what the stage optimizes (a reward
+    # model's score can rise while this falls: over-optimization, Gao et al., 2022).
+    batch[TRUE_REWARD] = np.array([synthetic_tasks.exact_match_reward(problem, text)
+                                   for problem, text in zip(problems, texts)], np.float32)
     if rewards is not None:
-      problems = [train_problems[i] for i in np.repeat(prompts["problem_index"], repeat)]
       batch["scores"] = np.array([rewards(problem, text) for problem, text in
-                                  zip(problems, response_texts(tok, responses, stops))],
-                                 np.float32)
+                                  zip(problems, texts)], np.float32)
     return batch
 
   def on_eval(params, step):

@@ -13,7 +13,7 @@ import pytest
 from gen_jax import data, families, parallel, partition
 from gen_jax.config import ConfigError
 from gen_jax.data import synthetic_tasks
-from gen_jax.families import alignment, dpo, grpo, llm, ppo, reward, rl
+from gen_jax.families import alignment, dpo, grpo, llm, llm_sources, ppo, reward, rl
 from gen_jax.train import abstract_train_state, train_and_evaluate, validate
 from gen_jax.train.state import learning_rate_schedule, rng_for
 from gen_jax.train.step import make_train_step
@@ -143,6 +143,12 @@ def test_reward_is_the_score_at_each_responses_last_token(tok):
   margins = np.asarray(chosen - rejected, np.float64)
   np.testing.assert_allclose(float(loss_sum), np.log1p(np.exp(-margins)).sum(), rtol=1e-5)
   assert float(sums["accuracy"]) == (margins > 0).sum()
+  # reward.center_weight adds weight * (r_chosen + r_rejected)^2 per pair.
+  centered = tiny_config("configs/llm/reward.py", **{"reward.center_weight": 0.25})
+  centered_sum, _ = reward.make_loss_fn(centered)(params, batch, jax.random.key(0))
+  pair_sums = np.asarray(chosen + rejected, np.float64)
+  np.testing.assert_allclose(float(centered_sum) - float(loss_sum), 0.25 * (pair_sums ** 2).sum(),
+                             rtol=1e-4)
 
 
 @pytest.fixture(scope="session")  # Once per worker; the xdist group keeps these tests on one.
@@ -236,7 +242,8 @@ def test_ppo_experience_equals_numpy(stages, tmp_path):
   layout = abstract_train_state(task.params, config, parallel.make_mesh(config.mesh))
   state, frozen = layout.create(rng_for(config.seed, "init"))
   params = partition.merge_params(state.params, frozen)
-  batch = task.rollout(params, next(iter(task.train_data)), jax.random.key(0))
+  prompts = next(iter(task.train_data))
+  batch = task.rollout(params, prompts, jax.random.key(0))
   out, extra, metrics = jax.jit(task.experience)(params, state.extra, batch, jax.random.key(1))
 
   policy, reference, reward_model, value = ppo._models(config)
@@ -262,6 +269,16 @@ def test_ppo_experience_equals_numpy(stages, tmp_path):
   np.testing.assert_allclose(np.asarray(out["returns"]), returns, rtol=2e-4, atol=2e-5)
   np.testing.assert_allclose(np.asarray(out["advantages"]), whitened, rtol=2e-4, atol=2e-4)
   np.testing.assert_allclose(float(metrics["kl"]), kl.sum(1).mean(), rtol=1e-4, atol=1e-6)
+  # The rollouts' own exact-match rewards, checked here from their text.
+  tokenizer = llm_sources.load(f"workdir:{stages[0]}", "init.source").tokenizer
+  problems = llm.task_problems(config)[0]
+  prompt_width = batch["tokens"].shape[1] - config.rollout.max_new_tokens
+  responses = np.where(batch["response_mask"][:, prompt_width:] > 0,
+                       batch["tokens"][:, prompt_width:], -1)
+  replies = rl.response_texts(tokenizer, responses, rl.end_of_turn(tokenizer))
+  exact = [synthetic_tasks.exact_match_reward(problems[i], text)
+           for i, text in zip(prompts["problem_index"], replies)]
+  np.testing.assert_allclose(float(metrics["true_reward"]), np.mean(exact), rtol=1e-6)
   assert float(extra["kl_coef"]) == np.float32(0.3)  # Fixed: ppo.kl_target is 0.
   assert mask.sum() > 0 and np.all(batch["response_mask"][:, :batch["tokens"].shape[1] - 8] == 0)
 
@@ -280,6 +297,7 @@ def test_ppo_and_grpo_train_through_the_loop_leaving_reference_and_reward_model_
   for name in ("reward", "kl", "entropy", "clip_fraction", "approx_kl", "value_loss",
                "value_explained_variance", "response_length"):
     assert math.isfinite(metrics[f"train/{name}"]), name
+  assert 0 <= metrics["train/true_reward"] <= 1
   assert 0 <= metrics["eval/true_reward"] <= 1 and math.isfinite(metrics["eval/kl_to_reference"])
   assert metrics["train/kl_coef"] < 0.05  # Lowered at steps 1 and 2 (KL far below its target).
   _, params = load_workdir_params(workdir)
@@ -295,6 +313,7 @@ def test_ppo_and_grpo_train_through_the_loop_leaving_reference_and_reward_model_
       "init.source": f"workdir:{sft}", "grpo.group_size": 2}), str(tmp_path / "grpo"))
   for name in ("reward", "reward_std_in_group", "solved_groups", "kl", "kl_k3", "clip_fraction"):
     assert math.isfinite(metrics[f"train/{name}"]), name
+  assert 0 <= metrics["train/true_reward"] <= metrics["train/reward"]  # Format adds to exact.
   assert 0 <= metrics["eval/true_reward"] <= 1 and metrics["eval/response_length"] > 0
 
 
@@ -386,6 +405,8 @@ BAD_STAGES = [
     ("configs/llm/dpo.py", {"pairs.rejected": "policy", "data.source": "/tmp/p.jsonl",
                             "init.source": "workdir:/tmp"},
      "pairs.rejected: 'policy' makes the synthetic task's pairs"),
+    ("configs/llm/reward.py", {"reward.center_weight": -0.1},
+     "reward.center_weight: must be >= 0"),
     ("configs/llm/reward.py", {"data.format": "chat"},
      "data.format: 'chat': a reward run trains on preference pairs"),
     ("configs/llm/reward.py", {"distill.teacher": "workdir:/tmp"},
