@@ -4,6 +4,9 @@ task's prompts and learns from a reward model's scores under a KL penalty to its
   python -m gen_jax.main --config=configs/llm/ppo.py:tiny --config.init.source=workdir:/tmp/sft \
       --config.ppo.reward_model=workdir:/tmp/rm --workdir=/tmp/ppo
 
+With --config.ppo.reward_functions=exact_match (and ppo.value_model=shared) instead of a reward
+model, the task's own check scores the responses: PPO with verifiable rewards.
+
 Every step samples one response per prompt (train.batch_size prompts, rollout.* settings), then
 makes train.epochs_per_batch passes of train.minibatches clipped updates. ppo.value_model picks a
 separate value model (started from the reward model) or a value head on the policy; ppo.kl_target

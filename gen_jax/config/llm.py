@@ -181,6 +181,9 @@ def rl_base(family: str) -> ml_collections.ConfigDict:
   if family == "ppo":
     config.ppo = ml_collections.ConfigDict(dict(
         reward_model="",  # "workdir:DIR" of a reward run: the frozen scorer.
+        # Or, instead of a reward model, the task's checks (synthetic_tasks.REWARD_FUNCTIONS,
+        # e.g. "exact_match"): PPO with verifiable rewards; needs value_model='shared'.
+        reward_functions="",
         value_model="separate",  # "separate": a model started from the reward model; "shared":
                                  # a scalar head on the policy's hidden states.
         kl_coef=0.05,  # Per-token penalty -kl_coef * (log pi - log pi_ref) in the rewards.

@@ -8,13 +8,20 @@ token), turns them into per-token rewards (score at the end, -kl_coef * (log pi 
 every token), advantages by GAE (whitened over the batch) and returns, and makes
 train.epochs_per_batch passes of train.minibatches clipped-objective updates over them.
 
-Params: {"policy", "reference", "reward_model"} and the value model: "value" (a reward model's
-shape, started from ppo.reward_model: InstructGPT's choice) with ppo.value_model='separate', or
-"value_head" (a scalar head on the policy's own hidden states) with 'shared'. The policy and the
+The score comes from a frozen reward model (ppo.reward_model: RLHF) or, on a task a program
+checks, from Python reward functions (ppo.reward_functions: PPO with verifiable rewards, as in
+Tulu 3's RLVR; no reward model): exactly one of the two.
+
+Params: {"policy", "reference"}, "reward_model" when there is one, and the value model: "value"
+(a reward model's shape, started from ppo.reward_model: InstructGPT's choice) with
+ppo.value_model='separate', or "value_head" (a scalar head on the policy's own hidden states) with
+'shared'. The policy and the
 reference start from init.source (the SFT stage); only the policy and the value model train.
 With ppo.kl_target > 0 the KL coefficient adapts (Ziegler et al.'s proportional controller) and is
 checkpointed with the state.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -22,6 +29,7 @@ import numpy as np
 
 from gen_jax import objectives, partition
 from gen_jax.config.errors import require
+from gen_jax.data import synthetic_tasks
 from gen_jax.families import alignment, llm_sources, rl
 from gen_jax.models import RewardModel, ScalarHead
 from gen_jax.train.task import WEIGHT, ParamSpec, Task
@@ -42,8 +50,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(p[name] >= 0, f"ppo.{name}", f"must be >= 0, got {p[name]}")
   for name in ("gamma", "lam"):
     require(0 <= p[name] <= 1, f"ppo.{name}", f"must be in [0, 1], got {p[name]}")
+  if p.reward_functions:
+    require(not p.reward_model, "ppo.reward_functions",
+            f"{p.reward_functions!r} and ppo.reward_model={p.reward_model!r} both score the "
+            "responses; set one of them")
+    synthetic_tasks.check_reward_functions(p.reward_functions, "ppo.reward_functions")
+    require(p.value_model == "shared", "ppo.value_model",
+            "'separate' starts the value model from the reward model, and ppo.reward_functions "
+            "runs without one; use 'shared'")
+    return
   require(bool(p.reward_model), "ppo.reward_model",
-          "is empty; name the reward model's workdir ('workdir:DIR' of a reward run)")
+          "is empty; name the reward model's workdir ('workdir:DIR' of a reward run), or set "
+          "ppo.reward_functions to score with the task's own checks")
   reward_model = llm_sources.load_reward_model(p.reward_model, "ppo.reward_model")
   require(reward_model.config.vocab_size == config.model.vocab_size, "ppo.reward_model",
           f"scores a vocabulary of {reward_model.config.vocab_size} tokens but the policy has "
@@ -55,8 +73,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _models(config):
-  """(policy, reference, reward model, value model or head)."""
+  """(policy, reference, reward model or None with ppo.reward_functions, value model or head)."""
   policy, reference = alignment.policy_and_reference(config)
+  if config.ppo.reward_functions:
+    return policy, reference, None, ScalarHead(policy.config.embed_dim, policy.config.param_dtype)
   reward_config = llm_sources.load_reward_model(config.ppo.reward_model, "ppo.reward_model").config
   value = (RewardModel(reward_config) if config.ppo.value_model == "separate"
            else ScalarHead(policy.config.embed_dim, policy.config.param_dtype))
@@ -77,7 +97,8 @@ def param_spec(config: ml_collections.ConfigDict) -> ParamSpec:
 
   def init(rng):
     params = base.init(rng)
-    params[REWARD_MODEL] = reward_model.init(jax.random.fold_in(rng, 1), dummy)["params"]
+    if reward_model is not None:
+      params[REWARD_MODEL] = reward_model.init(jax.random.fold_in(rng, 1), dummy)["params"]
     value_input = (dummy if config.ppo.value_model == "separate"
                    else jnp.zeros((1, 1, config.model.embed_dim)))
     params[value_name] = value.init(jax.random.fold_in(rng, 2), value_input)["params"]
@@ -88,6 +109,8 @@ def param_spec(config: ml_collections.ConfigDict) -> ParamSpec:
 
   def pretrained():
     values = base.pretrained() if base.pretrained is not None else {}
+    if reward_model is None:
+      return values
     reward = partition.flatten(
         llm_sources.load_reward_model(config.ppo.reward_model, "ppo.reward_model").params)
     values.update({(REWARD_MODEL,) + p: v for p, v in reward.items()})
@@ -126,10 +149,12 @@ def make_experience_fn(config: ml_collections.ConfigDict):
     log_probs = objectives.token_log_probs(logits, targets)
     reference_log_probs = objectives.token_log_probs(
         reference.apply({"params": params[REFERENCE]}, *inputs), targets)
-    # The reward model scores the whole sequence and is read at the response's last token.
-    scores = objectives.last_token_values(
-        reward_model.apply({"params": params[REWARD_MODEL]}, batch["tokens"], batch["positions"],
-                           batch["segment_ids"]), batch["response_mask"])
+    if reward_model is None:  # ppo.reward_functions' sums, computed on the host by the rollout.
+      scores = batch["scores"]
+    else:  # The reward model scores the whole sequence and is read at the response's last token.
+      scores = objectives.last_token_values(
+          reward_model.apply({"params": params[REWARD_MODEL]}, batch["tokens"],
+                             batch["positions"], batch["segment_ids"]), batch["response_mask"])
     kl = objectives.kl_penalty(log_probs, reference_log_probs, "k1") * mask  # [b, t]
     last = (mask * (jnp.cumsum(mask[:, ::-1], axis=1)[:, ::-1] == 1))  # 1 at each last target.
     rewards = -extra["kl_coef"] * kl + scores[:, None] * last
@@ -180,5 +205,14 @@ dry_run_inputs = rl.dry_run_inputs
 def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool = False) -> Task:
   return rl.build_rl_task(config, workdir, resuming, param_spec=param_spec(config),
                           loss_fn=make_loss_fn(config), experience=make_experience_fn(config),
-                          policy_and_reference=_models(config)[:2], repeat=1, rewards=None)
+                          policy_and_reference=_models(config)[:2], repeat=1, rewards=_rewards(config))
+
+
+def _rewards(config):
+  """(Problem, reply) -> the sum of ppo.reward_functions; None where a reward model scores."""
+  if not config.ppo.reward_functions:
+    return None
+  names = synthetic_tasks.check_reward_functions(config.ppo.reward_functions,
+                                                 "ppo.reward_functions")
+  return functools.partial(synthetic_tasks.total_reward, names)
 

@@ -163,13 +163,15 @@ def wrapped_batches(arrays: dict[str, np.ndarray], size: int):
     yield {k: v[rows] for k, v in arrays.items()}, min(size, n - start)
 
 
-def sampled_replies(net, params, tok, problems, *, num_replies: int,
+def sampled_batches(net, params, tok, problems, *, num_replies: int,
                     sampling_params: SamplingParams, max_new_tokens: int, batch_size: int, rng,
-                    field: str) -> list[list[str]]:
-  """num_replies replies (texts) sampled from a policy for each problem's prompt.
+                    field: str):
+  """Yields (`sequences` rows [batch_size * num_replies, P + N] on device, their reply texts,
+  the indices into `problems` of the real rows' prompts), num_replies consecutive rows per prompt.
 
-  Batches of batch_size prompts (the last wraps around: one compiled shape); `field` is named
-  when the prompts plus max_new_tokens pass model.max_seq_len.
+  Batches of batch_size prompts (the last wraps around: one compiled shape; only its first
+  real prompts' rows are texts and indices); `field` is named when the prompts plus
+  max_new_tokens pass model.max_seq_len.
   """
   stops = end_of_turn(tok)
   prompts = encode_prompts(tok, problems)
@@ -177,15 +179,22 @@ def sampled_replies(net, params, tok, problems, *, num_replies: int,
   require(width + max_new_tokens <= net.config.max_seq_len, field,
           f"{max_new_tokens} new tokens after prompts of up to {width} tokens pass the model's "
           f"max_seq_len={net.config.max_seq_len}")
-  replies = []
   for index, (batch, real) in enumerate(
       wrapped_batches(prompt_arrays(prompts, width, tok.pad_id), batch_size)):
-    _, responses = rollout(net, params, batch, sampling_params=sampling_params,
-                           max_new_tokens=max_new_tokens, tok=tok, stops=stops,
-                           rng=jax.random.fold_in(rng, index * batch_size), repeat=num_replies)
-    texts = response_texts(tok, responses[:real * num_replies], stops)
-    replies += [texts[i * num_replies:(i + 1) * num_replies] for i in range(real)]
-  return replies
+    rows, responses = rollout(net, params, batch, sampling_params=sampling_params,
+                              max_new_tokens=max_new_tokens, tok=tok, stops=stops,
+                              rng=jax.random.fold_in(rng, index * batch_size), repeat=num_replies)
+    start = index * batch_size
+    yield (rows, response_texts(tok, responses[:real * num_replies], stops),
+           np.repeat(np.arange(start, start + real), num_replies))
+
+
+def sampled_replies(net, params, tok, problems, *, num_replies: int, **sampling) -> list[list[str]]:
+  """num_replies replies (texts) sampled from a policy for each problem's prompt; `sampling`:
+  `sampled_batches`' sampling_params, max_new_tokens, batch_size, rng and field."""
+  texts = [text for _, batch_texts, _ in sampled_batches(
+      net, params, tok, problems, num_replies=num_replies, **sampling) for text in batch_texts]
+  return [texts[i:i + num_replies] for i in range(0, len(texts), num_replies)]
 
 
 @functools.partial(jax.jit, static_argnames=("net", "reference"))
@@ -233,6 +242,64 @@ def evaluate_policy(net, params, reference, reference_params, tok, problems, *, 
     kl = _sequence_kl(net, params, reference, reference_params, sampled)
     totals["kl_to_reference"] += float(np.asarray(kl)[:real].sum())
   return {name: value / len(problems) for name, value in totals.items()}
+
+
+def ranking_accuracy(scores: np.ndarray, correct: np.ndarray) -> dict[str, float]:
+  """How well scores separate right replies from wrong ones.
+
+  Args:
+    scores: [n, r] a reward model's scores of r replies to each of n prompts.
+    correct: [n, r] 1 where a reply is right.
+  Returns:
+    {"within_prompt_accuracy": over every (right, wrong) pair of replies to the same prompt, the
+     fraction where the right one scores higher (ties count half) -- the ranking a policy
+     trained on the scores learns from; "auc": the same over all pairs, across prompts too;
+     "within_prompt_pairs": how many pairs the first counts}. NaN where there is no pair.
+  """
+  scores, correct = np.asarray(scores, np.float64), np.asarray(correct) > 0
+
+  def wins(right, wrong):  # [a], [b] -> (sum of wins, count) over the a x b pairs.
+    diff = right[:, None] - wrong[None, :]
+    return float((diff > 0).sum() + 0.5 * (diff == 0).sum()), diff.size
+
+  within, pairs = 0.0, 0
+  for row_scores, row_correct in zip(scores, correct):
+    won, count = wins(row_scores[row_correct], row_scores[~row_correct])
+    within, pairs = within + won, pairs + count
+  won, count = wins(scores[correct], scores[~correct])
+  return {"within_prompt_accuracy": within / pairs if pairs else float("nan"),
+          "auc": won / count if count else float("nan"), "within_prompt_pairs": float(pairs)}
+
+
+@functools.partial(jax.jit, static_argnames=("reward_model",))
+def _reward_scores(reward_model, params, batch) -> jax.Array:
+  """[b] a reward model's score of each `sequences` row, read at its response's last token."""
+  scores = reward_model.apply({"params": params}, batch["tokens"], batch["positions"],
+                              batch["segment_ids"])
+  return objectives.last_token_values(scores, batch["response_mask"])
+
+
+def reward_model_ranking(net, params, reward_model, reward_params, tok, problems, *, config,
+                         num_replies: int, rng) -> dict[str, float]:
+  """`ranking_accuracy` of a reward model on a policy's own replies: num_replies sampled (with
+  rollout.* settings) for each problem, each checked by the task. This, not the accuracy on the
+  reward model's held-out pairs, says whether PPO against it can raise the true reward: PPO
+  learns from how the scores rank the replies it samples.
+
+  Args:
+    net, params: the policy (a Transformer); reward_model, reward_params: a RewardModel.
+    problems: synthetic_tasks.Problem list; config: rollout.* and model.max_seq_len.
+  """
+  scores, correct = [], []
+  for rows, texts, problem_rows in sampled_batches(
+      net, params, tok, problems, num_replies=num_replies, sampling_params=sampling(config),
+      max_new_tokens=config.rollout.max_new_tokens, batch_size=config.rollout.eval_batch_size,
+      rng=rng, field="rollout.max_new_tokens"):
+    scores.append(np.asarray(_reward_scores(reward_model, reward_params, rows))[:len(texts)])
+    correct.append([synthetic_tasks.exact_match_reward(problems[i], text)
+                    for i, text in zip(problem_rows, texts)])
+  return ranking_accuracy(np.concatenate(scores).reshape(-1, num_replies),
+                          np.concatenate(correct).reshape(-1, num_replies))
 
 
 def build_rl_task(config, workdir: str, resuming: bool, *, param_spec, loss_fn, experience,

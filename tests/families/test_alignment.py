@@ -14,6 +14,7 @@ from gen_jax import data, families, parallel, partition
 from gen_jax.config import ConfigError
 from gen_jax.data import synthetic_tasks
 from gen_jax.families import alignment, dpo, grpo, llm, llm_sources, ppo, reward, rl
+from gen_jax.models import RewardModel, Transformer
 from gen_jax.train import abstract_train_state, train_and_evaluate, validate
 from gen_jax.train.state import learning_rate_schedule, rng_for
 from gen_jax.train.step import make_train_step
@@ -283,6 +284,39 @@ def test_ppo_experience_equals_numpy(stages, tmp_path):
   assert mask.sum() > 0 and np.all(batch["response_mask"][:, :batch["tokens"].shape[1] - 8] == 0)
 
 
+def test_ppo_with_reward_functions_scores_each_rollout_by_them(stages, tmp_path, monkeypatch):
+  """ppo.reward_functions instead of a reward model: no reward model params, and with no KL
+  penalty and gamma = lam = 1 every response token's return is its reply's score. The score
+  here is the reply's length (a function registered for the test), so it differs between rows."""
+  monkeypatch.setitem(synthetic_tasks.REWARD_FUNCTIONS, "reply_length",
+                      lambda problem, reply: len(reply) / 10)
+  config = tiny_config("configs/llm/ppo.py", **SHORT, **{
+      "init.source": f"workdir:{stages[0]}", "ppo.reward_functions": "reply_length",
+      "ppo.value_model": "shared", "ppo.kl_coef": 0.0, "ppo.gamma": 1.0, "ppo.lam": 1.0,
+      "ppo.whiten_advantages": False})
+  validate(config)
+  task = ppo.build_task(config, str(tmp_path))
+  layout = abstract_train_state(task.params, config, parallel.make_mesh(config.mesh))
+  state, frozen = layout.create(rng_for(config.seed, "init"))
+  params = partition.merge_params(state.params, frozen)
+  assert set(params) == {"policy", "reference", "value_head"}
+  batch = task.rollout(params, next(iter(task.train_data)), jax.random.key(0))
+  tokenizer = llm_sources.load(f"workdir:{stages[0]}", "init.source").tokenizer
+  prompt_width = batch["tokens"].shape[1] - config.rollout.max_new_tokens
+  responses = np.where(batch["response_mask"][:, prompt_width:] > 0,
+                       batch["tokens"][:, prompt_width:], -1)
+  lengths = [len(r) / 10 for r in rl.response_texts(tokenizer, responses,
+                                                     rl.end_of_turn(tokenizer))]
+  np.testing.assert_allclose(batch["scores"], lengths, rtol=1e-6)
+  assert len(set(lengths)) > 1, lengths
+  out, _, metrics = jax.jit(task.experience)(params, state.extra, batch, jax.random.key(1))
+  mask = np.asarray(batch["response_mask"])[:, 1:] > 0
+  returns = np.asarray(out["returns"])
+  for row in range(len(mask)):
+    np.testing.assert_allclose(returns[row][mask[row]], lengths[row], rtol=1e-5, atol=1e-5)
+  assert float(metrics["reward"]) == pytest.approx(float(np.mean(lengths)))
+
+
 def test_ppo_and_grpo_train_through_the_loop_leaving_reference_and_reward_model_alone(
     stages, tmp_path):
   sft, rm = stages
@@ -375,6 +409,41 @@ def test_ppo_on_an_eight_device_mesh_equals_one_device(stages, tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4), params8, params1)
 
 
+def test_ranking_accuracy_counts_right_over_wrong_pairs():
+  scores = np.array([[3.0, 1.0, 2.0], [0.0, 0.0, 5.0], [1.0, 1.0, 4.0], [7.0, 8.0, 9.0]])
+  correct = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 0], [1, 1, 1]])
+  found = rl.ranking_accuracy(scores, correct)
+  # Row 0: 3 beats 1 and 2; row 1: neither 0 beats 5; row 2: 1 ties 1 (a half), loses to 4; row 3
+  # has no wrong reply. Across prompts the right {3, 0, 0, 1, 7, 8, 9} meet the wrong {1, 2, 5, 1, 4}.
+  assert found["within_prompt_pairs"] == 6
+  assert found["within_prompt_accuracy"] == pytest.approx((2 + 0 + 0.5) / 6)
+  right, wrong = np.array([3, 0, 0, 1, 7, 8, 9.0]), np.array([1, 2, 5, 1, 4.0])
+  diff = right[:, None] - wrong[None]
+  assert found["auc"] == pytest.approx(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+  assert math.isnan(rl.ranking_accuracy(scores[3:], correct[3:])["within_prompt_accuracy"])
+
+
+def test_reward_model_ranking_scores_the_policys_own_sampled_replies(stages):
+  sft, rm = stages
+  policy = llm_sources.load(f"workdir:{sft}", "init.source")
+  scorer = llm_sources.load_reward_model(f"workdir:{rm}", "ppo.reward_model")
+  config = _ppo_config(stages, **{"rollout.eval_batch_size": 4})
+  problems = llm.task_problems(config)[0][:6]  # Two batches, the second wrapping around.
+  found = rl.reward_model_ranking(
+      Transformer(policy.config), policy.params, RewardModel(scorer.config), scorer.params,
+      policy.tokenizer, problems, config=config, num_replies=3, rng=jax.random.key(0))
+  # The same replies, sampled and checked here: as many (right, wrong) pairs per prompt.
+  replies = rl.sampled_replies(Transformer(policy.config), policy.params, policy.tokenizer,
+                               problems, num_replies=3, sampling_params=rl.sampling(config),
+                               max_new_tokens=config.rollout.max_new_tokens, batch_size=4,
+                               rng=jax.random.key(0), field="rollout.max_new_tokens")
+  right = [sum(synthetic_tasks.exact_match_reward(p, r) for r in rs)
+           for p, rs in zip(problems, replies)]
+  assert found["within_prompt_pairs"] == sum(n * (3 - n) for n in right)
+  for name in ("within_prompt_accuracy", "auc"):
+    assert math.isnan(found[name]) or 0 <= found[name] <= 1
+
+
 def test_bad_rl_configs_fail_naming_the_field(stages, tmp_path):
   sft, rm = stages
   with pytest.raises(ConfigError, match=r"grpo.reward_functions: .*'exactly'"):
@@ -418,6 +487,12 @@ BAD_STAGES = [
     ("configs/llm/grpo.py", {"rollout.temperature": 0.0}, "rollout.temperature: must be positive"),
     ("configs/llm/grpo.py", {"data.format": "chat"}, "data.format: 'chat': a grpo run samples"),
     ("configs/llm/ppo.py", {"ppo.reward_model": ""}, "ppo.reward_model: is empty"),
+    ("configs/llm/ppo.py", {"ppo.reward_functions": "exact_match", "ppo.reward_model": "workdir:/x"},
+     "ppo.reward_functions: 'exact_match' and ppo.reward_model='workdir:/x' both score"),
+    ("configs/llm/ppo.py", {"ppo.reward_functions": "exact_match"},
+     "ppo.value_model: 'separate' starts the value model from the reward model"),
+    ("configs/llm/ppo.py", {"ppo.reward_functions": "exact", "ppo.value_model": "shared"},
+     "ppo.reward_functions: unknown reward function 'exact'"),
 ]
 
 
