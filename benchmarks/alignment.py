@@ -1,4 +1,5 @@
-"""PPO, DPO and GRPO from one SFT model at equal wall-clock budgets, on the synthetic verifiable task.
+"""PPO (against the reward model, and on the task's own check), DPO and GRPO from one SFT model at
+equal wall-clock budgets, on the synthetic verifiable task.
 
   python benchmarks/alignment.py --workdir=/tmp/alignment_bench --budget_seconds=120
 
@@ -26,7 +27,7 @@ pipeline = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pipeline)  # Also defines --workdir and --scale.
 
 _BUDGET = flags.DEFINE_float("budget_seconds", 120.0, "Training time each method gets.")
-METHODS = ("ppo", "dpo", "grpo")
+METHODS = ("ppo", "ppo_verifiable", "dpo", "grpo")
 
 
 def _train(name: str, steps: int, workdirs: dict, workdir: str):
@@ -83,16 +84,16 @@ def main(argv):
     _, wall, _ = _train(name, steps, workdirs, workdirs[name])
     runs[name] = {"steps": steps, "seconds_per_step": round(seconds_per_step, 3),
                   "wall_seconds": round(wall, 1)}
-  results = pipeline.evaluate(workdirs)
+  results = pipeline.evaluate(workdirs, ("sft", *METHODS))
   throughput = _rollout_tokens_per_second(workdirs)
   sft_reward = results["sft"]["true_reward"]
   print(f"\nbudget {_BUDGET.value:.0f} s of training per method; held-out prompts: "
         f"{pipeline.TASK['task.num_eval']}")
-  print(f"{'method':<6} {'true reward':>11} {'vs SFT':>7} {'KL to SFT':>9} {'steps':>6} "
+  print(f"{'method':<14} {'true reward':>11} {'vs SFT':>7} {'KL to SFT':>9} {'steps':>6} "
         f"{'s/step':>7} {'wall s':>7}")
   for name in ("sft", *METHODS):
     r, run = results[name], runs.get(name, {})
-    print(f"{name:<6} {r['true_reward']:>11.3f} {r['true_reward'] - sft_reward:>+7.3f} "
+    print(f"{name:<14} {r['true_reward']:>11.3f} {r['true_reward'] - sft_reward:>+7.3f} "
           f"{r['kl_to_reference']:>9.3f} {run.get('steps', ''):>6} "
           f"{run.get('seconds_per_step', ''):>7} {run.get('wall_seconds', ''):>7}")
   print(f"rollout throughput (jitted KV-cache sampler, SFT policy): {throughput:,.0f} "

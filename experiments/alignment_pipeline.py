@@ -8,11 +8,15 @@ The task is SYNTHETIC and verifiable (gen_jax.data.synthetic_tasks): integer add
 "The answer is N.", so every stage's true reward is checked by code on held-out prompts no stage
 trained on. Prints one table and writes it as summary.json in --workdir: for each stage the mean
 true reward of its greedy replies to the held-out prompts, its change from SFT, the KL to the SFT
-model of its sampled replies (per reply, in nats), the format reward and the stage's wall time.
+model of its sampled replies (per reply, in nats), the format reward and the stage's wall time;
+for the reward model its held-out pair accuracy and how it ranks the SFT model's own sampled
+replies (right above wrong to the same prompt: the signal PPO learns from; rl.reward_model_ranking).
 Each stage's own workdir holds its checkpoints, metrics.jsonl and TensorBoard events.
 
-About 12 minutes on a 2-core CPU; results are in docs/BENCHMARKS.md. The sft_continued row is a
+About 20 minutes on a 2-core CPU; results are in docs/BENCHMARKS.md. The sft_continued row is a
 control (SFT trained on as long as DPO, at DPO's learning rate): compare each stage with it too.
+The ppo_verifiable row is PPO scored by the task's exact-match check instead of the reward model:
+the gap between it and the ppo row is what the learned reward model costs.
 """
 import json
 import os
@@ -44,12 +48,23 @@ STAGES = (
     ("sft", "configs/llm/sft.py:tiny", 800,
      {"data.source": "synthetic:arithmetic", "init.source": "workdir:{pretrain}",
       "train.batch_size": 16, "optimizer.learning_rate": 2e-3, "optimizer.warmup_steps": 20}),
-    ("reward_model", "configs/llm/reward.py:tiny", 250,
-     {"init.source": "workdir:{sft}", "train.batch_size": 32, "optimizer.learning_rate": 5e-4}),
+    # The reward model learns from the SFT model's own mistakes, its scores centered: rule-made
+    # pairs and uncentered scores ranked the policy's samples no better than chance within a
+    # prompt (docs/BENCHMARKS.md).
+    ("reward_model", "configs/llm/reward.py:tiny", 1000,
+     {"init.source": "workdir:{sft}", "train.batch_size": 32, "optimizer.learning_rate": 5e-4,
+      "pairs.rejected": "policy", "reward.center_weight": 0.01}),
     ("ppo", "configs/llm/ppo.py:tiny", 60,
      {"init.source": "workdir:{sft}", "ppo.reward_model": "workdir:{reward_model}",
-      "train.batch_size": 32, "train.epochs_per_batch": 2, "train.minibatches": 2,
-      "optimizer.learning_rate": 2e-5, "ppo.kl_coef": 0.5, **RL}),
+      "train.batch_size": 64, "train.epochs_per_batch": 2, "train.minibatches": 2,
+      "optimizer.learning_rate": 2e-5, "ppo.kl_coef": 0.3, **RL}),
+    # PPO scored by the task's own check instead of the reward model (ppo.reward_functions):
+    # what the algorithm does with an exact reward, beside what it does with the learned one.
+    # (At ppo's learning rate, 2e-5, it gained 0.9 points; ppo itself at 1e-4 over-optimizes.)
+    ("ppo_verifiable", "configs/llm/ppo.py:tiny", 60,
+     {"init.source": "workdir:{sft}", "ppo.reward_functions": "exact_match",
+      "ppo.value_model": "shared", "train.batch_size": 64, "train.epochs_per_batch": 2,
+      "train.minibatches": 2, "optimizer.learning_rate": 1e-4, "ppo.kl_coef": 0.05, **RL}),
     # DPO on the SFT model's own mistakes, with the chosen reply's NLL added (RPO): plain DPO on
     # rule-made pairs left the held-out reward where SFT had it (docs/BENCHMARKS.md).
     ("dpo", "configs/llm/dpo.py:tiny", 150,
@@ -66,7 +81,7 @@ STAGES = (
      {"init.source": "workdir:{sft}", "train.batch_size": 16, "grpo.group_size": 8,
       "optimizer.learning_rate": 3e-4, **RL}),
 )
-POLICIES = ("sft", "ppo", "dpo", "sft_continued", "grpo")
+POLICIES = ("sft", "ppo", "ppo_verifiable", "dpo", "sft_continued", "grpo")
 
 
 def stage_config(spec: str, steps: int, overrides: dict, workdirs: dict):
@@ -81,21 +96,26 @@ def stage_config(spec: str, steps: int, overrides: dict, workdirs: dict):
   return config
 
 
-def evaluate(workdirs: dict) -> dict:
-  """Each policy's true reward and KL to the SFT model on the held-out prompts."""
+def evaluate(workdirs: dict, policies=POLICIES) -> dict:
+  """Each of `policies`' true reward and KL to the SFT model on the held-out prompts, and how the
+  reward model ranks the SFT model's own replies to them (what PPO learns from)."""
   from gen_jax.families import llm, llm_sources, rl
-  from gen_jax.models import Transformer
+  from gen_jax.models import RewardModel, Transformer
   from gen_jax.train.state import rng_for
   config = stage_config("configs/llm/grpo.py:tiny", 1, RL, workdirs)
   _, held_out = llm.task_problems(config)
   sft = llm_sources.load(f"workdir:{workdirs['sft']}", "sft")
+  sft_net, sft_params = Transformer(sft.config), jax.device_put(sft.params)
   results = {}
-  for name in POLICIES:
+  for name in policies:
     loaded = llm_sources.load(f"workdir:{workdirs[name]}", name)
     results[name] = rl.evaluate_policy(
-        Transformer(loaded.config), jax.device_put(loaded.params), Transformer(sft.config),
-        jax.device_put(sft.params), loaded.tokenizer, held_out, config=config,
-        rng=rng_for(0, "pipeline"))
+        Transformer(loaded.config), jax.device_put(loaded.params), sft_net, sft_params,
+        loaded.tokenizer, held_out, config=config, rng=rng_for(0, "pipeline"))
+  scorer = llm_sources.load_reward_model(f"workdir:{workdirs['reward_model']}", "reward_model")
+  results["reward_model"] = rl.reward_model_ranking(
+      sft_net, sft_params, RewardModel(scorer.config), jax.device_put(scorer.params),
+      sft.tokenizer, held_out, config=config, num_replies=4, rng=rng_for(0, "pipeline ranking"))
   return results
 
 
@@ -118,11 +138,12 @@ def main(argv):
   rows = []
   for name, spec, _, _ in STAGES:
     row = {"stage": name, "config": spec, "wall_seconds": round(seconds[name], 1)}
-    if name in results:
+    if name in POLICIES:
       row.update({k: round(v, 4) for k, v in results[name].items()})
       row["true_reward_change_vs_sft"] = round(results[name]["true_reward"] - sft_reward, 4)
     if name == "reward_model":
       row["held_out_pair_accuracy"] = round(metrics[name]["eval/accuracy"], 4)
+      row.update({f"sft_replies_{k}": round(v, 4) for k, v in results[name].items()})
     rows.append(row)
   summary = {"task": "synthetic integer addition (gen_jax.data.synthetic_tasks)",
              "held_out_prompts": TASK["task.num_eval"], "scale": _SCALE.value, "stages": rows}
@@ -137,8 +158,9 @@ def main(argv):
             f"{row['format_reward']:>6.3f} {row['response_length']:>6.2f} "
             f"{row['wall_seconds']:>7.1f}")
     else:
-      extra = (f"  (held-out pair accuracy {row['held_out_pair_accuracy']:.3f})"
-               if "held_out_pair_accuracy" in row else "")
+      extra = (f"  (held-out pair accuracy {row['held_out_pair_accuracy']:.3f}; on the SFT "
+               f"model's own replies: within-prompt {row['sft_replies_within_prompt_accuracy']:.3f}"
+               f", AUC {row['sft_replies_auc']:.3f})" if row["stage"] == "reward_model" else "")
       print(f"{row['stage']:<14} {'':>11} {'':>7} {'':>9} {'':>6} {'':>6} "
             f"{row['wall_seconds']:>7.1f}{extra}")
   print(f"\nWrote {os.path.join(root, 'summary.json')}")
