@@ -13,7 +13,7 @@ for the reward model its held-out pair accuracy and how it ranks the SFT model's
 replies (right above wrong to the same prompt: the signal PPO learns from; rl.reward_model_ranking).
 Each stage's own workdir holds its checkpoints, metrics.jsonl and TensorBoard events.
 
-About 20 minutes on a 2-core CPU; results are in docs/BENCHMARKS.md. The sft_continued row is a
+About 22 minutes on a 2-core CPU; results are in docs/BENCHMARKS.md. The sft_continued row is a
 control (SFT trained on as long as DPO, at DPO's learning rate): compare each stage with it too.
 The ppo_verifiable row is PPO scored by the task's exact-match check instead of the reward model:
 the gap between it and the ppo row is what the learned reward model costs.
