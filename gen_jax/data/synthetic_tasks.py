@@ -8,6 +8,7 @@ way people err), and reward functions on decoded text for PPO and GRPO rollouts.
 The answer format is "The answer is N." so a reward can check both the number and the format.
 """
 import dataclasses
+import functools
 import random
 import re
 from typing import Callable, Iterator, Sequence
@@ -146,6 +147,12 @@ def total_reward(names: Sequence[str], problem: Problem, completion: str) -> flo
   if unknown:
     raise ValueError(f"unknown reward function(s) {unknown}; allowed: {sorted(REWARD_FUNCTIONS)}")
   return float(sum(REWARD_FUNCTIONS[n](problem, completion) for n in names))
+
+
+def reward_function(names: str, field: str) -> Callable[[Problem, str], float]:
+  """(problem, completion) -> the sum of the comma-separated reward functions `names`, checked
+  by check_reward_functions (a ConfigError names `field`)."""
+  return functools.partial(total_reward, check_reward_functions(names, field))
 
 
 def problem_prompts(problems: Sequence[Problem]) -> list[list[dict]]:

@@ -11,8 +11,6 @@ train.minibatches updates. Params: {"policy", "reference"}, both from init.sourc
 policy trains. The loss averages over response tokens (as DAPO, Yu et al., 2025, rather than per
 sequence first).
 """
-import functools
-
 import jax
 import ml_collections
 
@@ -94,10 +92,10 @@ dry_run_inputs = rl.dry_run_inputs
 
 
 def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool = False) -> Task:
-  names = synthetic_tasks.check_reward_functions(config.grpo.reward_functions,
-                                                 "grpo.reward_functions")
-  return rl.build_rl_task(config, workdir, resuming, param_spec=param_spec(config),
-                          loss_fn=make_loss_fn(config), experience=make_experience_fn(config),
-                          policy_and_reference=alignment.policy_and_reference(config), repeat=config.grpo.group_size,
-                          rewards=functools.partial(synthetic_tasks.total_reward, names))
-
+  return rl.build_rl_task(
+      config, workdir, resuming, param_spec=param_spec(config), loss_fn=make_loss_fn(config),
+      experience=make_experience_fn(config),
+      policy_and_reference=alignment.policy_and_reference(config),
+      repeat=config.grpo.group_size,
+      rewards=synthetic_tasks.reward_function(config.grpo.reward_functions,
+                                              "grpo.reward_functions"))

@@ -15,13 +15,10 @@ Tulu 3's RLVR; no reward model): exactly one of the two.
 Params: {"policy", "reference"}, "reward_model" when there is one, and the value model: "value"
 (a reward model's shape, started from ppo.reward_model: InstructGPT's choice) with
 ppo.value_model='separate', or "value_head" (a scalar head on the policy's own hidden states) with
-'shared'. The policy and the
-reference start from init.source (the SFT stage); only the policy and the value model train.
-With ppo.kl_target > 0 the KL coefficient adapts (Ziegler et al.'s proportional controller) and is
-checkpointed with the state.
+'shared'. The policy and the reference start from init.source (the SFT stage); only the policy
+and the value model train. With ppo.kl_target > 0 the KL coefficient adapts (Ziegler et al.'s
+proportional controller) and is checkpointed with the state.
 """
-import functools
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -203,16 +200,8 @@ dry_run_inputs = rl.dry_run_inputs
 
 
 def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool = False) -> Task:
+  rewards = (synthetic_tasks.reward_function(config.ppo.reward_functions, "ppo.reward_functions")
+             if config.ppo.reward_functions else None)  # None: the reward model scores.
   return rl.build_rl_task(config, workdir, resuming, param_spec=param_spec(config),
                           loss_fn=make_loss_fn(config), experience=make_experience_fn(config),
-                          policy_and_reference=_models(config)[:2], repeat=1, rewards=_rewards(config))
-
-
-def _rewards(config):
-  """(Problem, reply) -> the sum of ppo.reward_functions; None where a reward model scores."""
-  if not config.ppo.reward_functions:
-    return None
-  names = synthetic_tasks.check_reward_functions(config.ppo.reward_functions,
-                                                 "ppo.reward_functions")
-  return functools.partial(synthetic_tasks.total_reward, names)
-
+                          policy_and_reference=_models(config)[:2], repeat=1, rewards=rewards)
