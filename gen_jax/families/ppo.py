@@ -148,10 +148,8 @@ def make_experience_fn(config: ml_collections.ConfigDict):
         reference.apply({"params": params[REFERENCE]}, *inputs), targets)
     if reward_model is None:  # ppo.reward_functions' sums, computed on the host by the rollout.
       scores = batch["scores"]
-    else:  # The reward model scores the whole sequence and is read at the response's last token.
-      scores = objectives.last_token_values(
-          reward_model.apply({"params": params[REWARD_MODEL]}, batch["tokens"],
-                             batch["positions"], batch["segment_ids"]), batch["response_mask"])
+    else:
+      scores = rl.reward_model_scores(reward_model, params[REWARD_MODEL], batch)
     kl = objectives.kl_penalty(log_probs, reference_log_probs, "k1") * mask  # [b, t]
     last = (mask * (jnp.cumsum(mask[:, ::-1], axis=1)[:, ::-1] == 1))  # 1 at each last target.
     rewards = -extra["kl_coef"] * kl + scores[:, None] * last

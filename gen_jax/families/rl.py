@@ -271,12 +271,15 @@ def ranking_accuracy(scores: np.ndarray, correct: np.ndarray) -> dict[str, float
           "auc": won / count if count else float("nan"), "within_prompt_pairs": float(pairs)}
 
 
-@functools.partial(jax.jit, static_argnames=("reward_model",))
-def _reward_scores(reward_model, params, batch) -> jax.Array:
-  """[b] a reward model's score of each `sequences` row, read at its response's last token."""
+def reward_model_scores(reward_model, params, batch) -> jax.Array:
+  """[b] a reward model's score of each `sequences` row: it reads the whole sequence and is read
+  at the response's last token."""
   scores = reward_model.apply({"params": params}, batch["tokens"], batch["positions"],
                               batch["segment_ids"])
   return objectives.last_token_values(scores, batch["response_mask"])
+
+
+_reward_scores = jax.jit(reward_model_scores, static_argnames=("reward_model",))
 
 
 def reward_model_ranking(net, params, reward_model, reward_params, tok, problems, *, config,
