@@ -25,7 +25,7 @@ def _train_losses(workdir):
   return {r["step"]: r["train/loss"] for r in _metrics(workdir) if "train/loss" in r}
 
 
-def test_llm_trains_writes_its_workdir_and_samples(tmp_path):
+def test_llm_trains_writes_its_workdir_and_samples(tmp_path, capsys):
   workdir = str(tmp_path / "lm")
   result = run_cli("gen_jax.main", LLM, f"--workdir={workdir}", "--config.train.num_steps=30")
   assert result.returncode == 0, result.stderr[-3000:]
@@ -47,38 +47,38 @@ def test_llm_trains_writes_its_workdir_and_samples(tmp_path):
                    "--max_new_tokens=12")
   assert sample.returncode == 0, sample.stderr[-3000:]
   assert sample.stdout.startswith("The for statement")
-  hot = run_cli("gen_jax.sample", f"--workdir={workdir}", "--prompt=The for statement",
-                "--max_new_tokens=12", "--temperature=1.0", "--seed=3", "--top_k=20", "--top_p=0.9",
-                "--min_p=0.05", "--repetition_penalty=1.2")
-  assert hot.returncode == 0 and hot.stdout.startswith("The for statement"), hot.stderr[-3000:]
-  # A stop string taken from the middle of the sampled continuation: the same seed makes the same
-  # tokens up to it, and the text returned ends right before it.
-  continuation = hot.stdout[len("The for statement"):].rstrip("\n")
-  assert len(continuation) >= 4, continuation
-  stop_text = continuation[len(continuation) // 2:len(continuation) // 2 + 2]
-  stopped = run_cli("gen_jax.sample", f"--workdir={workdir}", "--prompt=The for statement",
-                    "--max_new_tokens=12", "--temperature=1.0", "--seed=3", "--top_k=20",
-                    "--top_p=0.9", "--min_p=0.05", "--repetition_penalty=1.2", f"--stop={stop_text}")
-  assert stopped.returncode == 0, stopped.stderr[-3000:]
-  assert stopped.stdout.rstrip("\n") == ("The for statement" +
-                                         continuation[:continuation.find(stop_text)])
-  beams = run_cli("gen_jax.sample", f"--workdir={workdir}", "--prompt=The for statement",
-                   "--max_new_tokens=8", "--beam_width=3", "--num_return=2", "--length_penalty=0.5")
-  assert beams.returncode == 0, beams.stderr[-3000:]
-  blocks = beams.stdout.split("--- beam ")[1:]  # "1: score S, log p L, ...\n<text>"
-  scores = [float(block.split()[2].rstrip(",")) for block in blocks]
-  assert len(blocks) == 2 and scores[0] >= scores[1], beams.stdout
-  assert all(block.split("\n", 1)[1].startswith("The for statement") for block in blocks)
-  mixed = run_cli("gen_jax.sample", f"--workdir={workdir}", "--prompt=x", "--beam_width=2",
-                  "--temperature=0.7")
-  assert mixed.returncode == 2 and "does not use --temperature" in mixed.stderr
   bad = run_cli("gen_jax.sample", f"--workdir={workdir}", "--prompt=x", "--top_p=0")
   assert bad.returncode == 2 and "top_p must be" in bad.stderr and "Traceback" not in bad.stderr
 
-  too_long = run_cli("gen_jax.sample", f"--workdir={workdir}", "--prompt=" + "word " * 200)
-  assert too_long.returncode == 2
-  assert "the prompt is" in too_long.stderr and "model.max_seq_len) is 64" in too_long.stderr
-  assert "Traceback" not in too_long.stderr
+  # The rest of the flags in-process (one subprocess each would cost a JAX start-up apiece):
+  # gen_jax.sample's main builds exactly this request from them and prints what sample() prints.
+  from gen_jax.sample import SampleRequest, sample as sample_workdir
+
+  def sampled(**flags):
+    sample_workdir(workdir, SampleRequest(prompt="The for statement", max_new_tokens=12, **flags))
+    return capsys.readouterr().out
+
+  capsys.readouterr()
+  hot_flags = dict(temperature=1.0, seed=3, top_k=20, top_p=0.9, min_p=0.05,
+                   repetition_penalty=1.2)
+  hot = sampled(**hot_flags)
+  assert hot.startswith("The for statement"), hot
+  # A stop string taken from the middle of the sampled continuation: the same seed makes the same
+  # tokens up to it, and the text returned ends right before it.
+  continuation = hot[len("The for statement"):].rstrip("\n")
+  assert len(continuation) >= 4, continuation
+  stop_text = continuation[len(continuation) // 2:len(continuation) // 2 + 2]
+  stopped = sampled(**hot_flags, stop=(stop_text,))
+  assert stopped.rstrip("\n") == "The for statement" + continuation[:continuation.find(stop_text)]
+  beams = sampled(beam_width=3, num_return=2, length_penalty=0.5)
+  blocks = beams.split("--- beam ")[1:]  # "1: score S, log p L, ...\n<text>"
+  scores = [float(block.split()[2].rstrip(",")) for block in blocks]
+  assert len(blocks) == 2 and scores[0] >= scores[1], beams
+  assert all(block.split("\n", 1)[1].startswith("The for statement") for block in blocks)
+  with pytest.raises(ValueError, match="does not use --temperature"):
+    sampled(beam_width=2, temperature=0.7)
+  with pytest.raises(ValueError, match=r"the prompt is .*model.max_seq_len\) is 64"):
+    sample_workdir(workdir, SampleRequest(prompt="word " * 200))
 
 
 def test_vae_trains_writes_png_grids_and_samples(tmp_path):
@@ -95,11 +95,12 @@ def test_vae_trains_writes_png_grids_and_samples(tmp_path):
                     "samples_000015.png", "samples_000030.png"]
   grid = np.asarray(Image.open(os.path.join(workdir, "images", "samples_000030.png")))
   assert grid.ndim == 2 and grid.std() > 5  # A real grid of 16 digits, not a blank image.
-  sample = run_cli("gen_jax.sample", f"--workdir={workdir}", "--num_samples=9")
-  assert sample.returncode == 0, sample.stderr[-3000:]
-  assert os.path.exists(os.path.join(workdir, "samples.png"))
   from gen_jax.config import ConfigError
   from gen_jax.sample import SampleRequest, sample as sample_workdir
+  # In-process: the llm test above runs the sample CLI itself.
+  path = sample_workdir(workdir, SampleRequest(num_samples=9))
+  assert path == os.path.join(workdir, "samples.png")
+  assert np.asarray(Image.open(path)).std() > 5
   with pytest.raises(ConfigError, match="--prompt: .* holds a vae model that is not text-cond"):
     sample_workdir(workdir, SampleRequest(prompt="a shoe"))
 
