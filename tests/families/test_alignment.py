@@ -15,11 +15,12 @@ from gen_jax.config import ConfigError
 from gen_jax.data import synthetic_tasks
 from gen_jax.families import alignment, dpo, grpo, llm, llm_sources, ppo, reward, rl
 from gen_jax.models import RewardModel, Transformer
+from gen_jax.sample import SampleRequest, sample as sample_workdir
 from gen_jax.train import abstract_train_state, train_and_evaluate, validate
 from gen_jax.train.state import learning_rate_schedule, rng_for
 from gen_jax.train.step import make_train_step
 from gen_jax.train.workdir import load_workdir_params
-from tests.conftest import checkpoint_tree, run_cli, tiny_config
+from tests.conftest import checkpoint_tree, tiny_config
 
 # One worker runs this module, so the SFT and reward model stages are trained once.
 pytestmark = pytest.mark.xdist_group("alignment_stages")
@@ -189,9 +190,9 @@ def test_reward_model_and_dpo_start_from_sft_and_keep_it_frozen(stages, tmp_path
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), params["policy"], params["reference"])
   assert all(jax.tree.leaves(changed))
   # The policy is a language model: sampling (and a later stage, export) take it.
-  result = run_cli("gen_jax.sample", f"--workdir={dpo_dir}", "--chat", "--prompt=What is 3 + 4?",
-                   "--max_new_tokens=4")
-  assert result.returncode == 0, result.stderr[-2000:]
+  reply = sample_workdir(dpo_dir, SampleRequest(prompt="What is 3 + 4?", max_new_tokens=4,
+                                                chat=True))
+  assert isinstance(reply, str)
 
 
 def test_policy_pairs_reject_the_starting_models_own_mistakes(stages, tmp_path):
