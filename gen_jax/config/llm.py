@@ -146,6 +146,9 @@ def preference_base(family: str) -> ml_collections.ConfigDict:
       policy_replies=4,  # Sampled replies per problem ("policy").
       temperature=1.0,  # Their sampling temperature.
       max_new_tokens=16,  # Their length budget; prompt + this must fit model.max_seq_len.
+      # Add synthetic_tasks.mirrored_pairs to the training pairs: each wrong answer also chosen,
+      # for the problem it solves, so no answer alone predicts the preference.
+      mirror=False,
   ))
   if family == "reward":
     config.reward = ml_collections.ConfigDict(dict(

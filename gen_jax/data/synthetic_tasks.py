@@ -232,3 +232,33 @@ def preference_pairs(problems: Sequence[Problem], *, seed: int,
                                 chosen=format_answer(problem.answer),
                                 rejected=wrong[0] if wrong else rule_made))
   return pairs
+
+
+def mirrored_pairs(pairs: Sequence[PreferencePair], *, max_digits: int,
+                   excluded: frozenset[str] = frozenset()) -> list[PreferencePair]:
+  """SYNTHETIC pairs that mirror `pairs`: for a pair on a + b whose rejected reply answers n, the
+  sibling problem whose answer n is (a + (n - a), else (n - b) + b) with "The answer is n."
+  chosen and "The answer is a + b." rejected.
+
+  Each wrong answer of `pairs` thus is also a right one, so nothing about an answer alone (its
+  last digit, its length) says which reply is preferred, and a reward model must read the
+  question. Without them a policy optimized against the model learns such shortcuts: the rejected
+  replies of a model's own mistakes end in some digits more often than right answers do
+  (docs/BENCHMARKS.md). Skipped: a rejected reply with no answer, a sibling whose operand falls
+  outside 0..10**max_digits - 1, and a sibling whose prompt is in `excluded` (held-out prompts).
+  """
+  limit = 10 ** max_digits
+  mirrored = []
+  for pair in pairs:
+    (a, b), wrong = _operands(Problem(pair.prompt[-1]["content"], "")), extract_answer(pair.rejected)
+    if wrong is None:
+      continue
+    n = int(wrong)
+    for x, y in ((a, n - a), (n - b, b)):
+      prompt = f"What is {x} + {y}?"
+      if 0 <= x < limit and 0 <= y < limit and prompt not in excluded:
+        mirrored.append(PreferencePair(prompt=[{"role": "user", "content": prompt}],
+                                       chosen=format_answer(str(n)),
+                                       rejected=format_answer(str(a + b))))
+        break
+  return mirrored

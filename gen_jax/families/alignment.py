@@ -54,6 +54,8 @@ def validate_stage(config: ml_collections.ConfigDict) -> None:
             "'policy' samples init.source's model, and init.source is empty")
     for name in ("policy_replies", "temperature", "max_new_tokens"):
       require(p[name] > 0, f"pairs.{name}", f"must be positive, got {p[name]}")
+  require(not p.mirror or d.source == llm.SYNTHETIC_SOURCE, "pairs.mirror",
+          f"mirrors the synthetic task's training pairs, but data.source={d.source!r}")
   validate_policy_stage(config)
   require(d.format == "preference", "data.format",
           f"{d.format!r}: a {config.family} run trains on preference pairs; set 'preference'")
@@ -131,8 +133,16 @@ def _pairs(config, source: str, field: str, held_out: bool) -> list:
             f"reject a wrong reply of init.source's model; the rest a rule-made mistake "
             f"(its {config.pairs.policy_replies} replies were all right)", flush=True)
     # Its own seed stream: the wrong answers differ between the training and held-out pairs.
-    return synthetic_tasks.preference_pairs(problems, seed=config.task.seed + int(held_out),
-                                            replies=replies)
+    pairs = synthetic_tasks.preference_pairs(problems, seed=config.task.seed + int(held_out),
+                                             replies=replies)
+    if config.pairs.mirror and not held_out:  # Held-out pairs stay the task's own.
+      held_out_prompts = frozenset(p.prompt for p in llm.task_problems(config)[1])
+      mirrored = synthetic_tasks.mirrored_pairs(pairs, max_digits=config.task.max_digits,
+                                                excluded=held_out_prompts)
+      print(f"pairs.mirror: {len(mirrored)} mirrored pairs added to the {len(pairs)} training "
+            "pairs", flush=True)
+      pairs += mirrored
+    return pairs
   return conversations.load_preference_pairs(source, field)
 
 

@@ -170,3 +170,24 @@ def test_preference_pairs_on_edge_answers():
       wrong = st.extract_answer(pair.rejected)
       assert wrong != p.answer and st.format_reward(p, pair.rejected) == 1.0
       assert wrong == str(int(wrong))
+
+
+def test_mirrored_pairs_make_each_wrong_answer_right_for_its_sibling_problem():
+  def pair(prompt, rejected):
+    a, b = map(int, _PROMPT.fullmatch(prompt).groups())
+    return PreferencePair(prompt=[{"role": "user", "content": prompt}],
+                          chosen=st.format_answer(str(a + b)), rejected=rejected)
+  pairs = [pair("What is 47 + 38?", "The answer is 75. Done."),  # -> 47 + 28 = 75.
+           pair("What is 90 + 9?", "The answer is 89."),  # 90 + (-1) is out: -> 80 + 9.
+           pair("What is 99 + 98?", "The answer is 199."),  # 99 + 100, 101 + 98: both out.
+           pair("What is 3 + 4?", "seven"),  # No answer to mirror.
+           pair("What is 12 + 30?", "The answer is 43.")]  # 12 + 31 is held out: -> 13 + 30.
+  mirrored = st.mirrored_pairs(pairs, max_digits=2, excluded=frozenset({"What is 12 + 31?"}))
+  assert [(m.prompt[0]["content"], m.chosen, m.rejected) for m in mirrored] == [
+      ("What is 47 + 28?", "The answer is 75.", "The answer is 85."),
+      ("What is 80 + 9?", "The answer is 89.", "The answer is 99."),
+      ("What is 13 + 30?", "The answer is 43.", "The answer is 42.")]
+  for m in mirrored:  # Right for its own prompt, and each chosen answer was rejected before.
+    a, b = map(int, _PROMPT.fullmatch(m.prompt[0]["content"]).groups())
+    problem = st.Problem(m.prompt[0]["content"], str(a + b))
+    assert st.exact_match_reward(problem, m.chosen) == 1 and not st.exact_match_reward(problem, m.rejected)

@@ -236,6 +236,20 @@ def _numpy_gae(rewards, values, mask, gamma, lam):
   return advantages, (advantages + values) * mask
 
 
+def test_mirrored_pairs_join_the_training_pairs_only():
+  fields = {"task.num_train": 48, "task.num_eval": 16}
+  train, held_out = alignment.preference_pairs(tiny_config("configs/llm/reward.py", **fields))
+  config = tiny_config("configs/llm/reward.py", **fields, **{"pairs.mirror": True})
+  mirrored_train, mirrored_held_out = alignment.preference_pairs(config)
+  _, held_out_problems = llm.task_problems(config)
+  extra = synthetic_tasks.mirrored_pairs(
+      train, max_digits=config.task.max_digits,
+      excluded=frozenset(p.prompt for p in held_out_problems))
+  assert len(extra) > len(train) // 2
+  assert not {m.prompt[0]["content"] for m in extra} & {p.prompt for p in held_out_problems}
+  assert mirrored_train == train + extra and mirrored_held_out == held_out
+
+
 def test_ppo_experience_equals_numpy(stages, tmp_path):
   """Rewards (the reward model's score at the last token, -kl_coef * (log pi - log pi_ref) at
   every token), GAE and whitening, from the models' own outputs."""
@@ -475,6 +489,8 @@ BAD_STAGES = [
     ("configs/llm/dpo.py", {"pairs.rejected": "policy", "data.source": "/tmp/p.jsonl",
                             "init.source": "workdir:/tmp"},
      "pairs.rejected: 'policy' makes the synthetic task's pairs"),
+    ("configs/llm/reward.py", {"pairs.mirror": True, "data.source": "/tmp/p.jsonl"},
+     "pairs.mirror: mirrors the synthetic task's training pairs, but data.source='/tmp/p.jsonl'"),
     ("configs/llm/reward.py", {"reward.center_weight": -0.1},
      "reward.center_weight: must be >= 0"),
     ("configs/llm/reward.py", {"data.format": "chat"},
