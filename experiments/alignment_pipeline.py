@@ -10,7 +10,8 @@ trained on. Prints one table and writes it as summary.json in --workdir: for eac
 true reward of its greedy replies to the held-out prompts, its change from SFT, the KL to the SFT
 model of its sampled replies (per reply, in nats), the format reward and the stage's wall time;
 for the reward model its held-out pair accuracy and how it ranks the SFT model's own sampled
-replies (right above wrong to the same prompt: the signal PPO learns from; rl.reward_model_ranking).
+replies (right above wrong to the same prompt: the signal PPO learns from; and the true reward of
+the reply it scores highest of 4, which PPO against it moves toward: rl.reward_model_ranking).
 Each stage's own workdir holds its checkpoints, metrics.jsonl and TensorBoard events.
 
 About 22 minutes on a 2-core CPU; results are in docs/BENCHMARKS.md. The sft_continued row is a
@@ -160,7 +161,9 @@ def main(argv):
     else:
       extra = (f"  (held-out pair accuracy {row['held_out_pair_accuracy']:.3f}; on the SFT "
                f"model's own replies: within-prompt {row['sft_replies_within_prompt_accuracy']:.3f}"
-               f", AUC {row['sft_replies_auc']:.3f})" if row["stage"] == "reward_model" else "")
+               f", AUC {row['sft_replies_auc']:.3f}, true reward of its best of 4 "
+               f"{row['sft_replies_best_of_n']:.3f}, of any {row['sft_replies_sampled']:.3f})"
+               if row["stage"] == "reward_model" else "")
       print(f"{row['stage']:<14} {'':>11} {'':>7} {'':>9} {'':>6} {'':>6} "
             f"{row['wall_seconds']:>7.1f}{extra}")
   print(f"\nWrote {os.path.join(root, 'summary.json')}")

@@ -254,7 +254,11 @@ def ranking_accuracy(scores: np.ndarray, correct: np.ndarray) -> dict[str, float
     {"within_prompt_accuracy": over every (right, wrong) pair of replies to the same prompt, the
      fraction where the right one scores higher (ties count half) -- the ranking a policy
      trained on the scores learns from; "auc": the same over all pairs, across prompts too;
-     "within_prompt_pairs": how many pairs the first counts}. NaN where there is no pair.
+     "within_prompt_pairs": how many pairs the first counts} (NaN where there is no pair), and
+    the true reward of picking one reply per prompt: "sampled" (any reply: the mean),
+    "best_of_n" (the top-scored one, the first on ties) and "oracle_best_of_n" (a right one where
+    there is one). A KL-regularized policy optimized on the scores moves toward the top-scored
+    replies: where best_of_n does not beat the policy's greedy reply, neither can that policy.
   """
   scores, correct = np.asarray(scores, np.float64), np.asarray(correct) > 0
 
@@ -267,8 +271,11 @@ def ranking_accuracy(scores: np.ndarray, correct: np.ndarray) -> dict[str, float
     won, count = wins(row_scores[row_correct], row_scores[~row_correct])
     within, pairs = within + won, pairs + count
   won, count = wins(scores[correct], scores[~correct])
+  picked = correct[np.arange(len(correct)), scores.argmax(axis=1)]
   return {"within_prompt_accuracy": within / pairs if pairs else float("nan"),
-          "auc": won / count if count else float("nan"), "within_prompt_pairs": float(pairs)}
+          "auc": won / count if count else float("nan"), "within_prompt_pairs": float(pairs),
+          "sampled": float(correct.mean()), "best_of_n": float(picked.mean()),
+          "oracle_best_of_n": float(correct.any(axis=1).mean())}
 
 
 def reward_model_scores(reward_model, params, batch) -> jax.Array:

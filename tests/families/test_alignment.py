@@ -435,6 +435,9 @@ def test_ranking_accuracy_counts_right_over_wrong_pairs():
   right, wrong = np.array([3, 0, 0, 1, 7, 8, 9.0]), np.array([1, 2, 5, 1, 4.0])
   diff = right[:, None] - wrong[None]
   assert found["auc"] == pytest.approx(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+  # Picking a reply per prompt: the top-scored ones are right, wrong, wrong (the 4), right (the 9).
+  assert found["best_of_n"] == pytest.approx(2 / 4)
+  assert found["sampled"] == pytest.approx(7 / 12) and found["oracle_best_of_n"] == 1.0
   assert math.isnan(rl.ranking_accuracy(scores[3:], correct[3:])["within_prompt_accuracy"])
 
 
