@@ -51,10 +51,11 @@ STAGES = (
       "train.batch_size": 16, "optimizer.learning_rate": 2e-3, "optimizer.warmup_steps": 20}),
     # The reward model learns from the SFT model's own mistakes, its scores centered: rule-made
     # pairs and uncentered scores ranked the policy's samples no better than chance within a
-    # prompt (docs/BENCHMARKS.md).
+    # prompt. Mirrored pairs keep it from preferring answers by their last digit, a shortcut PPO
+    # found (docs/BENCHMARKS.md).
     ("reward_model", "configs/llm/reward.py:tiny", 1000,
      {"init.source": "workdir:{sft}", "train.batch_size": 32, "optimizer.learning_rate": 5e-4,
-      "pairs.rejected": "policy", "reward.center_weight": 0.01}),
+      "pairs.rejected": "policy", "pairs.mirror": True, "reward.center_weight": 0.01}),
     ("ppo", "configs/llm/ppo.py:tiny", 60,
      {"init.source": "workdir:{sft}", "ppo.reward_model": "workdir:{reward_model}",
       "train.batch_size": 64, "train.epochs_per_batch": 2, "train.minibatches": 2,
