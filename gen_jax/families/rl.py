@@ -258,7 +258,8 @@ def ranking_accuracy(scores: np.ndarray, correct: np.ndarray) -> dict[str, float
     the true reward of picking one reply per prompt: "sampled" (any reply: the mean),
     "best_of_n" (the top-scored one, the first on ties) and "oracle_best_of_n" (a right one where
     there is one). A KL-regularized policy optimized on the scores moves toward the top-scored
-    replies: where best_of_n does not beat the policy's greedy reply, neither can that policy.
+    replies as the KL weight falls: a best_of_n below the policy's greedy reply warns that it has
+    little to gain.
   """
   scores, correct = np.asarray(scores, np.float64), np.asarray(correct) > 0
 
