@@ -10,11 +10,12 @@ trained on. Prints one table and writes it as summary.json in --workdir: for eac
 true reward of its greedy replies to the held-out prompts, its change from SFT, the KL to the SFT
 model of its sampled replies (per reply, in nats), the format reward and the stage's wall time;
 for the reward model its held-out pair accuracy and how it ranks the SFT model's own sampled
-replies (right above wrong to the same prompt: the signal PPO learns from; and the true reward of
-the reply it scores highest of 4, which PPO against it moves toward: rl.reward_model_ranking).
+replies (right above wrong to the same prompt: the signal PPO learns from), and the true reward of
+the reply it scores highest of 4 and of the one PPO at its KL weight moves toward (the highest
+log-probability plus score / kl_coef), beside the SFT model's likeliest: rl.reward_model_ranking.
 Each stage's own workdir holds its checkpoints, metrics.jsonl and TensorBoard events.
 
-About 17 minutes on a 2-core CPU; results are in docs/BENCHMARKS.md. The sft_continued row is a
+About 19 minutes on a 2-core CPU; results are in docs/BENCHMARKS.md. The sft_continued row is a
 control (SFT trained on as long as DPO, at DPO's learning rate): compare each stage with it too.
 The ppo_verifiable row is PPO scored by the task's exact-match check instead of the reward model:
 the gap between it and the ppo row is what the learned reward model costs.
@@ -42,6 +43,7 @@ MODEL = {"model.vocab_size": 512, "model.embed_dim": 128, "model.num_layers": 4,
 TASK = {"task.max_digits": 2, "task.num_train": 4000, "task.num_eval": 1000}
 RL = {"rollout.max_new_tokens": 16, "rollout.eval_batch_size": 100, "optimizer.weight_decay": 0.0,
       "optimizer.warmup_steps": 0}
+PPO_KL_COEF = 1.0
 # (name, config file, steps, overrides); "{name}" in a value is that stage's workdir.
 STAGES = (
     ("pretrain", "configs/llm/pretrain.py:tiny", 150,
@@ -56,10 +58,13 @@ STAGES = (
     ("reward_model", "configs/llm/reward.py:tiny", 1000,
      {"init.source": "workdir:{sft}", "train.batch_size": 32, "optimizer.learning_rate": 5e-4,
       "pairs.rejected": "policy", "pairs.mirror": True, "reward.center_weight": 0.01}),
-    ("ppo", "configs/llm/ppo.py:tiny", 60,
+    # KL weight 1: the reward model's scores alone pick worse replies than the SFT model's greedy
+    # one, and PPO at a small weight over-optimizes them; at 1 they and the SFT model's
+    # probabilities together pick better than either (the reward_model row's "at kl 1").
+    ("ppo", "configs/llm/ppo.py:tiny", 150,
      {"init.source": "workdir:{sft}", "ppo.reward_model": "workdir:{reward_model}",
       "train.batch_size": 64, "train.epochs_per_batch": 2, "train.minibatches": 2,
-      "optimizer.learning_rate": 2e-5, "ppo.kl_coef": 0.3, **RL}),
+      "optimizer.learning_rate": 1e-4, "ppo.kl_coef": PPO_KL_COEF, **RL}),
     # PPO scored by the task's own check instead of the reward model (ppo.reward_functions):
     # what the algorithm does with an exact reward, beside what it does with the learned one.
     # (At ppo's learning rate, 2e-5, it gained 0.9 points; ppo itself at 1e-4 over-optimizes.)
@@ -117,7 +122,8 @@ def evaluate(workdirs: dict, policies=POLICIES) -> dict:
   scorer = llm_sources.load_reward_model(f"workdir:{workdirs['reward_model']}", "reward_model")
   results["reward_model"] = rl.reward_model_ranking(
       sft_net, sft_params, RewardModel(scorer.config), jax.device_put(scorer.params),
-      sft.tokenizer, held_out, config=config, num_replies=4, rng=rng_for(0, "pipeline ranking"))
+      sft.tokenizer, held_out, config=config, num_replies=4, rng=rng_for(0, "pipeline ranking"),
+      kl_coefs=(PPO_KL_COEF,))
   return results
 
 
@@ -162,8 +168,10 @@ def main(argv):
     else:
       extra = (f"  (held-out pair accuracy {row['held_out_pair_accuracy']:.3f}; on the SFT "
                f"model's own replies: within-prompt {row['sft_replies_within_prompt_accuracy']:.3f}"
-               f", AUC {row['sft_replies_auc']:.3f}, true reward of its best of 4 "
-               f"{row['sft_replies_best_of_n']:.3f}, of any {row['sft_replies_sampled']:.3f})"
+               f", AUC {row['sft_replies_auc']:.3f}; true reward of its best of 4 "
+               f"{row['sft_replies_best_of_n']:.3f}, at kl {PPO_KL_COEF:g} "
+               f"{row[f'sft_replies_best_of_n_at_kl_coef_{PPO_KL_COEF:g}']:.3f}, the SFT model's "
+               f"likeliest {row['sft_replies_mode_of_n']:.3f}, any {row['sft_replies_sampled']:.3f})"
                if row["stage"] == "reward_model" else "")
       print(f"{row['stage']:<14} {'':>11} {'':>7} {'':>9} {'':>6} {'':>6} "
             f"{row['wall_seconds']:>7.1f}{extra}")

@@ -197,15 +197,19 @@ def sampled_replies(net, params, tok, problems, *, num_replies: int, **sampling)
   return [texts[i:i + num_replies] for i in range(0, len(texts), num_replies)]
 
 
+@functools.partial(jax.jit, static_argnames=("net",))
+def sequence_log_probs(net, params, batch) -> jax.Array:
+  """[b] log pi(response | prompt) of each `sequences` row: the sum over its response tokens."""
+  inputs, targets, mask = shifted(batch)
+  return objectives.sequence_log_probs(net.apply({"params": params}, *inputs), targets, mask)
+
+
 @functools.partial(jax.jit, static_argnames=("net", "reference"))
 def _sequence_kl(net, params, reference, reference_params, batch) -> jax.Array:
   """[b] sum over each response's tokens of log pi - log pi_ref: the sampled estimate of the
   sequence-level KL(pi || pi_ref) (k1; unbiased on the policy's own samples)."""
-  inputs, targets, mask = shifted(batch)
-  log_probs = objectives.token_log_probs(net.apply({"params": params}, *inputs), targets)
-  reference_log_probs = objectives.token_log_probs(
-      reference.apply({"params": reference_params}, *inputs), targets)
-  return ((log_probs - reference_log_probs) * mask).sum(axis=1)
+  return (sequence_log_probs(net, params, batch)
+          - sequence_log_probs(reference, reference_params, batch))
 
 
 def evaluate_policy(net, params, reference, reference_params, tok, problems, *, config,
@@ -244,39 +248,55 @@ def evaluate_policy(net, params, reference, reference_params, tok, problems, *, 
   return {name: value / len(problems) for name, value in totals.items()}
 
 
-def ranking_accuracy(scores: np.ndarray, correct: np.ndarray) -> dict[str, float]:
-  """How well scores separate right replies from wrong ones.
+def ranking_accuracy(scores: np.ndarray, correct: np.ndarray, log_probs: np.ndarray | None = None,
+                     kl_coefs: tuple[float, ...] = ()) -> dict[str, float]:
+  """How well scores separate right replies from wrong ones, and what a policy optimized on them
+  would answer.
 
   Args:
     scores: [n, r] a reward model's scores of r replies to each of n prompts.
     correct: [n, r] 1 where a reply is right.
+    log_probs: [n, r] the sampling policy's log-probability of each reply (needed by kl_coefs).
+    kl_coefs: KL weights beta to pick under (below).
   Returns:
     {"within_prompt_accuracy": over every (right, wrong) pair of replies to the same prompt, the
      fraction where the right one scores higher (ties count half) -- the ranking a policy
      trained on the scores learns from; "auc": the same over all pairs, across prompts too;
      "within_prompt_pairs": how many pairs the first counts} (NaN where there is no pair), and
     the true reward of picking one reply per prompt: "sampled" (any reply: the mean),
-    "best_of_n" (the top-scored one, the first on ties) and "oracle_best_of_n" (a right one where
-    there is one). A KL-regularized policy optimized on the scores moves toward the top-scored
-    replies as the KL weight falls: a best_of_n below the policy's greedy reply warns that it has
-    little to gain.
+    "best_of_n" (the top-scored one, the first on ties), "oracle_best_of_n" (a right one where
+    there is one); with log_probs, "mode_of_n" (the policy's likeliest reply: about its greedy
+    one) and for each beta in kl_coefs "best_of_n_at_kl_coef_{beta}" (the reply maximizing
+    log_prob + score / beta). PPO with KL weight beta moves the policy toward pi * exp(score /
+    beta), whose likeliest reply among the samples is that last pick: where it beats mode_of_n,
+    PPO at that beta can raise the true reward of greedy replies; best_of_n is its beta -> 0 limit.
   """
   scores, correct = np.asarray(scores, np.float64), np.asarray(correct) > 0
+  if kl_coefs and log_probs is None:
+    raise ValueError("kl_coefs: picking under a KL weight needs the replies' log_probs")
 
   def wins(right, wrong):  # [a], [b] -> (sum of wins, count) over the a x b pairs.
     diff = right[:, None] - wrong[None, :]
     return float((diff > 0).sum() + 0.5 * (diff == 0).sum()), diff.size
+
+  def picked(values):  # [n, r] -> the true reward of each prompt's top-valued reply, averaged.
+    return float(correct[np.arange(len(correct)), values.argmax(axis=1)].mean())
 
   within, pairs = 0.0, 0
   for row_scores, row_correct in zip(scores, correct):
     won, count = wins(row_scores[row_correct], row_scores[~row_correct])
     within, pairs = within + won, pairs + count
   won, count = wins(scores[correct], scores[~correct])
-  picked = correct[np.arange(len(correct)), scores.argmax(axis=1)]
-  return {"within_prompt_accuracy": within / pairs if pairs else float("nan"),
-          "auc": won / count if count else float("nan"), "within_prompt_pairs": float(pairs),
-          "sampled": float(correct.mean()), "best_of_n": float(picked.mean()),
-          "oracle_best_of_n": float(correct.any(axis=1).mean())}
+  found = {"within_prompt_accuracy": within / pairs if pairs else float("nan"),
+           "auc": won / count if count else float("nan"), "within_prompt_pairs": float(pairs),
+           "sampled": float(correct.mean()), "best_of_n": picked(scores),
+           "oracle_best_of_n": float(correct.any(axis=1).mean())}
+  if log_probs is not None:
+    log_probs = np.asarray(log_probs, np.float64)
+    found["mode_of_n"] = picked(log_probs)
+    for beta in kl_coefs:
+      found[f"best_of_n_at_kl_coef_{beta:g}"] = picked(log_probs + scores / beta)
+  return found
 
 
 def reward_model_scores(reward_model, params, batch) -> jax.Array:
@@ -291,26 +311,33 @@ _reward_scores = jax.jit(reward_model_scores, static_argnames=("reward_model",))
 
 
 def reward_model_ranking(net, params, reward_model, reward_params, tok, problems, *, config,
-                         num_replies: int, rng) -> dict[str, float]:
+                         num_replies: int, rng, kl_coefs: tuple[float, ...] = ()) -> dict[str, float]:
   """`ranking_accuracy` of a reward model on a policy's own replies: num_replies sampled (with
-  rollout.* settings) for each problem, each checked by the task. This, not the accuracy on the
-  reward model's held-out pairs, says whether PPO against it can raise the true reward: PPO
-  learns from how the scores rank the replies it samples.
+  rollout.* settings) for each problem, each checked by the task, with the policy's
+  log-probabilities when kl_coefs are given. This, not the accuracy on the reward model's
+  held-out pairs, says whether PPO against it can raise the true reward: PPO learns from how the
+  scores rank the replies it samples, and best_of_n_at_kl_coef_* says at which KL weight.
 
   Args:
     net, params: the policy (a Transformer); reward_model, reward_params: a RewardModel.
     problems: synthetic_tasks.Problem list; config: rollout.* and model.max_seq_len.
   """
-  scores, correct = [], []
+  scores, correct, log_probs = [], [], []
   for rows, texts, problem_rows in sampled_batches(
       net, params, tok, problems, num_replies=num_replies, sampling_params=sampling(config),
       max_new_tokens=config.rollout.max_new_tokens, batch_size=config.rollout.eval_batch_size,
       rng=rng, field="rollout.max_new_tokens"):
     scores.append(np.asarray(_reward_scores(reward_model, reward_params, rows))[:len(texts)])
+    if kl_coefs:
+      log_probs.append(np.asarray(sequence_log_probs(net, params, rows))[:len(texts)])
     correct.append([synthetic_tasks.exact_match_reward(problems[i], text)
                     for i, text in zip(problem_rows, texts)])
-  return ranking_accuracy(np.concatenate(scores).reshape(-1, num_replies),
-                          np.concatenate(correct).reshape(-1, num_replies))
+
+  def by_prompt(parts):  # Batches of rows -> [num problems, num_replies].
+    return np.concatenate(parts).reshape(-1, num_replies)
+
+  return ranking_accuracy(by_prompt(scores), by_prompt(correct),
+                          by_prompt(log_probs) if kl_coefs else None, kl_coefs)
 
 
 def build_rl_task(config, workdir: str, resuming: bool, *, param_spec, loss_fn, experience,

@@ -439,6 +439,20 @@ def test_ranking_accuracy_counts_right_over_wrong_pairs():
   assert found["best_of_n"] == pytest.approx(2 / 4)
   assert found["sampled"] == pytest.approx(7 / 12) and found["oracle_best_of_n"] == 1.0
   assert math.isnan(rl.ranking_accuracy(scores[3:], correct[3:])["within_prompt_accuracy"])
+  # With the policy's log-probabilities: its likeliest replies are wrong, right, wrong, right.
+  log_probs = np.log(np.array([[0.2, 0.7, 0.1], [0.3, 0.699, 0.001], [0.1, 0.5, 0.4],
+                               [0.5, 0.3, 0.2]]))
+  found = rl.ranking_accuracy(scores, correct, log_probs, kl_coefs=(0.1, 1.0, 100.0))
+  assert found["mode_of_n"] == pytest.approx(2 / 4)
+  # beta 1 picks by log p + score: row 0 reply 0 (-1.6 + 3 beats -0.4 + 1), row 1 reply 1
+  # (-0.4 + 0 beats -6.9 + 5), row 2 reply 2 (-0.9 + 4), row 3 reply 2 (-1.6 + 9): right, right,
+  # wrong, right -- better than the scores alone or the policy alone.
+  assert found["best_of_n_at_kl_coef_1"] == pytest.approx(3 / 4)
+  assert found["best_of_n_at_kl_coef_0.1"] == found["best_of_n"]  # Small beta: the scores rule.
+  assert found["best_of_n_at_kl_coef_100"] == found["mode_of_n"]  # Large beta: the policy rules.
+  assert "mode_of_n" not in rl.ranking_accuracy(scores, correct)
+  with pytest.raises(ValueError, match="kl_coefs: .*log_probs"):
+    rl.ranking_accuracy(scores, correct, kl_coefs=(1.0,))
 
 
 def test_reward_model_ranking_scores_the_policys_own_sampled_replies(stages):
@@ -449,7 +463,8 @@ def test_reward_model_ranking_scores_the_policys_own_sampled_replies(stages):
   problems = llm.task_problems(config)[0][:6]  # Two batches, the second wrapping around.
   found = rl.reward_model_ranking(
       Transformer(policy.config), policy.params, RewardModel(scorer.config), scorer.params,
-      policy.tokenizer, problems, config=config, num_replies=3, rng=jax.random.key(0))
+      policy.tokenizer, problems, config=config, num_replies=3, rng=jax.random.key(0),
+      kl_coefs=(0.5,))
   # The same replies, sampled and checked here: as many (right, wrong) pairs per prompt.
   replies = rl.sampled_replies(Transformer(policy.config), policy.params, policy.tokenizer,
                                problems, num_replies=3, sampling_params=rl.sampling(config),
@@ -460,6 +475,8 @@ def test_reward_model_ranking_scores_the_policys_own_sampled_replies(stages):
   assert found["within_prompt_pairs"] == sum(n * (3 - n) for n in right)
   for name in ("within_prompt_accuracy", "auc"):
     assert math.isnan(found[name]) or 0 <= found[name] <= 1
+  for name in ("best_of_n", "mode_of_n", "best_of_n_at_kl_coef_0.5"):  # A pick can't beat the oracle.
+    assert 0 <= found[name] <= found["oracle_best_of_n"]
 
 
 def test_bad_rl_configs_fail_naming_the_field(stages, tmp_path):
