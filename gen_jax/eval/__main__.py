@@ -5,6 +5,8 @@
   python -m gen_jax.eval judge --model=gguf:SmolLM2.gguf --pairs=pairs.jsonl
   python -m gen_jax.eval harness --model=workdir:/tmp/lm --tasks=TASK[,TASK] \
       [--include_path=DIR] [--num_fewshot=N] [--limit=N]
+  python -m gen_jax.eval reward_ranking --reward_model=workdir:/tmp/rm [--model=workdir:/tmp/sft] \
+      [--num_replies=4] [--kl_coefs=0.3,1,3] [--temperature=1.0] [--limit=N]
 
 --model is a source as in a config's init.source: workdir:DIR, gguf:PATH or hf:DIR.
 perplexity: the text's perplexity (per token) and bits per byte, in rolling windows of
@@ -14,6 +16,13 @@ and reference. judge: for each {"question", "answer_1", "answer_2"} line, the ju
 order-averaged preference for answer 1 (gen_jax.eval.judge), and the mean position bias.
 harness: lm-evaluation-harness tasks run on the model (gen_jax.eval.lm_eval_backend); few-shot
 and chain-of-thought prompts come from the tasks' own templates (e.g. the harness's gsm8k_cot).
+reward_ranking: before PPO, what a reward model trained on the synthetic task would teach the
+policy (--model, by default the reward run's init.source): --num_replies sampled replies to each
+of the task's held-out prompts (task.* of the reward run), checked by code, ranked by the reward
+model, and the true reward of the reply each rule picks: the reward model's top one, the policy's
+likeliest, and for each --kl_coefs beta the likeliest under PPO's KL-regularized optimum (log p +
+score / beta). PPO at a kl_coef can raise the true reward where that pick beats the policy's
+likeliest (gen_jax.families.rl.ranking_accuracy).
 """
 import json
 import sys
@@ -32,9 +41,16 @@ _PAIRS = flags.DEFINE_string("pairs", None, "judge: a .jsonl of {question, answe
 _TASKS = flags.DEFINE_list("tasks", None, "harness: task names.")
 _INCLUDE_PATH = flags.DEFINE_string("include_path", None, "harness: a folder of task YAMLs.")
 _NUM_FEWSHOT = flags.DEFINE_integer("num_fewshot", None, "harness: few-shot examples per prompt.")
-_LIMIT = flags.DEFINE_integer("limit", None, "harness: documents per task at most.")
+_LIMIT = flags.DEFINE_integer("limit", None, "harness: documents per task at most; "
+                              "reward_ranking: held-out prompts at most.")
+_REWARD_MODEL = flags.DEFINE_string("reward_model", None, "reward_ranking: workdir:DIR of a "
+                                    "reward run on the synthetic task.")
+_NUM_REPLIES = flags.DEFINE_integer("num_replies", 4, "reward_ranking: replies per prompt.")
+_KL_COEFS = flags.DEFINE_list("kl_coefs", ["0.3", "1", "3"], "reward_ranking: PPO KL weights.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "reward_ranking: sampling temperature.")
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 16, "reward_ranking: reply tokens at most.")
 
-COMMANDS = ("perplexity", "text_metrics", "judge", "harness")
+COMMANDS = ("perplexity", "text_metrics", "judge", "harness", "reward_ranking")
 
 
 def _need(flag) -> str:
@@ -116,6 +132,20 @@ def run_harness() -> None:
     print(f"{task}: {shown}")
 
 
+def run_reward_ranking() -> None:
+  from gen_jax.config import ConfigError
+  from gen_jax.eval.reward_ranking import ranking_report, reward_ranking
+  try:
+    kl_coefs = tuple(float(beta) for beta in _KL_COEFS.value)
+  except ValueError as e:
+    raise ConfigError("--kl_coefs", f"{_KL_COEFS.value}: not numbers") from e
+  found = reward_ranking(
+      _need(_REWARD_MODEL), _MODEL.value or "", num_replies=_NUM_REPLIES.value,
+      kl_coefs=kl_coefs, temperature=_TEMPERATURE.value, max_new_tokens=_MAX_NEW_TOKENS.value,
+      limit=_LIMIT.value, prompts_per_call=_BATCH_SIZE.value * 8)
+  print(ranking_report(found, kl_coefs))
+
+
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"give one command: {', '.join(COMMANDS)}")
@@ -124,7 +154,7 @@ def main(argv):
   from gen_jax.config import ConfigError
   try:
     {"perplexity": run_perplexity, "text_metrics": run_text_metrics, "judge": run_judge,
-     "harness": run_harness}[argv[1]]()
+     "harness": run_harness, "reward_ranking": run_reward_ranking}[argv[1]]()
   except (ConfigError, ValueError, OSError) as e:
     print(f"Error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -479,6 +479,23 @@ def test_reward_model_ranking_scores_the_policys_own_sampled_replies(stages):
     assert 0 <= found[name] <= found["oracle_best_of_n"]
 
 
+def test_reward_ranking_cli_ranks_the_reward_runs_own_sft_model_by_default(stages):
+  from gen_jax.eval.reward_ranking import ranking_report, reward_ranking
+  sft, rm = stages
+  settings = dict(num_replies=3, kl_coefs=(0.5, 2.0), limit=6, prompts_per_call=4)
+  found = reward_ranking(f"workdir:{rm}", **settings)
+  np.testing.assert_equal(found, reward_ranking(f"workdir:{rm}", f"workdir:{sft}", **settings))
+  assert found["prompts"] == 6 and 0 <= found["best_of_n_at_kl_coef_2"] <= found["oracle_best_of_n"]
+  report = ranking_report(found, (0.5, 2.0))
+  assert report.startswith("6 held-out prompts of the synthetic task, 3 replies each")
+  assert ["PPO's", "optimum", "at", "kl_coef", "0.5", f"{found['best_of_n_at_kl_coef_0.5']:.3f}"] in [
+      line.split() for line in report.splitlines()]
+  with pytest.raises(ConfigError, match=r"--reward_model: .* holds a llm model, not a reward"):
+    reward_ranking(f"workdir:{sft}")
+  with pytest.raises(ConfigError, match=r"--kl_coefs: must be positive"):
+    reward_ranking(f"workdir:{rm}", kl_coefs=(0.0,))
+
+
 def test_bad_rl_configs_fail_naming_the_field(stages, tmp_path):
   sft, rm = stages
   with pytest.raises(ConfigError, match=r"grpo.reward_functions: .*'exactly'"):
