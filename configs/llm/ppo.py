@@ -10,11 +10,13 @@ model, the task's own check scores the responses: PPO with verifiable rewards.
 Every step samples one response per prompt (train.batch_size prompts, rollout.* settings), then
 makes train.epochs_per_batch passes of train.minibatches clipped updates. ppo.value_model picks a
 separate value model (started from the reward model) or a value head on the policy; ppo.kl_target
-> 0 adapts the KL coefficient. Held-out metrics at eval time: eval/true_reward (the task's
-exact-match reward of greedy replies), eval/kl_to_reference, eval/response_length. Training
-metrics: reward (the reward model's), true_reward (the task's check of the same rollouts: when
-reward rises and it falls, the policy is exploiting the reward model), kl, kl_coef, entropy,
-clip_fraction, approx_kl, value_explained_variance, response_length.
+> 0 adapts the KL coefficient. Which ppo.kl_coef can gain against a reward model:
+`python -m gen_jax.eval reward_ranking --reward_model=workdir:/tmp/rm --kl_coefs=0.3,1,3` (the
+alignment pipeline's reward model: 1). Held-out metrics at eval time: eval/true_reward (the
+task's exact-match reward of greedy replies), eval/kl_to_reference, eval/response_length.
+Training metrics: reward (the reward model's), true_reward (the task's check of the same
+rollouts: when reward rises and it falls, the policy is exploiting the reward model), kl,
+kl_coef, entropy, clip_fraction, approx_kl, value_explained_variance, response_length.
 
 Presets: tiny (tests and CPU: the tiny model's shape).
 """

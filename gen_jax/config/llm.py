@@ -189,7 +189,9 @@ def rl_base(family: str) -> ml_collections.ConfigDict:
         reward_functions="",
         value_model="separate",  # "separate": a model started from the reward model; "shared":
                                  # a scalar head on the policy's hidden states.
-        kl_coef=0.05,  # Per-token penalty -kl_coef * (log pi - log pi_ref) in the rewards.
+        # Per-token penalty -kl_coef * (log pi - log pi_ref) in the rewards; against a learned
+        # reward model, `python -m gen_jax.eval reward_ranking` shows which weights can gain.
+        kl_coef=0.05,
         kl_target=0.0,  # > 0: adapt kl_coef toward this KL per response (Ziegler et al., 2019).
         kl_horizon=10000.0,  # The adaptive controller's horizon, in responses.
         gamma=1.0,
