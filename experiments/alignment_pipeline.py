@@ -15,7 +15,7 @@ the reply it scores highest of 4 and of the one PPO at its KL weight moves towar
 log-probability plus score / kl_coef), beside the SFT model's likeliest: rl.reward_model_ranking.
 Each stage's own workdir holds its checkpoints, metrics.jsonl and TensorBoard events.
 
-About 19 minutes on a 2-core CPU; results are in docs/BENCHMARKS.md. The sft_continued row is a
+About 17 minutes on a 2-core CPU; results are in docs/BENCHMARKS.md. The sft_continued row is a
 control (SFT trained on as long as DPO, at DPO's learning rate): compare each stage with it too.
 The ppo_verifiable row is PPO scored by the task's exact-match check instead of the reward model:
 the gap between it and the ppo row is what the learned reward model costs.
