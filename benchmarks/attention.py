@@ -9,6 +9,10 @@ the length grows. FLOPs are counted the FlashAttention way: a forward pass is 4 
 multiply-adds halved for the causal mask, and forward + backward is 3.5 times the forward (the
 backward recomputes the scores). Ratios are against the XLA reference and against cuDNN measured in
 the same run. Out-of-memory cells print "OOM" (the XLA reference materializes the t x s scores).
+Before timing, each implementation is checked against the XLA reference run in float32 on the same
+(upcast) inputs, outputs and all three gradients, at an awkward length (--check_length, not a
+multiple of the kernels' blocks): relative errors are printed, and an implementation that misses
+--check_tolerance is reported as wrong, not timed.
 The last lines are a markdown table for docs/BENCHMARKS.md.
 """
 import datetime
@@ -31,29 +35,53 @@ _KV_HEADS = flags.DEFINE_integer("num_kv_heads", 8, "Key/value heads.")
 _HEAD_DIM = flags.DEFINE_integer("head_dim", 128, "Head dimension.")
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Input dtype.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed runs per cell (the median is reported).")
+_CHECK_LENGTH = flags.DEFINE_integer("check_length", 1000, "Length of the check against the "
+                                     "float32 reference; 0 skips it.")
+_CHECK_TOLERANCE = flags.DEFINE_float("check_tolerance", 2e-2, "Largest relative error allowed "
+                                      "(bfloat16 operands land between 1e-3 and 1e-2).")
+
+
+def _inputs(batch: int, length: int, dtype, seed: int = 0):
+  """Random q [b, t, n, h], k and v [b, t, kv, h], and an output cotangent like q."""
+  keys = jax.random.split(jax.random.key(seed), 4)
+  q = jax.random.normal(keys[0], (batch, length, _HEADS.value, _HEAD_DIM.value), dtype)
+  k = jax.random.normal(keys[1], (batch, length, _KV_HEADS.value, _HEAD_DIM.value), dtype)
+  v = jax.random.normal(keys[2], (batch, length, _KV_HEADS.value, _HEAD_DIM.value), dtype)
+  return q, k, v, jax.random.normal(keys[3], q.shape, dtype)
+
+
+def _forward_backward(impl: str):
+  """jit of (q, k, v, cotangent) -> (output, dq, dk, dv), the gradients of sum(output * cotangent)."""
+  def loss(q, k, v, cotangent):
+    out = ops.attention(q, k, v, causal=True, impl=impl)
+    return (out.astype(jnp.float32) * cotangent.astype(jnp.float32)).sum(), out
+  def output_and_grads(q, k, v, cotangent):
+    grads, out = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v, cotangent)
+    return (out, *grads)
+  return jax.jit(output_and_grads)
+
+
+def _relative_errors(impl: str) -> list[float]:
+  """||impl - reference|| / ||reference|| for the output, dq, dk and dv; the reference is XLA in
+  float32 on the same inputs upcast (fresh random ones, seed 1)."""
+  inputs = _inputs(1, _CHECK_LENGTH.value, jnp.dtype(_DTYPE.value), seed=1)
+  ours = _forward_backward(impl)(*inputs)
+  with jax.default_matmul_precision("highest"):  # A GPU's float32 default is TF32.
+    reference = _forward_backward("xla")(*(x.astype(jnp.float32) for x in inputs))
+  return [float(jnp.linalg.norm((a.astype(jnp.float32) - b).ravel()) / jnp.linalg.norm(b.ravel()))
+          for a, b in zip(ours, reference)]
 
 
 def _time_forward_backward(impl: str, length: int) -> float:
   """Median seconds of one jitted forward + backward at this length."""
   batch = max(1, _TOKENS.value // length)
-  dtype = jnp.dtype(_DTYPE.value)
-  keys = jax.random.split(jax.random.key(0), 4)
-  q = jax.random.normal(keys[0], (batch, length, _HEADS.value, _HEAD_DIM.value), dtype)
-  k = jax.random.normal(keys[1], (batch, length, _KV_HEADS.value, _HEAD_DIM.value), dtype)
-  v = jax.random.normal(keys[2], (batch, length, _KV_HEADS.value, _HEAD_DIM.value), dtype)
-  cotangent = jax.random.normal(keys[3], q.shape, dtype)
-
-  @jax.jit
-  def step(q, k, v):
-    loss = lambda q, k, v: (ops.attention(q, k, v, causal=True, impl=impl)  # noqa: E731
-                            .astype(jnp.float32) * cotangent).sum()
-    return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
-
-  jax.block_until_ready(step(q, k, v))  # Compile and warm up.
+  inputs = _inputs(batch, length, jnp.dtype(_DTYPE.value))
+  step = _forward_backward(impl)
+  jax.block_until_ready(step(*inputs))  # Compile and warm up.
   times = []
   for _ in range(_REPEATS.value):
     start = time.perf_counter()
-    jax.block_until_ready(step(q, k, v))
+    jax.block_until_ready(step(*inputs))
     times.append(time.perf_counter() - start)
   return float(np.median(times))
 
@@ -70,8 +98,23 @@ def main(argv):
   print(f"{datetime.date.today()} {device.device_kind} ({device.platform}), jax {jax.__version__}, "
         f"{platform.processor() or platform.machine()}")
   results: dict[tuple[str, int], float | str] = {}
+  wrong = {}  # impl -> why it is not timed
+  for impl in _IMPLS.value if _CHECK_LENGTH.value else []:
+    try:
+      errors = _relative_errors(impl)
+    except Exception as e:  # noqa: BLE001 - reported in its cells below.
+      print(f"  check {impl:7s} could not run: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+      continue
+    verdict = "ok" if all(e <= _CHECK_TOLERANCE.value for e in errors) else "WRONG"  # NaN: WRONG
+    print(f"  check {impl:7s} length {_CHECK_LENGTH.value}: relative error out/dq/dk/dv "
+          + " ".join(f"{e:.1e}" for e in errors) + f" {verdict}", flush=True)
+    if verdict != "ok":
+      wrong[impl] = "wrong (see the check)"
   for length in map(int, _LENGTHS.value):
     for impl in _IMPLS.value:
+      if impl in wrong:
+        results[impl, length] = wrong[impl]
+        continue
       try:
         results[impl, length] = _time_forward_backward(impl, length)
       except Exception as e:  # noqa: BLE001 - a cell that cannot run is reported, not fatal.

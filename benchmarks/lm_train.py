@@ -65,7 +65,8 @@ def _random_batch(config, shapes, mesh):
   rng = np.random.default_rng(0)
   batch = {"tokens": rng.integers(2, config.model.vocab_size, (b, length), dtype=np.int32),
            "segment_ids": np.ones((b, length), np.int32),
-           "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (b, length)).copy()}
+           "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (b, length)).copy(),
+           "loss_mask": np.ones((b, length), shapes["loss_mask"].dtype)}
   missing = set(shapes) - set(batch)
   if missing:
     raise ValueError(f"the llm batch now also has {sorted(missing)}; fill them here")

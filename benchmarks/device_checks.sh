@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The GPU numbers issues 4 and 5 ask for, in one call of the lent device machine (an H100/H200).
+#
+#   bash benchmarks/device_wheels.sh                 # here, once: the wheels that machine lacks
+#   run(command="bash benchmarks/device_checks.sh", carry=[".whl"], timeout_s=590)
+#
+# Stages, most wanted first, each under its own time limit so that a stage that hangs or fails
+# leaves the rest their time (530 s in all plus about 20 s of set-up; the lease is 15 minutes of
+# device time, the machine's start included). Each stage's full output lands in $OUT/<stage>.txt;
+# the reply carries the end of the combined output, which ends with every stage's table.
+#   attention   benchmarks/attention.py: Pallas flash vs cuDNN vs the XLA reference, forward +
+#               backward, 1k to 32k, each checked against a float32 reference first (issue 4)
+#   lm_train    benchmarks/lm_train.py: the 1b preset at batch 16, Pallas attention, MFU (issue 4)
+#   decode      benchmarks/decode.py on SmolLM2-135M's architecture with random weights (its 98 MB
+#               GGUF cannot travel): batch 1 and 32, bf16/int8/int4, cache vs none, transformers'
+#               generate, the batch-1 roofline fraction (issue 5)
+#   lm_train_xla  the same 1b run with the XLA reference attention, for the ratio (cuDNN cannot
+#               mask packed documents, which training batches carry)
+# STAGES="decode attention" runs a subset; LIMIT_<stage>=SECONDS changes one stage's limit and
+# ARGS_<stage>="--flag=value ..." appends flags to its command (a later absl flag wins), e.g. the
+# CPU rehearsal: STAGES=attention ARGS_attention="--lengths=128 --tokens_per_batch=128 --num_heads=4
+# --num_kv_heads=2 --head_dim=32 --check_length=100 --impls=xla,pallas" bash benchmarks/device_checks.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/device_checks}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+
+python3 - <<'EOF' 2>&1 | tee "$OUT/environment.txt"
+import importlib.metadata as md
+import jax
+print("devices:", jax.devices())
+for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "grain", "torch",
+             "transformers", "triton"):
+  try:
+    print(f"  {name} {md.version(name)}")
+  except md.PackageNotFoundError:
+    print(f"  {name} missing")
+import gen_jax.families, gen_jax.sampling, gen_jax.ops  # noqa: E401 - fails here, not per stage.
+EOF
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "environment check failed: see above"; exit 1; }
+
+declare -A COMMANDS=(
+  [attention]="python3 benchmarks/attention.py --repeats=5"
+  [lm_train]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas"
+  [decode]="python3 benchmarks/decode.py --hf_config=benchmarks/smollm2_135m_config.json --weights=bfloat16,int8,int4 --draft_layers=0"
+  [lm_train_xla]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=xla"
+)
+declare -A LIMITS=([attention]=170 [lm_train]=140 [decode]=140 [lm_train_xla]=80)
+for stage in ${STAGES:-attention lm_train decode lm_train_xla}; do
+  limit_var="LIMIT_$stage"
+  args_var="ARGS_$stage"
+  limit="${!limit_var:-${LIMITS[$stage]}}"
+  command="${COMMANDS[$stage]} ${!args_var:-}"
+  echo "=== $stage (limit ${limit} s): $command"
+  start=$SECONDS
+  timeout "$limit" $command > "$OUT/$stage.txt" 2>&1
+  echo "=== $stage: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/$stage.txt"
+done
+
+# The tables last, where the reply's output tail keeps them.
+for stage in ${STAGES:-attention lm_train decode lm_train_xla}; do
+  echo; echo "##### $stage"; grep -E '^\||check|roofline|exit' "$OUT/$stage.txt" | tail -40
+done
