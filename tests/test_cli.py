@@ -101,6 +101,17 @@ def test_vae_trains_writes_png_grids_and_samples(tmp_path):
   path = sample_workdir(workdir, SampleRequest(num_samples=9))
   assert path == os.path.join(workdir, "samples.png")
   assert np.asarray(Image.open(path)).std() > 5
+  # A workdir saved by an earlier gen_jax, before fields it now has existed, still samples (the
+  # missing ones take their defaults) and resumes (its run equals one with the defaults).
+  with open(os.path.join(workdir, "config.json")) as f:
+    saved = json.load(f)
+  del saved["train"]["ema_decay"], saved["sample"]
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(saved, f)
+  assert np.asarray(Image.open(sample_workdir(workdir, SampleRequest(num_samples=9)))).std() > 5
+  resumed = run_cli("gen_jax.main", VAE, f"--workdir={workdir}", "--config.train.num_steps=31")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "take their defaults: sample, train.ema_decay" in resumed.stderr
   with pytest.raises(ConfigError, match="--prompt: .* holds a vae model that is not text-cond"):
     sample_workdir(workdir, SampleRequest(prompt="a shoe"))
 

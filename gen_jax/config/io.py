@@ -4,7 +4,9 @@ import json
 import os
 
 import ml_collections
+from absl import logging
 
+from gen_jax.config.bases import FAMILY_BASES, fill_missing_fields
 from gen_jax.config.errors import ConfigError
 
 WORKDIR_CONFIG = "config.json"
@@ -31,9 +33,20 @@ def save_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict | None:
-  """The config a previous run saved in `workdir`, or None if there is none."""
+  """The config a previous run saved in `workdir`, or None if there is none.
+
+  A run saved by an earlier gen_jax lacks the fields added to its family's base config since; they
+  take their defaults (which keep the earlier behaviour) and a warning names them, so the workdir
+  still samples, resumes and starts later stages.
+  """
   path = os.path.join(workdir, WORKDIR_CONFIG)
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.load(f))
+  base = FAMILY_BASES.get(config.get("family"))
+  added = fill_missing_fields(config, base()) if base else []
+  if added:
+    logging.warning("%s predates fields of its family's config; they take their defaults: %s",
+                    path, ", ".join(added))
+  return config

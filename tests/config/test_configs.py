@@ -1,6 +1,7 @@
 """Every config file and preset validates and builds; each bad field fails naming itself."""
 import glob
 import importlib.util
+import json
 
 import jax
 import pytest
@@ -108,3 +109,17 @@ def test_mesh_sizes_must_match_the_devices():
   config = tiny_config(**{"mesh.tensor": 3})
   with pytest.raises(config_lib.ConfigError, match="mesh.data: the other axes use 3 devices"):
     parallel.make_mesh(config.mesh)
+
+
+@pytest.mark.parametrize("family", families.FAMILIES)
+def test_a_saved_config_missing_later_fields_loads_them_with_their_defaults(tmp_path, family):
+  from gen_jax.config.bases import FAMILY_BASES
+  base = json.loads(FAMILY_BASES[family]().to_json())
+  old = json.loads(json.dumps(base))
+  section = sorted(k for k, v in old.items() if isinstance(v, dict) and k != "train")[-1]
+  del old["train"]["ema_decay"], old[section]
+  old["train"]["num_steps"] = 12345  # What the saved run set is kept.
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(old, f)
+  loaded = json.loads(config_lib.load_workdir_config(str(tmp_path)).to_json())
+  assert loaded == {**base, "train": {**base["train"], "num_steps": 12345}}
