@@ -21,6 +21,7 @@ The ppo_verifiable row is PPO scored by the task's exact-match check instead of 
 the gap between it and the ppo row is what the learned reward model costs.
 """
 import json
+import math
 import os
 import time
 
@@ -127,6 +128,18 @@ def evaluate(workdirs: dict, policies=POLICIES) -> dict:
   return results
 
 
+def _strict_json(value):
+  """`value` with NaN and infinities as None: strict JSON parsers refuse Python's NaN, and a
+  ranking with no pair to rank is NaN."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {key: _strict_json(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_strict_json(item) for item in value]
+  return value
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
@@ -156,7 +169,7 @@ def main(argv):
   summary = {"task": "synthetic integer addition (gen_jax.data.synthetic_tasks)",
              "held_out_prompts": TASK["task.num_eval"], "scale": _SCALE.value, "stages": rows}
   with open(os.path.join(root, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+    json.dump(_strict_json(summary), f, indent=2, allow_nan=False)
   print(f"\n{'stage':<14} {'true reward':>11} {'vs SFT':>7} {'KL to SFT':>9} {'format':>6} "
         f"{'length':>6} {'wall s':>7}")
   for row in rows:
