@@ -13,6 +13,9 @@ Before timing, each implementation is checked against the XLA reference run in f
 (upcast) inputs, outputs and all three gradients, at an awkward length (--check_length, not a
 multiple of the kernels' blocks): relative errors are printed, and an implementation that misses
 --check_tolerance is reported as wrong, not timed.
+--pallas_blocks=BQxBK,... also times the Pallas kernel with those tiles forced on all three of its
+kernels (forward, dK/dV, dQ) at --sweep_length, beside its default tiles: the lever for tuning
+plan_blocks' defaults on a new GPU within the same run.
 The last lines are a markdown table for docs/BENCHMARKS.md.
 """
 import datetime
@@ -35,6 +38,9 @@ _KV_HEADS = flags.DEFINE_integer("num_kv_heads", 8, "Key/value heads.")
 _HEAD_DIM = flags.DEFINE_integer("head_dim", 128, "Head dimension.")
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Input dtype.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed runs per cell (the median is reported).")
+_PALLAS_BLOCKS = flags.DEFINE_list("pallas_blocks", [], "Tiles BQxBK to time the Pallas kernel "
+                                   "with at --sweep_length (e.g. 64x64,128x128).")
+_SWEEP_LENGTH = flags.DEFINE_integer("sweep_length", 8192, "Length of the --pallas_blocks sweep.")
 _CHECK_LENGTH = flags.DEFINE_integer("check_length", 1000, "Length of the check against the "
                                      "float32 reference; 0 skips it.")
 _CHECK_TOLERANCE = flags.DEFINE_float("check_tolerance", 2e-2, "Largest relative error allowed "
@@ -50,10 +56,22 @@ def _inputs(batch: int, length: int, dtype, seed: int = 0):
   return q, k, v, jax.random.normal(keys[3], q.shape, dtype)
 
 
+def _attention(impl: str, q, k, v):
+  """ops.attention; "pallas:BQxBK" calls the Pallas kernel with those tiles on all its kernels."""
+  if not impl.startswith("pallas:"):
+    return ops.attention(q, k, v, causal=True, impl=impl)
+  from gen_jax import kernels
+  block_q, block_k = map(int, impl.split(":")[1].split("x"))
+  platform = jax.default_backend()
+  return kernels.flash_attention(q, k, v, causal=True, block_q=block_q, block_k=block_k,
+                                 backend="tpu" if platform == "tpu" else "gpu",
+                                 interpret=platform not in ("tpu", "gpu"))
+
+
 def _forward_backward(impl: str):
   """jit of (q, k, v, cotangent) -> (output, dq, dk, dv), the gradients of sum(output * cotangent)."""
   def loss(q, k, v, cotangent):
-    out = ops.attention(q, k, v, causal=True, impl=impl)
+    out = _attention(impl, q, k, v)
     return (out.astype(jnp.float32) * cotangent.astype(jnp.float32)).sum(), out
   def output_and_grads(q, k, v, cotangent):
     grads, out = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v, cotangent)
@@ -115,12 +133,7 @@ def main(argv):
       if impl in wrong:
         results[impl, length] = wrong[impl]
         continue
-      try:
-        results[impl, length] = _time_forward_backward(impl, length)
-      except Exception as e:  # noqa: BLE001 - a cell that cannot run is reported, not fatal.
-        message = str(e)
-        results[impl, length] = "OOM" if "RESOURCE_EXHAUSTED" in message or "memory" in message \
-            else f"n/a ({type(e).__name__}: {message.splitlines()[0][:60]})"
+      results[impl, length] = _cell(impl, length)
       cell = results[impl, length]
       shown = f"{_flops(length) / cell / 1e12:.3g} TFLOP/s" if isinstance(cell, float) else cell
       print(f"  length {length:6d} {impl:7s} {shown}", flush=True)
@@ -138,6 +151,32 @@ def main(argv):
       ta, tb = results[a, length], results[b, length]
       row.append(f"{tb / ta:.2f}x" if isinstance(ta, float) and isinstance(tb, float) else "-")
     print("| " + " | ".join(row) + " |")
+  if _PALLAS_BLOCKS.value:
+    _sweep_tiles()
+
+
+def _cell(impl: str, length: int) -> float | str:
+  """Median seconds of forward + backward, or why it could not run."""
+  try:
+    return _time_forward_backward(impl, length)
+  except Exception as e:  # noqa: BLE001 - a cell that cannot run is reported, not fatal.
+    message = str(e)
+    return "OOM" if "RESOURCE_EXHAUSTED" in message or "memory" in message \
+        else f"n/a ({type(e).__name__}: {message.splitlines()[0][:60]})"
+
+
+def _sweep_tiles():
+  """The Pallas kernel at --sweep_length with each of --pallas_blocks, against its default tiles."""
+  length = _SWEEP_LENGTH.value
+  impls = ["pallas"] + [f"pallas:{blocks}" for blocks in _PALLAS_BLOCKS.value]
+  seconds = {impl: _cell(impl, length) for impl in impls}
+  print(f"\n| tiles at length {length} | TFLOP/s | x default |\n| --- | ---: | ---: |")
+  for impl in impls:
+    cell, default = seconds[impl], seconds["pallas"]
+    speed = f"{_flops(length) / cell / 1e12:.3g}" if isinstance(cell, float) else cell
+    ratio = f"{default / cell:.2f}x" if isinstance(cell, float) and isinstance(default, float) \
+        else "-"
+    print(f"| {impl.partition(':')[2] or 'default (plan_blocks)'} | {speed} | {ratio} |")
 
 
 if __name__ == "__main__":

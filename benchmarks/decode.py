@@ -101,6 +101,14 @@ def _random_model(path: str) -> interop.Pretrained:
   return interop.Pretrained(config, params, None)
 
 
+def _record(rows: list, row: tuple) -> None:
+  """Keeps a table row and prints it now: a run stopped by a time limit still shows its rows."""
+  rows.append(row)
+  weights, batch, method, speed, ratio, note = row
+  print(f"  {weights} batch {batch} {method}: {speed:.1f} tokens/s, x cache {ratio:.2f} {note}",
+        flush=True)
+
+
 def _copy_bandwidth(num_bytes: int = 2**31) -> float:
   """Bytes/s of a jitted elementwise pass over a num_bytes array (read once, written once)."""
   x = jnp.ones((num_bytes // 4,), jnp.float32)
@@ -198,11 +206,11 @@ def main(argv):
         achieved = (param_bytes + cache_bytes) * new / cached
         note += (f"{'; ' if note else ''}roofline {achieved / peak:.0%} of the data sheet's "
                  f"{peak / 1e12:.2f} TB/s, {achieved / copy:.0%} of a copy's {copy / 1e12:.2f} TB/s")
-      rows.append((weights, batch, "cache", batch * new / cached, 1.0, note))
+      _record(rows, (weights, batch, "cache", batch * new / cached, 1.0, note))
       if _NO_CACHE.value:
         seconds = _median_seconds(_no_cache_greedy(model, params, jnp.asarray(prompts), new),
                                   warm_up=False)
-        rows.append((weights, batch, "no cache", batch * new / seconds, cached / seconds, ""))
+        _record(rows, (weights, batch, "no cache", batch * new / seconds, cached / seconds, ""))
       if _DRAFT_LAYERS.value and batch == 1:
         draft, draft_params = layer_skip_draft(model, params, _DRAFT_LAYERS.value)
         def speculate():
@@ -213,7 +221,7 @@ def main(argv):
         seconds = _median_seconds(speculate)
         found, stats = speculate()
         assert found[0] == ours, "speculative greedy must equal greedy"
-        rows.append((weights, batch, f"speculative ({_DRAFT_LAYERS.value}-layer draft, "
+        _record(rows, (weights, batch, f"speculative ({_DRAFT_LAYERS.value}-layer draft, "
                      f"k={_DRAFT_TOKENS.value})", batch * new / seconds, cached / seconds,
                      f"acceptance {stats.acceptance_rate:.0%}, same tokens as cache"))
       # transformers has no kernel for gen_jax's int formats: its rows are float only.
@@ -222,7 +230,7 @@ def main(argv):
         seconds, theirs = _hf_seconds(pretrained.config, params, pretrained.tokenizer, prompt_ids,
                                       batch, weights)
         same = sum(a == b for a, b in zip(theirs, ours))
-        rows.append((weights, batch, "hf transformers generate", batch * new / seconds,
+        _record(rows, (weights, batch, "hf transformers generate", batch * new / seconds,
                      cached / seconds, f"{same}/{new} tokens equal ours"))
 
   print(f"\n{datetime.date.today()} {platform.node()} {device.device_kind} "
