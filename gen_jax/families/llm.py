@@ -63,6 +63,8 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
             f"must be in [1, model.num_experts={m.num_experts}], got {m.experts_per_token}")
     require(m.expert_capacity_factor >= 0, "model.expert_capacity_factor",
             f"must be >= 0 (0: no token is dropped), got {m.expert_capacity_factor}")
+    require(m.expert_group_size >= 0, "model.expert_group_size",
+            f"must be >= 0 (0: each sequence is one routing group), got {m.expert_group_size}")
   check_weight_quantization(m)
   check_lora(m)
   # Int kernels cannot take gradient steps; they can be the frozen base of adapters (QLoRA).

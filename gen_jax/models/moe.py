@@ -8,11 +8,13 @@ the router logits of the k chosen experts, so a token's gates sum to 1 (with k =
 and the router learns from the auxiliary losses alone).
 
 Letters in einsums and shapes: b batch, t length, d embed, f mlp, e expert, c capacity (slots
-per expert), k choice (the rank among a token's top-k).
+per expert), k choice (the rank among a token's top-k). Inside MoeMlp, between the routing groups'
+reshape and its undoing, b counts groups and t their tokens.
 
-Routing groups are sequences: each batch row routes its own tokens into
-c = min(t, ceil(capacity_factor * t * k / e)) slots per expert, so results do not depend on how the
-batch is split over devices or microbatches. Slots go by token order: a token keeps an expert
+Routing groups are sequences, or consecutive windows of `group_size` tokens of a sequence (GShard's
+groups; the last window of a sequence whose length it does not divide is padded): each group routes
+its own tokens into c = min(g, ceil(capacity_factor * g * k / e)) slots per expert, g its length,
+so results do not depend on how the batch is split over devices or microbatches. Slots go by token order: a token keeps an expert
 unless earlier tokens of its row already fill it. GShard and Switch give every token's first
 choice priority over all second choices, but in a decoder that lets a later token evict an earlier
 token's second choice, so a logit would depend on future tokens (a leak in training, and a
@@ -29,8 +31,11 @@ all-to-alls, since the default logical rules split the batch over the expert axi
 layout); rules that keep the batch off that axis get a local slice going in and an all-gather over
 the expert axis coming out.
 
-The dispatch and combine tensors [b, t, e, c] hold about b * t^2 * k * capacity_factor numbers:
-fine for sequences of a few thousand tokens; longer ones would want shorter routing groups.
+The dispatch and combine tensors [groups, g, e, c] hold about b * t * g * k * capacity_factor
+numbers: quadratic in the length when a group is the whole sequence (g = t), linear with a fixed
+group_size, which long sequences need (t = 32k, k = 2: 2.7e9 per sequence against 1.3e8 in
+windows of 1024 tokens). Smaller groups balance load more locally: a burst of tokens preferring
+one expert overflows a window's capacity sooner than a whole sequence's.
 """
 import math
 from typing import Any
@@ -45,8 +50,9 @@ from gen_jax.parallel import context as parallel_context
 
 Dtype = Any
 
-# The statistics MoeMlp returns beside its output, each [b] float32 (per routing group):
-#   aux_loss  Switch load-balancing loss, e * sum_e(fraction of assignments to e * mean prob of e);
+# The statistics MoeMlp returns beside its output, each [b] float32 (per sequence):
+#   aux_loss  Switch load-balancing loss, e * sum_e(fraction of assignments to e * mean prob of e)
+#             in each routing group, averaged over a sequence's groups weighted by their tokens;
 #             1 under perfectly balanced routing, up to e when every token picks the same experts.
 #   z_loss    ST-MoE router z-loss, the mean over tokens of logsumexp(router logits)^2.
 #   dropped   (token, expert) assignments dropped for lack of capacity.
@@ -110,6 +116,7 @@ class MoeMlp(nn.Module):
   experts_per_token: int
   mlp_dim: int
   capacity_factor: float  # See expert_capacity.
+  group_size: int = 0  # Tokens per routing group; 0: each sequence is one group.
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -121,10 +128,15 @@ class MoeMlp(nn.Module):
     Returns:
       ([b, t, d] output, {name: [b] float32} for the names in ROUTER_STATS).
     """
-    b, t, d = x.shape
+    batch, length, d = x.shape
     e, k = self.num_experts, self.experts_per_token
+    valid = jnp.ones((batch, length), bool) if valid is None else valid
+    # Routing groups: [b, t] below is [groups, tokens per group]; padding fills the last window.
+    t = self.group_size if 0 < self.group_size < length else length
+    pad = -length % t
+    x = jnp.pad(x, ((0, 0), (0, pad), (0, 0))).reshape(-1, t, d)
+    valid = jnp.pad(valid, ((0, 0), (0, pad))).reshape(-1, t)
     c = expert_capacity(t, e, k, self.capacity_factor)
-    valid = jnp.ones((b, t), bool) if valid is None else valid
 
     # Routing in float32: top-k and the softmax are sensitive to bfloat16 rounding. Switch's
     # smaller init (scale 0.1) starts the router near uniform.
@@ -165,17 +177,24 @@ class MoeMlp(nn.Module):
     slots = _constrain(jnp.swapaxes(expert_outputs, 0, 1), "tokens")  # [b, e, c, d]
     out = jnp.einsum("btec,becd->btd", combine.astype(x.dtype), slots)  # [b, t, d]
 
-    num_valid = jnp.maximum(valid.sum(axis=1), 1).astype(jnp.float32)  # [b]
+    out = out.reshape(batch, length + pad, d)[:, :length]
+
+    tokens = valid.sum(axis=1).astype(jnp.float32)  # [b] per group
+    num_valid = jnp.maximum(tokens, 1)
     probs = jax.nn.softmax(logits, axis=-1) * valid[..., None]  # [b, t, e]
     # Switch eq. 4 over top-k assignments: the routed fraction is a non-differentiable count, the
     # mean probability carries the gradient; both sum to 1 over experts, so balance gives 1.
     routed_fraction = assignment.sum(axis=1) / (num_valid[:, None] * k)  # [b, e]
     mean_prob = probs.sum(axis=1) / num_valid[:, None]  # [b, e]
     log_z = jax.nn.logsumexp(logits, axis=-1)  # [b, t]
+    # Token-weighted sums per group, then per sequence: a sequence's groups add up.
+    per_sequence = lambda v: v.reshape(batch, -1).sum(axis=1)  # noqa: E731 - [groups] -> [batch]
+    sequence_tokens = jnp.maximum(per_sequence(tokens), 1)
     stats = {
-        "aux_loss": e * (routed_fraction * mean_prob).sum(axis=-1),
-        "z_loss": (jnp.square(log_z) * valid).sum(axis=1) / num_valid,
-        "dropped": (assignment - kept).sum(axis=(1, 2)).astype(jnp.float32),
-        "assigned": assignment.sum(axis=(1, 2)).astype(jnp.float32),
+        "aux_loss": per_sequence(e * (routed_fraction * mean_prob).sum(axis=-1) * tokens)
+                    / sequence_tokens,
+        "z_loss": per_sequence((jnp.square(log_z) * valid).sum(axis=1)) / sequence_tokens,
+        "dropped": per_sequence((assignment - kept).sum(axis=(1, 2)).astype(jnp.float32)),
+        "assigned": per_sequence(assignment.sum(axis=(1, 2)).astype(jnp.float32)),
     }
     return out, stats

@@ -45,6 +45,7 @@ class TransformerConfig:
   num_experts: int = 0  # Experts in each block's MLP; 0 is the dense SwiGLU.
   experts_per_token: int = 2  # Top-k routing (MoE only).
   expert_capacity_factor: float = 1.25  # Slots per expert, see moe.expert_capacity; 0: no drop.
+  expert_group_size: int = 0  # Tokens per routing group (moe.MoeMlp.group_size); 0: a sequence.
   weight_bits: int = 0  # Attention/MLP weights: 0 float; 8 or 4 group-wise ints (gen_jax.quant).
   weight_group_size: int = 64  # Inputs sharing one scale (int weights only).
   lora_rank: int = 0  # Rank of the LoRA adapters (gen_jax.lora); 0: none.
@@ -86,7 +87,8 @@ class _Block(nn.Module):
     if c.num_experts:
       valid = None if segment_ids is None else segment_ids != 0  # Padding is routed nowhere.
       out, router_stats = MoeMlp(c.num_experts, c.experts_per_token, c.mlp_dim,
-                                 c.expert_capacity_factor, dtype, param_dtype, name="mlp")(h, valid)
+                                 c.expert_capacity_factor, c.expert_group_size, dtype,
+                                 param_dtype, name="mlp")(h, valid)
     else:
       out = SwiGLU(c.mlp_dim, dtype, param_dtype, c.weight_bits, c.weight_group_size, **lora,
                    name="mlp")(h)

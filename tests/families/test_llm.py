@@ -46,6 +46,7 @@ def test_moe_trains_end_to_end_and_reports_router_metrics(tmp_path):
   """The loss is the next-token loss plus the weighted load-balancing loss; drops are reported."""
   config = tiny_config(**{"model.num_experts": 4, "model.experts_per_token": 2,
                           "model.expert_capacity_factor": 1.0, "train.num_steps": 3,
+                          "model.expert_group_size": 24,  # Routing windows of 24 of 64 tokens.
                           "train.log_every": 1, "objective.router_z_loss_weight": 1e-3})
   from gen_jax.train import train_and_evaluate
   metrics = train_and_evaluate(config, str(tmp_path))
