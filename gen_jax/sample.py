@@ -6,6 +6,8 @@ pretrained LLaMA-family model: a GGUF file or a Hugging Face directory (config.j
   python -m gen_jax.sample --workdir=/tmp/diffusion --class=3 --guidance=2.0
   python -m gen_jax.sample --gguf=SmolLM2-135M-Instruct.Q4_1.gguf --prompt="The capital of France"
   python -m gen_jax.sample --hf_dir=DIR --chat --system="Answer briefly." --prompt="Why is it blue?"
+  python -m gen_jax.sample --gguf=FILE --weight_bits=4 --quant_method=awq --calibration_file=TEXT \
+      --prompt="The capital of France"          # int4 weights, AWQ-calibrated on TEXT
 """
 import sys
 
@@ -45,6 +47,15 @@ _DRAFT_WORKDIR = flags.DEFINE_string("draft_workdir", "", "Speculative decoding 
                                      "distilled from this model: configs/llm/distill.py); it "
                                      "must share the model's tokenizer.")
 _DRAFT_TOKENS = flags.DEFINE_integer("draft_tokens", 4, "Tokens the draft proposes per round.")
+_WEIGHT_BITS = flags.DEFINE_integer("weight_bits", 0, "Language models: quantize the attention "
+                                    "and MLP weights to 8 or 4 bits before sampling (0: float).")
+_WEIGHT_GROUP_SIZE = flags.DEFINE_integer("weight_group_size", 64, "With --weight_bits: inputs "
+                                          "sharing one scale.")
+_QUANT_METHOD = flags.DEFINE_enum("quant_method", "rtn", ["rtn", "gptq", "awq"], "With "
+                                  "--weight_bits: round to nearest, or GPTQ / AWQ calibrated on "
+                                  "--calibration_file.")
+_CALIBRATION_FILE = flags.DEFINE_string("calibration_file", "", "A text file GPTQ/AWQ calibrate "
+                                        "on (16 windows of up to 512 tokens from its start).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Images in the grid (image models).")
 _CLASS = flags.DEFINE_integer("class", None, "Class-conditional image models: the class index of "
                               "every image (default: the grid cycles through the classes).")
@@ -60,8 +71,9 @@ def sample(workdir: str, request: SampleRequest):
   from gen_jax.train.workdir import load_workdir_params
   config, params = load_workdir_params(workdir)
   family = families.get(config.family)
-  if request.chat and not hasattr(family, "inference_params"):
-    raise ConfigError("--chat", f"{workdir!r} holds a {config.family} model, not a language model")
+  for flag, given in (("--chat", request.chat), ("--weight_bits", request.weight_bits)):
+    if given and not hasattr(family, "inference_params"):
+      raise ConfigError(flag, f"{workdir!r} holds a {config.family} model, not a language model")
   if hasattr(family, "generate"):  # An image generator: its images become WORKDIR/samples.png.
     from gen_jax.families import images
     if request.prompt and not ("text" in config and config.text.encoder):
@@ -112,7 +124,8 @@ def main(argv):
                           _REPETITION_PENALTY.value, tuple(_STOP.value), _BEAM_WIDTH.value,
                           _LENGTH_PENALTY.value, _NUM_RETURN.value, _CHAT.value, _SYSTEM.value,
                           _DRAFT_LAYERS.value, _DRAFT_TOKENS.value, _DRAFT_WORKDIR.value,
-                          _CLASS.value, _GUIDANCE.value)
+                          _WEIGHT_BITS.value, _WEIGHT_GROUP_SIZE.value, _QUANT_METHOD.value,
+                          _CALIBRATION_FILE.value, _CLASS.value, _GUIDANCE.value)
   try:
     _check_flags()
     if _WORKDIR.value:

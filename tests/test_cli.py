@@ -77,6 +77,16 @@ def test_llm_trains_writes_its_workdir_and_samples(tmp_path, capsys):
   assert all(block.split("\n", 1)[1].startswith("The for statement") for block in blocks)
   with pytest.raises(ValueError, match="does not use --temperature"):
     sampled(beam_width=2, temperature=0.7)
+  # Quantized before sampling: int4 GPTQ calibrated on a text file; its flags checked.
+  quantized = sampled(weight_bits=4, weight_group_size=16, quant_method="gptq",
+                      calibration_file=str(REPO_ROOT / "README.md"))
+  assert quantized.startswith("The for statement"), quantized
+  with pytest.raises(ValueError, match="--calibration_file: --quant_method=awq calibrates"):
+    sampled(weight_bits=4, quant_method="awq")
+  with pytest.raises(ValueError, match="--quant_method/--calibration_file: .* set --weight_bits"):
+    sampled(quant_method="gptq")
+  with pytest.raises(ValueError, match="--weight_bits/--weight_group_size/--quant_method: "):
+    sampled(weight_bits=4, weight_group_size=48)
   with pytest.raises(ValueError, match=r"the prompt is .*model.max_seq_len\) is 64"):
     sample_workdir(workdir, SampleRequest(prompt="word " * 200))
 

@@ -18,7 +18,7 @@ from gen_jax.data import conversations, synthetic_tasks
 from gen_jax.families import llm_sources
 from gen_jax.lora import check_lora, is_adapter, merge_adapters
 from gen_jax.models.transformer import REMAT_POLICIES, Transformer, TransformerConfig
-from gen_jax.quant.convert import dequantize_params, quantize_params
+from gen_jax.quant.convert import dequantize_params, quantize_params, quantized_config
 from gen_jax.quant.formats import check_weight_quantization
 from gen_jax import partition
 from gen_jax.train.task import WEIGHT, ParamSpec, Task
@@ -474,6 +474,7 @@ def generate_text(model_config: TransformerConfig, params, tok: data_lib.Tokeniz
   prompt, turn_stops = prompt_ids(tok, request.prompt, chat=request.chat,
                                   system=request.system)
   shown_prompt = "" if request.chat else request.prompt
+  model_config, params = quantized_for_sampling(model_config, params, tok, request)
   net = Transformer(model_config)
   sampling = SamplingParams(temperature=request.temperature, top_k=request.top_k,
                             top_p=request.top_p, min_p=request.min_p,
@@ -518,6 +519,45 @@ def generate_text(model_config: TransformerConfig, params, tok: data_lib.Tokeniz
   if echo:
     print(shown_prompt + text)
   return text
+
+
+# Calibration for --quant_method=gptq/awq: this many windows of this many tokens (at most the
+# model's context) from the start of --calibration_file; benchmarks/quantization.py used 16 x 512.
+CALIBRATION_WINDOWS, CALIBRATION_LENGTH = 16, 512
+
+
+def quantized_for_sampling(model_config: TransformerConfig, params, tok: data_lib.Tokenizer,
+                           request) -> tuple[TransformerConfig, dict]:
+  """(config, params) in request.weight_bits (unchanged at 0), quantized by request.quant_method;
+  ValueError names the bad flag."""
+  if not request.weight_bits:
+    if request.quant_method != "rtn" or request.calibration_file:
+      raise ValueError("--quant_method/--calibration_file: they choose how --weight_bits "
+                       "quantizes; set --weight_bits=8 or 4")
+    return model_config, params
+  calibration = None
+  if request.quant_method != "rtn":
+    if not request.calibration_file:
+      raise ValueError(f"--calibration_file: --quant_method={request.quant_method} calibrates "
+                       "on a text file (keep it apart from text you evaluate on)")
+    try:
+      with open(request.calibration_file, encoding="utf-8") as f:
+        ids = tok.encode(f.read(), add_special_tokens=False)
+    except OSError as e:
+      raise ValueError(f"--calibration_file: {e}") from e
+    length = min(CALIBRATION_LENGTH, model_config.max_seq_len)
+    count = min(CALIBRATION_WINDOWS, len(ids) // length)
+    if count < 1:
+      raise ValueError(f"--calibration_file: {len(ids)} tokens; calibration needs at least one "
+                       f"window of {length}")
+    calibration = np.asarray(ids[:count * length], np.int32).reshape(count, length)
+  try:
+    params = quantize_params(params, model_config, bits=request.weight_bits,
+                             group_size=request.weight_group_size, method=request.quant_method,
+                             calibration=calibration)
+  except ValueError as e:
+    raise ValueError(f"--weight_bits/--weight_group_size/--quant_method: {e}") from e
+  return quantized_config(model_config, request.weight_bits, request.weight_group_size), params
 
 
 def _speculative_text(net, params, tok, prompt, turn_stops, sampling, shown_prompt: str | None,

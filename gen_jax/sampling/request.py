@@ -23,5 +23,12 @@ class SampleRequest:
   draft_layers: int = 0  # > 0: speculative decoding, drafting with the model's first N layers.
   draft_tokens: int = 4
   draft_workdir: str = ""  # Speculative decoding with this training workdir's model as the draft.
+  # Weight-only quantization of a language model before sampling (gen_jax.quant): 0 keeps its
+  # float weights; 8 or 4 with a scale per weight_group_size inputs, by quant_method ("rtn",
+  # "gptq", "awq"; the calibrated two read calibration_file, a text file).
+  weight_bits: int = 0
+  weight_group_size: int = 64
+  quant_method: str = "rtn"
+  calibration_file: str = ""
   class_label: int | None = None  # Class-conditional image models: every image of this class.
   guidance: float | None = None  # Classifier-free guidance scale; None: the config's.

@@ -165,3 +165,9 @@ def test_sample_cli_continues_the_prompt_with_paris():
   result = run_cli("gen_jax.sample", f"--gguf={GGUF}", f"--prompt={PROMPT}", "--max_new_tokens=3")
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.startswith(PROMPT + " Paris"), result.stdout
+
+
+def test_int8_weights_from_the_sample_flags_still_answer_paris(smollm2, capsys):
+  request = SampleRequest(prompt=PROMPT, max_new_tokens=3, weight_bits=8)
+  text = llm.generate_text(smollm2.config, smollm2.params, smollm2.tokenizer, request, echo=False)
+  assert text.startswith(" Paris"), text
