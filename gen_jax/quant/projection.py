@@ -75,8 +75,8 @@ class Projection(nn.Module):
         gram = jnp.matmul(flat.T, flat, precision=jax.lax.Precision.HIGHEST)
         self.sow(STATS, "input_gram", gram, init_fn=lambda: 0.0, reduce_fn=jnp.add)
       inputs, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-      contract = (tuple(range(x.ndim - num_contracted, x.ndim)), tuple(range(num_contracted)))
-      y = jax.lax.dot_general(inputs, kernel, (contract, ((), ())))  # [..., *features]
+      y = jnp.matmul(inputs.reshape(-1, in_size), kernel.reshape(in_size, out_size))
+      y = y.reshape(*batch_shape, *self.features)
       return y + self._adapter(x, num_contracted) if self.lora_rank else y
     if in_size % self.group_size:
       raise ValueError(f"model.weight_group_size: {self.group_size} does not divide the input "
