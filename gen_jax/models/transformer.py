@@ -166,7 +166,8 @@ class Transformer(nn.Module):
     if outputs == "hidden":
       logits = x  # What the output layer would read.
     elif c.tie_embeddings:
-      logits = embed.attend(x)
+      # As one 2-D product, like Projection (XLA:CPU runs the 3-D form's gradient slower).
+      logits = embed.attend(x.reshape(-1, c.embed_dim)).reshape(*x.shape[:-1], c.vocab_size)
     else:
       # Kept float when the blocks are quantized (as GPTQ and AWQ keep the output layer).
       lm_head_rank = c.lora_rank if "lm_head" in parse_targets(c.lora_targets) else 0
