@@ -89,7 +89,7 @@ def sample_pretrained(request: SampleRequest, *, gguf: str | None = None,
   """Loads a GGUF file or a Hugging Face directory (one of them) and samples as the llm family."""
   from gen_jax import interop
   from gen_jax.config import ConfigError
-  from gen_jax.families import llm
+  from gen_jax.families import llm_text
   flag, path = ("--gguf", gguf) if gguf else ("--hf_dir", hf_dir)
   try:
     pretrained = interop.load_gguf(gguf) if gguf else interop.load_hf(hf_dir)
@@ -97,7 +97,7 @@ def sample_pretrained(request: SampleRequest, *, gguf: str | None = None,
     raise ConfigError(flag, str(e)) from e
   if pretrained.tokenizer is None:
     raise ConfigError(flag, f"{path!r} has no tokenizer.json")
-  return llm.generate_text(pretrained.config, pretrained.params, pretrained.tokenizer, request)
+  return llm_text.generate_text(pretrained.config, pretrained.params, pretrained.tokenizer, request)
 
 
 def _check_flags() -> None:

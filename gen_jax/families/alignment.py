@@ -19,7 +19,7 @@ from gen_jax import data as data_lib
 from gen_jax import objectives, partition
 from gen_jax.config.errors import ConfigError, require
 from gen_jax.data import conversations, synthetic_tasks
-from gen_jax.families import llm, llm_sources
+from gen_jax.families import llm, llm_sources, llm_text
 from gen_jax.lora import is_adapter
 from gen_jax.models import Transformer, TransformerConfig
 from gen_jax.train.task import ParamSpec, Task
@@ -103,7 +103,7 @@ def inference_params(config, params) -> tuple[TransformerConfig, dict]:
 def sample(config, params, workdir: str, request) -> str:
   """gen_jax.sample --workdir: generates with the policy."""
   model_config, params = inference_params(config, params)
-  return llm.generate_text(model_config, params, data_lib.Tokenizer.load(workdir), request)
+  return llm_text.generate_text(model_config, params, data_lib.Tokenizer.load(workdir), request)
 
 
 def policy_replies(config, problems: list, held_out: bool) -> list[list[str]]:

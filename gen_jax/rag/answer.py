@@ -41,20 +41,20 @@ class Generator:
     return self.context_tokens - self.max_new_tokens
 
   def encode(self, text: str) -> list[int]:
-    from gen_jax.families import llm
-    return llm.prompt_ids(self.tokenizer, text, chat=self.chat,
+    from gen_jax.families import llm_text
+    return llm_text.prompt_ids(self.tokenizer, text, chat=self.chat,
                           system=self.system if self.chat else "")[0]
 
   def token_offsets(self, text: str) -> list[tuple[int, int]]:
     return self.tokenizer.hf.encode(text, add_special_tokens=False).offsets
 
   def generate(self, prompt: Prompt) -> str:
-    from gen_jax.families import llm
+    from gen_jax.families import llm_text
     from gen_jax.sampling import SampleRequest
     config = dataclasses.replace(self.loaded.config, max_seq_len=self.context_tokens)
     request = SampleRequest(prompt=prompt.text, max_new_tokens=self.max_new_tokens,
                             chat=self.chat, system=self.system if self.chat else "")
-    return llm.generate_text(config, self.loaded.params, self.tokenizer, request, echo=False)
+    return llm_text.generate_text(config, self.loaded.params, self.tokenizer, request, echo=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from gen_jax import interop
-from gen_jax.families import llm
+from gen_jax.families import llm_text
 from gen_jax.models import Transformer
 from gen_jax.sample import SampleRequest
 from tests.conftest import run_cli, smollm2_gguf
@@ -142,7 +142,7 @@ def test_encoded_chat_equals_transformers_tokens_and_masks_only_the_reply(smollm
 def test_chat_answers_paris_and_stops_at_the_end_of_its_turn(smollm2, capsys):
   request = SampleRequest(prompt=MESSAGES[1]["content"], chat=True, system=MESSAGES[0]["content"],
                           max_new_tokens=16)
-  reply = llm.generate_text(smollm2.config, smollm2.params, smollm2.tokenizer, request)
+  reply = llm_text.generate_text(smollm2.config, smollm2.params, smollm2.tokenizer, request)
   assert "Paris" in reply and "<|im_end|>" not in reply
   # Stopped at the end of its turn, well before the token budget.
   assert len(smollm2.tokenizer.encode(reply)) < request.max_new_tokens
@@ -153,8 +153,8 @@ def test_self_speculative_chat_equals_plain_greedy_chat(smollm2, capsys):
   """--draft_layers: the model's first 20 of 30 layers draft; greedy output must not change."""
   request = SampleRequest(prompt=MESSAGES[1]["content"], chat=True, system=MESSAGES[0]["content"],
                           max_new_tokens=10)
-  plain = llm.generate_text(smollm2.config, smollm2.params, smollm2.tokenizer, request)
-  speculative = llm.generate_text(smollm2.config, smollm2.params, smollm2.tokenizer,
+  plain = llm_text.generate_text(smollm2.config, smollm2.params, smollm2.tokenizer, request)
+  speculative = llm_text.generate_text(smollm2.config, smollm2.params, smollm2.tokenizer,
                                   dataclasses.replace(request, draft_layers=20, draft_tokens=3))
   assert speculative == plain and "Paris" in plain
   accepted = capsys.readouterr().err.split("speculative decoding: ")[1].split(" ")[0]  # "a/b"
@@ -169,5 +169,5 @@ def test_sample_cli_continues_the_prompt_with_paris():
 
 def test_int8_weights_from_the_sample_flags_still_answer_paris(smollm2, capsys):
   request = SampleRequest(prompt=PROMPT, max_new_tokens=3, weight_bits=8)
-  text = llm.generate_text(smollm2.config, smollm2.params, smollm2.tokenizer, request, echo=False)
+  text = llm_text.generate_text(smollm2.config, smollm2.params, smollm2.tokenizer, request, echo=False)
   assert text.startswith(" Paris"), text

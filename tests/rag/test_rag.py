@@ -41,11 +41,11 @@ def _hits(n):
 
 
 def test_the_prompt_never_exceeds_its_budget_and_cuts_only_at_token_boundaries(chat_tokenizer):
-  from gen_jax.families import llm
+  from gen_jax.families import llm_text
   tok = chat_tokenizer
 
   def encode(text):
-    return llm.prompt_ids(tok, text, chat=True, system="Be brief.")[0]
+    return llm_text.prompt_ids(tok, text, chat=True, system="Be brief.")[0]
 
   def offsets(text):
     return tok.hf.encode(text, add_special_tokens=False).offsets
