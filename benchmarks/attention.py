@@ -69,7 +69,8 @@ def _attention(impl: str, q, k, v):
 
 
 def _forward_backward(impl: str):
-  """jit of (q, k, v, cotangent) -> (output, dq, dk, dv), the gradients of sum(output * cotangent)."""
+  """jit of (q, k, v, cotangent) -> (output, dq, dk, dv): the gradients of sum(output *
+  cotangent)."""
   def loss(q, k, v, cotangent):
     out = _attention(impl, q, k, v)
     return (out.astype(jnp.float32) * cotangent.astype(jnp.float32)).sum(), out

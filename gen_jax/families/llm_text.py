@@ -1,6 +1,7 @@
 """Text from a language model: a prompt (or a chat turn) in, its continuation out, by any of the
 decoding strategies of gen_jax.sampling, with the weights optionally quantized first. What
-`python -m gen_jax.sample` runs for every language model it loads, and what gen_jax.rag answers with.
+`python -m gen_jax.sample` runs for every language model it loads, and what gen_jax.rag answers
+with.
 """
 import sys
 

@@ -13,15 +13,15 @@ reshape and its undoing, b counts groups and t their tokens.
 
 Routing groups are sequences, or consecutive windows of `group_size` tokens of a sequence (GShard's
 groups; the last window of a sequence whose length it does not divide is padded): each group routes
-its own tokens into c = min(g, ceil(capacity_factor * g * k / e)) slots per expert, g its length,
-so results do not depend on how the batch is split over devices or microbatches. Slots go by token order: a token keeps an expert
-unless earlier tokens of its row already fill it. GShard and Switch give every token's first
-choice priority over all second choices, but in a decoder that lets a later token evict an earlier
-token's second choice, so a logit would depend on future tokens (a leak in training, and a
-mismatch with decoding); with token order the MoE stays causal. Assignments past capacity are
-dropped: that expert adds nothing to the token (the residual stream carries it), the token's other
-gates are not renormalized, and the drop is counted in the statistics. Padding (valid == False)
-is routed nowhere: it takes no slot and is left out of every statistic.
+its own tokens into c = min(g, ceil(capacity_factor * g * k / e)) slots per expert, g its length, so
+results do not depend on how the batch is split over devices or microbatches. Slots go by token
+order: a token keeps an expert unless earlier tokens of its group already fill it. GShard and Switch
+give every token's first choice priority over all second choices, but in a decoder that lets a later
+token evict an earlier token's second choice, so a logit would depend on future tokens (a leak in
+training, and a mismatch with decoding); with token order the MoE stays causal. Assignments past
+capacity are dropped: that expert adds nothing to the token (the residual stream carries it), the
+token's other gates are not renormalized, and the drop is counted in the statistics. Padding (valid
+== False) is routed nowhere: it takes no slot and is left out of every statistic.
 
 Expert parallelism comes from sharding annotations: the expert weights [e, d, f] carry the logical
 axis `expert`, and the slots are constrained twice, by tokens [b, e, c, d] (the batch split as in
