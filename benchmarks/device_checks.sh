@@ -21,6 +21,8 @@
 # Not run unless named in STAGES:
 #   lm_train_xla  the 1b run with the XLA reference attention, for the ratio (cuDNN cannot mask
 #               packed documents, which training batches carry)
+#   kernel_tests  tests/kernels' GPU cases compiled with Triton instead of interpreted
+#               (GEN_JAX_COMPILED_KERNELS=1): every awkward shape, mask and offset of the CPU suite
 # STAGES="decode attention" runs a subset; LIMIT_<stage>=SECONDS changes one stage's limit and
 # ARGS_<stage>="--flag=value ..." appends flags to its command (a later absl flag wins), e.g. the
 # CPU rehearsal: STAGES=attention ARGS_attention="--lengths=128 --tokens_per_batch=128 --num_heads=4
@@ -55,9 +57,10 @@ declare -A COMMANDS=(
   [lm_train]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas"
   [decode]="python3 benchmarks/decode.py --hf_config=benchmarks/smollm2_135m_config.json --weights=bfloat16,int8,int4 --draft_layers=0"
   [decode_1b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16,int8,int4 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache"
+  [kernel_tests]="env GEN_JAX_COMPILED_KERNELS=1 python3 -m pytest -q -p no:cacheprovider tests/kernels -k gpu"
   [lm_train_xla]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=xla"
 )
-declare -A LIMITS=([attention]=190 [lm_train]=140 [decode]=130 [decode_1b]=90 [lm_train_xla]=90)
+declare -A LIMITS=([attention]=190 [lm_train]=140 [decode]=130 [decode_1b]=90 [lm_train_xla]=90 [kernel_tests]=240)
 for stage in ${STAGES:-attention lm_train decode decode_1b}; do
   limit_var="LIMIT_$stage"
   args_var="ARGS_$stage"
@@ -76,6 +79,6 @@ for stage in ${STAGES:-attention lm_train decode decode_1b}; do
   if grep -q '^| ' "$OUT/$stage.txt"; then
     grep -E '^\||check|exit' "$OUT/$stage.txt" | tail -40
   else
-    grep -E '^  |exit|Error' "$OUT/$stage.txt" | tail -20
+    grep -E '^  |exit|Error|passed|failed' "$OUT/$stage.txt" | tail -20
   fi
 done

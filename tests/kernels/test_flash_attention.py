@@ -4,9 +4,15 @@ Outputs and gradients wrt query, key and value, on lengths that are no multiple 
 tiles, every grouped-query ratio of 4 heads, causal and not, sliding windows, packed documents with
 padding and rows that see no key at all; query offsets, static and traced, alone and in shard_map
 (sequence parallelism).
+
+GEN_JAX_COMPILED_KERNELS=1 on a GPU (or TPU) machine runs that backend's kernels compiled for the
+hardware instead of interpreted, against the same reference at tolerances widened for the matrix
+units' float32 mode (TF32 on a GPU: about 3e-4 relative): `python -m pytest tests/kernels -k gpu`
+there, the kernel_tests stage of benchmarks/device_checks.sh. On a CPU the variable changes nothing.
 """
 import dataclasses
 import itertools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +27,12 @@ from gen_jax.kernels.flash_attention_tiles import TileMask
 
 # Small tiles, so every test walks several query and key blocks (Triton's dot needs 16).
 SMALL_BLOCKS = {"gpu": 16, "tpu": 8}
+COMPILED = os.environ.get("GEN_JAX_COMPILED_KERNELS") == "1"
+
+
+def _interpret(backend: str) -> bool:
+  """Interpret unless GEN_JAX_COMPILED_KERNELS=1 and this machine is the backend's hardware."""
+  return not (COMPILED and jax.default_backend() == backend)
 
 
 def _qkv(seed, b, t, s, n, k, h, dtype=jnp.float32):
@@ -54,6 +66,8 @@ def _output_and_grads(attention_fn, query, key, value):
 
 
 def _assert_all_close(flash, reference, atol, rtol=1e-5, where=""):
+  if COMPILED and jax.default_backend() != "cpu":  # Matrix units round float32 operands (TF32).
+    atol, rtol = max(atol, 2e-3), max(rtol, 2e-3)
   for name, got, want in zip(("out", "dq", "dk", "dv"), flash, reference):
     assert np.isfinite(got).all(), name + where
     np.testing.assert_allclose(got, want, atol=atol, rtol=rtol, err_msg=name + where)
@@ -65,7 +79,7 @@ def _check_against_reference(backend, query, key, value, *, atol, rtol=1e-5, blo
   block = SMALL_BLOCKS[backend] if blocks else None
   flash = _output_and_grads(
       lambda q, k, v: flash_attention(q, k, v, backend=backend, block_q=block, block_k=block,
-                                      interpret=True, **options), query, key, value)
+                                      interpret=_interpret(backend), **options), query, key, value)
   reference = _output_and_grads(
       lambda q, k, v: ops.attention(q, k, v, impl="xla", **options), query, key, value)
   _assert_all_close(flash, reference, atol, rtol)
@@ -160,7 +174,7 @@ def test_traced_query_offset_matches_reference(backend, options):
   def flash_fn(q, k, v, offset):
     traces.append(offset)
     return flash_attention(q, k, v, query_offset=offset, backend=backend, block_q=block,
-                           block_k=block, interpret=True, **options)
+                           block_k=block, interpret=_interpret(backend), **options)
 
   flash = _jit_output_and_grads(flash_fn)
   reference = _jit_output_and_grads(
@@ -204,7 +218,8 @@ def test_sequence_parallel_in_shard_map(backend):
   """Sharded queries with all-gathered keys: output and gradients equal unsharded attention."""
   block = SMALL_BLOCKS[backend]
   query, key, value = _qkv(7, 2, 44, 44, 4, 2, 8)  # 11 queries per device: padded tiles.
-  sharded = _sequence_parallel(backend, block_q=block, block_k=block, interpret=True)
+  sharded = _sequence_parallel(backend, block_q=block, block_k=block,
+                               interpret=_interpret(backend))
   reference = _output_and_grads(
       lambda q, k, v: ops.attention(q, k, v, causal=True, impl="xla"), query, key, value)
   _assert_all_close(_output_and_grads(sharded, query, key, value), reference, atol=2e-5)
