@@ -34,14 +34,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   validate_data(config)
 
 
-def validate_model(config: ml_collections.ConfigDict) -> None:
-  """config.model of a trainable transformer (every stage that trains one checks it)."""
-  m = config.model
-  for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-               "mlp_dim", "max_seq_len"):
+def validate_transformer_fields(m: ml_collections.ConfigDict) -> None:
+  """The fields of a config.model that any gen_jax Transformer has (the llm stages' and the VQ
+  prior's): sizes, head divisibility, RoPE, dtypes, attention and rematerialization."""
+  for name in ("embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
     require(m[name] > 0, f"model.{name}", f"must be positive, got {m[name]}")
-  require(m.vocab_size >= MIN_VOCAB, "model.vocab_size",
-          f"must be at least {MIN_VOCAB} (256 bytes + special tokens), got {m.vocab_size}")
   require(m.embed_dim % m.num_heads == 0, "model.num_heads",
           f"{m.num_heads} heads do not divide model.embed_dim={m.embed_dim}")
   require(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads",
@@ -55,6 +52,16 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
   require(m.sliding_window >= 0, "model.sliding_window",
           f"must be >= 0 (0: attend to every earlier token), got {m.sliding_window}")
   require(m.remat in REMAT_POLICIES, "model.remat", f"{m.remat!r} is not one of {REMAT_POLICIES}")
+
+
+def validate_model(config: ml_collections.ConfigDict) -> None:
+  """config.model of a trainable transformer (every stage that trains one checks it)."""
+  m = config.model
+  for name in ("vocab_size", "max_seq_len"):
+    require(m[name] > 0, f"model.{name}", f"must be positive, got {m[name]}")
+  require(m.vocab_size >= MIN_VOCAB, "model.vocab_size",
+          f"must be at least {MIN_VOCAB} (256 bytes + special tokens), got {m.vocab_size}")
+  validate_transformer_fields(m)
   require(m.num_experts >= 0, "model.num_experts",
           f"must be >= 0 (0: the dense MLP), got {m.num_experts}")
   if m.num_experts:

@@ -25,12 +25,11 @@ import numpy as np
 
 from gen_jax import config as config_lib
 from gen_jax import data as data_lib
-from gen_jax import ops
-from gen_jax.config.common import DTYPES
 from gen_jax.config.errors import ConfigError, require
 from gen_jax.families import images
+from gen_jax.families.llm import validate_transformer_fields
 from gen_jax.families import vqvae as vqvae_family
-from gen_jax.models.transformer import REMAT_POLICIES, TransformerConfig
+from gen_jax.models.transformer import TransformerConfig
 from gen_jax.models.vqvae import VQVAE, CodePrior, VQVAEConfig
 from gen_jax.objectives.lm import token_log_probs
 from gen_jax.objectives.vae import discretized_logistic_log_prob
@@ -43,21 +42,7 @@ EARLIER_STAGE_FIELD = "prior.vqvae_workdir"  # The workdir a run reads; a config
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  m = config.model
-  for name in ("embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
-    require(m[name] > 0, f"model.{name}", f"must be positive, got {m[name]}")
-  require(m.embed_dim % m.num_heads == 0, "model.num_heads",
-          f"{m.num_heads} heads do not divide model.embed_dim={m.embed_dim}")
-  require(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads",
-          f"{m.num_kv_heads} kv heads do not divide model.num_heads={m.num_heads}")
-  require(m.head_dim % 2 == 0, "model.head_dim", f"must be even for RoPE, got {m.head_dim}")
-  require(m.rope_base > 0, "model.rope_base", f"must be positive, got {m.rope_base}")
-  for name in ("dtype", "param_dtype"):
-    require(m[name] in DTYPES, f"model.{name}", f"{m[name]!r} is not one of {DTYPES}")
-  require(m.attention_impl in ops.ATTENTION_IMPLS, "model.attention_impl",
-          f"{m.attention_impl!r} is not one of {ops.ATTENTION_IMPLS}")
-  require(m.sliding_window >= 0, "model.sliding_window", f"must be >= 0, got {m.sliding_window}")
-  require(m.remat in REMAT_POLICIES, "model.remat", f"{m.remat!r} is not one of {REMAT_POLICIES}")
+  validate_transformer_fields(config.model)
   require(config.prior.num_classes >= 0, "prior.num_classes",
           f"must be >= 0 (0: unconditional), got {config.prior.num_classes}")
   require(config.sample.num_images > 0, "sample.num_images",
