@@ -178,20 +178,27 @@ def test_moe_decoder_stays_causal_when_tokens_drop():
       np.testing.assert_array_equal(np.asarray(out[0, :t]), np.asarray(base[0, :t]))
 
 
-def test_expert_parallel_mesh_equals_one_device(tmp_path):
-  """Experts split 4 ways over the `expert` mesh axis, the batch 2 ways over `data`."""
+@pytest.mark.parametrize("group_size,mesh", [
+    (0, {"mesh.data": 2, "mesh.expert": 4}),
+    # Routing windows of 16 tokens with the length split over a sequence axis as well.
+    (16, {"mesh.data": 2, "mesh.sequence": 2, "mesh.expert": 2})], ids=["sequences", "windows"])
+def test_expert_parallel_mesh_equals_one_device(tmp_path, group_size, mesh):
+  """Experts split over the `expert` mesh axis, the batch over `data` (and the length over
+  `sequence`)."""
   moe = {"model.num_experts": 4, "model.experts_per_token": 2,
-         "model.expert_capacity_factor": 1.0}
+         "model.expert_capacity_factor": 1.0, "model.expert_group_size": group_size}
   one = tiny_config(**moe, **{"mesh.num_devices": 1})
-  eight = tiny_config(**moe, **{"mesh.data": 2, "mesh.expert": 4})
+  eight = tiny_config(**moe, **mesh)
   losses1, params1, _ = _run_steps(one, str(tmp_path / "one"))
   losses8, params8, kernel = _run_steps(eight, str(tmp_path / "eight"))
   np.testing.assert_allclose(losses8, losses1, rtol=2e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4),
                params8, params1)
-  # wi_gate [layers, expert, embed, mlp]: each device holds a quarter of the experts.
+  # wi_gate [layers, expert, embed, mlp]: each device holds its share of the experts.
   layers, experts, embed, mlp = kernel.shape
-  assert all(s.data.shape == (layers, experts // 4, embed, mlp) for s in kernel.addressable_shards)
+  split = mesh["mesh.expert"]
+  assert all(s.data.shape == (layers, experts // split, embed, mlp)
+             for s in kernel.addressable_shards)
 
 
 def test_batch_split_over_the_expert_axis_moves_slots_by_all_to_all():
