@@ -62,10 +62,8 @@ def _attention(impl: str, q, k, v):
     return ops.attention(q, k, v, causal=True, impl=impl)
   from gen_jax import kernels
   block_q, block_k = map(int, impl.split(":")[1].split("x"))
-  platform = jax.default_backend()
   return kernels.flash_attention(q, k, v, causal=True, block_q=block_q, block_k=block_k,
-                                 backend="tpu" if platform == "tpu" else "gpu",
-                                 interpret=platform not in ("tpu", "gpu"))
+                                 **ops.pallas_target())
 
 
 def _forward_backward(impl: str):

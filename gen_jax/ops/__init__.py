@@ -1,4 +1,5 @@
 """Operations with several implementations behind one signature."""
-from gen_jax.ops.attention import ATTENTION_IMPLS, attention, attention_mask, resolve_impl
+from gen_jax.ops.attention import (ATTENTION_IMPLS, attention, attention_mask, pallas_target,
+                                   resolve_impl)
 
-__all__ = ["ATTENTION_IMPLS", "attention", "attention_mask", "resolve_impl"]
+__all__ = ["ATTENTION_IMPLS", "attention", "attention_mask", "pallas_target", "resolve_impl"]

@@ -135,16 +135,22 @@ def resolve_impl(impl: str, platform: str | None = None) -> str:
   return "pallas" if platform in ("tpu", "gpu") else "xla"
 
 
+def pallas_target(platform: str | None = None) -> dict:
+  """kernels.flash_attention's backend and interpret arguments on `platform` (default: JAX's
+  default backend): the TPU or GPU kernel compiled there, the GPU kernel interpreted elsewhere."""
+  platform = platform or jax.default_backend()
+  return {"backend": "tpu" if platform == "tpu" else "gpu",
+          "interpret": platform not in ("tpu", "gpu")}
+
+
 def _local_attention(query, key, value, query_offset, *, causal, sliding_window, scale, impl,
                      segment_ids=None, key_segment_ids=None):
   impl = resolve_impl(impl)
   if impl == "pallas":
     from gen_jax import kernels  # Pallas lowering is only loaded by code that runs a kernel.
-    platform = jax.default_backend()
     return kernels.flash_attention(
         query, key, value, causal=causal, segment_ids=segment_ids, key_segment_ids=key_segment_ids,
-        query_offset=query_offset, sliding_window=sliding_window, scale=scale,
-        backend="tpu" if platform == "tpu" else "gpu", interpret=platform not in ("tpu", "gpu"))
+        query_offset=query_offset, sliding_window=sliding_window, scale=scale, **pallas_target())
   if impl == "cudnn":
     return _cudnn_attention(query, key, value, query_offset, causal=causal, scale=scale,
                             sliding_window=sliding_window, segment_ids=segment_ids)
