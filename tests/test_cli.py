@@ -81,6 +81,19 @@ def test_llm_trains_writes_its_workdir_and_samples(tmp_path, capsys):
   quantized = sampled(weight_bits=4, weight_group_size=16, quant_method="gptq",
                       calibration_file=str(REPO_ROOT / "README.md"))
   assert quantized.startswith("The for statement"), quantized
+  # What it sampled from: int4 codes (two per int8) and one scale per 16 inputs, not float kernels.
+  from gen_jax.data import Tokenizer
+  from gen_jax.families import llm, llm_text
+  from gen_jax.train.workdir import load_workdir_params
+  config, params = load_workdir_params(workdir)
+  float_config, float_params = llm.inference_params(config, params)
+  int_config, int_params = llm_text.quantized_for_sampling(
+      float_config, float_params, Tokenizer.load(workdir),
+      SampleRequest(weight_bits=4, weight_group_size=16, quant_method="gptq",
+                    calibration_file=str(REPO_ROOT / "README.md")))
+  query = int_params["layers"]["attention"]["query"]
+  assert int_config.weight_bits == 4 and "kernel" not in query
+  assert query["qweight"].dtype == np.int8 and query["qweight"].shape[-2:] == (8, 64)
   with pytest.raises(ValueError, match="--calibration_file: --quant_method=awq calibrates"):
     sampled(weight_bits=4, quant_method="awq")
   with pytest.raises(ValueError, match="--quant_method/--calibration_file: .* set --weight_bits"):
