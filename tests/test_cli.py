@@ -137,6 +137,8 @@ def test_vae_trains_writes_png_grids_and_samples(tmp_path):
   assert "take their defaults: sample, train.ema_decay" in resumed.stderr
   with pytest.raises(ConfigError, match="--prompt: .* holds a vae model that is not text-cond"):
     sample_workdir(workdir, SampleRequest(prompt="a shoe"))
+  with pytest.raises(ConfigError, match="--weight_bits: .* holds a vae model, not a language"):
+    sample_workdir(workdir, SampleRequest(weight_bits=8))
 
 
 def test_sigterm_saves_and_resume_reproduces_the_uninterrupted_losses(tmp_path):
