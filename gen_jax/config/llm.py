@@ -58,6 +58,10 @@ def base() -> ml_collections.ConfigDict:
       dtype="float32",
       param_dtype="float32",
       attention_impl="xla",  # ops.ATTENTION_IMPLS: xla, pallas, cudnn, auto.
+      # With the length split over mesh.sequence: each device all-gathers the keys and values
+      # ("all_gather"), or they travel round the devices one shard at a time ("ring": ring
+      # attention, no device holds more than one shard; xla or pallas, not cudnn).
+      sequence_parallel="all_gather",
       sliding_window=0,  # Attend to this many most recent tokens, itself included; 0: all.
       remat="none",
       # Mixture of experts (gen_jax.models.moe): experts per block MLP, 0 for the dense SwiGLU.

@@ -49,6 +49,11 @@ def validate_transformer_fields(m: ml_collections.ConfigDict) -> None:
     require(m[name] in DTYPES, f"model.{name}", f"{m[name]!r} is not one of {DTYPES}")
   require(m.attention_impl in ops.ATTENTION_IMPLS, "model.attention_impl",
           f"{m.attention_impl!r} is not one of {ops.ATTENTION_IMPLS}")
+  require(m.sequence_parallel in ops.SEQUENCE_PARALLEL, "model.sequence_parallel",
+          f"{m.sequence_parallel!r} is not one of {ops.SEQUENCE_PARALLEL}")
+  require(not (m.sequence_parallel == "ring" and m.attention_impl == "cudnn"),
+          "model.sequence_parallel", "'ring' combines blocks by their log-sum-exp, which "
+          "model.attention_impl='cudnn' does not return; use 'pallas' or 'xla'")
   require(m.sliding_window >= 0, "model.sliding_window",
           f"must be >= 0 (0: attend to every earlier token), got {m.sliding_window}")
   require(m.remat in REMAT_POLICIES, "model.remat", f"{m.remat!r} is not one of {REMAT_POLICIES}")
@@ -140,7 +145,8 @@ def _teacher(config: ml_collections.ConfigDict) -> tuple[Transformer, llm_source
   loaded = llm_sources.load(config.distill.teacher, "distill.teacher")
   m = config.model
   teacher_config = dataclasses.replace(loaded.config, dtype=m.dtype, param_dtype=m.param_dtype,
-                                       attention_impl=m.attention_impl)
+                                       attention_impl=m.attention_impl,
+                                       sequence_parallel=m.sequence_parallel)
   return Transformer(teacher_config), loaded
 
 

@@ -47,6 +47,66 @@ def flash_attention(query, key, value, *, causal: bool, segment_ids=None, key_se
   Returns:
     [b, t, n, h] in value's dtype; a query that sees no key gets 0 (and zero gradients).
   """
+  config, padded = _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
+                            sliding_window, scale, backend, block_q, block_k, interpret)
+  out = _flash(backend, config, *padded)
+  return out[:, :query.shape[1], :, :query.shape[3]]
+
+
+def flash_attention_with_lse(query, key, value, *, causal: bool, segment_ids=None,
+                             key_segment_ids=None, query_offset: int | jax.Array = 0,
+                             sliding_window: int | None = None, scale: float | None = None,
+                             backend: str = "gpu", block_q: int | None = None,
+                             block_k: int | None = None, interpret: bool = False):
+  """`flash_attention`'s forward pass with each query's log-sum-exp; not differentiable.
+
+  Attention split over blocks of keys (ring attention) combines the blocks' outputs by their
+  log-sum-exps and differentiates with `flash_attention_backward`. Arguments as `flash_attention`.
+  Returns:
+    out [b, t, n, h] in value's dtype (0 for a query that sees no key) and lse [b, n, t] float32,
+    the natural log of the sum of exp(scaled logits) over the keys each query sees (-inf: none).
+  """
+  config, padded = _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
+                            sliding_window, scale, backend, block_q, block_k, interpret)
+  out, residuals = _KERNELS[backend].forward(*padded, config)
+  lse = _KERNELS[backend].natural_lse(residuals[-1])[:, :, :query.shape[1]]
+  lse = jnp.where(lse == jnp.inf, -jnp.inf, lse)  # The kernels mark an empty row +inf.
+  return out[:, :query.shape[1], :, :query.shape[3]], lse
+
+
+def flash_attention_backward(query, key, value, out, lse, d_out, *, causal: bool,
+                             segment_ids=None, key_segment_ids=None,
+                             query_offset: int | jax.Array = 0, sliding_window: int | None = None,
+                             scale: float | None = None, backend: str = "gpu",
+                             block_q: int | None = None, block_k: int | None = None,
+                             interpret: bool = False):
+  """Gradients (dq, dk, dv) of a loss through attention of `query` to these keys and values.
+
+  `out` [b, t, n, h] and `lse` [b, n, t] (natural log, -inf for a query that sees no key) are those
+  of the whole attention the keys are part of: with the output and log-sum-exp of attention over
+  several key blocks, each block's call gives its share of dq and its own dk, dv (ring attention),
+  since every probability recomputed from the total lse is the total softmax's. With this call's
+  own `flash_attention_with_lse` results it is `flash_attention`'s gradient. Other arguments as
+  `flash_attention`.
+  """
+  config, padded = _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
+                            sliding_window, scale, backend, block_q, block_k, interpret)
+  t, h = query.shape[1], query.shape[3]
+  padded_t, padded_h = padded[0].shape[1], padded[0].shape[3]
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, padded_t - t), (0, 0), (0, padded_h - h)))
+  # Padded rows and empty rows get +inf, the kernels' mark of a row whose probabilities are all 0.
+  lse = jnp.pad(jnp.where(lse == -jnp.inf, jnp.inf, lse.astype(jnp.float32)),
+                ((0, 0), (0, 0), (0, padded_t - t)), constant_values=jnp.inf)
+  residuals = _KERNELS[backend].residuals(*padded, pad(out), lse)
+  dq, dk, dv = _KERNELS[backend].backward(residuals, pad(d_out.astype(out.dtype)), config)
+  s = key.shape[1]
+  return dq[:, :t, :, :h], dk[:, :s, :, :h], dv[:, :s, :, :h]
+
+
+def _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
+             sliding_window, scale, backend, block_q, block_k, interpret):
+  """(the kernels' FlashConfig, (query, key, value, query ids, key ids, run-time offset)): the
+  arrays padded to whole tiles, ids None without segments, the offset None when static."""
   if backend not in FLASH_BACKENDS:
     raise ValueError(f"backend {backend!r} is not one of {FLASH_BACKENDS}")
   segment_ids, key_segment_ids = _check_arguments(query, key, value, segment_ids, key_segment_ids,
@@ -70,8 +130,7 @@ def flash_attention(query, key, value, *, causal: bool, segment_ids=None, key_se
   if segment_ids is not None:  # Padding gets segment 0, which sees nothing.
     segment_ids = jnp.pad(segment_ids, ((0, 0), (0, query.shape[1] - t)))
     key_segment_ids = jnp.pad(key_segment_ids, ((0, 0), (0, key.shape[1] - s)))
-  out = _flash(backend, config, query, key, value, segment_ids, key_segment_ids, offset)
-  return out[:, :t, :, :h]
+  return config, (query, key, value, segment_ids, key_segment_ids, offset)
 
 
 def _check_arguments(query, key, value, segment_ids, key_segment_ids, sliding_window):

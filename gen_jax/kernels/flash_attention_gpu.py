@@ -140,6 +140,18 @@ def backward(residuals, d_out, config: FlashConfig):
   return dq, dk, dv
 
 
+def natural_lse(lse):
+  """`forward`'s log-sum-exp residual as [b, n, t] in natural log (+inf: the row saw no key)."""
+  return lse / _LOG2_E
+
+
+def residuals(query, key, value, query_ids, key_ids, offset, out, lse):
+  """`backward`'s residuals from arrays in `forward`'s input layout, `out` [b, t, n, h] and a
+  natural log-sum-exp [b, n, t] (+inf for empty rows): the backward pass of these keys against
+  statistics of a larger attention they are part of (ring attention's)."""
+  return query, key, value, query_ids, key_ids, offset, out, lse * _LOG2_E
+
+
 def _query_major_specs(t, s, h, block_q, group, causal, query_ids):
   """The grid (query block, b, n) of the forward and dQ kernels: its query block order and the
   specs of query-like blocks [block_q, h], whole keys/values [s, h], per-query rows [block_q]

@@ -112,6 +112,19 @@ def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig):
   return out.transpose(0, 2, 1, 3), (query, key, value, query_ids, key_ids, offset, out, lse)
 
 
+def natural_lse(lse):
+  """`forward`'s log-sum-exp residual [b, n, 1, t] as [b, n, t] (natural log; +inf: empty row)."""
+  return lse[:, :, 0, :]
+
+
+def residuals(query, key, value, query_ids, key_ids, offset, out, lse):
+  """`backward`'s residuals from arrays in `forward`'s input layout, `out` [b, t, n, h] and a
+  natural log-sum-exp [b, n, t] (+inf for empty rows): the backward pass of these keys against
+  statistics of a larger attention they are part of (ring attention's)."""
+  query, key, value, out = (x.transpose(0, 2, 1, 3) for x in (query, key, value, out))
+  return query, key, value, query_ids, key_ids, offset, out, lse[:, :, None, :]
+
+
 def backward(residuals, d_out, config: FlashConfig):
   """Gradients (dq [b, t, n, h], dk, dv [b, s, k, h]) from `forward`'s residuals and d_out."""
   query, key, value, query_ids, key_ids, offset, out, lse = residuals

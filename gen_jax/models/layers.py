@@ -92,6 +92,7 @@ class Attention(nn.Module):
   attention_impl: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  sequence_parallel: str = "all_gather"  # ops.SEQUENCE_PARALLEL: with the length split.
   sliding_window: int | None = None  # Attend to this many most recent tokens (None: all).
   weight_bits: int = 0  # 0: float kernels; 8 or 4: group-wise int weights (gen_jax.quant).
   weight_group_size: int = 64
@@ -123,7 +124,8 @@ class Attention(nn.Module):
     key = apply_rope(key, positions, self.rope_base)  # [b, t, k, h]
     if cache is None:
       out = ops.attention(query, key, value, causal=True, segment_ids=segment_ids,
-                          sliding_window=self.sliding_window, impl=self.attention_impl)
+                          sliding_window=self.sliding_window, impl=self.attention_impl,
+                          sequence_parallel=self.sequence_parallel)
       return proj((d,), ("heads", "head_dim", "embed"), "out")(out)  # btnh,nhd->btd
     start = (0, cache_index, 0, 0)
     cache = {"key": jax.lax.dynamic_update_slice(cache["key"], key.astype(cache["key"].dtype), start),
@@ -132,5 +134,6 @@ class Attention(nn.Module):
     out = ops.attention(query, cache["key"].astype(query.dtype), cache["value"].astype(value.dtype),
                         causal=True, segment_ids=segment_ids, key_segment_ids=cache_segment_ids,
                         query_offset=cache_index, sliding_window=self.sliding_window,
-                        impl=self.attention_impl)  # [b, t, n, h]
+                        impl=self.attention_impl,
+                        sequence_parallel=self.sequence_parallel)  # [b, t, n, h]
     return proj((d,), ("heads", "head_dim", "embed"), "out")(out), cache  # btnh,nhd->btd

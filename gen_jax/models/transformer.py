@@ -40,6 +40,7 @@ class TransformerConfig:
   dtype: str = "float32"  # Compute dtype of matmuls and activations.
   param_dtype: str = "float32"
   attention_impl: str = "xla"
+  sequence_parallel: str = "all_gather"  # ops.SEQUENCE_PARALLEL: with the length split.
   sliding_window: int = 0  # Each token attends to this many most recent tokens (Mistral); 0: all.
   remat: str = "none"  # Rematerialization of each block in the backward pass: REMAT_POLICIES.
   num_experts: int = 0  # Experts in each block's MLP; 0 is the dense SwiGLU.
@@ -74,7 +75,8 @@ class _Block(nn.Module):
                 lora_targets=parse_targets(c.lora_targets))
     h = RMSNorm(c.norm_eps, dtype, param_dtype, name="attention_norm")(x)
     attention = Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.rope_base, c.attention_impl,
-                          dtype, param_dtype, sliding_window=c.sliding_window or None,
+                          dtype, param_dtype, sequence_parallel=c.sequence_parallel,
+                          sliding_window=c.sliding_window or None,
                           weight_bits=c.weight_bits, weight_group_size=c.weight_group_size,
                           **lora, name="attention")
     if layer_cache is None:

@@ -3,6 +3,8 @@
 One entry point, `attention`, chooses an implementation by name. Letters: b batch, t query length,
 s key length, n query heads, k kv heads, g query heads per kv head, h head_dim.
 """
+import math
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
@@ -13,6 +15,10 @@ from gen_jax.parallel import context as parallel_context
 # the Pallas interpreter elsewhere); cudnn: jax.nn.dot_product_attention's cuDNN kernel (GPU; no
 # segment ids); auto: pallas on TPU and GPU (cuDNN cannot mask packed documents), xla elsewhere.
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "auto")
+# How attention runs when the `length` axis is split over mesh axes (sequence parallelism):
+# all_gather: each device gathers every key and value; ring: they travel round the devices one
+# shard at a time (gen_jax.ops.ring_attention), so no device holds more than one shard.
+SEQUENCE_PARALLEL = ("all_gather", "ring")
 
 
 def attention_mask(
@@ -54,12 +60,17 @@ def attention_mask(
   return mask
 
 
-def _xla_attention(query, key, value, mask, scale):
+def grouped_logits(query: jax.Array, key: jax.Array, scale: float) -> jax.Array:
+  """Scaled logits [b, k, g, t, s] float32 of query [b, t, n, h] against key [b, s, k, h]."""
   b, t, n, h = query.shape
   k = key.shape[2]
   query = query.reshape(b, t, k, n // k, h)  # [b, t, k, g, h]
   logits = jnp.einsum("btkgh,bskh->bkgts", query, key, preferred_element_type=jnp.float32)
-  logits = logits * scale
+  return logits * scale
+
+
+def _xla_attention(query, key, value, mask, scale):
+  logits = grouped_logits(query, key, scale)
   if mask is not None:
     mask = mask[:, None, None]  # [b, 1, 1, t, s]
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
@@ -68,7 +79,7 @@ def _xla_attention(query, key, value, mask, scale):
     # A query that may attend to nothing (padding) gets zeros, not a uniform average.
     weights = jnp.where(mask.any(axis=-1, keepdims=True), weights, 0.0)
   out = jnp.einsum("bkgts,bskh->btkgh", weights.astype(value.dtype), value)
-  return out.reshape(b, t, n, h)
+  return out.reshape(query.shape)
 
 
 def attention(
@@ -83,13 +94,15 @@ def attention(
     sliding_window: int | None = None,
     scale: float | None = None,
     impl: str = "xla",
+    sequence_parallel: str = "all_gather",
 ) -> jax.Array:
   """Multi-head attention with grouped kv heads.
 
   Under a mesh (`jax.set_mesh`) with logical axis rules, the product runs in `shard_map`: batch and
   heads stay split as the rules split them, and when the `length` axis is split (sequence
-  parallelism) each device keeps its queries and all-gathers the keys and values, so activation
-  memory per device shrinks with the `sequence` axis while the result equals the unsharded one.
+  parallelism) each device keeps its queries and either all-gathers the keys and values or passes
+  them round a ring (`sequence_parallel`), so activation memory per device shrinks with the
+  `sequence` axis while the result equals the unsharded one.
 
   Args:
     query: [b, t, n, h], logical axes (batch, length, heads, head_dim).
@@ -102,6 +115,9 @@ def attention(
     sliding_window: attend only to the `sliding_window` most recent keys (None: no limit).
     scale: logit scale; defaults to 1/sqrt(h).
     impl: one of ATTENTION_IMPLS.
+    sequence_parallel: one of SEQUENCE_PARALLEL, for a length split over mesh axes. "ring" needs
+      queries and keys split alike (self-attention; otherwise, e.g. a decoding step against a
+      split cache, the keys are gathered) and runs "xla" or "pallas" blocks, not "cudnn".
   Returns:
     [b, t, n, h] in the dtype of `value`.
   """
@@ -112,6 +128,8 @@ def attention(
     raise ValueError(f"query heads {n} must be a multiple of kv heads {k}")
   if sliding_window is not None and sliding_window < 1:
     raise ValueError(f"sliding_window must be positive or None, got {sliding_window}")
+  if sequence_parallel not in SEQUENCE_PARALLEL:
+    raise ValueError(f"sequence_parallel {sequence_parallel!r} is not one of {SEQUENCE_PARALLEL}")
   if segment_ids is not None and key_segment_ids is None:
     if query.shape[1] != key.shape[1]:
       raise ValueError("key_segment_ids is required when query and key lengths differ")
@@ -124,7 +142,7 @@ def attention(
   mesh = parallel_context.active_mesh()
   if mesh is None:
     return _local_attention(**inputs, **options)
-  return _sharded_attention(mesh, inputs, options)
+  return _sharded_attention(mesh, inputs, options, ring=sequence_parallel == "ring")
 
 
 def resolve_impl(impl: str, platform: str | None = None) -> str:
@@ -181,8 +199,9 @@ _LOGICAL_AXES = {
 }
 
 
-def _sharded_attention(mesh, inputs, options):
-  """`_local_attention` per shard; keys and values are all-gathered along a split length."""
+def _sharded_attention(mesh, inputs, options, ring: bool):
+  """`_local_attention` per shard; along a split length keys and values are all-gathered, or with
+  `ring` and queries split like them, passed round by ring attention."""
   inputs = dict(inputs)
   static_offset = inputs.pop("query_offset")
   if not isinstance(static_offset, int):  # A traced offset enters shard_map as a replicated input.
@@ -195,9 +214,20 @@ def _sharded_attention(mesh, inputs, options):
     specs["key"] = specs["value"] = P(*specs["key"][:2], None, None)
   query_length_axes = parallel_context.spec_axes(specs["query"], 1)
   key_length_axes = parallel_context.spec_axes(specs["key"], 1)
+  ring = ring and key_length_axes and key_length_axes == query_length_axes
+  if ring:
+    from gen_jax.ops import ring_attention  # It builds on this module.
+    ring_options = ring_attention.RingOptions(
+        axes=key_length_axes, num_shards=math.prod(mesh.shape[a] for a in key_length_axes),
+        causal=options["causal"], sliding_window=options["sliding_window"],
+        scale=options["scale"], impl=resolve_impl(options["impl"]))
 
   def per_shard(x):
     x = {"query_offset": static_offset, **x}
+    if ring:
+      return ring_attention.ring_attention(
+          x["query"], x["key"], x["value"], ring_options, x.get("segment_ids"),
+          x.get("key_segment_ids"), x["query_offset"])
     if key_length_axes:
       for name in ("key", "value", "key_segment_ids"):
         if name in x:

@@ -101,6 +101,18 @@ def test_per_device_parameter_and_optimizer_bytes_follow_the_rules(mesh, one_dev
   assert _bytes_on_first_device(adam) == 2 * expected + scalars
 
 
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_ring_attention_inside_the_sharded_model_equals_one_device(impl, one_device, tmp_path):
+  """model.sequence_parallel="ring" on a data x sequence mesh: the train step's loss and gradients
+  are one device's."""
+  loss1, grads1, _ = one_device
+  config = tiny_config(**MESHES["sequence"], **{"model.attention_impl": impl,
+                                                "model.sequence_parallel": "ring"})
+  loss8, grads8, _ = _loss_and_grads(config, str(tmp_path))
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4), grads8, grads1)
+
+
 @pytest.mark.parametrize("mesh", ["mixed", "sequence"])
 def test_pallas_flash_attention_inside_the_sharded_model_equals_one_device(mesh, one_device, tmp_path):
   """The flash kernel (interpreted on CPU) runs per shard through shard_map inside the train step."""
