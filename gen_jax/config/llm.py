@@ -107,10 +107,15 @@ def base() -> ml_collections.ConfigDict:
       tfds_text_key="text",
       tfds_data_dir="",
   ))
-  # Weights of the auxiliary losses added to the next-token loss (MoE only).
   config.objective = ml_collections.ConfigDict(dict(
+      # Weights of the auxiliary losses added to the next-token loss (MoE only).
       router_aux_loss_weight=0.01,  # Switch Transformer load balancing (Fedus et al., 2021).
       router_z_loss_weight=0.0,  # ST-MoE router z-loss (Zoph et al., 2022); 1e-3 in the paper.
+      # > 0: the output layer and next-token loss run over this many slices of the positions in
+      # turn, recomputed in the backward pass, so only 1/logit_chunks of the [tokens, vocab]
+      # logits exist at a time (objectives.chunked_next_token_loss); same loss and gradients.
+      # Must divide model.max_seq_len. 0: all logits at once. Not with distill.teacher.
+      logit_chunks=0,
   ))
   # The synthetic verifiable task (gen_jax.data.synthetic_tasks): integer addition whose answers a
   # program checks. Its training problems feed data.source='synthetic:arithmetic' and the
@@ -142,6 +147,7 @@ def preference_base(family: str) -> ml_collections.ConfigDict:
   the synthetic task's pairs as data; init.source names the stage it starts from."""
   config = base()
   config.family = family
+  del config.objective.logit_chunks  # These stages score sequences, not the next-token loss.
   config.data.format = "preference"
   config.data.source = "synthetic:arithmetic"
   # How the synthetic task's pairs are made: the right answer is always chosen; rejected is
@@ -180,6 +186,7 @@ def rl_base(family: str) -> ml_collections.ConfigDict:
   synthetic task's prompts; init.source names the stage it starts from (SFT)."""
   config = base()
   config.family = family
+  del config.objective.logit_chunks  # These stages score sequences, not the next-token loss.
   config.data.format = "prompts"
   config.data.source = "synthetic:arithmetic"
   config.rollout = ml_collections.ConfigDict(dict(

@@ -1,5 +1,6 @@
 """The llm family: a decoder-only transformer trained with next-token loss on packed text."""
 import dataclasses
+import functools
 import math
 import os
 
@@ -16,7 +17,8 @@ from gen_jax.config.errors import ConfigError, require
 from gen_jax.data import conversations, synthetic_tasks
 from gen_jax.families import llm_sources, llm_text
 from gen_jax.lora import check_lora, is_adapter, merge_adapters
-from gen_jax.models.transformer import REMAT_POLICIES, Transformer, TransformerConfig
+from gen_jax.models.transformer import (REMAT_POLICIES, Transformer, TransformerConfig,
+                                        output_layer)
 from gen_jax.quant.convert import dequantize_params, quantize_params
 from gen_jax.quant.formats import check_weight_quantization
 from gen_jax import partition
@@ -30,6 +32,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in ("router_aux_loss_weight", "router_z_loss_weight"):
     weight = config.objective[name]
     require(weight >= 0, f"objective.{name}", f"must be >= 0, got {weight}")
+  chunks = config.objective.logit_chunks
+  require(chunks >= 0 and (chunks == 0 or config.model.max_seq_len % chunks == 0),
+          "objective.logit_chunks", f"must be 0 or a positive divisor of model.max_seq_len="
+          f"{config.model.max_seq_len}, got {chunks}")
+  require(not (chunks and config.distill.teacher), "objective.logit_chunks",
+          "distillation compares whole next-token distributions (distill.teacher); set it to 0")
   validate_sources(config)
   validate_data(config)
 
@@ -323,6 +331,7 @@ def make_loss_fn(config: ml_collections.ConfigDict, byte_lengths: jax.Array):
   z_weight = config.objective.router_z_loss_weight
   teacher = _teacher(config)
   temperature, kl_weight = config.distill.temperature, config.distill.kl_weight
+  logit_chunks = config.objective.logit_chunks
 
   def loss_fn(params, batch, rng):
     del rng  # The model has no dropout.
@@ -331,9 +340,16 @@ def make_loss_fn(config: ml_collections.ConfigDict, byte_lengths: jax.Array):
     weights = weights * batch["loss_mask"][:, 1:]  # Chat data: the assistant's tokens only.
     model_inputs = (inputs, batch["positions"][:, :-1], segment_ids[:, :-1])
     model_params = params if teacher is None else params["student"]
-    logits, router_stats = net.apply({"params": model_params}, *model_inputs,
-                                     return_router_stats=True)
-    lm_loss, weight = objectives.next_token_loss(logits, targets, weights)
+    if logit_chunks:
+      hidden, router_stats = net.apply({"params": model_params}, *model_inputs,
+                                       return_router_stats=True, outputs="hidden")
+      lm_loss, weight = objectives.chunked_next_token_loss(
+          hidden, functools.partial(output_layer, net.config, model_params), targets, weights,
+          logit_chunks)
+    else:
+      logits, router_stats = net.apply({"params": model_params}, *model_inputs,
+                                       return_router_stats=True)
+      lm_loss, weight = objectives.next_token_loss(logits, targets, weights)
     # Summed bytes of the counted targets; reported per token, and the basis of bits per byte.
     target_bytes = (byte_lengths[targets] * weights).sum()
     sums = {WEIGHT: weight, "bytes_per_token": target_bytes}

@@ -142,9 +142,7 @@ class Transformer(nn.Module):
     dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    embed = nn.Embed(c.vocab_size, c.embed_dim, dtype=dtype, param_dtype=param_dtype,
-                     embedding_init=partitioned(nn.initializers.normal(0.02), ("vocab", "embed")),
-                     name="embed")
+    embed = _embedding(c, name="embed")
     x = embed(tokens)  # [b, t, d]
     x = nn.with_logical_constraint(x, ("batch", "length", None))
     layer_caches = cache_segment_ids = None
@@ -168,19 +166,47 @@ class Transformer(nn.Module):
     if outputs == "hidden":
       logits = x  # What the output layer would read.
     elif c.tie_embeddings:
-      # As one 2-D product, like Projection (XLA:CPU runs the 3-D form's gradient slower).
-      logits = embed.attend(x.reshape(-1, c.embed_dim)).reshape(*x.shape[:-1], c.vocab_size)
+      logits = _tied_logits(embed, x)
     else:
-      # Kept float when the blocks are quantized (as GPTQ and AWQ keep the output layer).
-      lm_head_rank = c.lora_rank if "lm_head" in parse_targets(c.lora_targets) else 0
-      logits = Projection((c.vocab_size,), ("embed", "vocab"), dtype, param_dtype,
-                          lora_rank=lm_head_rank, lora_alpha=c.lora_alpha, name="lm_head")(x)
+      logits = _lm_head(c, name="lm_head")(x)
     logits = logits.astype(jnp.float32)
     if outputs == "logits_and_hidden":
       logits = (logits, hidden.astype(jnp.float32))
     if cache is not None:
       return logits, {**layer_caches, "segment_ids": cache_segment_ids}
     return (logits, router_stats) if return_router_stats else logits
+
+
+def output_layer(config: TransformerConfig, params: dict, hidden: jax.Array) -> jax.Array:
+  """The model's output layer alone: logits [..., v] float32 of final normed hidden states
+  [..., d] (`Transformer(outputs="hidden")`) with the model's `params` (the lm_head, or the
+  embedding when tied). hidden -> output_layer equals the Transformer's logits; a loss can then
+  make the logits a slice of tokens at a time (objectives.chunked_next_token_loss)."""
+  if config.tie_embeddings:
+    embed = _embedding(config).bind({"params": params["embed"]})
+    return _tied_logits(embed, hidden).astype(jnp.float32)
+  logits = _lm_head(config).apply({"params": params["lm_head"]}, hidden)
+  return logits.astype(jnp.float32)
+
+
+def _embedding(c: TransformerConfig, name: str | None = None) -> nn.Embed:
+  return nn.Embed(c.vocab_size, c.embed_dim, dtype=jnp.dtype(c.dtype),
+                  param_dtype=jnp.dtype(c.param_dtype),
+                  embedding_init=partitioned(nn.initializers.normal(0.02), ("vocab", "embed")),
+                  name=name)
+
+
+def _tied_logits(embed: nn.Embed, x: jax.Array) -> jax.Array:
+  # As one 2-D product, like Projection (XLA:CPU runs the 3-D form's gradient slower).
+  return embed.attend(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], embed.num_embeddings)
+
+
+def _lm_head(c: TransformerConfig, name: str | None = None) -> Projection:
+  # Kept float when the blocks are quantized (as GPTQ and AWQ keep the output layer).
+  lm_head_rank = c.lora_rank if "lm_head" in parse_targets(c.lora_targets) else 0
+  return Projection((c.vocab_size,), ("embed", "vocab"), jnp.dtype(c.dtype),
+                    jnp.dtype(c.param_dtype), lora_rank=lm_head_rank, lora_alpha=c.lora_alpha,
+                    name=name)
 
 
 def init_kv_cache(config: TransformerConfig, batch_size: int, length: int) -> dict:

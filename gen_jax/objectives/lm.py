@@ -57,3 +57,42 @@ def next_token_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array
     returning both lets gradient accumulation and multi-device reduction weight tokens exactly.
   """
   return -(token_log_probs(logits, targets) * weights).sum(), weights.sum()
+
+
+def chunked_next_token_loss(hidden: jax.Array, logits_fn, targets: jax.Array, weights: jax.Array,
+                            num_chunks: int) -> tuple[jax.Array, jax.Array]:
+  """`next_token_loss(logits_fn(hidden), targets, weights)` without all the logits at once.
+
+  The [b, t, v] float32 logits (and their softmax and gradient) are often a training step's largest
+  arrays: with a 32k vocabulary, 128 KB per token. Here the output layer and the loss run over
+  `num_chunks` slices of the positions in turn, each slice's logits recomputed in the backward
+  pass, so only [b, t / num_chunks, v] exist at a time; the result and its gradients are the
+  same. Slice j holds positions j, j + num_chunks, j + 2 num_chunks, ...: spread over the whole
+  length, so a length split over devices (sequence parallelism) splits every slice alike.
+
+  Args:
+    hidden: [b, t, d], what the output layer reads.
+    logits_fn: [b, c, d] -> [b, c, v] logits (the output layer, its parameters closed over).
+    targets: [b, t] int.
+    weights: [b, t] float, 0 for tokens that do not count.
+    num_chunks: slices; must divide t.
+  Returns:
+    As next_token_loss: (summed -log p(target) over counted tokens, sum of weights).
+  """
+  b, t = targets.shape
+  if num_chunks < 1 or t % num_chunks:
+    raise ValueError(f"num_chunks={num_chunks} must be a positive divisor of the length {t}")
+
+  def slices(x):  # [b, t, ...] -> [num_chunks, b, t / num_chunks, ...]
+    return jnp.moveaxis(x.reshape(b, t // num_chunks, num_chunks, *x.shape[2:]), 2, 0)
+
+  @jax.checkpoint  # Keep nothing of a slice's logits for the backward pass: recompute them.
+  def slice_loss(hidden, targets, weights):
+    return next_token_loss(logits_fn(hidden), targets, weights)[0]
+
+  def add_slice(total, xs):
+    return total + slice_loss(*xs), None
+
+  total, _ = jax.lax.scan(add_slice, jnp.zeros((), jnp.float32),
+                          (slices(hidden), slices(targets), slices(weights)))
+  return total, weights.sum()

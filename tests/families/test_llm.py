@@ -3,6 +3,7 @@ import math
 
 import jax
 import numpy as np
+import pytest
 
 from gen_jax import families
 from gen_jax.models import TransformerConfig
@@ -65,3 +66,26 @@ def test_moe_trains_end_to_end_and_reports_router_metrics(tmp_path):
   np.testing.assert_allclose(
       metrics["eval/bits_per_byte"],
       metrics["eval/lm_loss"] / math.log(2) / metrics["eval/bytes_per_token"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"model.tie_embeddings": True},
+                                       {"model.num_experts": 4}])
+def test_logit_chunks_give_the_same_loss_and_gradients(tmp_path, overrides):
+  """objective.logit_chunks=4: the output layer (the lm_head, or the tied embedding) and the loss
+  run over slices of the positions; the loss sums and every parameter's gradient are unchanged."""
+  results = []
+  for chunks in (0, 4):
+    config = tiny_config(**overrides, **{"objective.logit_chunks": chunks})
+    task = families.get("llm").build_task(config, str(tmp_path / str(chunks)))
+    params = jax.tree.map(lambda x: x.unbox(), task.params.init(jax.random.key(0)),
+                          is_leaf=lambda x: hasattr(x, "unbox"))
+    batch = next(iter(task.train_data))
+    grad_fn = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True))
+    results.append(grad_fn(params, batch, jax.random.key(0)))
+  ((loss0, sums0), grads0), ((loss4, sums4), grads4) = results
+  np.testing.assert_allclose(loss4, loss0, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), sums4, sums0)
+  # Per counted token, as the train step divides them (sums of ~500 tokens' terms otherwise).
+  per_token = lambda g: jax.tree.map(lambda x: x / sums0[WEIGHT], g)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               per_token(grads4), per_token(grads0))

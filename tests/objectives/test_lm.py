@@ -27,3 +27,53 @@ def test_next_token_loss_equals_numpy():
   expected = -(np.take_along_axis(logp, targets[..., None], -1)[..., 0] * weights).sum()
   np.testing.assert_allclose(float(loss_sum), expected, rtol=1e-5)
   assert float(count) == weights.sum()
+
+
+def test_chunked_next_token_loss_equals_the_whole_loss_and_its_gradients():
+  """Slices of the positions, each slice's logits recomputed in the backward pass: the loss and
+  the gradients of the hidden states and of the output layer's weights are the whole loss's."""
+  import jax
+  import pytest
+  r = np.random.default_rng(0)
+  hidden = jnp.asarray(r.normal(size=(2, 12, 8)), jnp.float32)
+  kernel = jnp.asarray(r.normal(size=(8, 50)), jnp.float32)
+  targets = jnp.asarray(r.integers(0, 50, size=(2, 12)))
+  weights = jnp.asarray(r.integers(0, 2, size=(2, 12)), jnp.float32)
+
+  def whole(hidden, kernel):
+    return objectives.next_token_loss(hidden @ kernel, targets, weights)
+
+  def chunked(hidden, kernel, chunks):
+    return objectives.chunked_next_token_loss(hidden, lambda h: h @ kernel, targets, weights,
+                                              chunks)
+
+  (want, want_weight), want_grads = jax.value_and_grad(whole, (0, 1), has_aux=True)(hidden, kernel)
+  for chunks in (1, 3, 12):
+    (got, got_weight), got_grads = jax.jit(jax.value_and_grad(chunked, (0, 1), has_aux=True),
+                                           static_argnums=2)(hidden, kernel, chunks)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert float(got_weight) == float(want_weight)
+    for g, w in zip(got_grads, want_grads):
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="num_chunks=5 must be a positive divisor of the length 12"):
+    chunked(hidden, kernel, 5)
+
+
+def test_chunked_next_token_loss_holds_a_slice_of_the_logits_at_a_time():
+  """Compiled temporaries of loss + gradients shrink with the slices: 4,096 tokens x 4,096
+  vocabulary, 64 MiB of float32 logits; measured 128 MiB whole, 34 MiB at 8 slices, 18 at 16."""
+  import jax
+  hidden = jax.ShapeDtypeStruct((4, 1024, 64), jnp.float32)
+  kernel = jax.ShapeDtypeStruct((64, 4096), jnp.float32)
+  targets = jnp.zeros((4, 1024), jnp.int32)
+  weights = jnp.ones((4, 1024), jnp.float32)
+
+  def temp_bytes(loss):
+    grad = jax.jit(jax.grad(lambda h, k: loss(h, k)[0], (0, 1)))
+    return grad.lower(hidden, kernel).compile().memory_analysis().temp_size_in_bytes
+
+  whole = temp_bytes(lambda h, k: objectives.next_token_loss(h @ k, targets, weights))
+  chunked = {n: temp_bytes(lambda h, k, n=n: objectives.chunked_next_token_loss(
+      h, lambda x: x @ k, targets, weights, n)) for n in (8, 16)}
+  assert whole >= 64 * 2**20 and chunked[8] * 3 < whole, (whole, chunked)
+  assert chunked[16] < 0.6 * chunked[8], chunked

@@ -113,6 +113,16 @@ def test_ring_attention_inside_the_sharded_model_equals_one_device(impl, one_dev
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4), grads8, grads1)
 
 
+def test_logit_chunks_on_a_sequence_mesh_equal_one_device(one_device, tmp_path):
+  """objective.logit_chunks slices the positions across the whole length, so each slice is split
+  over the sequence axis like the length: loss and gradients as on one device."""
+  loss1, grads1, _ = one_device
+  config = tiny_config(**MESHES["sequence"], **{"objective.logit_chunks": 8})
+  loss8, grads8, _ = _loss_and_grads(config, str(tmp_path))
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4), grads8, grads1)
+
+
 @pytest.mark.parametrize("mesh", ["mixed", "sequence"])
 def test_pallas_flash_attention_inside_the_sharded_model_equals_one_device(mesh, one_device, tmp_path):
   """The flash kernel (interpreted on CPU) runs per shard through shard_map inside the train step."""
