@@ -60,7 +60,9 @@ def base() -> ml_collections.ConfigDict:
       attention_impl="xla",  # ops.ATTENTION_IMPLS: xla, pallas, cudnn, auto.
       # With the length split over mesh.sequence: each device all-gathers the keys and values
       # ("all_gather"), or they travel round the devices one shard at a time ("ring": ring
-      # attention, no device holds more than one shard; xla or pallas, not cudnn).
+      # attention, no device holds more than one shard; xla or pallas, not cudnn), or so over the
+      # sequence in stripe order ("striped_ring": causal work balanced across the devices; no
+      # sliding_window).
       sequence_parallel="all_gather",
       sliding_window=0,  # Attend to this many most recent tokens, itself included; 0: all.
       remat="none",

@@ -59,9 +59,12 @@ def validate_transformer_fields(m: ml_collections.ConfigDict) -> None:
           f"{m.attention_impl!r} is not one of {ops.ATTENTION_IMPLS}")
   require(m.sequence_parallel in ops.SEQUENCE_PARALLEL, "model.sequence_parallel",
           f"{m.sequence_parallel!r} is not one of {ops.SEQUENCE_PARALLEL}")
-  require(not (m.sequence_parallel == "ring" and m.attention_impl == "cudnn"),
-          "model.sequence_parallel", "'ring' combines blocks by their log-sum-exp, which "
-          "model.attention_impl='cudnn' does not return; use 'pallas' or 'xla'")
+  require(not (m.sequence_parallel != "all_gather" and m.attention_impl == "cudnn"),
+          "model.sequence_parallel", f"{m.sequence_parallel!r} combines blocks by their "
+          "log-sum-exp, which model.attention_impl='cudnn' does not return; use 'pallas' or 'xla'")
+  require(not (m.sequence_parallel == "striped_ring" and m.sliding_window),
+          "model.sequence_parallel", "'striped_ring' has no sliding window (model.sliding_window="
+          f"{m.sliding_window}); use 'ring', which skips the shards outside the window")
   require(m.sliding_window >= 0, "model.sliding_window",
           f"must be >= 0 (0: attend to every earlier token), got {m.sliding_window}")
   require(m.remat in REMAT_POLICIES, "model.remat", f"{m.remat!r} is not one of {REMAT_POLICIES}")

@@ -135,5 +135,7 @@ class Attention(nn.Module):
                         causal=True, segment_ids=segment_ids, key_segment_ids=cache_segment_ids,
                         query_offset=cache_index, sliding_window=self.sliding_window,
                         impl=self.attention_impl,
-                        sequence_parallel=self.sequence_parallel)  # [b, t, n, h]
+                        # A cache holds positions in order: striping is for whole sequences.
+                        sequence_parallel=("ring" if self.sequence_parallel == "striped_ring"
+                                           else self.sequence_parallel))  # [b, t, n, h]
     return proj((d,), ("heads", "head_dim", "embed"), "out")(out), cache  # btnh,nhd->btd

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gen_jax import ops
 from gen_jax.lora import check_lora, parse_targets
 from gen_jax.models.layers import Attention, RMSNorm, SwiGLU, partitioned
 from gen_jax.models.moe import MoeMlp
@@ -142,6 +143,13 @@ class Transformer(nn.Module):
     dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    # Striped ring attention: the whole model runs on the sequence in stripe order (only attention
+    # can tell) and the hidden states go back to position order before the output layer.
+    stripes = 1
+    if cache is None and c.sequence_parallel == "striped_ring":
+      stripes = ops.sequence_shards(*tokens.shape)
+      tokens, positions, segment_ids = (None if a is None else ops.to_stripes(a, stripes)
+                                        for a in (tokens, positions, segment_ids))
     embed = _embedding(c, name="embed")
     x = embed(tokens)  # [b, t, d]
     x = nn.with_logical_constraint(x, ("batch", "length", None))
@@ -161,6 +169,7 @@ class Transformer(nn.Module):
         x, positions, segment_ids, layer_caches, cache_index, cache_segment_ids)
     if outputs not in OUTPUTS:
       raise ValueError(f"outputs={outputs!r} is not one of {OUTPUTS}")
+    x = ops.from_stripes(x, stripes)
     hidden = RMSNorm(c.norm_eps, dtype, param_dtype, name="final_norm")(x)  # [b, t, d]
     x = hidden
     if outputs == "hidden":

@@ -17,8 +17,10 @@ from gen_jax.parallel import context as parallel_context
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "auto")
 # How attention runs when the `length` axis is split over mesh axes (sequence parallelism):
 # all_gather: each device gathers every key and value; ring: they travel round the devices one
-# shard at a time (gen_jax.ops.ring_attention), so no device holds more than one shard.
-SEQUENCE_PARALLEL = ("all_gather", "ring")
+# shard at a time (gen_jax.ops.ring_attention), so no device holds more than one shard;
+# striped_ring: the same over a sequence in stripe order (ops.to_stripes: device i holds positions
+# i, i + N, ...), so causal masking gives every device the same work at every step.
+SEQUENCE_PARALLEL = ("all_gather", "ring", "striped_ring")
 
 
 def attention_mask(
@@ -118,6 +120,8 @@ def attention(
     sequence_parallel: one of SEQUENCE_PARALLEL, for a length split over mesh axes. "ring" needs
       queries and keys split alike (self-attention; otherwise, e.g. a decoding step against a
       split cache, the keys are gathered) and runs "xla" or "pallas" blocks, not "cudnn".
+      "striped_ring" says the caller put the sequence in stripe order (`to_stripes` with
+      `sequence_shards`); self-attention only (query_offset 0), no sliding window.
   Returns:
     [b, t, n, h] in the dtype of `value`.
   """
@@ -130,6 +134,11 @@ def attention(
     raise ValueError(f"sliding_window must be positive or None, got {sliding_window}")
   if sequence_parallel not in SEQUENCE_PARALLEL:
     raise ValueError(f"sequence_parallel {sequence_parallel!r} is not one of {SEQUENCE_PARALLEL}")
+  striped = sequence_parallel == "striped_ring"
+  if striped and (sliding_window is not None or not isinstance(query_offset, int)
+                  or query_offset or query.shape[1] != key.shape[1]):
+    raise ValueError("sequence_parallel 'striped_ring' is for self-attention over a whole "
+                     "sequence (query_offset 0, keys as long as queries), without sliding_window")
   if segment_ids is not None and key_segment_ids is None:
     if query.shape[1] != key.shape[1]:
       raise ValueError("key_segment_ids is required when query and key lengths differ")
@@ -142,7 +151,8 @@ def attention(
   mesh = parallel_context.active_mesh()
   if mesh is None:
     return _local_attention(**inputs, **options)
-  return _sharded_attention(mesh, inputs, options, ring=sequence_parallel == "ring")
+  return _sharded_attention(mesh, inputs, options, ring=sequence_parallel != "all_gather",
+                            striped=striped)
 
 
 def resolve_impl(impl: str, platform: str | None = None) -> str:
@@ -199,9 +209,10 @@ _LOGICAL_AXES = {
 }
 
 
-def _sharded_attention(mesh, inputs, options, ring: bool):
+def _sharded_attention(mesh, inputs, options, ring: bool, striped: bool):
   """`_local_attention` per shard; along a split length keys and values are all-gathered, or with
-  `ring` and queries split like them, passed round by ring attention."""
+  `ring` and queries split like them, passed round by ring attention (`striped`: in stripe
+  order)."""
   inputs = dict(inputs)
   static_offset = inputs.pop("query_offset")
   if not isinstance(static_offset, int):  # A traced offset enters shard_map as a replicated input.
@@ -214,13 +225,16 @@ def _sharded_attention(mesh, inputs, options, ring: bool):
     specs["key"] = specs["value"] = P(*specs["key"][:2], None, None)
   query_length_axes = parallel_context.spec_axes(specs["query"], 1)
   key_length_axes = parallel_context.spec_axes(specs["key"], 1)
+  if striped and query_length_axes != key_length_axes:
+    raise ValueError(f"sequence_parallel 'striped_ring' needs queries and keys split alike, got "
+                     f"{query_length_axes} and {key_length_axes}")
   ring = ring and key_length_axes and key_length_axes == query_length_axes
   if ring:
     from gen_jax.ops import ring_attention  # It builds on this module.
     ring_options = ring_attention.RingOptions(
         axes=key_length_axes, num_shards=math.prod(mesh.shape[a] for a in key_length_axes),
         causal=options["causal"], sliding_window=options["sliding_window"],
-        scale=options["scale"], impl=resolve_impl(options["impl"]))
+        scale=options["scale"], impl=resolve_impl(options["impl"]), striped=striped)
 
   def per_shard(x):
     x = {"query_offset": static_offset, **x}

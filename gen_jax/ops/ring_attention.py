@@ -13,19 +13,25 @@ Against all-gathering the keys and values, memory per device for keys and values
 whole length to one shard, and the XLA blocks' [t/N, t] logits to [t/N, t/N]; each hop's transfer
 is independent of that step's block, so XLA can overlap them. Causal masking makes the load uneven
 (device i attends to i + 1 shards; shards wholly in a query shard's future are skipped, so are
-shards wholly outside a sliding window); balancing it needs a permuted (striped) token order,
-which would change the model's positions, and is not done here.
+shards wholly outside a sliding window, so the last device works N times as long as the first).
+A sequence in stripe order (`to_stripes`: device i holds positions i, i + N, ...; Brandon et
+al., 2023) balances it: every step gives every device about half a block (the Pallas kernels skip
+the masked half; the XLA blocks compute whole blocks either way, so they gain nothing). The model puts its
+tokens and positions in stripe order and its hidden states back (model.sequence_parallel=
+"striped_ring"); only attention sees the difference, through the mask of each step.
 
 Letters: b batch, t/s local query/key length, n/k query/kv heads, g = n // k, h head_dim.
 """
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from gen_jax.ops.attention import attention_mask, grouped_logits, pallas_target
+from gen_jax.parallel import context as parallel_context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +43,7 @@ class RingOptions:
   sliding_window: int | None
   scale: float
   impl: str  # The block function: "xla" or "pallas".
+  striped: bool = False  # The sequence is in stripe order (to_stripes); causal, no window.
 
 
 def ring_attention(query, key, value, options: RingOptions, segment_ids=None,
@@ -57,6 +64,30 @@ def ring_attention(query, key, value, options: RingOptions, segment_ids=None,
                      f"{options.impl!r} (cuDNN's returns no log-sum-exp)")
   offset = jnp.asarray(query_offset, jnp.int32)
   return _ring(options, query, key, value, segment_ids, key_segment_ids, offset)
+
+
+def sequence_shards(batch: int, length: int) -> int:
+  """The shards the active mesh and logical rules split a [batch, length] activation's length
+  into (1 without a mesh): the stripes of `to_stripes` for attention under that mesh."""
+  mesh = parallel_context.active_mesh()
+  if mesh is None:
+    return 1
+  spec = parallel_context.logical_spec(("batch", "length"), (batch, length), mesh)
+  return math.prod(mesh.shape[a] for a in parallel_context.spec_axes(spec, 1))
+
+
+def to_stripes(x: jax.Array, shards: int) -> jax.Array:
+  """[b, t, ...] in stripe order for `shards` contiguous shards of the length: shard i holds
+  positions i, i + shards, i + 2 shards, ... (Brandon et al., 2023, Striped Attention). Every shard
+  then holds early and late positions alike, so causal attention costs each the same."""
+  b, t = x.shape[:2]
+  return x.reshape(b, t // shards, shards, *x.shape[2:]).swapaxes(1, 2).reshape(x.shape)
+
+
+def from_stripes(x: jax.Array, shards: int) -> jax.Array:
+  """The inverse of `to_stripes`: [b, t, ...] back in position order."""
+  b, t = x.shape[:2]
+  return x.reshape(b, shards, t // shards, *x.shape[2:]).swapaxes(1, 2).reshape(x.shape)
 
 
 def _xla_block(query, key, value, query_ids, key_ids, offset, options):
@@ -130,7 +161,12 @@ def _chunk_offset(options, offset, t, s, hop):
   the keys are shard (i - hop) mod N of the ring, for this device's shard i."""
   i = lax.axis_index(options.axes)
   source = lax.rem(i - hop + options.num_shards, options.num_shards)
-  chunk_offset = offset + i * t - source * s
+  if options.striped:
+    # Local row r is position r N + i, key c is c N + source: c N + source <= r N + i holds for
+    # c <= r when source <= i and for c <= r - 1 otherwise, a causal mask offset by 0 or -1.
+    chunk_offset = jnp.where(source <= i, 0, -1)
+  else:
+    chunk_offset = offset + i * t - source * s
   sees = jnp.bool_(True)
   if options.causal:  # The last query is not before the first key.
     sees &= chunk_offset + t - 1 >= 0

@@ -75,6 +75,8 @@ BAD = [
     ({"objective.logit_chunks": 5}, "objective.logit_chunks: must be 0 or a positive divisor of model.max_seq_len=64, got 5"),
     ({"objective.logit_chunks": 4, "distill.teacher": "workdir:/nonexistent"},
      "objective.logit_chunks: distillation compares whole next-token distributions"),
+    ({"model.sequence_parallel": "striped_ring", "model.sliding_window": 8},
+     "model.sequence_parallel: 'striped_ring' has no sliding window"),
     ({"model.sequence_parallel": "ulysses"}, "model.sequence_parallel: 'ulysses' is not one of"),
     ({"model.sequence_parallel": "ring", "model.attention_impl": "cudnn"},
      "model.sequence_parallel: 'ring' combines blocks by their log-sum-exp"),

@@ -101,13 +101,15 @@ def test_per_device_parameter_and_optimizer_bytes_follow_the_rules(mesh, one_dev
   assert _bytes_on_first_device(adam) == 2 * expected + scalars
 
 
+@pytest.mark.parametrize("mode", ["ring", "striped_ring"])
 @pytest.mark.parametrize("impl", ["xla", "pallas"])
-def test_ring_attention_inside_the_sharded_model_equals_one_device(impl, one_device, tmp_path):
-  """model.sequence_parallel="ring" on a data x sequence mesh: the train step's loss and gradients
-  are one device's."""
+def test_ring_attention_inside_the_sharded_model_equals_one_device(mode, impl, one_device,
+                                                                    tmp_path):
+  """model.sequence_parallel="ring" or "striped_ring" (the model runs on the sequence in stripe
+  order) on a data x sequence mesh: the train step's loss and gradients are one device's."""
   loss1, grads1, _ = one_device
   config = tiny_config(**MESHES["sequence"], **{"model.attention_impl": impl,
-                                                "model.sequence_parallel": "ring"})
+                                                "model.sequence_parallel": mode})
   loss8, grads8, _ = _loss_and_grads(config, str(tmp_path))
   np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4), grads8, grads1)

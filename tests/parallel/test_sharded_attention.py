@@ -24,9 +24,9 @@ def _inputs(seed=0):
   return q, k, v, seg
 
 
-def _loss_and_grads(q, k, v, seg, **options):
+def _loss_and_grads(q, k, v, seg, attend=ops.attention, **options):
   def loss(q, k, v):
-    out = ops.attention(q, k, v, causal=True, segment_ids=seg, **options)
+    out = attend(q, k, v, causal=True, segment_ids=seg, **options)
     return (out * np.cos(np.arange(out.size).reshape(out.shape))).sum(), out
   (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
   return out, grads
@@ -116,6 +116,39 @@ def test_ring_attention_with_an_offset_and_longer_keys(impl):
   np.testing.assert_allclose(got[0], expected[0], rtol=1e-5)
   for g, want in zip(got[1], expected[1]):
     np.testing.assert_allclose(g, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("axes", SEQUENCE_SPLITS)
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_striped_ring_attention_equals_one_device(axes, impl):
+  """The sequence in stripe order (shard i holds positions i, i + N, ...): the ring's causal masks
+  per step (offset 0 or -1) give, back in position order, one device's outputs and gradients."""
+  q, k, v, seg = _inputs()
+  expected_out, expected_grads = _loss_and_grads(q, k, v, seg)
+  shards = axes["sequence"]
+  config = tiny_config(**{"mesh.data": 1, **{f"mesh.{a}": n for a, n in axes.items()}})
+  mesh = parallel.make_mesh(config.mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.rules_tuple(DEFAULT_LOGICAL_AXIS_RULES)):
+    assert ops.sequence_shards(B, T) == shards
+
+    def striped_attention(q, k, v, segment_ids, **options):
+      striped = [ops.to_stripes(x, shards) for x in (q, k, v, segment_ids)]
+      out = ops.attention(*striped[:3], segment_ids=striped[3], **options,
+                          sequence_parallel="striped_ring")
+      return ops.from_stripes(out, shards)
+
+    out, grads = jax.jit(lambda *a: _loss_and_grads(*a, attend=striped_attention, impl=impl))(
+        q, k, v, seg)
+  np.testing.assert_allclose(out, expected_out, atol=1e-5)
+  for got, want in zip(grads, expected_grads):
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_striped_ring_attention_refuses_windows_and_offsets():
+  q, k, v, _ = _inputs()
+  for options in ({"sliding_window": 4}, {"query_offset": 2}):
+    with pytest.raises(ValueError, match="'striped_ring' is for self-attention over a whole"):
+      ops.attention(q, k, v, causal=True, sequence_parallel="striped_ring", **options)
 
 
 def test_ring_attention_passes_keys_round_instead_of_gathering_them():
