@@ -81,15 +81,32 @@ def _top_k_one_hot(logits: jax.Array, k: int) -> jax.Array:
   return jnp.stack(rows, axis=-2)
 
 
-def _constrain(x: jax.Array, layout: str, last: str | None = None) -> jax.Array:
-  """Shards slots [b, e, c, n] (layout "tokens") or [e, b, c, n] (layout "experts").
+def _group_axes(batch: int, length: int, group: int) -> tuple[str, ...]:
+  """The mesh axes the routing groups [batch * length / group] are split over: the batch's, and
+  the length's when its shards hold whole windows (then each device routes its own windows, and
+  the length is never gathered)."""
+  mesh = parallel_context.active_mesh()
+  if mesh is None:
+    return ()
+  spec = parallel_context.logical_spec(("batch", "length"), (batch, length), mesh)
+  axes, length_axes = parallel_context.spec_axes(spec, 0), parallel_context.spec_axes(spec, 1)
+  shards = math.prod(mesh.shape[a] for a in length_axes)
+  if length_axes and length % (shards * group) == 0:
+    axes += length_axes
+  return axes
 
-  By tokens, the batch is split as everywhere else in the model and the experts are whole; by
-  experts, the experts are split over the expert mesh axis and the batch over the batch axes the
-  expert axis leaves. Between the layouts XLA moves the slots with an all-to-all when the rules
-  split the batch over the expert axis too, and otherwise with a local slice going in and an
-  all-gather coming out. `last` is the logical name of n; mesh axes that do not divide a
-  dimension are left out (e.g. 2 experts on a 4-way expert axis).
+
+def _constrain(x: jax.Array, layout: str, group_axes: tuple[str, ...],
+               last: str | None = None) -> jax.Array:
+  """Shards slots [b, e, c, n] (layout "tokens") or [e, b, c, n] (layout "experts"); b counts
+  routing groups, split over `group_axes` (`_group_axes`).
+
+  By tokens, the groups are split as the tokens are everywhere else in the model and the experts
+  are whole; by experts, the experts are split over the expert mesh axis and the groups over the
+  group axes the expert axis leaves. Between the layouts XLA moves the slots with an all-to-all
+  when the rules split the batch over the expert axis too, and otherwise with a local slice going
+  in and an all-gather coming out. `last` is the logical name of n; mesh axes that do not divide
+  a dimension are left out (e.g. 2 experts on a 4-way expert axis).
   """
   mesh = parallel_context.active_mesh()
   if mesh is None:
@@ -99,7 +116,7 @@ def _constrain(x: jax.Array, layout: str, last: str | None = None) -> jax.Array:
     spec = parallel_context.logical_spec((name,), (x.shape[dim],), mesh)
     return tuple(a for a in parallel_context.spec_axes(spec, 0) if a not in taken)
   expert_axes = () if layout == "tokens" else axes("expert", expert_dim)
-  batch_axes = axes("batch", batch_dim, expert_axes)
+  batch_axes = tuple(a for a in group_axes if a not in expert_axes)
   spec = [None] * 4
   spec[expert_dim], spec[batch_dim] = expert_axes or None, batch_axes or None
   spec[3] = axes(last, 3, expert_axes + batch_axes) or None
@@ -137,6 +154,8 @@ class MoeMlp(nn.Module):
     x = jnp.pad(x, ((0, 0), (0, pad), (0, 0))).reshape(-1, t, d)
     valid = jnp.pad(valid, ((0, 0), (0, pad))).reshape(-1, t)
     c = expert_capacity(t, e, k, self.capacity_factor)
+    group_axes = _group_axes(batch, length, t)
+    constrain = lambda x, layout, last=None: _constrain(x, layout, group_axes, last)  # noqa: E731
 
     # Routing in float32: top-k and the softmax are sensitive to bfloat16 rounding. Switch's
     # smaller init (scale 0.1) starts the router near uniform.
@@ -157,8 +176,8 @@ class MoeMlp(nn.Module):
     combine = dispatch * gate[..., None]  # [b, t, e, c]
 
     slots = jnp.einsum("btec,btd->becd", dispatch.astype(x.dtype), x)  # [b, e, c, d]
-    slots = _constrain(slots, "tokens")
-    expert_inputs = _constrain(jnp.swapaxes(slots, 0, 1), "experts")  # [e, b, c, d]
+    slots = constrain(slots, "tokens")
+    expert_inputs = constrain(jnp.swapaxes(slots, 0, 1), "experts")  # [e, b, c, d]
 
     def expert_weights(shape, names, equation, name):
       # Each expert's matrix is initialized as a dense layer's: fan-in is the contracted axis.
@@ -172,9 +191,9 @@ class MoeMlp(nn.Module):
     wi_up = expert_weights((e, d, f), ("expert", "embed", "mlp"), "ebcd,edf->ebcf", "wi_up")
     wo = expert_weights((e, f, d), ("expert", "mlp", "embed"), "ebcf,efd->ebcd", "wo")
     hidden = nn.silu(wi_gate(expert_inputs)) * wi_up(expert_inputs)  # [e, b, c, f]
-    hidden = _constrain(hidden, "experts", "mlp")
-    expert_outputs = _constrain(wo(hidden), "experts")  # [e, b, c, d]
-    slots = _constrain(jnp.swapaxes(expert_outputs, 0, 1), "tokens")  # [b, e, c, d]
+    hidden = constrain(hidden, "experts", "mlp")
+    expert_outputs = constrain(wo(hidden), "experts")  # [e, b, c, d]
+    slots = constrain(jnp.swapaxes(expert_outputs, 0, 1), "tokens")  # [b, e, c, d]
     out = jnp.einsum("btec,becd->btd", combine.astype(x.dtype), slots)  # [b, t, d]
 
     out = out.reshape(batch, length + pad, d)[:, :length]

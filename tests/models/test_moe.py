@@ -276,3 +276,25 @@ def test_routing_groups_make_the_dispatch_memory_linear_in_the_length():
   whole, grouped = temp_bytes(0), temp_bytes(64)
   # [t, e, c] dispatch and combine: 1024 x 4 x 512 floats per sequence against 1024 x 4 x 32.
   assert grouped * 8 < whole, (grouped, whole)
+
+
+def test_routing_windows_on_a_sequence_mesh_never_gather_the_length():
+  """Windows that tile each sequence shard are routed where they lie: the compiled forward and
+  backward on a data x sequence mesh hold no all-gather (each device's groups stay its own; with
+  whole-sequence groups the length would be gathered), and the output is one device's."""
+  moe = MoeMlp(EXPERTS, TOP_K, MLP, capacity_factor=1.0, group_size=16)
+  x = _inputs((4, 256), seed=3)
+  params = _init(moe, x, router_scale=5.0)
+  expected = moe.apply({"params": params}, x)
+  mesh = parallel.make_mesh(tiny_config(**{"mesh.data": 2, "mesh.sequence": 4}).mesh)
+  x = jax.device_put(x, NamedSharding(mesh, P("data", "sequence")))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.rules_tuple(DEFAULT_LOGICAL_AXIS_RULES)):
+    grad = jax.jit(jax.grad(lambda p, x: moe.apply({"params": p}, x)[0].sum()))
+    hlo = grad.lower(params, x).compile().as_text()
+    whole = MoeMlp(EXPERTS, TOP_K, MLP, capacity_factor=1.0)  # One group per sequence.
+    whole_hlo = jax.jit(whole.apply).lower({"params": params}, x).compile().as_text()
+    out = jax.jit(moe.apply)({"params": params}, x)
+  assert " all-gather(" not in hlo
+  assert " all-gather(" in whole_hlo
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5),
+               out, expected)
