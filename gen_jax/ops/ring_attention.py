@@ -44,6 +44,7 @@ class RingOptions:
   scale: float
   impl: str  # The block function: "xla" or "pallas".
   striped: bool = False  # The sequence is in stripe order (to_stripes); causal, no window.
+  visits: int = 0  # Shards each device attends to, its own first (0: all; see _visits).
 
 
 def ring_attention(query, key, value, options: RingOptions, segment_ids=None,
@@ -62,8 +63,20 @@ def ring_attention(query, key, value, options: RingOptions, segment_ids=None,
   if options.impl not in _BLOCKS:
     raise ValueError(f"ring attention runs blocks of {tuple(_BLOCKS)} attention, not "
                      f"{options.impl!r} (cuDNN's returns no log-sum-exp)")
+  options = dataclasses.replace(options, visits=_visits(options, query.shape[1], key.shape[1],
+                                                        query_offset))
   offset = jnp.asarray(query_offset, jnp.int32)
   return _ring(options, query, key, value, segment_ids, key_segment_ids, offset)
+
+
+def _visits(options, t, s, query_offset) -> int:
+  """How many shards, counting back from its own, hold keys a device's queries may see: with a
+  causal sliding window of W over shards of s positions, ceil((W - 1) / s) + 1, so the ring stops
+  after that many hops (Mistral's 4k window over 32k tokens on 8 devices: 2 of 8); else all."""
+  if (options.causal and options.sliding_window is not None and not options.striped
+      and isinstance(query_offset, int) and query_offset == 0 and t == s):
+    return min(options.num_shards, -(-(options.sliding_window - 1) // s) + 1)
+  return options.num_shards
 
 
 def sequence_shards(batch: int, length: int) -> int:
@@ -175,9 +188,9 @@ def _chunk_offset(options, offset, t, s, hop):
   return chunk_offset, sees
 
 
-def _pass_on(tree, options):
-  """Every array of `tree` sent one hop along the ring: shard i's to shard i + 1."""
-  hop = [(j, (j + 1) % options.num_shards) for j in range(options.num_shards)]
+def _pass_on(tree, options, hops: int = 1):
+  """Every array of `tree` sent `hops` along the ring: shard i's to shard i + hops."""
+  hop = [(j, (j + hops) % options.num_shards) for j in range(options.num_shards)]
   return jax.tree.map(lambda x: lax.ppermute(x, options.axes, hop), tree)
 
 
@@ -213,8 +226,8 @@ def _ring_forward(options, query, key, value, query_ids, key_ids, offset):
   b, _, n, h = query.shape
   chunk = (key, value, key_ids)  # A travelling shard: keys, values, segment ids (or None).
   partial = (jnp.zeros((b, t, n, h), jnp.float32), jnp.full((b, n, t), -jnp.inf, jnp.float32))
-  chunk, partial = lax.fori_loop(0, options.num_shards - 1, hop, (chunk, partial))
-  out, lse = attend(options.num_shards - 1, chunk, partial)
+  chunk, partial = lax.fori_loop(0, options.visits - 1, hop, (chunk, partial))
+  out, lse = attend(options.visits - 1, chunk, partial)
   out = out.astype(value.dtype)
   return out, (query, key, value, query_ids, key_ids, offset, out, lse)
 
@@ -239,9 +252,12 @@ def _ring_backward(options, residuals, d_out):
     # The shard's gradients travel with it; after N hops both are back on their own device.
     return _pass_on(chunk, options), _pass_on(chunk_grads, options), d_query + grads[0]
 
-  # N hops, not N - 1: the last sends the gradients home (and the keys, needlessly, with them).
+  # As many hops as visits, not one fewer: the last sends the gradients on with the keys (which
+  # go needlessly); after N they are home, after fewer one jump back brings them.
   carry = ((key, value, key_ids), (f32(key), f32(value)), f32(query))
-  _, (d_key, d_value), d_query = lax.fori_loop(0, options.num_shards, hop, carry)
+  _, (d_key, d_value), d_query = lax.fori_loop(0, options.visits, hop, carry)
+  if options.visits < options.num_shards:
+    d_key, d_value = _pass_on((d_key, d_value), options, -options.visits)
   return (d_query.astype(query.dtype), d_key.astype(key.dtype), d_value.astype(value.dtype),
           None, None, None)
 

@@ -176,3 +176,17 @@ def test_ring_attention_passes_keys_round_instead_of_gathering_them():
   assert "all-gather" in gather_hlo
   temp = {mode: c.memory_analysis().temp_size_in_bytes for mode, c in compiled.items()}
   assert temp["ring"] * 4 < temp["all_gather"], temp
+
+
+def test_ring_with_a_sliding_window_stops_after_the_shards_it_can_see():
+  """Causal windows of W over shards of s tokens reach ceil((W - 1) / s) + 1 shards back (the
+  equality tests above run those early stops: 3 of 8 and 3 of 4 shards)."""
+  from gen_jax.ops.ring_attention import RingOptions, _visits
+  ring = lambda **kw: RingOptions(axes=("sequence",), num_shards=8, causal=True, scale=1.0,
+                                  impl="xla", **kw)
+  assert _visits(ring(sliding_window=4096), 4096, 4096, 0) == 2  # Mistral's window, 32k tokens.
+  assert _visits(ring(sliding_window=4097), 4096, 4096, 0) == 2  # Back to p - 4096: shard i-1.
+  assert _visits(ring(sliding_window=4098), 4096, 4096, 0) == 3
+  assert _visits(ring(sliding_window=4), 2, 2, 0) == 3
+  assert _visits(ring(sliding_window=None), 2, 2, 0) == 8
+  assert _visits(ring(sliding_window=4), 2, 2, 8) == 8  # An offset: every shard.
