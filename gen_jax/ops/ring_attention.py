@@ -238,26 +238,30 @@ def _ring_backward(options, residuals, d_out):
   t, s = query.shape[1], key.shape[1]
   f32 = lambda x: jnp.zeros(x.shape, jnp.float32)
 
-  def hop(i, carry):
-    chunk, chunk_grads, d_query = carry
+  def accumulate(hop, chunk, chunk_grads, d_query):
+    """The visiting shard's block: its dk, dv added to those travelling with it, dq to ours."""
     chunk_key, chunk_value, chunk_ids = chunk
-    chunk_offset, sees = _chunk_offset(options, offset, t, s, i)
+    chunk_offset, sees = _chunk_offset(options, offset, t, s, hop)
     grads = lax.cond(
         sees,
         lambda: tuple(g.astype(jnp.float32) for g in block_backward(
             query, chunk_key, chunk_value, query_ids, chunk_ids, chunk_offset, out, lse, d_out,
             options)),
         lambda: (f32(query), f32(key), f32(value)))
-    chunk_grads = (chunk_grads[0] + grads[1], chunk_grads[1] + grads[2])
-    # The shard's gradients travel with it; after N hops both are back on their own device.
-    return _pass_on(chunk, options), _pass_on(chunk_grads, options), d_query + grads[0]
+    return (chunk_grads[0] + grads[1], chunk_grads[1] + grads[2]), d_query + grads[0]
 
-  # As many hops as visits, not one fewer: the last sends the gradients on with the keys (which
-  # go needlessly); after N they are home, after fewer one jump back brings them.
+  def hop(i, carry):
+    chunk, chunk_grads, d_query = carry
+    chunk_grads, d_query = accumulate(i, chunk, chunk_grads, d_query)
+    # The shard's gradients travel with it.
+    return _pass_on(chunk, options), _pass_on(chunk_grads, options), d_query
+
   carry = ((key, value, key_ids), (f32(key), f32(value)), f32(query))
-  _, (d_key, d_value), d_query = lax.fori_loop(0, options.visits, hop, carry)
-  if options.visits < options.num_shards:
-    d_key, d_value = _pass_on((d_key, d_value), options, -options.visits)
+  chunk, chunk_grads, d_query = lax.fori_loop(0, options.visits - 1, hop, carry)
+  (d_key, d_value), d_query = accumulate(options.visits - 1, chunk, chunk_grads, d_query)
+  # The last shard's gradients, visits - 1 hops from home, jump back in one permute.
+  if options.visits > 1:
+    d_key, d_value = _pass_on((d_key, d_value), options, 1 - options.visits)
   return (d_query.astype(query.dtype), d_key.astype(key.dtype), d_value.astype(value.dtype),
           None, None, None)
 
