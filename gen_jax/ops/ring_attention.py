@@ -7,7 +7,8 @@ local queries to the visiting shard with a block function that also returns the 
 its logits. Block results combine exactly by their log-sum-exps (the online softmax of flash
 attention, one level up). The backward pass walks the ring again: with the total output and
 log-sum-exp every block's probabilities are recomputed exactly, each step adds the block's share
-of dq locally, and dk, dv accumulate on the travelling shard and arrive home after the last hop.
+of dq locally, and dk, dv accumulate on the travelling shard; after the last block one permute
+sends them home.
 
 Against all-gathering the keys and values, memory per device for keys and values falls from the
 whole length to one shard, and the XLA blocks' [t/N, t] logits to [t/N, t/N]; each hop's transfer
@@ -15,10 +16,11 @@ is independent of that step's block, so XLA can overlap them. Causal masking mak
 (device i attends to i + 1 shards; shards wholly in a query shard's future are skipped, so are
 shards wholly outside a sliding window, so the last device works N times as long as the first).
 A sequence in stripe order (`to_stripes`: device i holds positions i, i + N, ...; Brandon et
-al., 2023) balances it: every step gives every device about half a block (the Pallas kernels skip
-the masked half; the XLA blocks compute whole blocks either way, so they gain nothing). The model puts its
-tokens and positions in stripe order and its hidden states back (model.sequence_parallel=
-"striped_ring"); only attention sees the difference, through the mask of each step.
+al., 2023) balances it: every step gives every device about half a block (the Pallas kernels
+skip the masked half; the XLA blocks compute whole blocks either way, so they gain nothing). The
+model puts its tokens and positions in stripe order and its hidden states back
+(model.sequence_parallel="striped_ring"); only attention sees the difference, through the mask of
+each step.
 
 Letters: b batch, t/s local query/key length, n/k query/kv heads, g = n // k, h head_dim.
 """
@@ -44,7 +46,7 @@ class RingOptions:
   scale: float
   impl: str  # The block function: "xla" or "pallas".
   striped: bool = False  # The sequence is in stripe order (to_stripes); causal, no window.
-  visits: int = 0  # Shards each device attends to, its own first (0: all; see _visits).
+  visits: int = 0  # Shards each device attends to, its own first (set by ring_attention).
 
 
 def ring_attention(query, key, value, options: RingOptions, segment_ids=None,
