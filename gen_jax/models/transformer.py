@@ -192,9 +192,9 @@ def output_layer(config: TransformerConfig, params: dict, hidden: jax.Array) -> 
   embedding when tied). hidden -> output_layer equals the Transformer's logits; a loss can then
   make the logits a slice of tokens at a time (objectives.chunked_next_token_loss)."""
   if config.tie_embeddings:
-    embed = _embedding(config).bind({"params": params["embed"]})
-    return _tied_logits(embed, hidden).astype(jnp.float32)
-  logits = _lm_head(config).apply({"params": params["lm_head"]}, hidden)
+    logits = _tied_logits(_embedding(config).bind({"params": params["embed"]}), hidden)
+  else:
+    logits = _lm_head(config).apply({"params": params["lm_head"]}, hidden)
   return logits.astype(jnp.float32)
 
 

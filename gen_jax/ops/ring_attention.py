@@ -95,12 +95,16 @@ def to_stripes(x: jax.Array, shards: int) -> jax.Array:
   """[b, t, ...] in stripe order for `shards` contiguous shards of the length: shard i holds
   positions i, i + shards, i + 2 shards, ... (Brandon et al., 2023, Striped Attention). Every shard
   then holds early and late positions alike, so causal attention costs each the same."""
+  if shards == 1:
+    return x
   b, t = x.shape[:2]
   return x.reshape(b, t // shards, shards, *x.shape[2:]).swapaxes(1, 2).reshape(x.shape)
 
 
 def from_stripes(x: jax.Array, shards: int) -> jax.Array:
   """The inverse of `to_stripes`: [b, t, ...] back in position order."""
+  if shards == 1:
+    return x
   b, t = x.shape[:2]
   return x.reshape(b, shards, t // shards, *x.shape[2:]).swapaxes(1, 2).reshape(x.shape)
 
