@@ -68,10 +68,15 @@ _DRAFT_TOKENS = flags.DEFINE_integer("draft_tokens", 4, "Tokens the draft propos
 _HF = flags.DEFINE_bool("hf", True, "Also time transformers' generate (needs torch).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per cell (the median is reported).")
 
-# Peak HBM bandwidth in bytes/s by jax device_kind, for the roofline column.
-PEAK_BANDWIDTH = {"NVIDIA H100 80GB HBM3": 3.35e12, "NVIDIA H100 PCIe": 2.0e12,
-                  "NVIDIA H200": 4.8e12, "TPU v5 lite": 8.19e11, "TPU v5": 2.76e12,
-                  "TPU v4": 1.2e12}
+# Data-sheet HBM bandwidth in bytes/s, for the roofline column: the first name contained in jax's
+# device_kind wins (so "H100 PCIe" before "H100", "TPU v5 lite" before "TPU v5").
+PEAK_BANDWIDTH = (("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("H200", 4.8e12),
+                  ("TPU v5 lite", 8.19e11), ("TPU v5", 2.76e12), ("TPU v4", 1.2e12))
+
+
+def _peak_bandwidth(device) -> float | None:
+  kind = device.device_kind.lower()
+  return next((peak for name, peak in PEAK_BANDWIDTH if name.lower() in kind), None)
 
 
 def _default_gguf() -> str:
@@ -184,7 +189,7 @@ def main(argv):
     source = os.path.basename(path)
   new = _NEW_TOKENS.value
   device = jax.devices()[0]
-  peak = PEAK_BANDWIDTH.get(device.device_kind)
+  peak = _peak_bandwidth(device)
   copy = _copy_bandwidth() if peak else None
   rows = []  # (weights, batch, method, tokens/s, vs cache, note)
   for weights in _WEIGHTS.value:

@@ -38,7 +38,8 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 
-python3 - <<'EOF' 2>&1 | tee "$OUT/environment.txt"
+check_environment() {
+python3 - <<'EOF' 2>&1 | tee -a "$OUT/environment.txt"
 import importlib.metadata as md
 import jax
 print("devices:", jax.devices())
@@ -50,7 +51,21 @@ for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "grai
     print(f"  {name} missing")
 import gen_jax.families, gen_jax.sampling, gen_jax.ops  # noqa: E401 - fails here, not per stage.
 EOF
-[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "environment check failed: see above"; exit 1; }
+return "${PIPESTATUS[0]}"
+}
+# The image's own flax/optax/orbax/chex first; if gen_jax does not import with them, the versions
+# in .whl/core/ (device_wheels.sh), so that one call of the lease is not lost to a version skew.
+if ! check_environment; then
+  if compgen -G ".whl/core/*.whl" > /dev/null; then
+    echo "environment check failed with the image's packages: trying .whl/core/"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site_core .whl/core/*.whl || exit 1
+    export PYTHONPATH="$PWD:/tmp/site_core${PYTHONPATH#"$PWD"}"
+    check_environment || { echo "environment check failed: see above"; exit 1; }
+  else
+    echo "environment check failed: see above"; exit 1
+  fi
+fi
 
 declare -A COMMANDS=(
   [attention]="python3 benchmarks/attention.py --repeats=5 --pallas_blocks=64x64,64x128,128x64,128x128"
