@@ -14,6 +14,8 @@ the prompt is then --prompt_tokens fixed ids instead of --prompt.
 Rows, for every weight format and batch size, greedy, the same prompt in every row, exactly
 --new_tokens new tokens (no end-of-text stop, so every row does the same work):
   cache      gen_jax.sampling.generate_batch: prefill, then one jitted loop of single-token steps
+  cache, unrolled layers  the same with model.scan_unroll = num_layers (--unroll_layers): the
+             layer loop unrolled, so no step slices the weight stacks (see TransformerConfig)
   no cache   the same greedy loop jitted, but every step reruns the whole [b, prompt + new] buffer
              (what decoding costs without a KV cache)
   speculative (batch 1) gen_jax.sampling.speculative_generate with the target's own first
@@ -65,6 +67,8 @@ _NO_CACHE = flags.DEFINE_bool("no_cache", True, "Also time decoding without a KV
 _DRAFT_LAYERS = flags.DEFINE_integer("draft_layers", 8, "Layers of the self-speculative draft; 0 "
                                      "skips the speculative row.")
 _DRAFT_TOKENS = flags.DEFINE_integer("draft_tokens", 4, "Tokens the draft proposes per round.")
+_UNROLL = flags.DEFINE_bool("unroll_layers", True, "Also time the cache with the layer loop "
+                            "unrolled (model.scan_unroll = num_layers).")
 _HF = flags.DEFINE_bool("hf", True, "Also time transformers' generate (needs torch).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per cell (the median is reported).")
 
@@ -199,19 +203,33 @@ def main(argv):
     greedy = SamplingParams(temperature=0.0)
     for batch in [int(b) for b in _BATCH_SIZES.value]:
       prompts = [prompt_ids] * batch
-      cached = _median_seconds(lambda: generate_batch(
-          model, params, prompts, max_new_tokens=new, sampling=greedy, rng=jax.random.key(0),
-          eos_id=-1, max_seq_len=config.max_seq_len))
-      ours = generate_batch(model, params, prompts[:1], max_new_tokens=new, sampling=greedy,
-                            rng=jax.random.key(0), eos_id=-1, max_seq_len=config.max_seq_len)[0]
-      note = f"{pretrained.tokenizer.decode(ours[:8])!r}..." if pretrained.tokenizer else ""
-      if peak and batch == 1:
+
+      def decode(model, num_rows):
+        return generate_batch(model, params, prompts[:num_rows], max_new_tokens=new, sampling=greedy,
+                              rng=jax.random.key(0), eos_id=-1, max_seq_len=config.max_seq_len)
+
+      def roofline(seconds):
+        """Batch 1: the bytes each step must read over its time, against the two bandwidths."""
+        if not (peak and batch == 1):
+          return ""
         cache_bytes = (2 * config.num_layers * (len(prompt_ids) + new) * config.num_kv_heads *
                        config.head_dim * jnp.dtype(config.dtype).itemsize)
-        achieved = (param_bytes + cache_bytes) * new / cached
-        note += (f"{'; ' if note else ''}roofline {achieved / peak:.0%} of the data sheet's "
-                 f"{peak / 1e12:.2f} TB/s, {achieved / copy:.0%} of a copy's {copy / 1e12:.2f} TB/s")
+        achieved = (param_bytes + cache_bytes) * new / seconds
+        return (f"roofline {achieved / peak:.0%} of the data sheet's {peak / 1e12:.2f} TB/s, "
+                f"{achieved / copy:.0%} of a copy's {copy / 1e12:.2f} TB/s")
+
+      cached = _median_seconds(lambda: decode(model, batch))
+      ours = decode(model, 1)[0]
+      note = f"{pretrained.tokenizer.decode(ours[:8])!r}..." if pretrained.tokenizer else ""
+      note = "; ".join(filter(None, (note, roofline(cached))))
       _record(rows, (weights, batch, "cache", batch * new / cached, 1.0, note))
+      if _UNROLL.value and config.num_layers > 1:
+        unrolled = Transformer(dataclasses.replace(config, scan_unroll=config.num_layers))
+        seconds = _median_seconds(lambda: decode(unrolled, batch))
+        same = sum(a == b for a, b in zip(decode(unrolled, 1)[0], ours))
+        same_note = f"{same}/{new} tokens equal the rolled loop's"
+        _record(rows, (weights, batch, "cache, unrolled layers", batch * new / seconds,
+                       cached / seconds, "; ".join(filter(None, (same_note, roofline(seconds))))))
       if _NO_CACHE.value:
         seconds = _median_seconds(_no_cache_greedy(model, params, jnp.asarray(prompts), new),
                                   warm_up=False)

@@ -66,6 +66,9 @@ def base() -> ml_collections.ConfigDict:
       sequence_parallel="all_gather",
       sliding_window=0,  # Attend to this many most recent tokens, itself included; 0: all.
       remat="none",
+      # Layers per iteration of the layer loop (nn.scan's unroll); num_layers unrolls it: faster
+      # KV-cache decoding on GPUs (no per-layer copies of the weights), longer compiles.
+      scan_unroll=1,
       # Mixture of experts (gen_jax.models.moe): experts per block MLP, 0 for the dense SwiGLU.
       num_experts=0,
       experts_per_token=2,  # Top-k: experts each token is routed to, in [1, num_experts].

@@ -68,6 +68,9 @@ def validate_transformer_fields(m: ml_collections.ConfigDict) -> None:
   require(m.sliding_window >= 0, "model.sliding_window",
           f"must be >= 0 (0: attend to every earlier token), got {m.sliding_window}")
   require(m.remat in REMAT_POLICIES, "model.remat", f"{m.remat!r} is not one of {REMAT_POLICIES}")
+  require(isinstance(m.scan_unroll, int) and 1 <= m.scan_unroll <= m.num_layers,
+          "model.scan_unroll", f"must be an integer in [1, model.num_layers={m.num_layers}] (1: "
+          f"a rolled layer loop; {m.num_layers}: unrolled), got {m.scan_unroll!r}")
 
 
 def validate_model(config: ml_collections.ConfigDict) -> None:

@@ -44,6 +44,7 @@ class TransformerConfig:
   sequence_parallel: str = "all_gather"  # ops.SEQUENCE_PARALLEL: with the length split.
   sliding_window: int = 0  # Each token attends to this many most recent tokens (Mistral); 0: all.
   remat: str = "none"  # Rematerialization of each block in the backward pass: REMAT_POLICIES.
+  scan_unroll: int = 1  # Layers per iteration of the layer loop; num_layers unrolls it (see below).
   num_experts: int = 0  # Experts in each block's MLP; 0 is the dense SwiGLU.
   experts_per_token: int = 2  # Top-k routing (MoE only).
   expert_capacity_factor: float = 1.25  # Slots per expert, see moe.expert_capacity; 0: no drop.
@@ -164,7 +165,11 @@ class Transformer(nn.Module):
         # quant.STATS: per-layer calibration statistics, when the caller collects them.
         _remat(_Block, c.remat), variable_axes={"params": 0, STATS: 0}, split_rngs={"params": True},
         in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast), length=c.num_layers,
-        metadata_params={nn.PARTITION_NAME: "layers"})
+        # A rolled loop takes each layer's weights and cache out of the stacks by dynamic slices,
+        # which XLA:GPU copies before every small matmul: single-token decoding then moves about
+        # three times the weights' bytes. Unrolled, the slices are static (free views); the
+        # stacked params are the same either way, so checkpoints do not change.
+        unroll=c.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})
     x, (router_stats, layer_caches) = blocks(c, name="layers")(
         x, positions, segment_ids, layer_caches, cache_index, cache_segment_ids)
     if outputs not in OUTPUTS:

@@ -86,6 +86,7 @@ BAD = [
     ({"mesh.data": -1, "mesh.fsdp": -1}, "mesh: at most one axis may be -1"),
     ({"data.eval_fraction": 1.5}, r"data.eval_fraction: must be in \(0, 1\)"),
     ({"model.weight_bits": 3}, r"model.weight_bits: 3 is not one of"),
+    ({"model.scan_unroll": 0}, r"model.scan_unroll: must be an integer in \[1, model.num_layers="),
     ({"model.num_experts": 4, "model.expert_group_size": -8}, "model.expert_group_size: must be >= 0"),
     ({"model.weight_bits": 8}, "model.weight_bits: training updates float kernels, got 8"),
     ({"logical_axis_rules": (("batch", "dataa"),)}, "logical_axis_rules: rule .* names mesh axis 'dataa'"),

@@ -1,5 +1,7 @@
 """LM decoding with a KV cache: cached logits equal the full forward pass; batched greedy decoding of
 prompts of different lengths equals a step-by-step argmax of the full forward pass, row by row."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,8 +62,11 @@ def test_prompt_longer_than_the_context_is_refused():
              eos_id=0, max_seq_len=CFG.max_seq_len)
 
 
-def test_cached_prefill_and_decode_logits_equal_the_full_forward_pass():
+@pytest.mark.parametrize("scan_unroll", [1, 2], ids=["rolled", "unrolled"])
+def test_cached_prefill_and_decode_logits_equal_the_full_forward_pass(scan_unroll):
+  """The decoder's layer loop rolled or unrolled (model.scan_unroll) against the rolled forward."""
   model, params = _model()
+  decoder = Transformer(dataclasses.replace(CFG, scan_unroll=scan_unroll))
   rng = np.random.default_rng(0)
   seqs = [rng.integers(0, CFG.vocab_size, 9).tolist(), rng.integers(0, CFG.vocab_size, 12).tolist()]
   prompt_lengths, slots = [4, 7], 7
@@ -69,16 +74,16 @@ def test_cached_prefill_and_decode_logits_equal_the_full_forward_pass():
   for row, (seq, n) in enumerate(zip(seqs, prompt_lengths)):  # Left-padded prompts.
     tokens[row, slots - n:], segments[row, slots - n:] = seq[:n], 1
     positions[row, slots - n:] = np.arange(n)
-  logits, cache = model.apply({"params": params}, tokens, positions, segments,
-                              cache=init_kv_cache(CFG, 2, slots + 3), cache_index=0)
+  logits, cache = decoder.apply({"params": params}, tokens, positions, segments,
+                                cache=init_kv_cache(CFG, 2, slots + 3), cache_index=0)
   full = [np.asarray(model.apply({"params": params}, jnp.asarray([seq]))[0]) for seq in seqs]
   for row, n in enumerate(prompt_lengths):
     np.testing.assert_allclose(logits[row, slots - n:], full[row][:n], atol=2e-5)
   for step in range(2):  # One token per row per step, at a shared cache slot.
     next_tokens = np.array([[seq[n + step]] for seq, n in zip(seqs, prompt_lengths)], np.int32)
     next_positions = np.array([[n + step] for n in prompt_lengths], np.int32)
-    logits, cache = model.apply({"params": params}, next_tokens, next_positions,
-                                np.ones((2, 1), np.int32), cache=cache, cache_index=slots + step)
+    logits, cache = decoder.apply({"params": params}, next_tokens, next_positions,
+                                  np.ones((2, 1), np.int32), cache=cache, cache_index=slots + step)
     for row, n in enumerate(prompt_lengths):
       np.testing.assert_allclose(logits[row, 0], full[row][n + step], atol=2e-5)
 
