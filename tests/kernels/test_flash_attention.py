@@ -11,6 +11,7 @@ units' float32 mode (TF32 on a GPU: about 3e-4 relative): `python -m pytest test
 there, the kernel_tests stage of benchmarks/device_checks.sh. On a CPU the variable changes nothing.
 """
 import dataclasses
+import contextlib
 import itertools
 import os
 
@@ -195,10 +196,11 @@ def test_static_query_offset_matches_reference(backend, offset):
                            sliding_window=20, query_offset=offset)
 
 
-def _sequence_parallel(backend, causal=True, **options):
-  """flash_attention in shard_map over 4 devices: each holds a quarter of the queries (and of the
-  keys, which it all-gathers), so its offset is axis_index * t_local, a run-time value."""
-  mesh = Mesh(np.array(jax.devices()[:4]), ("sequence",))
+def _sequence_parallel(backend, causal=True, mesh=None, **options):
+  """flash_attention in shard_map over 4 devices (or `mesh`'s): each holds a quarter of the queries
+  (and of the keys, which it all-gathers), so its offset is axis_index * t_local, a run-time
+  value."""
+  mesh = mesh or Mesh(np.array(jax.devices()[:4]), ("sequence",))
 
   def per_device(q, k, v):
     k, v = (jax.lax.all_gather(x, "sequence", axis=1, tiled=True) for x in (k, v))
@@ -230,16 +232,26 @@ def test_sequence_parallel_in_shard_map(backend):
 def test_lowers_for_hardware_in_shard_map(backend, platform, call):
   """The three kernels, with a run-time offset in shard_map (varying-axes check on), lower to
   Triton and Mosaic custom calls: what the interpreter cannot check, short of compiling them."""
-  query, key, value = (jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+  # From jax 0.11 the Triton lowering reads the target GPU off the abstract mesh when the default
+  # device is not one (a CPU here): an abstract mesh of H100s, as the issue's targets name, with
+  # the inputs sharded on it as shard_map's in_specs say.
+  target = sharding = None
+  if backend == "gpu":
+    target = jax.sharding.AbstractMesh((4,), ("sequence",), abstract_device=(
+        jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")))
+    sharding = jax.sharding.NamedSharding(target, P(None, "sequence"))
+  query, key, value = (jax.ShapeDtypeStruct(shape, jnp.bfloat16, sharding=sharding)
                        for shape in ((1, 1024, 2, 64), (1, 1024, 1, 64), (1, 1024, 1, 64)))
-  sharded = _sequence_parallel(backend, block_q=128, block_k=128, sliding_window=300)
+  sharded = _sequence_parallel(backend, mesh=target, block_q=128, block_k=128,
+                               sliding_window=300)
 
   def output_and_grads(q, k, v):
     out, vjp = jax.vjp(sharded, q, k, v)
     return out, vjp(out)
 
-  lowered = jax.jit(output_and_grads).trace(query, key, value).lower(
-      lowering_platforms=(platform,))
+  with jax.sharding.use_abstract_mesh(target) if target else contextlib.nullcontext():
+    lowered = jax.jit(output_and_grads).trace(query, key, value).lower(
+        lowering_platforms=(platform,))
   assert lowered.as_text().count(f"custom_call @{call}") == 3
 
 
