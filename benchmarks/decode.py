@@ -11,7 +11,8 @@ of random weights agrees with nothing; pass --draft_layers=0). It is for machine
 GGUF cannot reach (the lent GPU gets the repository and at most 64 MiB; benchmarks/device_checks.sh);
 the prompt is then --prompt_tokens fixed ids instead of --prompt.
 
-Rows, for every weight format and batch size, greedy, the same prompt in every row, exactly
+Rows, for every weight format (int8/int4 once per --weight_matmul_impls: XLA's dequantize-then-dot
+and the Pallas kernel that dequantizes in registers, both on a GPU) and batch size, greedy, the same prompt in every row, exactly
 --new_tokens new tokens (no end-of-text stop, so every row does the same work):
   cache      gen_jax.sampling.generate_batch: prefill, then one jitted loop of single-token steps
   cache, unrolled layers  the same with model.scan_unroll = num_layers (--unroll_layers): the
@@ -63,6 +64,9 @@ _WEIGHTS = flags.DEFINE_list("weights", ["float32", "bfloat16", "int8", "int4"],
                              "float32, bfloat16, int8, int4 (bf16 compute, round-to-nearest "
                              "weights in groups of --group_size, gen_jax.quant).")
 _GROUP_SIZE = flags.DEFINE_integer("group_size", 64, "Inputs per scale of int8/int4 weights.")
+_MATMUL_IMPLS = flags.DEFINE_list("weight_matmul_impls", [], "model.weight_matmul_impl values to "
+                                  "time int8/int4 with (gen_jax.quant.matmul); default: xla and "
+                                  "pallas on a GPU, xla elsewhere (the kernel is interpreted).")
 _NO_CACHE = flags.DEFINE_bool("no_cache", True, "Also time decoding without a KV cache.")
 _DRAFT_LAYERS = flags.DEFINE_integer("draft_layers", 8, "Layers of the self-speculative draft; 0 "
                                      "skips the speculative row.")
@@ -137,6 +141,20 @@ def _weights(config, params, weights: str):
   return quant.quantized_config(config, bits, _GROUP_SIZE.value), params
 
 
+def _formats(pretrained):
+  """(label, config, params) per weight format and, for int formats, per matmul implementation."""
+  impls = _MATMUL_IMPLS.value or (["xla", "pallas"] if jax.default_backend() == "gpu"
+                                  else ["xla"])
+  for weights in _WEIGHTS.value:
+    config, params = _weights(pretrained.config, pretrained.params, weights)
+    if not config.weight_bits:
+      yield weights, config, params
+      continue
+    for impl in impls:
+      label = weights if len(impls) == 1 else f"{weights} ({impl})"
+      yield label, dataclasses.replace(config, weight_matmul_impl=impl), params
+
+
 def _no_cache_greedy(model, params, prompt_tokens, new_tokens):
   """Greedy decoding without a cache: each step reruns the model on the whole fixed buffer."""
   b, p = prompt_tokens.shape
@@ -196,8 +214,7 @@ def main(argv):
   peak = _peak_bandwidth(device)
   copy = _copy_bandwidth() if peak else None
   rows = []  # (weights, batch, method, tokens/s, vs cache, note)
-  for weights in _WEIGHTS.value:
-    config, params = _weights(pretrained.config, pretrained.params, weights)
+  for weights, config, params in _formats(pretrained):
     model = Transformer(config)
     param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
     greedy = SamplingParams(temperature=0.0)

@@ -54,6 +54,10 @@ _WEIGHT_GROUP_SIZE = flags.DEFINE_integer("weight_group_size", 64, "With --weigh
 _QUANT_METHOD = flags.DEFINE_enum("quant_method", "rtn", ["rtn", "gptq", "awq"], "With "
                                   "--weight_bits: round to nearest, or GPTQ / AWQ calibrated on "
                                   "--calibration_file.")
+_WEIGHT_MATMUL_IMPL = flags.DEFINE_enum("weight_matmul_impl", "xla", ["xla", "pallas", "auto"],
+                                        "With --weight_bits: XLA's dequantize-then-dot, or the "
+                                        "Pallas kernel that dequantizes in registers (a GPU "
+                                        "kernel; auto: it on a single GPU).")
 _CALIBRATION_FILE = flags.DEFINE_string("calibration_file", "", "A text file GPTQ/AWQ calibrate "
                                         "on (16 windows of up to 512 tokens from its start).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Images in the grid (image models).")
@@ -125,7 +129,8 @@ def main(argv):
                           _LENGTH_PENALTY.value, _NUM_RETURN.value, _CHAT.value, _SYSTEM.value,
                           _DRAFT_LAYERS.value, _DRAFT_TOKENS.value, _DRAFT_WORKDIR.value,
                           _WEIGHT_BITS.value, _WEIGHT_GROUP_SIZE.value, _QUANT_METHOD.value,
-                          _CALIBRATION_FILE.value, _CLASS.value, _GUIDANCE.value)
+                          _CALIBRATION_FILE.value, _CLASS.value, _GUIDANCE.value,
+                          weight_matmul_impl=_WEIGHT_MATMUL_IMPL.value)
   try:
     _check_flags()
     if _WORKDIR.value:

@@ -94,6 +94,10 @@ def test_llm_trains_writes_its_workdir_and_samples(tmp_path, capsys):
   query = int_params["layers"]["attention"]["query"]
   assert int_config.weight_bits == 4 and "kernel" not in query
   assert query["qweight"].dtype == np.int8 and query["qweight"].shape[-2:] == (8, 64)
+  # The Pallas kernel that dequantizes in registers (interpreted here) samples what XLA's path does.
+  assert sampled(weight_bits=8, weight_matmul_impl="pallas") == sampled(weight_bits=8)
+  with pytest.raises(ValueError, match="--weight_matmul_impl: .* set --weight_bits"):
+    sampled(weight_matmul_impl="pallas")
   with pytest.raises(ValueError, match="--calibration_file: --quant_method=awq calibrates"):
     sampled(weight_bits=4, quant_method="awq")
   with pytest.raises(ValueError, match="--quant_method/--calibration_file: .* set --weight_bits"):

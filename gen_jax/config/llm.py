@@ -87,6 +87,10 @@ def base() -> ml_collections.ConfigDict:
       # divide embed_dim, num_heads * head_dim and mlp_dim (64 divides SmolLM2's 576 and 1536).
       weight_bits=0,
       weight_group_size=64,
+      # How int weights are multiplied (gen_jax.quant.matmul): "xla" dequantizes to memory then
+      # multiplies; "pallas" widens the codes in registers (a GPU kernel; unsharded weights);
+      # "auto" is pallas on a single GPU, else xla.
+      weight_matmul_impl="xla",
       # LoRA adapters (gen_jax.lora, Hu et al., 2021): rank r of each adapter, 0 for none.
       lora_rank=0,
       lora_alpha=16.0,  # Adapter outputs are scaled by lora_alpha / lora_rank.

@@ -31,7 +31,8 @@ def base() -> ml_collections.ConfigDict:
 # and max_seq_len are not among them: they follow from the VQ-VAE (codes, classes, code grid).
 PRIOR_MODEL_FIELDS = ("embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                       "mlp_dim", "rope_base", "norm_eps", "tie_embeddings", "dtype", "param_dtype",
-                      "attention_impl", "sequence_parallel", "sliding_window", "remat")
+                      "attention_impl", "sequence_parallel", "sliding_window", "remat",
+                      "scan_unroll")
 
 
 def prior_base() -> ml_collections.ConfigDict:

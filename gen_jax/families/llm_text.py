@@ -3,6 +3,7 @@ decoding strategies of gen_jax.sampling, with the weights optionally quantized f
 `python -m gen_jax.sample` runs for every language model it loads, and what gen_jax.rag answers
 with.
 """
+import dataclasses
 import sys
 
 import jax
@@ -105,6 +106,9 @@ def quantized_for_sampling(model_config: TransformerConfig, params, tok: data_li
     if request.quant_method != "rtn" or request.calibration_file:
       raise ValueError("--quant_method/--calibration_file: they choose how --weight_bits "
                        "quantizes; set --weight_bits=8 or 4")
+    if request.weight_matmul_impl != "xla":
+      raise ValueError("--weight_matmul_impl: it chooses how int weights multiply; set "
+                       "--weight_bits=8 or 4")
     return model_config, params
   calibration = None
   if request.quant_method != "rtn":
@@ -128,7 +132,8 @@ def quantized_for_sampling(model_config: TransformerConfig, params, tok: data_li
                              calibration=calibration)
   except ValueError as e:
     raise ValueError(f"--weight_bits/--weight_group_size/--quant_method: {e}") from e
-  return quantized_config(model_config, request.weight_bits, request.weight_group_size), params
+  config = quantized_config(model_config, request.weight_bits, request.weight_group_size)
+  return dataclasses.replace(config, weight_matmul_impl=request.weight_matmul_impl), params
 
 
 def _speculative_text(net, params, tok, prompt, turn_stops, sampling, shown_prompt: str | None,

@@ -71,13 +71,15 @@ class SwiGLU(nn.Module):
   lora_rank: int = 0  # Rank of the adapters on the projections in lora_targets; 0: none.
   lora_alpha: float = 16.0
   lora_targets: tuple[str, ...] = ()  # Of wi_gate, wi_up, wo (other names are ignored).
+  weight_matmul_impl: str = "xla"  # Int weights' matmul: gen_jax.quant.matmul.
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [b, t, d] -> [b, t, d]."""
     dense = lambda features, names, name: Projection(  # noqa: E731
         (features,), names, self.dtype, self.param_dtype, self.weight_bits,
-        self.weight_group_size, _lora_rank(self, name), self.lora_alpha, name=name)
+        self.weight_group_size, _lora_rank(self, name), self.lora_alpha,
+        self.weight_matmul_impl, name=name)
     gate = dense(self.mlp_dim, ("embed", "mlp"), "wi_gate")(x)  # [b, t, f]
     up = dense(self.mlp_dim, ("embed", "mlp"), "wi_up")(x)  # [b, t, f]
     return dense(x.shape[-1], ("mlp", "embed"), "wo")(nn.silu(gate) * up)
@@ -99,6 +101,7 @@ class Attention(nn.Module):
   lora_rank: int = 0  # Rank of the adapters on the projections in lora_targets; 0: none.
   lora_alpha: float = 16.0
   lora_targets: tuple[str, ...] = ()  # Of query, key, value, out (other names are ignored).
+  weight_matmul_impl: str = "xla"  # Int weights' matmul: gen_jax.quant.matmul.
 
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
@@ -114,7 +117,8 @@ class Attention(nn.Module):
     d = x.shape[-1]
     def proj(features, names, name):
       return Projection(features, names, self.dtype, self.param_dtype, self.weight_bits,
-                        self.weight_group_size, _lora_rank(self, name), self.lora_alpha, name=name)
+                        self.weight_group_size, _lora_rank(self, name), self.lora_alpha,
+                        self.weight_matmul_impl, name=name)
 
     n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
     query = proj((n, h), ("embed", "heads", "head_dim"), "query")(x)  # btd,dnh->btnh

@@ -51,6 +51,7 @@ class TransformerConfig:
   expert_group_size: int = 0  # Tokens per routing group (moe.MoeMlp.group_size); 0: a sequence.
   weight_bits: int = 0  # Attention/MLP weights: 0 float; 8 or 4 group-wise ints (gen_jax.quant).
   weight_group_size: int = 64  # Inputs sharing one scale (int weights only).
+  weight_matmul_impl: str = "xla"  # Int weights' matmul: gen_jax.quant.matmul.WEIGHT_MATMUL_IMPLS.
   lora_rank: int = 0  # Rank of the LoRA adapters (gen_jax.lora); 0: none.
   lora_alpha: float = 16.0  # Adapter outputs are scaled by lora_alpha / lora_rank.
   lora_targets: str = "query,value"  # Comma-separated projections with adapters: lora.LORA_TARGETS.
@@ -80,6 +81,7 @@ class _Block(nn.Module):
                           dtype, param_dtype, sequence_parallel=c.sequence_parallel,
                           sliding_window=c.sliding_window or None,
                           weight_bits=c.weight_bits, weight_group_size=c.weight_group_size,
+                          weight_matmul_impl=c.weight_matmul_impl,
                           **lora, name="attention")
     if layer_cache is None:
       x = x + attention(h, positions, segment_ids)
@@ -95,6 +97,7 @@ class _Block(nn.Module):
                                  param_dtype, name="mlp")(h, valid)
     else:
       out = SwiGLU(c.mlp_dim, dtype, param_dtype, c.weight_bits, c.weight_group_size, **lora,
+                   weight_matmul_impl=c.weight_matmul_impl,
                    name="mlp")(h)
       router_stats = None
     x = nn.with_logical_constraint(x + out, ("batch", "length", None))

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from gen_jax.config.errors import ConfigError, require
 
 WEIGHT_BITS = (0, 8, 4)  # 0: float weights (no quantization).
+WEIGHT_MATMUL_IMPLS = ("xla", "pallas", "auto")  # gen_jax.quant.matmul: how int weights multiply.
 
 
 def qmax(bits: int) -> int:
@@ -112,6 +113,8 @@ def check_weight_quantization(model) -> None:
   bits, group_size = model.weight_bits, model.weight_group_size
   require(bits in WEIGHT_BITS, "model.weight_bits",
           f"{bits!r} is not one of {WEIGHT_BITS} (0: float weights)")
+  require(model.weight_matmul_impl in WEIGHT_MATMUL_IMPLS, "model.weight_matmul_impl",
+          f"{model.weight_matmul_impl!r} is not one of {WEIGHT_MATMUL_IMPLS}")
   require(group_size > 0, "model.weight_group_size", f"must be positive, got {group_size}")
   if not bits:
     return

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from gen_jax.quant import formats
+from gen_jax.quant.matmul import int_matmul
 
 Dtype = Any
 STATS = "quant_stats"  # Collection of calibration statistics: {"input_gram": [in, in] float32}.
@@ -43,6 +44,7 @@ class Projection(nn.Module):
       group size. The first contracted and first output names stand for the flattened axes, so a
       sharding rule splits the same blocks of the weight as it does the float kernel.
     group_size: g, inputs per scale (int weights only).
+    matmul_impl: how int weights are multiplied, `gen_jax.quant.matmul.WEIGHT_MATMUL_IMPLS`.
     lora_rank: r, the rank of a low-rank adapter: lora_a [in, r] and lora_b [r, out] in
       param_dtype, named (first contracted name, None) and (None, first output name) so they
       shard like the kernel's flattened axes; 0: no adapter.
@@ -57,6 +59,7 @@ class Projection(nn.Module):
   group_size: int = 64
   lora_rank: int = 0
   lora_alpha: float = 16.0
+  matmul_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -90,14 +93,11 @@ class Projection(nn.Module):
     scale = self.param(
         "scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (in_name, out_name)),
         (groups, out_size), self.param_dtype)
-    # Dequantized inside the jitted computation that runs the dot, so the float kernel is never a
-    # parameter: XLA fuses the layer's slice of the int8 stack, the int4 unpack, the convert and
-    # the scale into one elementwise fusion feeding the dot. XLA:CPU writes that fusion's output,
-    # one layer's [in, out] float kernel, to a temporary buffer (its dots take no fused operand
-    # producers); GPU and TPU emitters can fuse such a prologue into the matmul itself.
-    kernel = formats.dequantize(qweight, scale, self.weight_bits, self.dtype)  # [in, out]
-    flat = x.reshape(*batch_shape, in_size).astype(self.dtype)
-    y = jax.lax.dot_general(flat, kernel, (((flat.ndim - 1,), (0,)), ((), ())))  # [..., out]
+    # Dequantized inside the jitted computation that runs the dot (the float kernel is never a
+    # parameter): by XLA, which writes one layer's float kernel to memory first, or by the Pallas
+    # kernel, which widens the codes in registers (gen_jax.quant.matmul).
+    flat = x.reshape(*batch_shape, in_size)
+    y = int_matmul(flat, qweight, scale, self.weight_bits, self.dtype, self.matmul_impl)
     y = y.reshape(*batch_shape, *self.features)
     return y + self._adapter(x, num_contracted) if self.lora_rank else y
 

@@ -32,3 +32,4 @@ class SampleRequest:
   calibration_file: str = ""
   class_label: int | None = None  # Class-conditional image models: every image of this class.
   guidance: float | None = None  # Classifier-free guidance scale; None: the config's.
+  weight_matmul_impl: str = "xla"  # With weight_bits: how int weights multiply (gen_jax.quant.matmul).

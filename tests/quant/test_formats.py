@@ -59,7 +59,7 @@ def test_int4_takes_half_the_bytes_of_int8():
 
 def _model_config(**fields):
   base = dict(embed_dim=64, num_heads=4, head_dim=16, mlp_dim=192, num_experts=0, weight_bits=4,
-              weight_group_size=32)
+              weight_group_size=32, weight_matmul_impl="xla")
   return ml_collections.ConfigDict({**base, **fields})
 
 
@@ -72,6 +72,8 @@ def _model_config(**fields):
                                  r"\(model.embed_dim\)"),
     ({"mlp_dim": 200}, r"model.weight_group_size: 32 does not divide the input size 200 "
                        r"\(model.mlp_dim\)"),
+    ({"weight_matmul_impl": "triton"},
+     r"model.weight_matmul_impl: 'triton' is not one of \('xla', 'pallas', 'auto'\)"),
     ({"num_experts": 4}, r"model.weight_bits: 4-bit weights are not supported with a mixture of "
                          r"experts \(model.num_experts=4\)"),
 ])
