@@ -19,6 +19,11 @@ next to the weights.
 Layouts are gen_jax.quant.formats': qweight [G, g, out] int8 codes, or [G, g / 2, out] for int4
 with codes 0 .. g/2 - 1 of a group in the low nibbles and g/2 .. g - 1 in the high ones; scale
 [G, out]. Letters: m rows of x, G groups, g group size, n = out.
+
+The product is differentiable in x and scale (a custom VJP whose backward runs in XLA: QLoRA
+trains adapters through frozen int weights, and needs dx). Being a custom VJP also lets the
+kernel sit in a flax nn.scan body under jax 0.11, whose pallas_call is never dead-code eliminated,
+which flax's scan requires of everything its broadcast outputs do not use.
 """
 import functools
 
@@ -27,6 +32,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
+
+from gen_jax.quant import formats
 
 _MIN_BLOCK = 16  # tl.dot needs every matmul dimension to be at least 16.
 _TARGET_PROGRAMS = 264  # Two programs per multiprocessor of an H100/H200 (132 SMs).
@@ -84,7 +91,41 @@ def quantized_matmul(x: jax.Array, qweight: jax.Array, scale: jax.Array, *, bits
   if in_size != groups * group_size or scale.shape != (groups, out):
     raise ValueError(f"x [m, {in_size}], qweight {qweight.shape} ({bits} bits) and scale "
                      f"{scale.shape} do not describe one [{groups} x {group_size}, {out}] kernel")
-  block_m, block_n, splits = plan(m, groups, group_size, out, bits, block_m, block_n, splits)
+  tiles = plan(m, groups, group_size, out, bits, block_m, block_n, splits)
+  return _matmul(x, qweight, scale, (bits, *tiles, interpret))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _matmul(x, qweight, scale, options):
+  return _forward(x, qweight, scale, *options)
+
+
+def _matmul_forward(x, qweight, scale, options):
+  return _forward(x, qweight, scale, *options), (x, qweight, scale)
+
+
+def _matmul_backward(options, residuals, dy):
+  """dx = dy W^T and dscale[G, o] = sum over the group's rows of x * code * dy, in XLA (float32);
+  the int codes get no gradient."""
+  x, qweight, scale = residuals
+  bits = options[0]
+  dy = dy.astype(jnp.float32)
+  dx = dy @ formats.dequantize(qweight, scale, bits, jnp.float32).T
+  codes = formats.unpack_int4(qweight) if bits == 4 else qweight  # [G, g, out]
+  groups, group_size, _ = codes.shape
+  x_groups = x.astype(jnp.float32).reshape(x.shape[0], groups, group_size)
+  dscale = jnp.einsum("mgi,gio,mo->go", x_groups, codes.astype(jnp.float32), dy)
+  return dx.astype(x.dtype), None, dscale.astype(scale.dtype)
+
+
+_matmul.defvjp(_matmul_forward, _matmul_backward)
+
+
+def _forward(x, qweight, scale, bits, block_m, block_n, splits, interpret):
+  """The kernel's product, for tiles from `plan`."""
+  m, in_size = x.shape
+  groups, stored, out = qweight.shape
+  group_size = stored * 2 if bits == 4 else stored
   padded_m = -(-m // block_m) * block_m
   x_padded = jnp.pad(x, ((0, padded_m - m), (0, 0)))  # Rows only: the weights are never copied.
   per_split = -(-groups // splits)

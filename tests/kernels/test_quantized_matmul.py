@@ -59,6 +59,20 @@ def test_bfloat16_inputs_accumulate_in_float32(bits):
   assert _relative_error(y, reference) < 1e-2  # bf16 output rounding; a bf16 sum would be worse.
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_gradients_in_x_and_scale_equal_the_xla_paths(bits):
+  """QLoRA trains adapters through int weights: dx (and dscale) flow through the kernel's VJP."""
+  x, qweight, scale, _ = _problem(11, 3, 256, 64, bits, 64)
+  cotangent = jnp.asarray(np.random.default_rng(0).normal(size=(3, 64)), jnp.float32)
+  def loss(impl):
+    return lambda x, scale: jnp.sum(int_matmul(x, qweight, scale, bits, jnp.float32, impl)
+                                    * cotangent)
+  pallas = jax.grad(loss("pallas"), argnums=(0, 1))(x, scale)
+  xla = jax.grad(loss("xla"), argnums=(0, 1))(x, scale)
+  for ours, theirs in zip(pallas, xla):
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+
+
 def test_plan_fills_the_gpu_with_split_groups_and_names_what_it_cannot_tile():
   # One decoding row of a [2048, 5632] projection: 44 column tiles of 128, groups split 6 ways.
   assert plan(1, 32, 64, 5632, 8) == (16, 128, 6)
