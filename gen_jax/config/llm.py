@@ -65,6 +65,9 @@ def base() -> ml_collections.ConfigDict:
       # sliding_window).
       sequence_parallel="all_gather",
       sliding_window=0,  # Attend to this many most recent tokens, itself included; 0: all.
+      # Recomputation in the backward pass (models.transformer.REMAT_POLICIES): none, full, dots
+      # (keep the weight matmuls' outputs), attention / dots_attention (also keep the Pallas
+      # flash forward's output, so its kernel runs once per step).
       remat="none",
       # Layers per iteration of the layer loop (nn.scan's unroll); num_layers unrolls it: faster
       # KV-cache decoding on GPUs (no per-layer copies of the weights), longer compiles.

@@ -21,7 +21,14 @@ from gen_jax.models.moe import MoeMlp
 from gen_jax.quant.formats import check_weight_quantization
 from gen_jax.quant.projection import STATS, Projection
 
-REMAT_POLICIES = ("none", "full", "dots")
+# Rematerialization of each block in the backward pass: "none" keeps every activation; "full"
+# recomputes the block; "dots" keeps the outputs of its weight matmuls. "attention" and
+# "dots_attention" also keep the Pallas flash forward kernel's outputs (attention output and
+# log-sum-exp, [b, t, n, h] + [b, n, t] per layer), which its backward kernels read, so the
+# backward pass does not run the forward kernel again.
+REMAT_POLICIES = ("none", "full", "dots", "attention", "dots_attention")
+# The pallas_call name of the flash forward kernel, GPU and TPU (gen_jax.kernels).
+FLASH_FORWARD_KERNEL = "flash_attention_forward"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,10 +111,18 @@ class _Block(nn.Module):
     return x, (router_stats, layer_cache)
 
 
+def _flash_forward_saveable(primitive, *_, **params) -> bool:
+  return primitive.name == "pallas_call" and str(params.get("name")) == FLASH_FORWARD_KERNEL
+
+
 def _remat(block_cls, policy: str):
   if policy == "none":
     return block_cls
-  checkpoint_policy = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+  dots = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  checkpoint_policy = {
+      "full": None, "dots": dots, "attention": _flash_forward_saveable,
+      "dots_attention": jax.checkpoint_policies.save_from_both_policies(
+          dots, _flash_forward_saveable)}
   return nn.remat(block_cls, policy=checkpoint_policy[policy], prevent_cse=False)
 
 
