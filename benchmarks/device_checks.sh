@@ -5,26 +5,32 @@
 #   run(command="bash benchmarks/device_checks.sh", carry=[".whl"], timeout_s=595)
 #
 # Stages, most wanted first, each under its own time limit so that a stage that hangs or fails
-# leaves the rest their time (560 s in all plus about 20 s of set-up; the lease is 15 minutes of
-# device time, the machine's start included; on 2026-12-04 the start took about 30 s, the four
-# stages 295 s, which left time for a second, warm call of the optional stages). Each stage's full output lands in $OUT/<stage>.txt;
-# the reply carries the end of the combined output, which ends with every stage's results.
-#   attention   benchmarks/attention.py: Pallas flash vs cuDNN vs the XLA reference, forward +
-#               backward, 1k to 32k, each checked against a float32 reference first, and the
-#               Pallas kernel at four tile shapes at 8k (issue 4)
-#   lm_train    benchmarks/lm_train.py: the 1b preset at batch 16, Pallas attention, MFU (issue 4)
-#   decode      benchmarks/decode.py on SmolLM2-135M's architecture with random weights (its 98 MB
-#               GGUF cannot travel): batch 1 and 32, bf16/int8/int4, cache (layer loop rolled and
-#               unrolled) vs none, transformers' generate, the batch-1 roofline fraction (issue 5)
-#   decode_1b   the same at batch 1 for the 1b preset's shape (TinyLlama-1.1B): at 135M parameters
-#               a step reads 0.27 GB, about 60 us at the H200's bandwidth, comparable to the launch
-#               overhead of a layer loop, so the roofline target is only reachable by larger models
-# Not run unless named in STAGES:
-#   lm_train_xla  the 1b run with the XLA reference attention, for the ratio (cuDNN cannot mask
-#               packed documents, which training batches carry)
+# leaves the rest their time (550 s in all plus about 20 s of set-up; the lease is 15 minutes of
+# device time, the machine's start included: on 2026-12-04 the start took about 30 s, so a second,
+# warm call of about 300 s fits after this one: see "Then" below). Each stage's full output lands in
+# $OUT/<stage>.txt; the reply carries the end of the combined output, which ends with every stage's
+# results. Default stages (issue 5, decoding; the rows print as they finish, so a stage cut by its
+# limit still reports its first rows):
+#   decode_1b   benchmarks/decode.py at batch 1 for the 1b preset's shape (TinyLlama-1.1B, random
+#               weights): bf16/int8/int4, int weights by XLA and by the Pallas kernel, the layer
+#               loop rolled and unrolled, each with its fraction of the bandwidth roofline
+#   decode_7b   the same for Llama-2-7B's shape, bf16 and int8: where a layer's weights (400 MB,
+#               about 100 us at the H200's bandwidth) outweigh its kernel launches, so where the 70%
+#               roofline target can be judged (at 135M a layer takes 44 us, at 1.1B 116 us, of
+#               which launches are most of the first and half of the second: BENCHMARKS.md)
+#   decode      SmolLM2-135M's architecture (its 98 MB GGUF cannot travel) at batch 1 and 32, with
+#               transformers' generate on the same weights
+# Then (issue 4), STAGES="lm_train_remat kernel_tests attention lm_train", about 300 s:
+#   lm_train_remat  the 1b preset's MFU with remat=attention and dots_attention (the Pallas flash
+#               forward kept, not recomputed); 2026-12-04: full 41.7%, dots 46.8%
 #   kernel_tests  tests/kernels' GPU cases compiled with Triton instead of interpreted
 #               (GEN_JAX_COMPILED_KERNELS=1): every awkward shape, mask and offset of the CPU suite
-#               (20 tests in 34 s on the H200)
+#               (the flash tests: 20 in 34 s on the H200), and the quantized matmul's
+#   attention   benchmarks/attention.py: Pallas flash vs cuDNN vs the XLA reference, forward +
+#               backward, 1k to 32k, each checked against a float32 reference first
+#   lm_train    benchmarks/lm_train.py: the 1b preset at batch 16, Pallas attention, MFU
+#   lm_train_xla  the 1b run with the XLA reference attention, for the ratio (cuDNN cannot mask
+#               packed documents, which training batches carry)
 # STAGES="decode attention" runs a subset; LIMIT_<stage>=SECONDS changes one stage's limit and
 # ARGS_<stage>="--flag=value ..." appends flags to its command (a later absl flag wins), e.g. the
 # CPU rehearsal: STAGES=attention ARGS_attention="--lengths=128 --tokens_per_batch=128 --num_heads=4
@@ -70,30 +76,39 @@ if ! check_environment; then
 fi
 
 declare -A COMMANDS=(
-  [attention]="python3 benchmarks/attention.py --repeats=5 --pallas_blocks=64x64,64x128,128x64,128x128"
+  [attention]="python3 benchmarks/attention.py --repeats=5"
   [lm_train]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas"
-  [decode]="python3 benchmarks/decode.py --hf_config=benchmarks/smollm2_135m_config.json --weights=bfloat16,int8,int4 --draft_layers=0"
+  [decode]="python3 benchmarks/decode.py --hf_config=benchmarks/smollm2_135m_config.json --weights=bfloat16,int8,int4 --draft_layers=0 --nono_cache"
   [decode_1b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16,int8,int4 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache"
-  [kernel_tests]="env GEN_JAX_COMPILED_KERNELS=1 python3 -m pytest -q -p no:cacheprovider tests/kernels -k gpu"
+  [decode_7b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_7b_config.json --weights=bfloat16,int8 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache"
+  [kernel_tests]="env GEN_JAX_COMPILED_KERNELS=1 python3 -m pytest -q -p no:cacheprovider tests/kernels -k 'gpu or quantized_matmul'"
   [lm_train_xla]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=xla"
+  [lm_train_remat]="for remat in attention dots_attention; do python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=\$remat {ARGS}; done"
 )
-# Seen on an H200 (2026-12-04): attention 128 s, lm_train 34 s, decode 104 s and decode_1b 29 s
-# before the unrolled-decoder rows, whose compiles took over 30 s each there (not yet measured).
-declare -A LIMITS=([attention]=150 [lm_train]=70 [decode]=190 [decode_1b]=150 [lm_train_xla]=70 [kernel_tests]=120)
-for stage in ${STAGES:-attention lm_train decode decode_1b}; do
+# Seen on an H200 (2026-12-04): attention 128 s (with a tile sweep since dropped), lm_train 34 s,
+# decode 104 s and decode_1b 29 s, before the unrolled-decoder and Pallas int-matmul rows (the
+# unrolled decoders' compiles took over 30 s each there; not yet measured).
+declare -A LIMITS=([attention]=110 [lm_train]=60 [decode]=190 [decode_1b]=200 [decode_7b]=160
+                   [lm_train_xla]=70 [lm_train_remat]=100 [kernel_tests]=120)
+for stage in ${STAGES:-decode_1b decode_7b decode}; do
   limit_var="LIMIT_$stage"
   args_var="ARGS_$stage"
   limit="${!limit_var:-${LIMITS[$stage]}}"
-  command="${COMMANDS[$stage]} ${!args_var:-}"
+  command="${COMMANDS[$stage]}"
+  if [[ "$command" == *"{ARGS}"* ]]; then  # A stage of several commands marks where flags go.
+    command="${command//\{ARGS\}/${!args_var:-}}"
+  else
+    command="$command ${!args_var:-}"
+  fi
   echo "=== $stage (limit ${limit} s): $command"
   start=$SECONDS
-  timeout "$limit" $command > "$OUT/$stage.txt" 2>&1
+  timeout "$limit" bash -c "$command" > "$OUT/$stage.txt" 2>&1
   echo "=== $stage: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/$stage.txt"
 done
 
 # The results last, where the reply's output tail keeps them: a stage's table, or the lines it
 # printed as it went when its time ran out before the table.
-for stage in ${STAGES:-attention lm_train decode decode_1b}; do
+for stage in ${STAGES:-decode_1b decode_7b decode}; do
   echo; echo "##### $stage"
   if grep -q '^| ' "$OUT/$stage.txt"; then
     grep -E '^\||check|exit' "$OUT/$stage.txt" | tail -40
