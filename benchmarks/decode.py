@@ -15,8 +15,9 @@ Rows, for every weight format (int8/int4 once per --weight_matmul_impls: XLA's d
 and the Pallas kernel that dequantizes in registers, both on a GPU) and batch size, greedy, the same prompt in every row, exactly
 --new_tokens new tokens (no end-of-text stop, so every row does the same work):
   cache      gen_jax.sampling.generate_batch: prefill, then one jitted loop of single-token steps
-  cache, unrolled layers  the same with model.scan_unroll = num_layers (--unroll_layers): the
-             layer loop unrolled, so no step slices the weight stacks (see TransformerConfig)
+  cache, FIELD=VALUE,...  the same with those model fields changed, one row per --variants
+             entry: e.g. scan_unroll=num_layers (the layer loop unrolled, so no step slices the
+             weight stacks; the default) or attention_impl=pallas (the flash kernel over the cache)
   no cache   the same greedy loop jitted, but every step reruns the whole [b, prompt + new] buffer
              (what decoding costs without a KV cache)
   speculative (batch 1) gen_jax.sampling.speculative_generate with the target's own first
@@ -71,8 +72,10 @@ _NO_CACHE = flags.DEFINE_bool("no_cache", True, "Also time decoding without a KV
 _DRAFT_LAYERS = flags.DEFINE_integer("draft_layers", 8, "Layers of the self-speculative draft; 0 "
                                      "skips the speculative row.")
 _DRAFT_TOKENS = flags.DEFINE_integer("draft_tokens", 4, "Tokens the draft proposes per round.")
-_UNROLL = flags.DEFINE_bool("unroll_layers", True, "Also time the cache with the layer loop "
-                            "unrolled (model.scan_unroll = num_layers).")
+_VARIANTS = flags.DEFINE_string("variants", "scan_unroll=num_layers", "Model variants to time the "
+                                "cache with beside the config's own, ';'-separated, each "
+                                "comma-separated FIELD=VALUE of TransformerConfig; a VALUE may "
+                                "name another field (scan_unroll=num_layers). Empty: none.")
 _HF = flags.DEFINE_bool("hf", True, "Also time transformers' generate (needs torch).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per cell (the median is reported).")
 
@@ -139,6 +142,26 @@ def _weights(config, params, weights: str):
   bits = {"int8": 8, "int4": 4}[weights]
   params = quant.quantize_params(params, config, bits=bits, group_size=_GROUP_SIZE.value)
   return quant.quantized_config(config, bits, _GROUP_SIZE.value), params
+
+
+def _variants(config) -> list[tuple[str, object]]:
+  """(label, config) per --variants entry; ValueError names a bad entry."""
+  variants = []
+  for entry in filter(None, _VARIANTS.value.split(";")):
+    changes = {}
+    for assignment in entry.split(","):
+      name, _, value = assignment.partition("=")
+      if not hasattr(config, name) or not value:
+        raise ValueError(f"--variants: {assignment!r} is not FIELD=VALUE of a model field")
+      current = getattr(config, name)
+      if hasattr(config, value):  # Another field's value.
+        changes[name] = getattr(config, value)
+      elif isinstance(current, bool):
+        changes[name] = value.lower() in ("1", "true")
+      else:
+        changes[name] = type(current)(value)
+    variants.append((entry, dataclasses.replace(config, **changes)))
+  return variants
 
 
 def _formats(pretrained):
@@ -209,6 +232,7 @@ def main(argv):
     pretrained = interop.load_gguf(path)
     prompt_ids = pretrained.tokenizer.encode(_PROMPT.value)
     source = os.path.basename(path)
+  _variants(pretrained.config)  # A bad --variants fails before any timing.
   new = _NEW_TOKENS.value
   device = jax.devices()[0]
   peak = _peak_bandwidth(device)
@@ -240,12 +264,12 @@ def main(argv):
       note = f"{pretrained.tokenizer.decode(ours[:8])!r}..." if pretrained.tokenizer else ""
       note = "; ".join(filter(None, (note, roofline(cached))))
       _record(rows, (weights, batch, "cache", batch * new / cached, 1.0, note))
-      if _UNROLL.value and config.num_layers > 1:
-        unrolled = Transformer(dataclasses.replace(config, scan_unroll=config.num_layers))
-        seconds = _median_seconds(lambda: decode(unrolled, batch))
-        same = sum(a == b for a, b in zip(decode(unrolled, 1)[0], ours))
-        same_note = f"{same}/{new} tokens equal the rolled loop's"
-        _record(rows, (weights, batch, "cache, unrolled layers", batch * new / seconds,
+      for label, variant in _variants(config):
+        variant_model = Transformer(variant)
+        seconds = _median_seconds(lambda: decode(variant_model, batch))
+        same = sum(a == b for a, b in zip(decode(variant_model, 1)[0], ours))
+        same_note = f"{same}/{new} tokens equal the config's"
+        _record(rows, (weights, batch, f"cache, {label}", batch * new / seconds,
                        cached / seconds, "; ".join(filter(None, (same_note, roofline(seconds))))))
       if _NO_CACHE.value:
         seconds = _median_seconds(_no_cache_greedy(model, params, jnp.asarray(prompts), new),

@@ -12,9 +12,11 @@
 # results. Default stages (issue 5, decoding; the rows print as they finish, so a stage cut by its
 # limit still reports its first rows):
 #   decode_1b   benchmarks/decode.py at batch 1 for the 1b preset's shape (TinyLlama-1.1B, random
-#               weights): bf16/int8/int4, int weights by XLA and by the Pallas kernel, the layer
-#               loop rolled and unrolled, each with its fraction of the bandwidth roofline
-#   decode_7b   the same for Llama-2-7B's shape, bf16 and int8: where a layer's weights (400 MB,
+#               weights): bf16/int8/int4, int weights by XLA and by the Pallas kernel, each with
+#               the layer loop rolled or unrolled and XLA or Pallas (flash) attention over the
+#               cache, each with its fraction of the bandwidth roofline
+#   decode_7b   the same for Llama-2-7B's shape, bf16 and int8 (the config's, and unrolled with
+#               Pallas attention): where a layer's weights (400 MB,
 #               about 100 us at the H200's bandwidth) outweigh its kernel launches, so where the 70%
 #               roofline target can be judged (at 135M a layer takes 44 us, at 1.1B 116 us, of
 #               which launches are most of the first and half of the second: BENCHMARKS.md)
@@ -78,9 +80,9 @@ fi
 declare -A COMMANDS=(
   [attention]="python3 benchmarks/attention.py --repeats=5"
   [lm_train]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas"
-  [decode]="python3 benchmarks/decode.py --hf_config=benchmarks/smollm2_135m_config.json --weights=bfloat16,int8,int4 --draft_layers=0 --nono_cache"
-  [decode_1b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16,int8,int4 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache"
-  [decode_7b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_7b_config.json --weights=bfloat16,int8 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache"
+  [decode]="python3 benchmarks/decode.py --hf_config=benchmarks/smollm2_135m_config.json --weights=bfloat16,int8,int4 --draft_layers=0 --nono_cache --variants=scan_unroll=num_layers,attention_impl=pallas"
+  [decode_1b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16,int8,int4 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants='scan_unroll=num_layers;attention_impl=pallas;scan_unroll=num_layers,attention_impl=pallas'"
+  [decode_7b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_7b_config.json --weights=bfloat16,int8 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=scan_unroll=num_layers,attention_impl=pallas"
   [kernel_tests]="env GEN_JAX_COMPILED_KERNELS=1 python3 -m pytest -q -p no:cacheprovider tests/kernels -k 'gpu or quantized_matmul'"
   [lm_train_xla]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=xla"
   [lm_train_remat]="for remat in attention dots_attention; do python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=\$remat {ARGS}; done"
