@@ -13,7 +13,9 @@ from gen_jax.parallel import context as parallel_context
 
 # xla: the reference below; pallas: gen_jax.kernels' flash attention (Mosaic on TPU, Triton on GPU,
 # the Pallas interpreter elsewhere); cudnn: jax.nn.dot_product_attention's cuDNN kernel (GPU; no
-# segment ids); auto: pallas on TPU and GPU (cuDNN cannot mask packed documents), xla elsewhere.
+# segment ids); auto: on a GPU cudnn for the calls it serves (`cudnn_serves`: on an H200 it ran
+# 1.25-1.8x the Pallas kernel, docs/BENCHMARKS.md) and pallas for the rest (packed documents, a
+# cache offset), pallas on TPU, xla elsewhere.
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "auto")
 # How attention runs when the `length` axis is split over mesh axes (sequence parallelism):
 # all_gather: each device gathers every key and value; ring: they travel round the devices one
@@ -155,12 +157,26 @@ def attention(
                             striped=striped)
 
 
-def resolve_impl(impl: str, platform: str | None = None) -> str:
-  """The implementation `impl` stands for on `platform` (default: JAX's default backend)."""
+def resolve_impl(impl: str, platform: str | None = None, cudnn_serves: bool = False) -> str:
+  """The implementation `impl` stands for on `platform` (default: JAX's default backend), for a
+  call that cuDNN can serve or not (`cudnn_serves`)."""
   if impl != "auto":
     return impl
   platform = platform or jax.default_backend()
+  if platform == "gpu" and cudnn_serves:
+    return "cudnn"
   return "pallas" if platform in ("tpu", "gpu") else "xla"
+
+
+def cudnn_serves(query, key, value, query_offset, segment_ids, causal: bool) -> bool:
+  """Whether jax.nn.dot_product_attention's cuDNN kernel computes this call: no segment ids, a
+  static query offset of 0, bf16 or fp16 inputs, head_dim a multiple of 8 up to 128, and for a
+  causal mask keys as long as the queries."""
+  head_dim = query.shape[-1]
+  return (segment_ids is None and isinstance(query_offset, int) and query_offset == 0
+          and all(x.dtype in (jnp.bfloat16, jnp.float16) for x in (query, key, value))
+          and head_dim % 8 == 0 and head_dim <= 128
+          and not (causal and query.shape[1] != key.shape[1]))
 
 
 def pallas_target(platform: str | None = None) -> dict:
@@ -173,7 +189,8 @@ def pallas_target(platform: str | None = None) -> dict:
 
 def _local_attention(query, key, value, query_offset, *, causal, sliding_window, scale, impl,
                      segment_ids=None, key_segment_ids=None):
-  impl = resolve_impl(impl)
+  impl = resolve_impl(impl, cudnn_serves=cudnn_serves(query, key, value, query_offset,
+                                                      segment_ids, causal))
   if impl == "pallas":
     from gen_jax import kernels  # Pallas lowering is only loaded by code that runs a kernel.
     return kernels.flash_attention(

@@ -1,5 +1,6 @@
 """ops.attention against a per-head numpy reference: GQA, causality, segments, padding."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -82,7 +83,28 @@ def test_pallas_impl_equals_xla_forward_and_gradients():
 
 def test_auto_picks_the_kernel_for_the_backend_and_cudnn_refuses_what_it_cannot_mask():
   assert [ops.resolve_impl("auto", p) for p in ("tpu", "gpu", "cpu")] == ["pallas", "pallas", "xla"]
+  assert [ops.resolve_impl("auto", p, cudnn_serves=True) for p in ("tpu", "gpu", "cpu")] == [
+      "pallas", "cudnn", "xla"]
   assert ops.resolve_impl("xla", "tpu") == "xla"
+  assert ops.resolve_impl("pallas", "gpu", cudnn_serves=True) == "pallas"
   q, k, v = _qkv(7, 1, 4, 4, 2, 2, 4)
   with pytest.raises(ValueError, match="impl 'cudnn' cannot mask segment_ids"):
     ops.attention(q, k, v, causal=True, segment_ids=np.ones((1, 4), np.int32), impl="cudnn")
+
+
+def test_cudnn_serves_only_the_calls_its_kernel_computes():
+  """auto's choice on a GPU: cuDNN where it computes the same thing, the Pallas kernel otherwise."""
+  q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(8, 1, 16, 16, 4, 2, 64))
+  assert ops.cudnn_serves(q, k, v, 0, None, causal=True)
+  assert not ops.cudnn_serves(q, k, v, 0, np.ones((1, 16), np.int32), causal=True)  # Packed.
+  assert not ops.cudnn_serves(q, k, v, 3, None, causal=True)  # Offset into the keys.
+  assert not ops.cudnn_serves(q, k, v, jnp.int32(0), None, causal=True)  # Known at run time only.
+  f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+  assert not ops.cudnn_serves(*f32, 0, None, causal=True)
+  wide = [jnp.zeros(x.shape[:-1] + (256,), jnp.bfloat16) for x in (q, k, v)]
+  assert not ops.cudnn_serves(*wide, 0, None, causal=True)
+  odd = [jnp.zeros(x.shape[:-1] + (36,), jnp.bfloat16) for x in (q, k, v)]
+  assert not ops.cudnn_serves(*odd, 0, None, causal=True)
+  short_q = q[:, :8]
+  assert not ops.cudnn_serves(short_q, k, v, 0, None, causal=True)
+  assert ops.cudnn_serves(short_q, k, v, 0, None, causal=False)  # Cross-attention: no mask.
