@@ -14,8 +14,9 @@ Before timing, each implementation is checked against the XLA reference run in f
 multiple of the kernels' blocks): relative errors are printed, and an implementation that misses
 --check_tolerance is reported as wrong, not timed.
 --pallas_blocks=BQxBK,... also times the Pallas kernel with those tiles forced on all three of its
-kernels (forward, dK/dV, dQ) at --sweep_length, beside its default tiles: the lever for tuning
-plan_blocks' defaults on a new GPU within the same run.
+kernels (forward, dK/dV, dQ) at --sweep_length, beside its default tiles, and
+--pallas_triton=WxS,... with W warps per program and S pipeline stages (Triton's num_warps and
+num_stages) on all three: the levers for tuning the GPU kernel's defaults within the same run.
 The last lines are a markdown table for docs/BENCHMARKS.md.
 """
 import datetime
@@ -40,7 +41,10 @@ _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Input 
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed runs per cell (the median is reported).")
 _PALLAS_BLOCKS = flags.DEFINE_list("pallas_blocks", [], "Tiles BQxBK to time the Pallas kernel "
                                    "with at --sweep_length (e.g. 64x64,128x128).")
-_SWEEP_LENGTH = flags.DEFINE_integer("sweep_length", 8192, "Length of the --pallas_blocks sweep.")
+_PALLAS_TRITON = flags.DEFINE_list("pallas_triton", [], "Triton settings WARPSxSTAGES to time the "
+                                   "Pallas GPU kernel with at --sweep_length (e.g. 4x2,8x3).")
+_SWEEP_LENGTH = flags.DEFINE_integer("sweep_length", 8192, "Length of the --pallas_blocks and "
+                                     "--pallas_triton sweeps.")
 _CHECK_LENGTH = flags.DEFINE_integer("check_length", 1000, "Length of the check against the "
                                      "float32 reference; 0 skips it.")
 _CHECK_TOLERANCE = flags.DEFINE_float("check_tolerance", 2e-2, "Largest relative error allowed "
@@ -57,13 +61,16 @@ def _inputs(batch: int, length: int, dtype, seed: int = 0):
 
 
 def _attention(impl: str, q, k, v):
-  """ops.attention; "pallas:BQxBK" calls the Pallas kernel with those tiles on all its kernels."""
+  """ops.attention; "pallas:tiles=BQxBK" / "pallas:triton=WxS" call the Pallas kernel with those
+  tiles / Triton warps and stages on all its kernels."""
   if not impl.startswith("pallas:"):
     return ops.attention(q, k, v, causal=True, impl=impl)
   from gen_jax import kernels
-  block_q, block_k = map(int, impl.split(":")[1].split("x"))
-  return kernels.flash_attention(q, k, v, causal=True, block_q=block_q, block_k=block_k,
-                                 **ops.pallas_target())
+  setting, _, value = impl.partition(":")[2].partition("=")
+  first, second = map(int, value.split("x"))
+  options = ({"block_q": first, "block_k": second} if setting == "tiles"
+             else {"num_warps": first, "num_stages": second})
+  return kernels.flash_attention(q, k, v, causal=True, **options, **ops.pallas_target())
 
 
 def _forward_backward(impl: str):
@@ -150,8 +157,8 @@ def main(argv):
       ta, tb = results[a, length], results[b, length]
       row.append(f"{tb / ta:.2f}x" if isinstance(ta, float) and isinstance(tb, float) else "-")
     print("| " + " | ".join(row) + " |")
-  if _PALLAS_BLOCKS.value:
-    _sweep_tiles()
+  if _PALLAS_BLOCKS.value or _PALLAS_TRITON.value:
+    _sweep_settings()
 
 
 def _cell(impl: str, length: int) -> float | str:
@@ -164,18 +171,20 @@ def _cell(impl: str, length: int) -> float | str:
         else f"n/a ({type(e).__name__}: {message.splitlines()[0][:60]})"
 
 
-def _sweep_tiles():
-  """The Pallas kernel at --sweep_length with each of --pallas_blocks, against its default tiles."""
+def _sweep_settings():
+  """The Pallas kernel at --sweep_length with each of --pallas_blocks and --pallas_triton, against
+  its defaults."""
   length = _SWEEP_LENGTH.value
-  impls = ["pallas"] + [f"pallas:{blocks}" for blocks in _PALLAS_BLOCKS.value]
+  impls = (["pallas"] + [f"pallas:tiles={blocks}" for blocks in _PALLAS_BLOCKS.value]
+           + [f"pallas:triton={setting}" for setting in _PALLAS_TRITON.value])
   seconds = {impl: _cell(impl, length) for impl in impls}
-  print(f"\n| tiles at length {length} | TFLOP/s | x default |\n| --- | ---: | ---: |")
+  print(f"\n| Pallas settings at length {length} | TFLOP/s | x default |\n| --- | ---: | ---: |")
   for impl in impls:
     cell, default = seconds[impl], seconds["pallas"]
     speed = f"{_flops(length) / cell / 1e12:.3g}" if isinstance(cell, float) else cell
     ratio = f"{default / cell:.2f}x" if isinstance(cell, float) and isinstance(default, float) \
         else "-"
-    print(f"| {impl.partition(':')[2] or 'default (plan_blocks)'} | {speed} | {ratio} |")
+    print(f"| {impl.partition(':')[2] or 'defaults'} | {speed} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ _KERNELS = {"gpu": flash_attention_gpu, "tpu": flash_attention_tpu}
 def flash_attention(query, key, value, *, causal: bool, segment_ids=None, key_segment_ids=None,
                     query_offset: int | jax.Array = 0, sliding_window: int | None = None,
                     scale: float | None = None, backend: str = "gpu", block_q: int | None = None,
-                    block_k: int | None = None, interpret: bool = False) -> jax.Array:
+                    block_k: int | None = None, interpret: bool = False,
+                    num_warps: int | None = None, num_stages: int | None = None) -> jax.Array:
   """Multi-head attention with grouped kv heads, differentiable in query, key and value.
 
   Args:
@@ -44,11 +45,14 @@ def flash_attention(query, key, value, *, causal: bool, segment_ids=None, key_se
     backend: one of FLASH_BACKENDS, the kernels to run ("gpu": Triton, "tpu": Mosaic).
     block_q, block_k: tile sizes for every kernel (None: the backend's defaults).
     interpret: run the same kernels in the Pallas interpreter (on any device, e.g. CPU tests).
+    num_warps, num_stages: Triton's warps per program and pipelining depth for every kernel of
+      the GPU backend (None: its defaults; for tuning on new hardware, benchmarks/attention.py).
   Returns:
     [b, t, n, h] in value's dtype; a query that sees no key gets 0 (and zero gradients).
   """
   config, padded = _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
-                            sliding_window, scale, backend, block_q, block_k, interpret)
+                            sliding_window, scale, backend, block_q, block_k, interpret,
+                            num_warps, num_stages)
   out = _flash(backend, config, *padded)
   return out[:, :query.shape[1], :, :query.shape[3]]
 
@@ -57,7 +61,8 @@ def flash_attention_with_lse(query, key, value, *, causal: bool, segment_ids=Non
                              key_segment_ids=None, query_offset: int | jax.Array = 0,
                              sliding_window: int | None = None, scale: float | None = None,
                              backend: str = "gpu", block_q: int | None = None,
-                             block_k: int | None = None, interpret: bool = False):
+                             block_k: int | None = None, interpret: bool = False,
+                             num_warps: int | None = None, num_stages: int | None = None):
   """`flash_attention`'s forward pass with each query's log-sum-exp; not differentiable.
 
   Attention split over blocks of keys (ring attention) combines the blocks' outputs by their
@@ -67,7 +72,8 @@ def flash_attention_with_lse(query, key, value, *, causal: bool, segment_ids=Non
     the natural log of the sum of exp(scaled logits) over the keys each query sees (-inf: none).
   """
   config, padded = _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
-                            sliding_window, scale, backend, block_q, block_k, interpret)
+                            sliding_window, scale, backend, block_q, block_k, interpret,
+                            num_warps, num_stages)
   out, residuals = _KERNELS[backend].forward(*padded, config)
   lse = _KERNELS[backend].natural_lse(residuals[-1])[:, :, :query.shape[1]]
   lse = jnp.where(lse == jnp.inf, -jnp.inf, lse)  # The kernels mark an empty row +inf.
@@ -79,7 +85,8 @@ def flash_attention_backward(query, key, value, out, lse, d_out, *, causal: bool
                              query_offset: int | jax.Array = 0, sliding_window: int | None = None,
                              scale: float | None = None, backend: str = "gpu",
                              block_q: int | None = None, block_k: int | None = None,
-                             interpret: bool = False):
+                             interpret: bool = False, num_warps: int | None = None,
+                             num_stages: int | None = None):
   """Gradients (dq, dk, dv) of a loss through attention of `query` to these keys and values.
 
   `out` [b, t, n, h] and `lse` [b, n, t] (natural log, -inf for a query that sees no key) are those
@@ -90,7 +97,8 @@ def flash_attention_backward(query, key, value, out, lse, d_out, *, causal: bool
   `flash_attention`.
   """
   config, padded = _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
-                            sliding_window, scale, backend, block_q, block_k, interpret)
+                            sliding_window, scale, backend, block_q, block_k, interpret,
+                            num_warps, num_stages)
   t, h = query.shape[1], query.shape[3]
   padded_t, padded_h = padded[0].shape[1], padded[0].shape[3]
   pad = lambda x: jnp.pad(x, ((0, 0), (0, padded_t - t), (0, 0), (0, padded_h - h)))
@@ -104,11 +112,16 @@ def flash_attention_backward(query, key, value, out, lse, d_out, *, causal: bool
 
 
 def _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
-             sliding_window, scale, backend, block_q, block_k, interpret):
+             sliding_window, scale, backend, block_q, block_k, interpret, num_warps, num_stages):
   """(the kernels' FlashConfig, (query, key, value, query ids, key ids, run-time offset)): the
   arrays padded to whole tiles, ids None without segments, the offset None when static."""
   if backend not in FLASH_BACKENDS:
     raise ValueError(f"backend {backend!r} is not one of {FLASH_BACKENDS}")
+  if backend != "gpu" and (num_warps or num_stages):
+    raise ValueError("num_warps and num_stages are Triton settings of the 'gpu' backend")
+  for name, setting in (("num_warps", num_warps), ("num_stages", num_stages)):
+    if setting is not None and setting < 1:
+      raise ValueError(f"{name} must be positive, got {setting}")
   segment_ids, key_segment_ids = _check_arguments(query, key, value, segment_ids, key_segment_ids,
                                                   sliding_window)
   static_offset, offset = _check_query_offset(query_offset)
@@ -120,7 +133,8 @@ def _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offs
   mask = TileMask(causal=bool(causal), sliding_window=window, query_length=t, key_length=s,
                   has_segments=segment_ids is not None, query_offset=static_offset)
   config = FlashConfig(mask=mask, scale=float(h ** -0.5 if scale is None else scale),
-                       blocks=blocks, interpret=interpret)
+                       blocks=blocks, interpret=interpret, num_warps=num_warps,
+                       num_stages=num_stages)
 
   def pad(x, length):  # Zero rows and zero head_dim columns change no dot product.
     return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, blocks.padded_head_dim - h)))

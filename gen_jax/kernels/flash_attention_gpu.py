@@ -65,6 +65,13 @@ def plan_blocks(head_dim: int, query_length: int, key_length: int, block_q: int 
                       padded_head_dim=max(_MIN_BLOCK, pl.next_power_of_2(head_dim)))
 
 
+def _compiler_params(config: FlashConfig, head_dim: int) -> plgpu.CompilerParams:
+  """Triton settings of every kernel: the call's, else 4 warps up to head_dim 64 and 8 above (the
+  accumulators' registers), two pipeline stages."""
+  return plgpu.CompilerParams(num_warps=config.num_warps or (4 if head_dim <= 64 else 8),
+                              num_stages=config.num_stages or 2)
+
+
 def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig):
   """query [b, t, n, h], key/value [b, s, k, h], ids [b, t]/[b, s] int32 or None (all padded),
   offset int32 [1] if config.mask.dynamic_offset else None.
@@ -85,7 +92,7 @@ def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig):
       out_specs=[query_spec, row_spec],
       out_shape=[output_struct(query.shape, value.dtype, *inputs),
                  output_struct((b, n, t), jnp.float32, *inputs)],
-      compiler_params=plgpu.CompilerParams(num_warps=4 if h <= 64 else 8, num_stages=2),
+      compiler_params=_compiler_params(config, h),
       interpret=config.interpret,
       name="flash_attention_forward",
   )(*inputs)
@@ -100,7 +107,6 @@ def backward(residuals, d_out, config: FlashConfig):
   group = n // num_kv_heads
   # delta_i = sum_j P_ij dP_ij = dO_i . O_i: one fused XLA reduction, read by both kernels.
   delta = jnp.einsum("btnh,btnh->bnt", d_out.astype(jnp.float32), out.astype(jnp.float32))
-  num_warps = 4 if h <= 64 else 8
   inputs = (query, key, value, d_out, lse, delta, query_ids, key_ids, offset)
 
   _, block_k = config.blocks.dkdv
@@ -118,7 +124,7 @@ def backward(residuals, d_out, config: FlashConfig):
       out_specs=[key_block, key_block],
       out_shape=[output_struct(key.shape, key.dtype, *inputs),
                  output_struct(value.shape, value.dtype, *inputs)],
-      compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=2),
+      compiler_params=_compiler_params(config, h),
       interpret=config.interpret,
       name="flash_attention_dkdv",
   )(*inputs)
@@ -133,7 +139,7 @@ def backward(residuals, d_out, config: FlashConfig):
                 _offset_spec(offset)],
       out_specs=query_spec,
       out_shape=output_struct(query.shape, query.dtype, *inputs),
-      compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=2),
+      compiler_params=_compiler_params(config, h),
       interpret=config.interpret,
       name="flash_attention_dq",
   )(*inputs)

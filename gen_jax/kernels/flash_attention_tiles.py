@@ -137,11 +137,16 @@ class KernelBlocks:
 
 @dataclasses.dataclass(frozen=True)
 class FlashConfig:
-  """Everything static about one flash-attention call (hashable: a custom_vjp static argument)."""
+  """Everything static about one flash-attention call (hashable: a custom_vjp static argument).
+
+  num_warps / num_stages: Triton's warps per program and software-pipelining depth for every GPU
+  kernel (None: the kernels' defaults); the TPU kernels have no such settings."""
   mask: TileMask
   scale: float
   blocks: KernelBlocks
   interpret: bool
+  num_warps: int | None = None
+  num_stages: int | None = None
 
 
 def output_struct(shape, dtype, *inputs) -> jax.ShapeDtypeStruct:

@@ -255,6 +255,33 @@ def test_lowers_for_hardware_in_shard_map(backend, platform, call):
   assert lowered.as_text().count(f"custom_call @{call}") == 3
 
 
+def test_triton_settings_reach_the_gpu_kernels_and_the_tpu_backend_refuses_them():
+  """num_warps / num_stages (for tuning on hardware, benchmarks/attention.py) reach every Triton
+  kernel of the forward and backward pass; the defaults are 4 warps at head_dim 64, 2 stages."""
+  query, key = (jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+                for shape in ((1, 256, 2, 64), (1, 256, 1, 64)))
+  target = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=jax.sharding.AbstractDevice(
+      device_kind="NVIDIA H100", num_cores=None, platform="gpu"))
+
+  def lowered_text(**settings):
+    def output_and_grads(q, k, v):
+      out, vjp = jax.vjp(lambda q, k, v: flash_attention(q, k, v, causal=True, backend="gpu",
+                                                         **settings), q, k, v)
+      return out, vjp(out)
+    with jax.sharding.use_abstract_mesh(target):
+      return jax.jit(output_and_grads).trace(query, key, key).lower(
+          lowering_platforms=("cuda",)).as_text()
+
+  default, tuned = lowered_text(), lowered_text(num_warps=2, num_stages=5)
+  assert default.count("num_warps = 4 : i32") == default.count("num_stages = 2 : i32") == 3
+  assert tuned.count("num_warps = 2 : i32") == tuned.count("num_stages = 5 : i32") == 3
+  q, k, v = _qkv(0, 1, 16, 16, 2, 1, 8)
+  with pytest.raises(ValueError, match="Triton settings of the 'gpu' backend"):
+    flash_attention(q, k, v, causal=True, backend="tpu", interpret=True, num_warps=4)
+  with pytest.raises(ValueError, match="num_stages must be positive, got 0"):
+    flash_attention(q, k, v, causal=True, interpret=True, num_stages=0)
+
+
 MASKS = [TileMask(causal=c, sliding_window=w, query_length=t, key_length=s, has_segments=False)
          for c, w, (t, s) in itertools.product((True, False), (None, 1, 5, 20),
                                               ((37, 37), (19, 45), (45, 21), (1, 29)))]
