@@ -22,9 +22,13 @@
 #               which launches are most of the first and half of the second: BENCHMARKS.md)
 #   decode      SmolLM2-135M's architecture (its 98 MB GGUF cannot travel) at batch 1 and 32, with
 #               transformers' generate on the same weights
-# Then (issue 4), as far as the lease allows, STAGES="lm_train_remat attention kernel_tests":
+# Then (issue 4), as far as the lease allows,
+# STAGES="lm_train_remat lm_train_flags attention kernel_tests":
 #   lm_train_remat  the 1b preset's MFU with remat=attention and dots_attention (the Pallas flash
 #               forward kept, not recomputed); 2026-12-04: full 41.7%, dots 46.8%
+#   lm_train_flags  the 1b run (remat=dots) with XLA:GPU's GEMMs all by cuBLAS
+#               (--xla_gpu_enable_triton_gemm=false), then all it can by Triton
+#               (--xla_gpu_triton_gemm_any=true), from JAX's and NVIDIA's GPU performance guides
 #   kernel_tests  tests/kernels' GPU cases compiled with Triton instead of interpreted
 #               (GEN_JAX_COMPILED_KERNELS=1): every awkward shape, mask and offset of the CPU suite
 #               (the flash tests: 20 in 34 s on the H200), and the quantized matmul's
@@ -87,13 +91,14 @@ declare -A COMMANDS=(
   [decode_7b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_7b_config.json --weights=bfloat16,int8 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=scan_unroll=num_layers,attention_impl=pallas"
   [kernel_tests]="env GEN_JAX_COMPILED_KERNELS=1 python3 -m pytest -q -p no:cacheprovider tests/kernels -k 'gpu or quantized_matmul'"
   [lm_train_xla]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=xla"
-  [lm_train_remat]="for remat in attention dots_attention; do python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=\$remat {ARGS}; done"
+  [lm_train_flags]="for flags in --xla_gpu_enable_triton_gemm=false --xla_gpu_triton_gemm_any=true; do echo \"| XLA_FLAGS=\$flags |\"; XLA_FLAGS=\$flags python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=dots {ARGS}; done"
+  [lm_train_remat]="for remat in attention dots_attention; do echo \"| remat=\$remat |\"; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=\$remat {ARGS}; done"
 )
 # Seen on an H200 (2026-12-04): attention 128 s (with a tile sweep since dropped), lm_train 34 s,
 # decode 104 s and decode_1b 29 s, before the unrolled-decoder and Pallas int-matmul rows (the
 # unrolled decoders' compiles took over 30 s each there; not yet measured).
 declare -A LIMITS=([attention]=150 [lm_train]=60 [decode]=190 [decode_1b]=200 [decode_7b]=160
-                   [lm_train_xla]=70 [lm_train_remat]=100 [kernel_tests]=120)
+                   [lm_train_xla]=70 [lm_train_remat]=100 [lm_train_flags]=100 [kernel_tests]=120)
 for stage in ${STAGES:-decode_1b decode_7b decode}; do
   limit_var="LIMIT_$stage"
   args_var="ARGS_$stage"
