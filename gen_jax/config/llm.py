@@ -92,7 +92,7 @@ def base() -> ml_collections.ConfigDict:
       weight_group_size=64,
       # How int weights are multiplied (gen_jax.quant.matmul): "xla" dequantizes to memory then
       # multiplies; "pallas" widens the codes in registers (a GPU kernel; unsharded weights);
-      # "auto" is pallas on a single GPU, else xla.
+      # "auto" is pallas for decoding-sized products (at most 256 rows) on a single GPU, else xla.
       weight_matmul_impl="xla",
       # LoRA adapters (gen_jax.lora, Hu et al., 2021): rank r of each adapter, 0 for none.
       lora_rank=0,

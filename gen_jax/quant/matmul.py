@@ -6,13 +6,19 @@ Pallas kernel that dequantizes in registers (`gen_jax.kernels.quantized_matmul`)
           but not time; any backend, any mesh.
   pallas  the Triton kernel: compiled on a GPU, interpreted elsewhere (exact but slow; for tests).
           Unsharded weights only: a Pallas call is opaque to XLA's partitioner.
-  auto    pallas on a GPU without a multi-device mesh where the kernel can tile the shapes, else xla.
+  auto    pallas on a GPU without a multi-device mesh, for products of at most AUTO_MAX_ROWS rows
+          (decoding steps) that the kernel can tile; else xla.
 """
 import jax
 
 from gen_jax.parallel import context as parallel_context
 from gen_jax.quant import formats
 from gen_jax.quant.formats import WEIGHT_MATMUL_IMPLS
+
+# Rows of x up to which auto takes the kernel: decoding a batch reads every weight once per few
+# rows, so bytes decide and the kernel's int reads win; a prefill or training step of thousands of
+# rows is compute-bound, where cuBLAS on the dequantized kernel beats a loop over scale groups.
+AUTO_MAX_ROWS = 256
 
 
 def int_matmul(x: jax.Array, qweight: jax.Array, scale: jax.Array, bits: int, dtype,
@@ -24,17 +30,27 @@ def int_matmul(x: jax.Array, qweight: jax.Array, scale: jax.Array, bits: int, dt
     raise ValueError(f"model.weight_matmul_impl: {impl!r} is not one of {WEIGHT_MATMUL_IMPLS}")
   *batch_shape, in_size = x.shape
   x = x.astype(dtype)
-  on_gpu = jax.default_backend() == "gpu"
-  if impl == "pallas" or (impl == "auto" and on_gpu):
-    kernel_error = _kernel_error(qweight, bits, x.size // in_size)
+  rows = x.size // in_size
+  if resolve_impl(impl, rows) == "pallas":
+    kernel_error = _kernel_error(qweight, bits, rows)
     if impl == "pallas" and kernel_error:
       raise ValueError(f"model.weight_matmul_impl: 'pallas' {kernel_error}; use 'xla' or 'auto'")
-    if not kernel_error:
+    if not kernel_error:  # auto falls back to XLA where the kernel cannot tile the shapes.
       from gen_jax.kernels.quantized_matmul import quantized_matmul  # Loads Pallas' Triton lowering.
-      y = quantized_matmul(x.reshape(-1, in_size), qweight, scale, bits=bits, interpret=not on_gpu)
+      y = quantized_matmul(x.reshape(-1, in_size), qweight, scale, bits=bits,
+                           interpret=jax.default_backend() != "gpu")
       return y.reshape(*batch_shape, y.shape[-1])
   kernel = formats.dequantize(qweight, scale, bits, dtype)  # [in, out]
   return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def resolve_impl(impl: str, rows: int, platform: str | None = None) -> str:
+  """'xla' or 'pallas': what `impl` stands for with x of `rows` rows on `platform` (default: JAX's
+  default backend), before checking that the kernel can tile the shapes."""
+  if impl != "auto":
+    return impl
+  platform = platform or jax.default_backend()
+  return "pallas" if platform == "gpu" and rows <= AUTO_MAX_ROWS else "xla"
 
 
 def _kernel_error(qweight, bits, rows) -> str:

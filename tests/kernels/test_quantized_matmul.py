@@ -15,7 +15,7 @@ import pytest
 
 from gen_jax.kernels.quantized_matmul import plan, quantized_matmul
 from gen_jax.quant import formats
-from gen_jax.quant.matmul import int_matmul
+from gen_jax.quant.matmul import AUTO_MAX_ROWS, int_matmul, resolve_impl
 
 COMPILED = os.environ.get("GEN_JAX_COMPILED_KERNELS") == "1"
 INTERPRET = not (COMPILED and jax.default_backend() == "gpu")
@@ -98,6 +98,15 @@ def test_dispatcher_runs_the_kernel_only_where_asked_and_equals_xla():
     return "pallas_call" in str(jaxpr)
   assert has_kernel("pallas") and not has_kernel("xla")
   assert has_kernel("auto") == (jax.default_backend() == "gpu")
+
+
+def test_auto_takes_the_kernel_for_decoding_rows_on_a_gpu_only():
+  assert resolve_impl("auto", 1, "gpu") == "pallas"
+  assert resolve_impl("auto", AUTO_MAX_ROWS, "gpu") == "pallas"
+  assert resolve_impl("auto", AUTO_MAX_ROWS + 1, "gpu") == "xla"  # A prefill or training step.
+  assert resolve_impl("auto", 1, "cpu") == resolve_impl("auto", 1, "tpu") == "xla"
+  assert resolve_impl("pallas", 10_000, "cpu") == "pallas"
+  assert resolve_impl("xla", 1, "gpu") == "xla"
 
 
 def test_dispatcher_names_the_field_when_the_kernel_cannot_run():
