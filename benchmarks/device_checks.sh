@@ -5,7 +5,7 @@
 #   run(command="bash benchmarks/device_checks.sh", carry=[".whl"], timeout_s=595)
 #
 # Stages, most wanted first, each under its own time limit so that a stage that hangs or fails
-# leaves the rest their time (550 s in all plus about 20 s of set-up; the lease is 15 minutes of
+# leaves the rest their time (570 s in all plus about 20 s of set-up; the lease is 15 minutes of
 # device time, the machine's start included: on 2026-12-04 the start took about 30 s, so a second,
 # warm call of about 300 s fits after this one: see "Then" below). Each stage's full output lands in
 # $OUT/<stage>.txt; the reply carries the end of the combined output, which ends with every stage's
@@ -22,6 +22,9 @@
 #               which launches are most of the first and half of the second: BENCHMARKS.md)
 #   decode      SmolLM2-135M's architecture (its 98 MB GGUF cannot travel) at batch 1 and 32, with
 #               transformers' generate on the same weights
+#   decode_hlo  XLA:GPU's optimized HLO of the 1.1B decode loop, rolled and unrolled, into
+#               $OUT/decode_hlo_{1,2}.txt: read here, at no device time, it shows whether each
+#               layer's weights are copied out of the stacks and how many kernels a layer runs
 # Then (issue 4), as far as the lease allows,
 # STAGES="lm_train_remat lm_train_flags attention kernel_tests":
 #   lm_train_remat  the 1b preset's MFU with remat=attention and dots_attention (the Pallas flash
@@ -45,7 +48,7 @@
 # --num_kv_heads=2 --head_dim=32 --check_length=100 --impls=xla,pallas" bash benchmarks/device_checks.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${OUT:-/tmp/device_checks}"
+export OUT="${OUT:-/tmp/device_checks}"  # Stages write files there too (bash -c).
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -91,15 +94,17 @@ declare -A COMMANDS=(
   [decode_7b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_7b_config.json --weights=bfloat16,int8 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=scan_unroll=num_layers,attention_impl=pallas"
   [kernel_tests]="env GEN_JAX_COMPILED_KERNELS=1 python3 -m pytest -q -p no:cacheprovider tests/kernels -k 'gpu or quantized_matmul'"
   [lm_train_xla]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=xla"
+  [decode_hlo]="rm -rf /tmp/hlo; XLA_FLAGS='--xla_dump_to=/tmp/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*generate.*' python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --repeats=1 --new_tokens=8 {ARGS}; n=0; for f in \$(ls /tmp/hlo/*generate*after_optimizations.txt | head -2); do n=\$((n + 1)); cp \$f \$OUT/decode_hlo_\$n.txt; done; ls -l \$OUT"
   [lm_train_flags]="for flags in --xla_gpu_enable_triton_gemm=false --xla_gpu_triton_gemm_any=true; do echo \"| XLA_FLAGS=\$flags |\"; XLA_FLAGS=\$flags python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=dots {ARGS}; done"
   [lm_train_remat]="for remat in attention dots_attention; do echo \"| remat=\$remat |\"; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=\$remat {ARGS}; done"
 )
 # Seen on an H200 (2026-12-04): attention 128 s (with a tile sweep since dropped), lm_train 34 s,
 # decode 104 s and decode_1b 29 s, before the unrolled-decoder and Pallas int-matmul rows (the
 # unrolled decoders' compiles took over 30 s each there; not yet measured).
-declare -A LIMITS=([attention]=150 [lm_train]=60 [decode]=190 [decode_1b]=200 [decode_7b]=160
+declare -A LIMITS=([attention]=150 [lm_train]=60 [decode]=190 [decode_1b]=180 [decode_7b]=140
+                   [decode_hlo]=60
                    [lm_train_xla]=70 [lm_train_remat]=100 [lm_train_flags]=100 [kernel_tests]=120)
-for stage in ${STAGES:-decode_1b decode_7b decode}; do
+for stage in ${STAGES:-decode_1b decode_7b decode decode_hlo}; do
   limit_var="LIMIT_$stage"
   args_var="ARGS_$stage"
   limit="${!limit_var:-${LIMITS[$stage]}}"
@@ -117,7 +122,7 @@ done
 
 # The results last, where the reply's output tail keeps them: a stage's table, or the lines it
 # printed as it went when its time ran out before the table.
-for stage in ${STAGES:-decode_1b decode_7b decode}; do
+for stage in ${STAGES:-decode_1b decode_7b decode decode_hlo}; do
   echo; echo "##### $stage"
   if grep -q '^| ' "$OUT/$stage.txt"; then
     grep -E '^\||check|exit' "$OUT/$stage.txt" | tail -40
