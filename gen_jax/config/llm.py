@@ -159,7 +159,8 @@ def preference_base(family: str) -> ml_collections.ConfigDict:
   the synthetic task's pairs as data; init.source names the stage it starts from."""
   config = base()
   config.family = family
-  del config.objective.logit_chunks  # These stages score sequences, not the next-token loss.
+  if family == "reward":  # A value head scores the sequences: no output layer to slice.
+    del config.objective.logit_chunks
   config.data.format = "preference"
   config.data.source = "synthetic:arithmetic"
   # How the synthetic task's pairs are made: the right answer is always chosen; rejected is
@@ -198,7 +199,8 @@ def rl_base(family: str) -> ml_collections.ConfigDict:
   synthetic task's prompts; init.source names the stage it starts from (SFT)."""
   config = base()
   config.family = family
-  del config.objective.logit_chunks  # These stages score sequences, not the next-token loss.
+  # Not yet sliced here: PPO and GRPO also read token entropies (PPO a value head) off the logits.
+  del config.objective.logit_chunks
   config.data.format = "prompts"
   config.data.source = "synthetic:arithmetic"
   config.rollout = ml_collections.ConfigDict(dict(

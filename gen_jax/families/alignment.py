@@ -8,6 +8,7 @@ a plausible wrong one rejected; gen_jax.data.synthetic_tasks) or a local .jsonl 
 {"prompt", "chosen", "rejected"} lines.
 """
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -22,6 +23,7 @@ from gen_jax.data import conversations, synthetic_tasks
 from gen_jax.families import llm, llm_sources, llm_text
 from gen_jax.lora import is_adapter
 from gen_jax.models import Transformer, TransformerConfig
+from gen_jax.models.transformer import output_layer
 from gen_jax.train.task import ParamSpec, Task
 
 RESPONSES = ("chosen", "rejected")
@@ -73,6 +75,18 @@ def policy_and_reference(config) -> tuple[Transformer, Transformer]:
   adapt)."""
   policy_config = TransformerConfig.from_config(config.model)
   return Transformer(policy_config), Transformer(dataclasses.replace(policy_config, lora_rank=0))
+
+
+def token_log_probs(net: Transformer, params, model_inputs: tuple, targets: jax.Array,
+                    logit_chunks: int = 0) -> jax.Array:
+  """[b, t] log p(target) of `net` reading model_inputs; with logit_chunks > 0 the output layer
+  and log-softmax run a slice of positions at a time (objectives.chunked_token_log_probs), so
+  the [b, t, vocab] logits never exist whole."""
+  if not logit_chunks:
+    return objectives.token_log_probs(net.apply({"params": params}, *model_inputs), targets)
+  hidden = net.apply({"params": params}, *model_inputs, outputs="hidden")
+  return objectives.chunked_token_log_probs(
+      hidden, functools.partial(output_layer, net.config, params), targets, logit_chunks)
 
 
 def policy_param_spec(config) -> ParamSpec:

@@ -20,7 +20,7 @@ import ml_collections
 from gen_jax import data as data_lib
 from gen_jax import objectives
 from gen_jax.config.errors import require
-from gen_jax.families import alignment
+from gen_jax.families import alignment, llm
 from gen_jax.train.task import WEIGHT, Task
 
 POLICY, REFERENCE = alignment.POLICY, alignment.REFERENCE
@@ -28,6 +28,7 @@ POLICY, REFERENCE = alignment.POLICY, alignment.REFERENCE
 
 def validate(config: ml_collections.ConfigDict) -> None:
   alignment.validate_stage(config)
+  llm.validate_logit_chunks(config)
   require(config.dpo.beta > 0, "dpo.beta", f"must be positive, got {config.dpo.beta}")
   require(config.dpo.loss_type in objectives.DPO_LOSS_TYPES, "dpo.loss_type",
           f"{config.dpo.loss_type!r} is not one of {objectives.DPO_LOSS_TYPES}")
@@ -45,14 +46,15 @@ def make_loss_fn(config: ml_collections.ConfigDict):
   policy, reference = alignment.policy_and_reference(config)
   beta, loss_type = config.dpo.beta, config.dpo.loss_type
   nll_weight = config.dpo.chosen_nll_weight
+  chunks = config.objective.logit_chunks
 
   def loss_fn(params, batch, rng):
     del rng
     rows = alignment.both_responses(batch)
 
     def log_probs(net, net_params):  # [2b] -> (chosen [b], rejected [b])
-      logits = net.apply({"params": net_params}, *rows.model_inputs)
-      return jnp.split(objectives.sequence_log_probs(logits, rows.targets, rows.target_weights), 2)
+      tokens = alignment.token_log_probs(net, net_params, rows.model_inputs, rows.targets, chunks)
+      return jnp.split((tokens * rows.target_weights).sum(axis=-1), 2)
 
     policy_chosen, policy_rejected = log_probs(policy, params[POLICY])
     chosen_tokens = jnp.split(rows.target_weights.sum(axis=-1), 2)[0]  # [b]

@@ -32,14 +32,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in ("router_aux_loss_weight", "router_z_loss_weight"):
     weight = config.objective[name]
     require(weight >= 0, f"objective.{name}", f"must be >= 0, got {weight}")
+  validate_logit_chunks(config)
+  require(not (config.objective.logit_chunks and config.distill.teacher), "objective.logit_chunks",
+          "distillation compares whole next-token distributions (distill.teacher); set it to 0")
+  validate_sources(config)
+  validate_data(config)
+
+
+def validate_logit_chunks(config: ml_collections.ConfigDict) -> None:
+  """objective.logit_chunks: 0, or slices of the positions that divide model.max_seq_len."""
   chunks = config.objective.logit_chunks
   require(chunks >= 0 and (chunks == 0 or config.model.max_seq_len % chunks == 0),
           "objective.logit_chunks", f"must be 0 or a positive divisor of model.max_seq_len="
           f"{config.model.max_seq_len}, got {chunks}")
-  require(not (chunks and config.distill.teacher), "objective.logit_chunks",
-          "distillation compares whole next-token distributions (distill.teacher); set it to 0")
-  validate_sources(config)
-  validate_data(config)
 
 
 def validate_transformer_fields(m: ml_collections.ConfigDict) -> None:

@@ -59,13 +59,13 @@ def next_token_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array
   return -(token_log_probs(logits, targets) * weights).sum(), weights.sum()
 
 
-def chunked_next_token_loss(hidden: jax.Array, logits_fn, targets: jax.Array, weights: jax.Array,
-                            num_chunks: int) -> tuple[jax.Array, jax.Array]:
-  """`next_token_loss(logits_fn(hidden), targets, weights)` without all the logits at once.
+def chunked_token_log_probs(hidden: jax.Array, logits_fn, targets: jax.Array,
+                            num_chunks: int) -> jax.Array:
+  """`token_log_probs(logits_fn(hidden), targets)` without all the logits at once.
 
   The [b, t, v] float32 logits (and their softmax and gradient) are often a training step's largest
-  arrays: with a 32k vocabulary, 128 KB per token. Here the output layer and the loss run over
-  `num_chunks` slices of the positions in turn, each slice's logits recomputed in the backward
+  arrays: with a 32k vocabulary, 128 KB per token. Here the output layer and the log-softmax run
+  over `num_chunks` slices of the positions in turn, each slice's logits recomputed in the backward
   pass, so only [b, t / num_chunks, v] exist at a time; the result and its gradients are the
   same. Slice j holds positions j, j + num_chunks, j + 2 num_chunks, ...: spread over the whole
   length, so a length split over devices (sequence parallelism) splits every slice alike.
@@ -74,10 +74,9 @@ def chunked_next_token_loss(hidden: jax.Array, logits_fn, targets: jax.Array, we
     hidden: [b, t, d], what the output layer reads.
     logits_fn: [b, c, d] -> [b, c, v] logits (the output layer, its parameters closed over).
     targets: [b, t] int.
-    weights: [b, t] float, 0 for tokens that do not count.
     num_chunks: slices; must divide t.
   Returns:
-    As next_token_loss: (summed -log p(target) over counted tokens, sum of weights).
+    [b, t] float32 log p(target) in nats.
   """
   b, t = targets.shape
   if num_chunks < 1 or t % num_chunks:
@@ -87,12 +86,18 @@ def chunked_next_token_loss(hidden: jax.Array, logits_fn, targets: jax.Array, we
     return jnp.moveaxis(x.reshape(b, t // num_chunks, num_chunks, *x.shape[2:]), 2, 0)
 
   @jax.checkpoint  # Keep nothing of a slice's logits for the backward pass: recompute them.
-  def slice_loss(hidden, targets, weights):
-    return next_token_loss(logits_fn(hidden), targets, weights)[0]
+  def slice_log_probs(_, xs):
+    hidden, targets = xs
+    return None, token_log_probs(logits_fn(hidden), targets)
 
-  def add_slice(total, xs):
-    return total + slice_loss(*xs), None
+  _, log_probs = jax.lax.scan(slice_log_probs, None, (slices(hidden), slices(targets)))
+  return jnp.moveaxis(log_probs, 0, 2).reshape(b, t)  # Back to position order.
 
-  total, _ = jax.lax.scan(add_slice, jnp.zeros((), jnp.float32),
-                          (slices(hidden), slices(targets), slices(weights)))
-  return total, weights.sum()
+
+def chunked_next_token_loss(hidden: jax.Array, logits_fn, targets: jax.Array, weights: jax.Array,
+                            num_chunks: int) -> tuple[jax.Array, jax.Array]:
+  """`next_token_loss(logits_fn(hidden), targets, weights)` a slice of positions at a time
+  (`chunked_token_log_probs`). Returns (summed -log p(target) over counted tokens, sum of
+  weights)."""
+  log_probs = chunked_token_log_probs(hidden, logits_fn, targets, num_chunks)
+  return -(log_probs * weights).sum(), weights.sum()

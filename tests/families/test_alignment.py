@@ -101,6 +101,28 @@ def test_dpo_starts_at_log_2_and_its_reference_never_changes(tok):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(frozen), reference_before)
 
 
+def test_dpo_with_logit_chunks_gives_the_same_loss_and_gradients(tok):
+  """objective.logit_chunks scores both responses a slice of positions at a time (the whole
+  [rows, t, vocab] logits never exist): the same loss, sums and policy gradients."""
+  whole = tiny_config("configs/llm/dpo.py", **{"dpo.chosen_nll_weight": 0.5})
+  chunks = whole.model.max_seq_len // 8
+  sliced = tiny_config("configs/llm/dpo.py", **{"dpo.chosen_nll_weight": 0.5,
+                                               "objective.logit_chunks": chunks})
+  batch = _pair_batch(whole, tok, num_pairs=4)
+  policy, _ = alignment.policy_and_reference(whole)
+  params = {dpo.POLICY: policy.init(jax.random.key(5), batch["chosen_tokens"][:, :-1])["params"],
+            dpo.REFERENCE: policy.init(jax.random.key(6), batch["chosen_tokens"][:, :-1])["params"]}
+  (loss, sums), grads = jax.value_and_grad(dpo.make_loss_fn(whole), has_aux=True)(
+      params, batch, None)
+  (chunked_loss, chunked_sums), chunked_grads = jax.value_and_grad(
+      dpo.make_loss_fn(sliced), has_aux=True)(params, batch, None)
+  np.testing.assert_allclose(chunked_loss, loss, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               (chunked_sums, chunked_grads[dpo.POLICY]), (sums, grads[dpo.POLICY]))
+  with pytest.raises(ConfigError, match="objective.logit_chunks: must be 0 or a positive divisor"):
+    validate(tiny_config("configs/llm/dpo.py", **{"objective.logit_chunks": 7}))
+
+
 def test_dpo_chosen_nll_weight_adds_the_chosen_responses_per_token_nll(tok):
   """RPO: each pair's loss gains weight * (-log pi(chosen)) / (chosen's response tokens)."""
   weight = 0.5
