@@ -184,9 +184,9 @@ class Transformer(nn.Module):
         _remat(_Block, c.remat), variable_axes={"params": 0, STATS: 0}, split_rngs={"params": True},
         in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast), length=c.num_layers,
         # A rolled loop takes each layer's weights and cache out of the stacks by dynamic slices,
-        # which XLA:GPU copies before every small matmul: single-token decoding then moves about
-        # three times the weights' bytes. Unrolled, the slices are static (free views); the
-        # stacked params are the same either way, so checkpoints do not change.
+        # which XLA:GPU may copy before each small matmul (the suspected cause of single-token
+        # decoding's 18% roofline on an H200; docs/BENCHMARKS.md). Unrolled, the slices are
+        # static; the stacked params are the same either way, so checkpoints do not change.
         unroll=c.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})
     x, (router_stats, layer_caches) = blocks(c, name="layers")(
         x, positions, segment_ids, layer_caches, cache_index, cache_segment_ids)
