@@ -1,7 +1,9 @@
 """Decoder-only transformer in the LLaMA family (Touvron et al., 2023).
 
 Pre-norm blocks of RMSNorm -> grouped-query attention with RoPE -> residual, RMSNorm -> SwiGLU ->
-residual; the layers are one `nn.scan` so compile time does not grow with depth. With
+residual; the layers are one `nn.scan` so compile time does not grow with depth (their params
+stacked on a leading layer axis: the layout checkpoints, interop and quantization use), or with
+`scan_layers=False` a Python loop of separately stored layers (`unstack_layers`). With
 `num_experts > 0` the SwiGLU is a mixture of experts (`gen_jax.models.moe`, Mixtral-style), whose
 routing statistics come back from the scan per layer when the caller asks for them. With
 `weight_bits` set, every attention and MLP projection holds group-wise int8/int4 weights
@@ -52,6 +54,11 @@ class TransformerConfig:
   sliding_window: int = 0  # Each token attends to this many most recent tokens (Mistral); 0: all.
   remat: str = "none"  # Rematerialization of each block in the backward pass: REMAT_POLICIES.
   scan_unroll: int = 1  # Layers per iteration of the layer loop; num_layers unrolls it (see below).
+  # False: no layer loop at all; each layer's params are their own arrays ("layers_0", ...; see
+  # unstack_layers), so no step of single-token decoding slices the weight stacks (MaxText decodes
+  # unscanned for the same reason). Compile time grows with depth. Not a training setting: the
+  # stored layout is the stacked one.
+  scan_layers: bool = True
   num_experts: int = 0  # Experts in each block's MLP; 0 is the dense SwiGLU.
   experts_per_token: int = 2  # Top-k routing (MoE only).
   expert_capacity_factor: float = 1.25  # Slots per expert, see moe.expert_capacity; 0: no drop.
@@ -76,10 +83,13 @@ class _Block(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, positions, segment_ids, layer_cache, cache_index, cache_segment_ids):
-    """x: [b, t, d] -> ([b, t, d], (router statistics {name: [b]} or None for a dense MLP, this
-    layer's updated KV cache or None)); the second output is nn.scan's per-layer output."""
+  def __call__(self, carry, layer, positions, segment_ids, cache_index, cache_segment_ids):
+    """carry: (x [b, t, d], the model's whole KV cache {"key", "value"}: [layers, b, L, k, h], or
+    None); layer: this block's index in the cache (traced under nn.scan). Returns (the carry with
+    x and this layer's cache slots updated, router statistics {name: [b]} or None for a dense
+    MLP: nn.scan's per-layer output)."""
     c = self.config
+    x, cache = carry
     dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     lora = dict(lora_rank=c.lora_rank, lora_alpha=c.lora_alpha,
                 lora_targets=parse_targets(c.lora_targets))
@@ -90,11 +100,11 @@ class _Block(nn.Module):
                           weight_bits=c.weight_bits, weight_group_size=c.weight_group_size,
                           weight_matmul_impl=c.weight_matmul_impl,
                           **lora, name="attention")
-    if layer_cache is None:
+    if cache is None:
       x = x + attention(h, positions, segment_ids)
     else:
-      out, layer_cache = attention(h, positions, segment_ids, layer_cache, cache_index,
-                                   cache_segment_ids)
+      out, cache = attention(h, positions, segment_ids, cache, cache_index, cache_segment_ids,
+                             cache_layer=layer)
       x = x + out
     h = RMSNorm(c.norm_eps, dtype, param_dtype, name="mlp_norm")(x)
     if c.num_experts:
@@ -108,7 +118,7 @@ class _Block(nn.Module):
                    name="mlp")(h)
       router_stats = None
     x = nn.with_logical_constraint(x + out, ("batch", "length", None))
-    return x, (router_stats, layer_cache)
+    return (x, cache), router_stats
 
 
 def _flash_forward_saveable(primitive, *_, **params) -> bool:
@@ -178,18 +188,38 @@ class Transformer(nn.Module):
         raise ValueError("decoding with a cache needs segment_ids and returns no router stats")
       cache_segment_ids = jax.lax.dynamic_update_slice(
           cache["segment_ids"], segment_ids.astype(jnp.int32), (0, cache_index))
+      # The whole stack travels with the hidden states and each layer updates its own slots in
+      # place: no step copies the cache, however long it is.
       layer_caches = {"key": cache["key"], "value": cache["value"]}  # [layers, b, L, k, h]
-    blocks = nn.scan(
-        # quant.STATS: per-layer calibration statistics, when the caller collects them.
-        _remat(_Block, c.remat), variable_axes={"params": 0, STATS: 0}, split_rngs={"params": True},
-        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast), length=c.num_layers,
-        # A rolled loop takes each layer's weights and cache out of the stacks by dynamic slices,
-        # which XLA:GPU may copy before each small matmul (the suspected cause of single-token
-        # decoding's 18% roofline on an H200; docs/BENCHMARKS.md). Unrolled, the slices are
-        # static; the stacked params are the same either way, so checkpoints do not change.
-        unroll=c.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})
-    x, (router_stats, layer_caches) = blocks(c, name="layers")(
-        x, positions, segment_ids, layer_caches, cache_index, cache_segment_ids)
+    block = _remat(_Block, c.remat)
+    carry = (x, layer_caches)
+    if c.scan_layers:
+      blocks = nn.scan(
+          # quant.STATS: per-layer calibration statistics, when the caller collects them.
+          block, variable_axes={"params": 0, STATS: 0}, split_rngs={"params": True},
+          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+          length=c.num_layers,
+          # A rolled loop takes each layer's weights out of the stacks by dynamic slices, which
+          # XLA:GPU may copy before each small matmul (the suspected cause of single-token
+          # decoding's 18% roofline on an H200; docs/BENCHMARKS.md). Unrolled, the slices are
+          # static (scan_layers=False has none); the params are the same either way.
+          unroll=c.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})
+      carry, router_stats = blocks(c, name="layers")(
+          carry, jnp.arange(c.num_layers), positions, segment_ids, cache_index,
+          cache_segment_ids)
+    else:
+      if not self.is_initializing() and self.has_variable("params", "layers"):
+        raise ValueError("scan_layers=False takes each layer's params apart (layers_0, ...); "
+                         "these are stacked: convert them with unstack_layers(params, "
+                         "num_layers)")
+      per_layer = []
+      for i in range(c.num_layers):
+        carry, stats = block(c, name=f"layers_{i}")(
+            carry, i, positions, segment_ids, cache_index, cache_segment_ids)
+        per_layer.append(stats)
+      router_stats = (None if per_layer[0] is None else
+                      jax.tree.map(lambda *layers: jnp.stack(layers), *per_layer))
+    x, layer_caches = carry
     if outputs not in OUTPUTS:
       raise ValueError(f"outputs={outputs!r} is not one of {OUTPUTS}")
     x = ops.from_stripes(x, stripes)
@@ -239,6 +269,32 @@ def _lm_head(c: TransformerConfig, name: str | None = None) -> Projection:
   return Projection((c.vocab_size,), ("embed", "vocab"), jnp.dtype(c.dtype),
                     jnp.dtype(c.param_dtype), lora_rank=lm_head_rank, lora_alpha=c.lora_alpha,
                     name=name)
+
+
+def unstack_layers(params: dict, num_layers: int) -> dict:
+  """Params of a `scan_layers=False` model from the stacked layout: params["layers"] (every leaf
+  [layers, ...]; plain arrays, not nn.Partitioned boxes) becomes params["layers_0"] ..
+  params[f"layers_{num_layers - 1}"]. Copies the layer weights once (the stack can be freed
+  after); stack_layers undoes it."""
+  stacked = params["layers"]
+  for leaf in jax.tree.leaves(stacked):
+    if leaf.shape[:1] != (num_layers,):
+      raise ValueError(f"params['layers'] holds a leaf of shape {leaf.shape}; a stack of "
+                       f"num_layers={num_layers} layers leads with that axis")
+  rest = {name: value for name, value in params.items() if name != "layers"}
+  return {**rest, **{f"layers_{i}": jax.tree.map(lambda leaf, i=i: leaf[i], stacked)
+                     for i in range(num_layers)}}
+
+
+def stack_layers(params: dict, num_layers: int) -> dict:
+  """The stacked layout (params["layers"], leaves [layers, ...]) of `unstack_layers`' output."""
+  names = [f"layers_{i}" for i in range(num_layers)]
+  missing = [name for name in names if name not in params]
+  if missing:
+    raise ValueError(f"params lack {missing[:3]}: not the params of {num_layers} separate layers")
+  rest = {name: value for name, value in params.items() if name not in names}
+  return {**rest, "layers": jax.tree.map(lambda *layers: jnp.stack(layers),
+                                         *(params[name] for name in names))}
 
 
 def init_kv_cache(config: TransformerConfig, batch_size: int, length: int) -> dict:

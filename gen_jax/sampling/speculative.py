@@ -51,7 +51,11 @@ def layer_skip_draft(target: Transformer, params, num_layers: int) -> tuple[Tran
     raise ValueError(f"the draft's layers must be between 1 and the target's "
                      f"{target.config.num_layers - 1}, got {num_layers}")
   config = dataclasses.replace(target.config, num_layers=num_layers)
-  draft_params = {**params, "layers": jax.tree.map(lambda x: x[:num_layers], params["layers"])}
+  if config.scan_layers:
+    draft_params = {**params, "layers": jax.tree.map(lambda x: x[:num_layers], params["layers"])}
+  else:  # Separate layers (transformer.unstack_layers): the draft keeps the first ones.
+    skipped = {f"layers_{i}" for i in range(num_layers, target.config.num_layers)}
+    draft_params = {name: value for name, value in params.items() if name not in skipped}
   return Transformer(config), draft_params
 
 

@@ -1,10 +1,11 @@
 """The LLaMA-style transformer: causality, packing isolation, and a numpy reference forward pass."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gen_jax.models import Transformer, TransformerConfig
+from gen_jax.models import Transformer, TransformerConfig, stack_layers, unstack_layers
 from tests import reference
 
 CFG = TransformerConfig(vocab_size=50, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -78,3 +79,54 @@ def test_every_parameter_has_logical_axis_names():
   assert leaves and all(hasattr(x, "names") and len(x.names) == x.value.ndim for x in leaves)
   names = {n for x in leaves for n in x.names}
   assert {"embed", "vocab", "heads", "kv_heads", "head_dim", "mlp", "layers"} <= names
+
+
+def test_separate_layer_params_compute_what_the_stack_does():
+  """scan_layers=False (a Python loop of layers_0, layers_1, ...) on unstack_layers(params)
+  equals the scanned model, logits and MoE router statistics; stack_layers undoes the split."""
+  cfg = TransformerConfig(**{**CFG.__dict__, "num_experts": 4})
+  model, params = _init(cfg)
+  unscanned = Transformer(TransformerConfig(**{**cfg.__dict__, "scan_layers": False}))
+  separate = unstack_layers(params, cfg.num_layers)
+  assert "layers" not in separate and sorted(k for k in separate if k.startswith("layers")) == [
+      "layers_0", "layers_1"]
+  # Its own init makes the same tree, so checkpoints of either layout convert both ways.
+  own = unscanned.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  assert (jax.tree.structure(jax.tree.map(jnp.shape, separate)) ==
+          jax.tree.structure(jax.tree.map(jnp.shape, nn.meta.unbox(own))))
+  tokens = jax.random.randint(jax.random.key(3), (2, 10), 0, cfg.vocab_size)
+  logits, stats = model.apply({"params": params}, tokens, return_router_stats=True)
+  logits_u, stats_u = unscanned.apply({"params": separate}, tokens, return_router_stats=True)
+  np.testing.assert_allclose(np.asarray(logits_u), np.asarray(logits), atol=1e-5)
+  for name in stats:
+    assert stats_u[name].shape == stats[name].shape == (cfg.num_layers, 2)
+    np.testing.assert_allclose(np.asarray(stats_u[name]), np.asarray(stats[name]), atol=1e-6)
+  restacked = stack_layers(separate, cfg.num_layers)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), restacked, params))
+
+
+def test_each_layout_refuses_the_other_ones_params_by_name():
+  model, params = _init(CFG)
+  unscanned = Transformer(TransformerConfig(**{**CFG.__dict__, "scan_layers": False}))
+  tokens = jnp.zeros((1, 4), jnp.int32)
+  with pytest.raises(ValueError, match=r"these are stacked: convert them with unstack_layers"):
+    unscanned.apply({"params": params}, tokens)
+  with pytest.raises(ValueError, match=r"a stack of num_layers=3 layers leads with that axis"):
+    unstack_layers(params, 3)
+  with pytest.raises(ValueError, match=r"params lack \['layers_0', 'layers_1'\]"):
+    stack_layers(params, 2)
+
+
+def test_separate_layer_params_train_like_the_stack_under_remat():
+  """Gradients through scan_layers=False (each block rematerialized) equal the stack's, layer by
+  layer: the layout is a compute choice, not a different model."""
+  cfg = TransformerConfig(**{**CFG.__dict__, "num_layers": 3, "remat": "dots"})
+  model, params = _init(cfg)
+  unscanned = Transformer(TransformerConfig(**{**cfg.__dict__, "scan_layers": False}))
+  tokens = jax.random.randint(jax.random.key(4), (2, 8), 0, cfg.vocab_size)
+  def loss(net):
+    return lambda p: net.apply({"params": p}, tokens).astype(jnp.float32).std()
+  grads = jax.grad(loss(model))(params)
+  separate = stack_layers(jax.grad(loss(unscanned))(unstack_layers(params, 3)), 3)
+  for a, b in zip(jax.tree.leaves(separate), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gen_jax.models import Transformer, TransformerConfig, init_kv_cache
+from gen_jax.models import Transformer, TransformerConfig, init_kv_cache, unstack_layers
 from gen_jax.sampling import SamplingParams, generate, generate_batch, sample_continuations
 
 CFG = TransformerConfig(vocab_size=40, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=1,
@@ -62,11 +62,14 @@ def test_prompt_longer_than_the_context_is_refused():
              eos_id=0, max_seq_len=CFG.max_seq_len)
 
 
-@pytest.mark.parametrize("scan_unroll", [1, 2], ids=["rolled", "unrolled"])
-def test_cached_prefill_and_decode_logits_equal_the_full_forward_pass(scan_unroll):
-  """The decoder's layer loop rolled or unrolled (model.scan_unroll) against the rolled forward."""
+@pytest.mark.parametrize("layout", [{}, {"scan_unroll": 2}, {"scan_layers": False}],
+                         ids=["rolled", "unrolled", "unscanned"])
+def test_cached_prefill_and_decode_logits_equal_the_full_forward_pass(layout):
+  """The decoder's layer loop rolled, unrolled (model.scan_unroll) or absent (scan_layers=False,
+  separate layer params) against the rolled forward."""
   model, params = _model()
-  decoder = Transformer(dataclasses.replace(CFG, scan_unroll=scan_unroll))
+  decoder = Transformer(dataclasses.replace(CFG, **layout))
+  decoder_params = params if decoder.config.scan_layers else unstack_layers(params, CFG.num_layers)
   rng = np.random.default_rng(0)
   seqs = [rng.integers(0, CFG.vocab_size, 9).tolist(), rng.integers(0, CFG.vocab_size, 12).tolist()]
   prompt_lengths, slots = [4, 7], 7
@@ -74,7 +77,7 @@ def test_cached_prefill_and_decode_logits_equal_the_full_forward_pass(scan_unrol
   for row, (seq, n) in enumerate(zip(seqs, prompt_lengths)):  # Left-padded prompts.
     tokens[row, slots - n:], segments[row, slots - n:] = seq[:n], 1
     positions[row, slots - n:] = np.arange(n)
-  logits, cache = decoder.apply({"params": params}, tokens, positions, segments,
+  logits, cache = decoder.apply({"params": decoder_params}, tokens, positions, segments,
                                 cache=init_kv_cache(CFG, 2, slots + 3), cache_index=0)
   full = [np.asarray(model.apply({"params": params}, jnp.asarray([seq]))[0]) for seq in seqs]
   for row, n in enumerate(prompt_lengths):
@@ -82,17 +85,20 @@ def test_cached_prefill_and_decode_logits_equal_the_full_forward_pass(scan_unrol
   for step in range(2):  # One token per row per step, at a shared cache slot.
     next_tokens = np.array([[seq[n + step]] for seq, n in zip(seqs, prompt_lengths)], np.int32)
     next_positions = np.array([[n + step] for n in prompt_lengths], np.int32)
-    logits, cache = decoder.apply({"params": params}, next_tokens, next_positions,
+    logits, cache = decoder.apply({"params": decoder_params}, next_tokens, next_positions,
                                   np.ones((2, 1), np.int32), cache=cache, cache_index=slots + step)
     for row, n in enumerate(prompt_lengths):
       np.testing.assert_allclose(logits[row, 0], full[row][n + step], atol=2e-5)
 
 
-def test_batched_prompts_of_different_lengths_decode_as_if_alone():
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scanned", "unscanned"])
+def test_batched_prompts_of_different_lengths_decode_as_if_alone(scan_layers):
   model, params = _model()
   prompts = [[3, 7, 11], [5], [2, 9, 4, 4, 8, 1]]
   greedy = SamplingParams(temperature=0.0)
-  batched = generate_batch(model, params, prompts, max_new_tokens=6, sampling=greedy,
+  decoder = Transformer(dataclasses.replace(CFG, scan_layers=scan_layers))
+  batched = generate_batch(decoder, params if scan_layers else unstack_layers(params, CFG.num_layers),
+                           prompts, max_new_tokens=6, sampling=greedy,
                            rng=jax.random.key(0), eos_id=-1, max_seq_len=CFG.max_seq_len)
   for prompt, out in zip(prompts, batched):
     assert out == _stepwise_greedy(model, params, prompt, 6)

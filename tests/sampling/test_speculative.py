@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from gen_jax.models import Transformer, TransformerConfig
+from gen_jax.models import Transformer, TransformerConfig, unstack_layers
 from gen_jax.sampling import (SamplingParams, filter_logits, generate_batch, layer_skip_draft,
                               speculative_generate)
 
@@ -153,3 +153,26 @@ def test_a_layer_skip_draft_is_the_targets_first_layers():
   assert draft_params["lm_head"] is target_params["lm_head"]  # Its own head and final norm.
   with pytest.raises(ValueError, match="the draft's layers must be between 1 and the target's 1, got 2"):
     layer_skip_draft(target, target_params, 2)
+
+
+def test_a_layer_skip_draft_of_separate_layers_drafts_as_the_stacked_one():
+  """With scan_layers=False (transformer.unstack_layers) the draft is the first layers_i; it
+  computes what the stacked draft does, and speculative greedy still equals greedy."""
+  target, target_params, _, _ = _models()
+  separate = Transformer(TransformerConfig(**{**TARGET.__dict__, "scan_layers": False}))
+  separate_params = unstack_layers(target_params, TARGET.num_layers)
+  draft, draft_params = layer_skip_draft(separate, separate_params, 1)
+  assert sorted(k for k in draft_params if k.startswith("layers")) == ["layers_0"]
+  stacked_draft, stacked_draft_params = layer_skip_draft(target, target_params, 1)
+  tokens = jnp.asarray([[1, 3, 0, 2, 2, 1]])
+  np.testing.assert_allclose(draft.apply({"params": draft_params}, tokens),
+                             stacked_draft.apply({"params": stacked_draft_params}, tokens),
+                             atol=1e-5)
+  greedy = SamplingParams(temperature=0.0)
+  prompts = [[1, 3, 0], [2]]
+  found, _ = speculative_generate(separate, separate_params, draft, draft_params, prompts,
+                                  num_draft_tokens=3, max_new_tokens=10, sampling=greedy,
+                                  rng=jax.random.key(0), eos_id=-1, max_seq_len=TARGET.max_seq_len)
+  assert found == generate_batch(target, target_params, prompts, max_new_tokens=10,
+                                 sampling=greedy, rng=jax.random.key(0), eos_id=-1,
+                                 max_seq_len=TARGET.max_seq_len)
