@@ -58,6 +58,10 @@ _WEIGHT_MATMUL_IMPL = flags.DEFINE_enum("weight_matmul_impl", "xla", ["xla", "pa
                                         "With --weight_bits: XLA's dequantize-then-dot, or the "
                                         "Pallas kernel that dequantizes in registers (a GPU "
                                         "kernel; auto: it on a single GPU).")
+_SCAN_LAYERS = flags.DEFINE_bool("scan_layers", True, "Language models: decode with the layers in "
+                                  "one loop over their stacked weights; --noscan_layers keeps "
+                                  "each layer's weights apart and unrolls the loop, so no step "
+                                  "slices the stack (longer compile).")
 _CALIBRATION_FILE = flags.DEFINE_string("calibration_file", "", "A text file GPTQ/AWQ calibrate "
                                         "on (16 windows of up to 512 tokens from its start).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Images in the grid (image models).")
@@ -75,7 +79,8 @@ def sample(workdir: str, request: SampleRequest):
   from gen_jax.train.workdir import load_workdir_params
   config, params = load_workdir_params(workdir)
   family = families.get(config.family)
-  for flag, given in (("--chat", request.chat), ("--weight_bits", request.weight_bits)):
+  for flag, given in (("--chat", request.chat), ("--weight_bits", request.weight_bits),
+                      ("--noscan_layers", not request.scan_layers)):
     if given and not hasattr(family, "inference_params"):
       raise ConfigError(flag, f"{workdir!r} holds a {config.family} model, not a language model")
   if hasattr(family, "generate"):  # An image generator: its images become WORKDIR/samples.png.
@@ -130,7 +135,8 @@ def main(argv):
                           _DRAFT_LAYERS.value, _DRAFT_TOKENS.value, _DRAFT_WORKDIR.value,
                           _WEIGHT_BITS.value, _WEIGHT_GROUP_SIZE.value, _QUANT_METHOD.value,
                           _CALIBRATION_FILE.value, _CLASS.value, _GUIDANCE.value,
-                          weight_matmul_impl=_WEIGHT_MATMUL_IMPL.value)
+                          weight_matmul_impl=_WEIGHT_MATMUL_IMPL.value,
+                          scan_layers=_SCAN_LAYERS.value)
   try:
     _check_flags()
     if _WORKDIR.value:

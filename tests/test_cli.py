@@ -98,6 +98,13 @@ def test_llm_trains_writes_its_workdir_and_samples(tmp_path, capsys):
   assert sampled(weight_bits=8, weight_matmul_impl="pallas") == sampled(weight_bits=8)
   with pytest.raises(ValueError, match="--weight_matmul_impl: .* set --weight_bits"):
     sampled(weight_matmul_impl="pallas")
+  # Each layer's weights apart (no layer loop), quantized or not, or in beam search: the same
+  # text as the stack's.
+  assert sampled(scan_layers=False) == sampled()
+  assert sampled(weight_bits=8, scan_layers=False) == sampled(weight_bits=8)
+  separate_beams = sampled(beam_width=3, num_return=2, length_penalty=0.5, scan_layers=False)
+  assert ([block.split("\n", 1)[1] for block in separate_beams.split("--- beam ")[1:]] ==
+          [block.split("\n", 1)[1] for block in blocks])
   with pytest.raises(ValueError, match="--calibration_file: --quant_method=awq calibrates"):
     sampled(weight_bits=4, quant_method="awq")
   with pytest.raises(ValueError, match="--quant_method/--calibration_file: .* set --weight_bits"):
@@ -143,6 +150,8 @@ def test_vae_trains_writes_png_grids_and_samples(tmp_path):
     sample_workdir(workdir, SampleRequest(prompt="a shoe"))
   with pytest.raises(ConfigError, match="--weight_bits: .* holds a vae model, not a language"):
     sample_workdir(workdir, SampleRequest(weight_bits=8))
+  with pytest.raises(ConfigError, match="--noscan_layers: .* holds a vae model, not a language"):
+    sample_workdir(workdir, SampleRequest(scan_layers=False))
 
 
 def test_sigterm_saves_and_resume_reproduces_the_uninterrupted_losses(tmp_path):

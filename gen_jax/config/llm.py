@@ -69,9 +69,9 @@ def base() -> ml_collections.ConfigDict:
       # (keep the weight matmuls' outputs), attention / dots_attention (also keep the Pallas
       # flash forward's output, so its kernel runs once per step).
       remat="none",
-      # Layers per iteration of the layer loop (nn.scan's unroll); num_layers unrolls it: no
-      # per-layer slicing of the weight stacks in KV-cache decoding (its GPU speed is not yet
-      # measured), longer compiles.
+      # Layers per iteration of the layer loop (nn.scan's unroll); num_layers unrolls it into
+      # static slices of the weight stacks, with longer compiles. (Decoding without any layer
+      # loop or slice: models.TransformerConfig.scan_layers, `gen_jax.sample --noscan_layers`.)
       scan_unroll=1,
       # Mixture of experts (gen_jax.models.moe): experts per block MLP, 0 for the dense SwiGLU.
       num_experts=0,

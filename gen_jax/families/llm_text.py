@@ -11,7 +11,7 @@ import numpy as np
 
 from gen_jax import data as data_lib
 from gen_jax.families import llm_sources
-from gen_jax.models.transformer import Transformer, TransformerConfig
+from gen_jax.models.transformer import Transformer, TransformerConfig, unstack_layers
 from gen_jax.quant.convert import quantize_params, quantized_config
 
 
@@ -47,6 +47,9 @@ def generate_text(model_config: TransformerConfig, params, tok: data_lib.Tokeniz
                                   system=request.system)
   shown_prompt = "" if request.chat else request.prompt
   model_config, params = quantized_for_sampling(model_config, params, tok, request)
+  if not request.scan_layers:
+    model_config = dataclasses.replace(model_config, scan_layers=False)
+    params = unstack_layers(params, model_config.num_layers)
   net = Transformer(model_config)
   sampling = SamplingParams(temperature=request.temperature, top_k=request.top_k,
                             top_p=request.top_p, min_p=request.min_p,

@@ -33,3 +33,6 @@ class SampleRequest:
   class_label: int | None = None  # Class-conditional image models: every image of this class.
   guidance: float | None = None  # Classifier-free guidance scale; None: the config's.
   weight_matmul_impl: str = "xla"  # With weight_bits: how int weights multiply (gen_jax.quant.matmul).
+  # Language models: False decodes with each layer's weights apart (model.scan_layers=False), so
+  # no step slices the layer stack; longer compile.
+  scan_layers: bool = True
