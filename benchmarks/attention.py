@@ -17,7 +17,10 @@ multiple of the kernels' blocks): relative errors are printed, and an implementa
 kernels (forward, dK/dV, dQ) at --sweep_length, beside its default tiles, and
 --pallas_triton=WxS,... with W warps per program and S pipeline stages (Triton's num_warps and
 num_stages) on all three: the levers for tuning the GPU kernel's defaults within the same run.
-The last lines are a markdown table for docs/BENCHMARKS.md.
+--split_forward (default on) then times each implementation's forward pass alone at
+--sweep_length, so the forward + backward gap splits into its forward and backward parts (the
+backward's time is the total less the forward's; FLOPs: 1 and 2.5 forwards).
+The last lines are markdown tables for docs/BENCHMARKS.md.
 """
 import datetime
 import platform
@@ -45,6 +48,8 @@ _PALLAS_TRITON = flags.DEFINE_list("pallas_triton", [], "Triton settings WARPSxS
                                    "Pallas GPU kernel with at --sweep_length (e.g. 4x2,8x3).")
 _SWEEP_LENGTH = flags.DEFINE_integer("sweep_length", 8192, "Length of the --pallas_blocks and "
                                      "--pallas_triton sweeps.")
+_SPLIT_FORWARD = flags.DEFINE_bool("split_forward", True, "Also time each implementation's "
+                                    "forward pass alone at --sweep_length.")
 _CHECK_LENGTH = flags.DEFINE_integer("check_length", 1000, "Length of the check against the "
                                      "float32 reference; 0 skips it.")
 _CHECK_TOLERANCE = flags.DEFINE_float("check_tolerance", 2e-2, "Largest relative error allowed "
@@ -96,11 +101,12 @@ def _relative_errors(impl: str) -> list[float]:
           for a, b in zip(ours, reference)]
 
 
-def _time_forward_backward(impl: str, length: int) -> float:
-  """Median seconds of one jitted forward + backward at this length."""
+def _time_forward_backward(impl: str, length: int, forward_only: bool = False) -> float:
+  """Median seconds of one jitted forward + backward (or forward) at this length."""
   batch = max(1, _TOKENS.value // length)
   inputs = _inputs(batch, length, jnp.dtype(_DTYPE.value))
-  step = _forward_backward(impl)
+  step = (jax.jit(lambda q, k, v, _: _attention(impl, q, k, v)) if forward_only
+          else _forward_backward(impl))
   jax.block_until_ready(step(*inputs))  # Compile and warm up.
   times = []
   for _ in range(_REPEATS.value):
@@ -157,14 +163,42 @@ def main(argv):
       ta, tb = results[a, length], results[b, length]
       row.append(f"{tb / ta:.2f}x" if isinstance(ta, float) and isinstance(tb, float) else "-")
     print("| " + " | ".join(row) + " |")
+  if _SPLIT_FORWARD.value:
+    _split_forward(results, wrong)
   if _PALLAS_BLOCKS.value or _PALLAS_TRITON.value:
     _sweep_settings()
 
 
-def _cell(impl: str, length: int) -> float | str:
-  """Median seconds of forward + backward, or why it could not run."""
+def _split_forward(results, wrong):
+  """Forward alone and the backward (the rest) per implementation at --sweep_length, with their
+  ratios to cuDNN's: which pass holds the gap."""
+  length = _SWEEP_LENGTH.value
+  forward_flops = _flops(length) / 3.5
+  rows = []
+  for impl in _IMPLS.value:
+    total = wrong.get(impl) or results.get((impl, length)) or _cell(impl, length)
+    forward = _cell(impl, length, forward_only=True) if isinstance(total, float) else total
+    backward = total - forward if isinstance(forward, float) else forward
+    if isinstance(backward, float) and backward <= 0:  # Timing noise at a tiny length.
+      backward = "n/a (forward >= total)"
+    rows.append((impl, forward, backward))
+  print(f"\n| length {length} | forward TFLOP/s | backward TFLOP/s | forward / cudnn | "
+        "backward / cudnn |\n| --- | ---: | ---: | ---: | ---: |")
+  reference = {impl: (f, b) for impl, f, b in rows}.get("cudnn")
+  for impl, forward, backward in rows:
+    cells = []
+    for seconds, flops in ((forward, forward_flops), (backward, 2.5 * forward_flops)):
+      cells.append(f"{flops / seconds / 1e12:.3g}" if isinstance(seconds, float) else seconds)
+    for ours, theirs in zip((forward, backward), reference or (None, None)):
+      cells.append(f"{theirs / ours:.2f}x" if isinstance(ours, float) and
+                   isinstance(theirs, float) else "-")
+    print(f"| {impl} | " + " | ".join(cells) + " |")
+
+
+def _cell(impl: str, length: int, forward_only: bool = False) -> float | str:
+  """Median seconds of forward + backward (or forward), or why it could not run."""
   try:
-    return _time_forward_backward(impl, length)
+    return _time_forward_backward(impl, length, forward_only)
   except Exception as e:  # noqa: BLE001 - a cell that cannot run is reported, not fatal.
     message = str(e)
     return "OOM" if "RESOURCE_EXHAUSTED" in message or "memory" in message \

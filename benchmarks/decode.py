@@ -16,8 +16,9 @@ and the Pallas kernel that dequantizes in registers, both on a GPU) and batch si
 --new_tokens new tokens (no end-of-text stop, so every row does the same work):
   cache      gen_jax.sampling.generate_batch: prefill, then one jitted loop of single-token steps
   cache, FIELD=VALUE,...  the same with those model fields changed, one row per --variants
-             entry: e.g. scan_unroll=num_layers (the layer loop unrolled, so no step slices the
-             weight stacks; the default) or attention_impl=pallas (the flash kernel over the cache)
+             entry: e.g. scan_layers=False (no layer loop: each layer's weights apart, so no
+             step slices the weight stacks; the default), scan_unroll=num_layers (the loop
+             unrolled over the stacks) or attention_impl=pallas (the flash kernel over the cache)
   no cache   the same greedy loop jitted, but every step reruns the whole [b, prompt + new] buffer
              (what decoding costs without a KV cache)
   speculative (batch 1) gen_jax.sampling.speculative_generate with the target's own first
@@ -48,7 +49,7 @@ import numpy as np
 from absl import app, flags
 
 from gen_jax import interop, quant
-from gen_jax.models import Transformer
+from gen_jax.models import Transformer, unstack_layers
 from gen_jax.sampling import (SamplingParams, generate_batch, layer_skip_draft,
                               speculative_generate)
 
@@ -72,7 +73,7 @@ _NO_CACHE = flags.DEFINE_bool("no_cache", True, "Also time decoding without a KV
 _DRAFT_LAYERS = flags.DEFINE_integer("draft_layers", 8, "Layers of the self-speculative draft; 0 "
                                      "skips the speculative row.")
 _DRAFT_TOKENS = flags.DEFINE_integer("draft_tokens", 4, "Tokens the draft proposes per round.")
-_VARIANTS = flags.DEFINE_string("variants", "scan_unroll=num_layers", "Model variants to time the "
+_VARIANTS = flags.DEFINE_string("variants", "scan_layers=False", "Model variants to time the "
                                 "cache with beside the config's own, ';'-separated, each "
                                 "comma-separated FIELD=VALUE of TransformerConfig; a VALUE may "
                                 "name another field (scan_unroll=num_layers). Empty: none.")
@@ -245,7 +246,7 @@ def main(argv):
     for batch in [int(b) for b in _BATCH_SIZES.value]:
       prompts = [prompt_ids] * batch
 
-      def decode(model, num_rows):
+      def decode(model, num_rows, params=params):
         return generate_batch(model, params, prompts[:num_rows], max_new_tokens=new, sampling=greedy,
                               rng=jax.random.key(0), eos_id=-1, max_seq_len=config.max_seq_len)
 
@@ -266,8 +267,10 @@ def main(argv):
       _record(rows, (weights, batch, "cache", batch * new / cached, 1.0, note))
       for label, variant in _variants(config):
         variant_model = Transformer(variant)
-        seconds = _median_seconds(lambda: decode(variant_model, batch))
-        same = sum(a == b for a, b in zip(decode(variant_model, 1)[0], ours))
+        variant_params = (params if variant.scan_layers else  # A second copy of the weights.
+                          unstack_layers(params, variant.num_layers))
+        seconds = _median_seconds(lambda: decode(variant_model, batch, variant_params))
+        same = sum(a == b for a, b in zip(decode(variant_model, 1, variant_params)[0], ours))
         same_note = f"{same}/{new} tokens equal the config's"
         _record(rows, (weights, batch, f"cache, {label}", batch * new / seconds,
                        cached / seconds, "; ".join(filter(None, (same_note, roofline(seconds))))))

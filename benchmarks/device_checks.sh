@@ -13,22 +13,26 @@
 # limit still reports its first rows):
 #   decode_1b   benchmarks/decode.py at batch 1 for the 1b preset's shape (TinyLlama-1.1B, random
 #               weights): bf16/int8/int4, int weights by XLA and by the Pallas kernel, each with
-#               the layer loop rolled or unrolled and XLA or Pallas (flash) attention over the
-#               cache, each with its fraction of the bandwidth roofline
-#   decode_7b   the same for Llama-2-7B's shape, bf16 and int8 (the config's, and unrolled with
-#               Pallas attention): where a layer's weights (400 MB,
+#               the layer loop over the weight stacks or no loop (model.scan_layers=False: each
+#               layer's weights apart) and XLA or Pallas (flash) attention over the cache, each
+#               with its fraction of the bandwidth roofline
+#   decode_1b_dsf  the rolled 1.1B loop in bf16 with XLA:GPU's dynamic-slice fusion on
+#               (--xla_gpu_enable_dynamic_slice_fusion: cuBLAS reads a layer's weights in place
+#               in the stack): if this row matches scan_layers=False, the slices were the cost
+#   decode_7b   the same for Llama-2-7B's shape, bf16 and int8 (the config's, and with separate
+#               layers): where a layer's weights (400 MB,
 #               about 100 us at the H200's bandwidth) outweigh its kernel launches, so where the 70%
 #               roofline target can be judged (at 135M a layer takes 44 us, at 1.1B 116 us, of
 #               which launches are most of the first and half of the second: BENCHMARKS.md)
 #   decode      SmolLM2-135M's architecture (its 98 MB GGUF cannot travel) at batch 1 and 32, with
 #               transformers' generate on the same weights
-#   decode_hlo  XLA:GPU's optimized HLO of the 1.1B decode loop, rolled and unrolled, into
+#   decode_hlo  XLA:GPU's optimized HLO of the 1.1B decode loop, rolled and unscanned, into
 #               $OUT/decode_hlo_{1,2}.txt: read here, at no device time, it shows whether each
 #               layer's weights are copied out of the stacks and how many kernels a layer runs
 # Then (issue 4), as far as the lease allows,
 # STAGES="lm_train_remat lm_train_flags attention kernel_tests":
-#   lm_train_remat  the 1b preset's MFU with remat=attention and dots_attention (the Pallas flash
-#               forward kept, not recomputed); 2026-12-04: full 41.7%, dots 46.8%
+#   lm_train_remat  the 1b preset's MFU with remat=none (if it fits), attention and dots_attention
+#               (the Pallas flash forward kept, not recomputed); 2026-12-04: full 41.7%, dots 46.8%
 #   lm_train_flags  the 1b run (remat=dots) with XLA:GPU's GEMMs all by cuBLAS
 #               (--xla_gpu_enable_triton_gemm=false), then all it can by Triton
 #               (--xla_gpu_triton_gemm_any=true), from JAX's and NVIDIA's GPU performance guides
@@ -36,8 +40,9 @@
 #               (GEN_JAX_COMPILED_KERNELS=1): every awkward shape, mask and offset of the CPU suite
 #               (the flash tests: 20 in 34 s on the H200), and the quantized matmul's
 #   attention   benchmarks/attention.py: Pallas flash vs cuDNN vs the XLA reference, forward +
-#               backward, 1k to 32k, each checked against a float32 reference first, then the
-#               Pallas kernel at 8k with four Triton warps x stages settings (its default tiles
+#               backward, 1k to 32k, each checked against a float32 reference first, then each
+#               forward pass alone at 8k (is the gap to cuDNN in the forward or the backward
+#               kernels?), then the Pallas kernel at 8k with four Triton warps x stages settings (its default tiles
 #               beat four others on 2026-12-04; at 0.56x cuDNN, warps and pipelining are next)
 #   lm_train    benchmarks/lm_train.py: the 1b preset at batch 16, Pallas attention, MFU
 #   lm_train_xla  the 1b run with the XLA reference attention, for the ratio (cuDNN cannot mask
@@ -89,22 +94,23 @@ fi
 declare -A COMMANDS=(
   [attention]="python3 benchmarks/attention.py --repeats=5 --pallas_triton=4x2,4x3,8x3,8x4"
   [lm_train]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas"
-  [decode]="python3 benchmarks/decode.py --hf_config=benchmarks/smollm2_135m_config.json --weights=bfloat16,int8,int4 --draft_layers=0 --nono_cache --variants=scan_unroll=num_layers,attention_impl=pallas"
-  [decode_1b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16,int8,int4 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants='scan_unroll=num_layers;attention_impl=pallas;scan_unroll=num_layers,attention_impl=pallas'"
-  [decode_7b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_7b_config.json --weights=bfloat16,int8 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=scan_unroll=num_layers,attention_impl=pallas"
+  [decode]="python3 benchmarks/decode.py --hf_config=benchmarks/smollm2_135m_config.json --weights=bfloat16,int8,int4 --draft_layers=0 --nono_cache --variants='scan_layers=False;scan_layers=False,attention_impl=pallas'"
+  [decode_1b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16,int8,int4 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants='scan_layers=False;attention_impl=pallas;scan_layers=False,attention_impl=pallas'"
+  [decode_1b_dsf]="XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=''"
+  [decode_7b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_7b_config.json --weights=bfloat16,int8 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=scan_layers=False"
   [kernel_tests]="env GEN_JAX_COMPILED_KERNELS=1 python3 -m pytest -q -p no:cacheprovider tests/kernels -k 'gpu or quantized_matmul'"
   [lm_train_xla]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=xla"
   [decode_hlo]="rm -rf /tmp/hlo; XLA_FLAGS='--xla_dump_to=/tmp/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*generate.*' python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --repeats=1 --new_tokens=8 {ARGS}; n=0; for f in \$(ls /tmp/hlo/*generate*after_optimizations.txt | head -2); do n=\$((n + 1)); cp \$f \$OUT/decode_hlo_\$n.txt; done; ls -l \$OUT"
   [lm_train_flags]="for flags in --xla_gpu_enable_triton_gemm=false --xla_gpu_triton_gemm_any=true; do echo \"| XLA_FLAGS=\$flags |\"; XLA_FLAGS=\$flags python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=dots {ARGS}; done"
-  [lm_train_remat]="for remat in attention dots_attention; do echo \"| remat=\$remat |\"; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=\$remat {ARGS}; done"
+  [lm_train_remat]="for remat in none attention dots_attention; do echo \"| remat=\$remat |\"; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=\$remat {ARGS}; done"
 )
 # Seen on an H200 (2026-12-04): attention 128 s (with a tile sweep since dropped), lm_train 34 s,
-# decode 104 s and decode_1b 29 s, before the unrolled-decoder and Pallas int-matmul rows (the
+# decode 104 s and decode_1b 29 s, before the separate-layer and Pallas int-matmul rows (the
 # unrolled decoders' compiles took over 30 s each there; not yet measured).
-declare -A LIMITS=([attention]=150 [lm_train]=60 [decode]=190 [decode_1b]=180 [decode_7b]=140
-                   [decode_hlo]=60
-                   [lm_train_xla]=70 [lm_train_remat]=100 [lm_train_flags]=100 [kernel_tests]=120)
-for stage in ${STAGES:-decode_1b decode_7b decode decode_hlo}; do
+declare -A LIMITS=([attention]=170 [lm_train]=60 [decode]=150 [decode_1b]=180 [decode_7b]=140
+                   [decode_hlo]=60 [decode_1b_dsf]=40
+                   [lm_train_xla]=70 [lm_train_remat]=130 [lm_train_flags]=100 [kernel_tests]=120)
+for stage in ${STAGES:-decode_1b decode_1b_dsf decode_7b decode decode_hlo}; do
   limit_var="LIMIT_$stage"
   args_var="ARGS_$stage"
   limit="${!limit_var:-${LIMITS[$stage]}}"
@@ -122,7 +128,7 @@ done
 
 # The results last, where the reply's output tail keeps them: a stage's table, or the lines it
 # printed as it went when its time ran out before the table.
-for stage in ${STAGES:-decode_1b decode_7b decode decode_hlo}; do
+for stage in ${STAGES:-decode_1b decode_1b_dsf decode_7b decode decode_hlo}; do
   echo; echo "##### $stage"
   if grep -q '^| ' "$OUT/$stage.txt"; then
     grep -E '^\||check|exit' "$OUT/$stage.txt" | tail -40
