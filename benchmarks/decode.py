@@ -79,6 +79,9 @@ _VARIANTS = flags.DEFINE_string("variants", "scan_layers=False", "Model variants
                                 "name another field (scan_unroll=num_layers). Empty: none.")
 _HF = flags.DEFINE_bool("hf", True, "Also time transformers' generate (needs torch).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per cell (the median is reported).")
+_PER_TOKEN = flags.DEFINE_bool("per_token", False, "Also time each cache row with 8 new tokens and "
+                               "note the milliseconds per decoded token without the prefill: "
+                               "(time at --new_tokens - time at 8) / (--new_tokens - 8).")
 
 # Data-sheet HBM bandwidth in bytes/s, for the roofline column: the first name contained in jax's
 # device_kind wins (so "H100 PCIe" before "H100", "TPU v5 lite" before "TPU v5").
@@ -246,9 +249,16 @@ def main(argv):
     for batch in [int(b) for b in _BATCH_SIZES.value]:
       prompts = [prompt_ids] * batch
 
-      def decode(model, num_rows, params=params):
+      def decode(model, num_rows, params=params, new=new):
         return generate_batch(model, params, prompts[:num_rows], max_new_tokens=new, sampling=greedy,
                               rng=jax.random.key(0), eos_id=-1, max_seq_len=config.max_seq_len)
+
+      def per_token(model, seconds, params=params):
+        """The decoding time per token, the prefill cancelled out (--per_token)."""
+        if not _PER_TOKEN.value or new <= 8:
+          return ""
+        short = _median_seconds(lambda: decode(model, batch, params, 8))
+        return f"{(seconds - short) / (new - 8) * 1e3:.2f} ms per decoded token"
 
       def roofline(seconds):
         """Batch 1: the bytes each step must read over its time, against the two bandwidths."""
@@ -263,7 +273,7 @@ def main(argv):
       cached = _median_seconds(lambda: decode(model, batch))
       ours = decode(model, 1)[0]
       note = f"{pretrained.tokenizer.decode(ours[:8])!r}..." if pretrained.tokenizer else ""
-      note = "; ".join(filter(None, (note, roofline(cached))))
+      note = "; ".join(filter(None, (note, roofline(cached), per_token(model, cached))))
       _record(rows, (weights, batch, "cache", batch * new / cached, 1.0, note))
       for label, variant in _variants(config):
         variant_model = Transformer(variant)
@@ -273,7 +283,9 @@ def main(argv):
         same = sum(a == b for a, b in zip(decode(variant_model, 1, variant_params)[0], ours))
         same_note = f"{same}/{new} tokens equal the config's"
         _record(rows, (weights, batch, f"cache, {label}", batch * new / seconds,
-                       cached / seconds, "; ".join(filter(None, (same_note, roofline(seconds))))))
+                       cached / seconds, "; ".join(filter(None, (
+                           same_note, roofline(seconds),
+                           per_token(variant_model, seconds, variant_params))))))
       if _NO_CACHE.value:
         seconds = _median_seconds(_no_cache_greedy(model, params, jnp.asarray(prompts), new),
                                   warm_up=False)
