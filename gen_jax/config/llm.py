@@ -200,8 +200,10 @@ def rl_base(family: str) -> ml_collections.ConfigDict:
   synthetic task's prompts; init.source names the stage it starts from (SFT)."""
   config = base()
   config.family = family
-  # Not yet sliced here: PPO and GRPO also read token entropies (PPO a value head) off the logits.
-  del config.objective.logit_chunks
+  # objective.logit_chunks slices the policy's and the reference's output layers here too (the
+  # log-probabilities and the entropy metric; PPO's value head reads the hidden states). Any
+  # positive count: the scored length, the longest prompt + rollout.max_new_tokens - 1, is known
+  # only once the prompts are, so slices that do not divide it are padded.
   config.data.format = "prompts"
   config.data.source = "synthetic:arithmetic"
   config.rollout = ml_collections.ConfigDict(dict(

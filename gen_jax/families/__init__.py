@@ -11,6 +11,9 @@ A family module offers:
   generate(config, params, workdir, request)  (images [n, H, W, C] in [-1, 1], what they are),
                                    which gen_jax.sample writes as a grid and benchmarks score.
   dry_run_inputs(config)           (loss_fn, global batch shapes) without data, for --dry_run.
+An on-policy family (ppo, grpo) also offers
+  make_experience_fn(config)       its step's experience(params, extra, batch, rng): the rollout
+                                   batch scored (log-probabilities, advantages) before the update.
 A language-model family (one a later stage can start from, and export) also offers
   inference_params(config, params)  (TransformerConfig, params) of the model it trains.
 """

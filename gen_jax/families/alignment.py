@@ -79,14 +79,28 @@ def policy_and_reference(config) -> tuple[Transformer, Transformer]:
 
 def token_log_probs(net: Transformer, params, model_inputs: tuple, targets: jax.Array,
                     logit_chunks: int = 0) -> jax.Array:
-  """[b, t] log p(target) of `net` reading model_inputs; with logit_chunks > 0 the output layer
-  and log-softmax run a slice of positions at a time (objectives.chunked_token_log_probs), so
-  the [b, t, vocab] logits never exist whole."""
-  if not logit_chunks:
-    return objectives.token_log_probs(net.apply({"params": params}, *model_inputs), targets)
+  """[b, t] log p(target) of `net` reading model_inputs (`output_stats`)."""
   hidden = net.apply({"params": params}, *model_inputs, outputs="hidden")
-  return objectives.chunked_token_log_probs(
-      hidden, functools.partial(output_layer, net.config, params), targets, logit_chunks)
+  return output_stats(net, params, hidden, targets, logit_chunks)
+
+
+def output_stats(net: Transformer, params, hidden: jax.Array, targets: jax.Array,
+                 logit_chunks: int = 0, stats_fn=objectives.token_log_probs):
+  """stats_fn(logits, targets) (per-position [b, t] arrays) of the logits `net`'s output layer
+  makes of its final hidden states [b, t, d] (`Transformer(outputs="hidden")`); with
+  logit_chunks > 0 a slice of positions at a time (objectives.chunked_logit_stats), so the
+  [b, t, vocab] logits never exist whole."""
+  logits_fn = functools.partial(output_layer, net.config, params)
+  if not logit_chunks:
+    return stats_fn(logits_fn(hidden), targets)
+  return objectives.chunked_logit_stats(hidden, logits_fn, targets, logit_chunks, stats_fn)
+
+
+def log_probs_and_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(log p(target), the next-token entropy as a metric: no gradient), each [b, t]: the stats
+  PPO's and GRPO's losses read."""
+  return (objectives.token_log_probs(logits, targets),
+          jax.lax.stop_gradient(objectives.token_entropy(logits)))
 
 
 def policy_param_spec(config) -> ParamSpec:

@@ -43,15 +43,15 @@ def make_experience_fn(config: ml_collections.ConfigDict):
   per-token advantages; extra; metrics)."""
   policy, reference = alignment.policy_and_reference(config)
   group_size = config.grpo.group_size
+  chunks = config.objective.logit_chunks
 
   def experience(params, extra, batch, rng):
     del rng
     params = jax.lax.stop_gradient(params)
     inputs, targets, mask = rl.shifted(batch)
-    log_probs = objectives.token_log_probs(policy.apply({"params": params[POLICY]}, *inputs),
-                                           targets)
-    reference_log_probs = objectives.token_log_probs(
-        reference.apply({"params": params[REFERENCE]}, *inputs), targets)
+    log_probs = alignment.token_log_probs(policy, params[POLICY], inputs, targets, chunks)
+    reference_log_probs = alignment.token_log_probs(reference, params[REFERENCE], inputs, targets,
+                                                    chunks)
     scores = batch["scores"]  # [b * group_size], each prompt's group in consecutive rows.
     advantages = objectives.group_advantages(scores.reshape(-1, group_size)).reshape(-1)
     groups = scores.reshape(-1, group_size)
@@ -76,19 +76,23 @@ def make_loss_fn(config: ml_collections.ConfigDict):
   def loss_fn(params, batch, rng):
     del rng
     inputs, targets, mask = rl.shifted(batch)
-    logits = policy.apply({"params": params[POLICY]}, *inputs)
-    log_probs = objectives.token_log_probs(logits, targets)
+    hidden = policy.apply({"params": params[POLICY]}, *inputs, outputs="hidden")
+    log_probs, entropy = alignment.output_stats(policy, params[POLICY], hidden, targets,
+                                                config.objective.logit_chunks,
+                                                alignment.log_probs_and_entropy)
     policy_loss, stats = objectives.ppo_policy_loss(
         log_probs, batch["old_log_probs"], batch["advantages"], mask, clip_eps=g.clip_eps)
     kl = (objectives.kl_penalty(log_probs, batch["reference_log_probs"], "k3") * mask).sum()
     sums = {WEIGHT: mask.sum(), "policy_loss": policy_loss, "kl_k3": kl,
-            "entropy": (jax.lax.stop_gradient(objectives.token_entropy(logits)) * mask).sum(),
+            "entropy": (entropy * mask).sum(),
             **stats}
     return policy_loss + g.kl_coef * kl, sums
   return loss_fn
 
 
-dry_run_inputs = rl.dry_run_inputs
+def dry_run_inputs(config: ml_collections.ConfigDict):
+  return rl.dry_run_inputs(config, make_loss_fn(config), repeat=config.grpo.group_size,
+                           scored=True)
 
 
 def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool = False) -> Task:

@@ -122,14 +122,16 @@ inference_params = alignment.inference_params
 sample = alignment.sample
 
 
-def _policy_outputs(config, policy, value, params, inputs):
-  """(policy logits [b, t, v], values [b, t]) in one pass of the policy when the value head
-  shares it."""
+def _policy_outputs(config, policy, value, params, inputs, targets, stats_fn):
+  """(stats_fn of the policy's logits and the targets (alignment.output_stats; sliced with
+  objective.logit_chunks), values [b, t]), in one pass of the policy when the value head shares
+  it."""
+  hidden = policy.apply({"params": params[POLICY]}, *inputs, outputs="hidden")
+  stats = alignment.output_stats(policy, params[POLICY], hidden, targets,
+                                 config.objective.logit_chunks, stats_fn)
   if config.ppo.value_model == "shared":
-    logits, hidden = policy.apply({"params": params[POLICY]}, *inputs, outputs="logits_and_hidden")
-    return logits, value.apply({"params": params["value_head"]}, hidden)
-  logits = policy.apply({"params": params[POLICY]}, *inputs)
-  return logits, value.apply({"params": params["value"]}, *inputs)
+    return stats, value.apply({"params": params["value_head"]}, hidden)
+  return stats, value.apply({"params": params["value"]}, *inputs)
 
 
 def make_experience_fn(config: ml_collections.ConfigDict):
@@ -142,10 +144,10 @@ def make_experience_fn(config: ml_collections.ConfigDict):
     del rng
     params = jax.lax.stop_gradient(params)
     inputs, targets, mask = rl.shifted(batch)
-    logits, values = _policy_outputs(config, policy, value, params, inputs)
-    log_probs = objectives.token_log_probs(logits, targets)
-    reference_log_probs = objectives.token_log_probs(
-        reference.apply({"params": params[REFERENCE]}, *inputs), targets)
+    log_probs, values = _policy_outputs(config, policy, value, params, inputs, targets,
+                                        objectives.token_log_probs)
+    reference_log_probs = alignment.token_log_probs(reference, params[REFERENCE], inputs, targets,
+                                                    config.objective.logit_chunks)
     if reward_model is None:  # ppo.reward_functions' sums, computed on the host by the rollout.
       scores = batch["scores"]
     else:
@@ -181,20 +183,22 @@ def make_loss_fn(config: ml_collections.ConfigDict):
   def loss_fn(params, batch, rng):
     del rng
     inputs, targets, mask = rl.shifted(batch)
-    logits, values = _policy_outputs(config, policy, value, params, inputs)
-    log_probs = objectives.token_log_probs(logits, targets)
+    (log_probs, entropy), values = _policy_outputs(config, policy, value, params, inputs,
+                                                   targets, alignment.log_probs_and_entropy)
     policy_loss, policy_stats = objectives.ppo_policy_loss(
         log_probs, batch["old_log_probs"], batch["advantages"], mask, clip_eps=p.clip_eps)
     value_loss, value_stats = objectives.value_loss(
         values, batch["old_values"], batch["returns"], mask, clip_eps=p.value_clip_eps)
     sums = {WEIGHT: mask.sum(), "policy_loss": policy_loss, "value_loss": value_loss,
-            "entropy": (jax.lax.stop_gradient(objectives.token_entropy(logits)) * mask).sum(),
+            "entropy": (entropy * mask).sum(),
             **policy_stats, **value_stats}
     return policy_loss + p.value_loss_weight * value_loss, sums
   return loss_fn
 
 
-dry_run_inputs = rl.dry_run_inputs
+def dry_run_inputs(config: ml_collections.ConfigDict):
+  return rl.dry_run_inputs(config, make_loss_fn(config), repeat=1,
+                           scored=bool(config.ppo.reward_functions))
 
 
 def build_task(config: ml_collections.ConfigDict, workdir: str, resuming: bool = False) -> Task:

@@ -46,12 +46,21 @@ def validate_rollout(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("rollout", str(e)) from None
   require(r.eval_batch_size > 0, "rollout.eval_batch_size",
           f"must be positive, got {r.eval_batch_size}")
+  require(config.objective.logit_chunks >= 0, "objective.logit_chunks",
+          f"must be >= 0 (0: all logits at once), got {config.objective.logit_chunks}")
 
 
-def dry_run_inputs(config: ml_collections.ConfigDict):
-  raise ConfigError("--dry_run", f"a {config.family} run samples its batches as it trains, so it "
-                    "has no fixed batch to compile ahead; dry-run its policy's shape with "
-                    "configs/llm/pretrain.py instead")
+def dry_run_inputs(config: ml_collections.ConfigDict, loss_fn, *, repeat: int, scored: bool):
+  """(loss_fn, the global batch shapes of one step's rollouts) for --dry_run: train.batch_size
+  prompts x `repeat` responses, each sequence at its longest (model.max_seq_len tokens: the
+  prompt width is known only once the prompts are tokenized), with "scores" where the rollout
+  scores the responses on the host (`scored`). The step also runs the family's experience
+  (make_experience_fn), as training does."""
+  rows, length = config.train.batch_size * repeat, config.model.max_seq_len
+  batch = {name: jax.ShapeDtypeStruct((rows, length), jnp.int32) for name in SEQUENCE_FIELDS}
+  for name in (TRUE_REWARD, "scores") if scored else (TRUE_REWARD,):
+    batch[name] = jax.ShapeDtypeStruct((rows,), jnp.float32)
+  return loss_fn, batch
 
 
 def sampling(config) -> SamplingParams:

@@ -136,7 +136,7 @@ def _remat(block_cls, policy: str):
   return nn.remat(block_cls, policy=checkpoint_policy[policy], prevent_cse=False)
 
 
-OUTPUTS = ("logits", "hidden", "logits_and_hidden")
+OUTPUTS = ("logits", "hidden")
 
 
 class Transformer(nn.Module):
@@ -161,8 +161,8 @@ class Transformer(nn.Module):
         Requires segment_ids (the slots' segment ids are kept in the cache).
       cache_index: the first slot of this call (a traced scalar is fine).
       outputs: "logits"; "hidden": the final normed hidden states [b, t, d] in place of the
-        logits, without the output layer (for a head of another kind: a reward model's);
-        "logits_and_hidden": both (PPO's value head on the policy's own states).
+        logits, without the output layer (for a head of another kind: a reward model's, PPO's
+        value head; `output_layer` makes the logits of them).
     Returns:
       logits [b, t, v] in float32; with return_router_stats, (logits, stats) where stats maps each
       name of moe.ROUTER_STATS to [layers, b] float32 (None for a dense model); with a cache,
@@ -223,8 +223,7 @@ class Transformer(nn.Module):
     if outputs not in OUTPUTS:
       raise ValueError(f"outputs={outputs!r} is not one of {OUTPUTS}")
     x = ops.from_stripes(x, stripes)
-    hidden = RMSNorm(c.norm_eps, dtype, param_dtype, name="final_norm")(x)  # [b, t, d]
-    x = hidden
+    x = RMSNorm(c.norm_eps, dtype, param_dtype, name="final_norm")(x)  # [b, t, d]
     if outputs == "hidden":
       logits = x  # What the output layer would read.
     elif c.tie_embeddings:
@@ -232,8 +231,6 @@ class Transformer(nn.Module):
     else:
       logits = _lm_head(c, name="lm_head")(x)
     logits = logits.astype(jnp.float32)
-    if outputs == "logits_and_hidden":
-      logits = (logits, hidden.astype(jnp.float32))
     if cache is not None:
       return logits, {**layer_caches, "segment_ids": cache_segment_ids}
     return (logits, router_stats) if return_router_stats else logits

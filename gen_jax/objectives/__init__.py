@@ -1,8 +1,8 @@
 """Losses as pure functions of (model outputs, batch); they know models but not training."""
 from gen_jax.objectives.distill import distillation_kl
-from gen_jax.objectives.lm import (chunked_next_token_loss, chunked_token_log_probs,
-                                   next_token_loss, packed_targets, sequence_log_probs,
-                                   token_log_probs)
+from gen_jax.objectives.lm import (chunked_logit_stats, chunked_next_token_loss,
+                                   chunked_token_log_probs, next_token_loss, packed_targets,
+                                   sequence_log_probs, token_log_probs)
 from gen_jax.objectives.preference import (DPO_LOSS_TYPES, bradley_terry_loss, dpo_loss,
                                            last_token_values)
 from gen_jax.objectives.rl import (KL_ESTIMATORS, explained_variance, gae, group_advantages,
@@ -15,6 +15,7 @@ __all__ = [
     "DPO_LOSS_TYPES",
     "KL_ESTIMATORS",
     "bradley_terry_loss",
+    "chunked_logit_stats",
     "chunked_next_token_loss",
     "chunked_token_log_probs",
     "discretized_logistic_log_prob",

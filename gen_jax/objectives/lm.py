@@ -59,13 +59,13 @@ def next_token_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array
   return -(token_log_probs(logits, targets) * weights).sum(), weights.sum()
 
 
-def chunked_token_log_probs(hidden: jax.Array, logits_fn, targets: jax.Array,
-                            num_chunks: int) -> jax.Array:
-  """`token_log_probs(logits_fn(hidden), targets)` without all the logits at once.
+def chunked_logit_stats(hidden: jax.Array, logits_fn, targets: jax.Array, num_chunks: int,
+                        stats_fn=token_log_probs):
+  """`stats_fn(logits_fn(hidden), targets)` without all the logits at once.
 
   The [b, t, v] float32 logits (and their softmax and gradient) are often a training step's largest
-  arrays: with a 32k vocabulary, 128 KB per token. Here the output layer and the log-softmax run
-  over `num_chunks` slices of the positions in turn, each slice's logits recomputed in the backward
+  arrays: with a 32k vocabulary, 128 KB per token. Here the output layer and `stats_fn` run over
+  `num_chunks` slices of the positions in turn, each slice's logits recomputed in the backward
   pass, so only [b, t / num_chunks, v] exist at a time; the result and its gradients are the
   same. Slice j holds positions j, j + num_chunks, j + 2 num_chunks, ...: spread over the whole
   length, so a length split over devices (sequence parallelism) splits every slice alike.
@@ -74,24 +74,37 @@ def chunked_token_log_probs(hidden: jax.Array, logits_fn, targets: jax.Array,
     hidden: [b, t, d], what the output layer reads.
     logits_fn: [b, c, d] -> [b, c, v] logits (the output layer, its parameters closed over).
     targets: [b, t] int.
-    num_chunks: slices; must divide t.
+    num_chunks: slices, at least 1. One that does not divide t pads the positions to a
+      multiple of it (at most num_chunks - 1 positions of zeros, computed and dropped).
+    stats_fn: (logits [b, c, v], targets [b, c]) -> a pytree of per-position [b, c] arrays
+      (default: token_log_probs; e.g. also the entropy, for RL).
   Returns:
-    [b, t] float32 log p(target) in nats.
+    stats_fn's pytree with every leaf [b, t], in position order.
   """
   b, t = targets.shape
-  if num_chunks < 1 or t % num_chunks:
-    raise ValueError(f"num_chunks={num_chunks} must be a positive divisor of the length {t}")
+  if num_chunks < 1:
+    raise ValueError(f"num_chunks={num_chunks} must be at least 1")
+  padded = -(-t // num_chunks) * num_chunks
 
-  def slices(x):  # [b, t, ...] -> [num_chunks, b, t / num_chunks, ...]
-    return jnp.moveaxis(x.reshape(b, t // num_chunks, num_chunks, *x.shape[2:]), 2, 0)
+  def slices(x):  # [b, t, ...] -> [num_chunks, b, padded / num_chunks, ...]
+    x = jnp.pad(x, [(0, 0), (0, padded - t)] + [(0, 0)] * (x.ndim - 2))
+    return jnp.moveaxis(x.reshape(b, padded // num_chunks, num_chunks, *x.shape[2:]), 2, 0)
 
   @jax.checkpoint  # Keep nothing of a slice's logits for the backward pass: recompute them.
-  def slice_log_probs(_, xs):
+  def slice_stats(_, xs):
     hidden, targets = xs
-    return None, token_log_probs(logits_fn(hidden), targets)
+    return None, stats_fn(logits_fn(hidden), targets)
 
-  _, log_probs = jax.lax.scan(slice_log_probs, None, (slices(hidden), slices(targets)))
-  return jnp.moveaxis(log_probs, 0, 2).reshape(b, t)  # Back to position order.
+  _, stats = jax.lax.scan(slice_stats, None, (slices(hidden), slices(targets)))
+  # Back to position order, the padding dropped.
+  return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 2).reshape(b, padded)[:, :t], stats)
+
+
+def chunked_token_log_probs(hidden: jax.Array, logits_fn, targets: jax.Array,
+                            num_chunks: int) -> jax.Array:
+  """[b, t] float32 `token_log_probs(logits_fn(hidden), targets)`, a slice of positions at a time
+  (`chunked_logit_stats`)."""
+  return chunked_logit_stats(hidden, logits_fn, targets, num_chunks)
 
 
 def chunked_next_token_loss(hidden: jax.Array, logits_fn, targets: jax.Array, weights: jax.Array,

@@ -90,8 +90,11 @@ def dry_run(config: ml_collections.ConfigDict) -> DryRunReport:
   rng = jax.eval_shape(lambda: rng_for(config.seed, "train"))
   # A family with optimizer groups (a GAN) gives {group: loss} as its loss_fn.
   phase_losses = loss_fn if isinstance(loss_fn, dict) else None
+  # An on-policy family turns rollouts into experience inside its step (train.loop does the same).
+  experience = (family.make_experience_fn(config) if hasattr(family, "make_experience_fn")
+                else None)
   step = build_train_step(config, layout, None if phase_losses else loss_fn,
-                          phase_losses=phase_losses)
+                          phase_losses=phase_losses, experience=experience)
   with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.rules_tuple(config.logical_axis_rules)):
     state_shardings = jax.tree.map(lambda x: x.sharding, layout.abstract)
     compiled = jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, None)).lower(

@@ -321,6 +321,40 @@ def test_ppo_experience_equals_numpy(stages, tmp_path):
   assert mask.sum() > 0 and np.all(batch["response_mask"][:, :batch["tokens"].shape[1] - 8] == 0)
 
 
+@pytest.mark.parametrize("family", ["ppo", "grpo"])
+def test_ppo_and_grpo_with_logit_chunks_give_the_same_experience_loss_and_gradients(
+    stages, tmp_path, family):
+  """objective.logit_chunks: the policy's and the reference's log-probabilities, the entropy and
+  (PPO, its value head sharing the policy) the values come from slices of the positions, the
+  last slice padded when the count does not divide the scored length: the same experience,
+  loss, sums and gradients as the whole logits'."""
+  sft, rm = stages
+  module = {"ppo": ppo, "grpo": grpo}[family]
+  overrides = {"init.source": f"workdir:{sft}",
+               **({"ppo.reward_model": f"workdir:{rm}", "ppo.value_model": "shared"}
+                  if family == "ppo" else {"grpo.group_size": 2})}
+  whole = tiny_config(f"configs/llm/{family}.py", **SHORT, **overrides)
+  task = module.build_task(whole, str(tmp_path))
+  layout = abstract_train_state(task.params, whole, parallel.make_mesh(whole.mesh))
+  state, frozen = layout.create(rng_for(whole.seed, "init"))
+  params = partition.merge_params(state.params, frozen)
+  batch = task.rollout(params, next(iter(task.train_data)), jax.random.key(0))
+  scored = batch["tokens"].shape[1] - 1
+  chunks = next(c for c in (3, 4, 5, 7) if scored % c)  # A count that needs padding.
+  sliced = tiny_config(f"configs/llm/{family}.py", **SHORT, **overrides,
+                       **{"objective.logit_chunks": chunks})
+  results = []
+  for config in (whole, sliced):
+    out, _, metrics = jax.jit(module.make_experience_fn(config))(params, state.extra, batch,
+                                                                  jax.random.key(1))
+    (loss, sums), grads = jax.value_and_grad(module.make_loss_fn(config), has_aux=True)(
+        params, out, None)
+    results.append((out, metrics, loss, sums, grads))
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # noqa: E731
+  jax.tree.map(close, results[1], results[0])
+  assert float(results[0][3]["entropy"]) > 0
+
+
 def test_ppo_with_reward_functions_scores_each_rollout_by_them(stages, tmp_path, monkeypatch):
   """ppo.reward_functions instead of a reward model: no reward model params, and with no KL
   penalty and gamma = lam = 1 every response token's return is its reply's score. The score

@@ -48,15 +48,42 @@ def test_chunked_next_token_loss_equals_the_whole_loss_and_its_gradients():
                                               chunks)
 
   (want, want_weight), want_grads = jax.value_and_grad(whole, (0, 1), has_aux=True)(hidden, kernel)
-  for chunks in (1, 3, 12):
+  # 5 and 7 do not divide the 12 positions: the last slices are padded, the padding dropped.
+  for chunks in (1, 3, 12, 5, 7):
     (got, got_weight), got_grads = jax.jit(jax.value_and_grad(chunked, (0, 1), has_aux=True),
                                            static_argnums=2)(hidden, kernel, chunks)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert float(got_weight) == float(want_weight)
     for g, w in zip(got_grads, want_grads):
       np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
-  with pytest.raises(ValueError, match="num_chunks=5 must be a positive divisor of the length 12"):
-    chunked(hidden, kernel, 5)
+  with pytest.raises(ValueError, match="num_chunks=0 must be at least 1"):
+    chunked(hidden, kernel, 0)
+
+
+def test_chunked_logit_stats_returns_every_statistic_of_the_slices_in_position_order():
+  """A stats_fn of several outputs (log p(target) and the entropy, as PPO and GRPO read them):
+  each equals the whole logits' and its gradient flows through the slices."""
+  import jax
+  r = np.random.default_rng(1)
+  hidden = jnp.asarray(r.normal(size=(2, 10, 8)), jnp.float32)
+  kernel = jnp.asarray(r.normal(size=(8, 30)), jnp.float32)
+  targets = jnp.asarray(r.integers(0, 30, size=(2, 10)))
+
+  def stats(logits, targets):
+    return {"log_p": objectives.token_log_probs(logits, targets),
+            "entropy": objectives.token_entropy(logits)}
+
+  want = stats(hidden @ kernel, targets)
+  got = objectives.chunked_logit_stats(hidden, lambda h: h @ kernel, targets, 4, stats)
+  for name in want:
+    assert got[name].shape == (2, 10)
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+  def entropy_sum(kernel, chunks):
+    return objectives.chunked_logit_stats(hidden, lambda h: h @ kernel, targets, chunks,
+                                          stats)["entropy"].sum()
+  np.testing.assert_allclose(jax.grad(entropy_sum)(kernel, 4),
+                             jax.grad(lambda k: stats(hidden @ k, targets)["entropy"].sum())(kernel),
+                             rtol=1e-4, atol=1e-6)
 
 
 def test_chunked_next_token_loss_holds_a_slice_of_the_logits_at_a_time():
