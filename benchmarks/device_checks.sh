@@ -27,8 +27,10 @@
 #   decode      SmolLM2-135M's architecture (its 98 MB GGUF cannot travel) at batch 1 and 32, with
 #               transformers' generate on the same weights
 #   decode_hlo  XLA:GPU's optimized HLO of the 1.1B decode loop, rolled and unscanned, into
-#               $OUT/decode_hlo_{1,2}.txt: read here, at no device time, it shows whether each
-#               layer's weights are copied out of the stacks and how many kernels a layer runs
+#               $OUT/decode_hlo_{1,2}.txt, summarized by benchmarks/hlo_summary.py (operations
+#               per loop body, largest outputs): whether each layer's weights are copied out of
+#               the stacks (or concatenated: XLA's dot merger) every step, how many kernels a
+#               layer runs
 # Then (issue 4), as far as the lease allows,
 # STAGES="lm_train_remat lm_train_flags attention kernel_tests":
 #   lm_train_remat  the 1b preset's MFU with remat=none (if it fits), attention and dots_attention
@@ -100,7 +102,7 @@ declare -A COMMANDS=(
   [decode_7b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_7b_config.json --weights=bfloat16,int8 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=scan_layers=False"
   [kernel_tests]="env GEN_JAX_COMPILED_KERNELS=1 python3 -m pytest -q -p no:cacheprovider tests/kernels -k 'gpu or quantized_matmul'"
   [lm_train_xla]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=xla"
-  [decode_hlo]="rm -rf /tmp/hlo; XLA_FLAGS='--xla_dump_to=/tmp/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*generate.*' python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --repeats=1 --new_tokens=8 {ARGS}; n=0; for f in \$(ls /tmp/hlo/*generate*after_optimizations.txt | head -2); do n=\$((n + 1)); cp \$f \$OUT/decode_hlo_\$n.txt; done; ls -l \$OUT"
+  [decode_hlo]="rm -rf /tmp/hlo; XLA_FLAGS='--xla_dump_to=/tmp/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*generate.*' python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --repeats=1 --new_tokens=8 {ARGS}; n=0; for f in \$(ls /tmp/hlo/*generate*after_optimizations.txt | head -2); do n=\$((n + 1)); cp \$f \$OUT/decode_hlo_\$n.txt; done; ls -l \$OUT; python3 benchmarks/hlo_summary.py --top=6 \$OUT/decode_hlo_*.txt"
   [lm_train_flags]="for flags in --xla_gpu_enable_triton_gemm=false --xla_gpu_triton_gemm_any=true; do echo \"| XLA_FLAGS=\$flags |\"; XLA_FLAGS=\$flags python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=dots {ARGS}; done"
   [lm_train_remat]="for remat in none attention dots_attention; do echo \"| remat=\$remat |\"; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=\$remat {ARGS}; done"
 )
@@ -131,7 +133,7 @@ done
 for stage in ${STAGES:-decode_1b decode_1b_dsf decode_7b decode decode_hlo}; do
   echo; echo "##### $stage"
   if grep -q '^| ' "$OUT/$stage.txt"; then
-    grep -E '^\||check|exit' "$OUT/$stage.txt" | tail -40
+    grep -E '^\||check|exit|^ENTRY|^while body' "$OUT/$stage.txt" | tail -40
   else
     grep -E '^  |exit|Error|passed|failed' "$OUT/$stage.txt" | tail -20
   fi
