@@ -7,8 +7,9 @@ instructions: fusions, library calls, copies, ...; not parameters, tuples, bitca
 by kind, and the ones with the largest outputs. In single-token decoding every output should be
 small (a row of activations, one cache slot): an output the size of a weight matrix, or of the
 whole KV cache, inside the token loop is a copy made every step, the bytes the roofline pays twice
-for. benchmarks/device_checks.sh's decode_hlo stage brings the 1.1B decode loop's modules back
-for this.
+for (except a dynamic-update-slice fusion's: its output is the array it updates in place, of
+which it writes one slot). benchmarks/device_checks.sh's decode_hlo stage brings the 1.1B decode
+loop's modules back for this.
 """
 import collections
 import math
