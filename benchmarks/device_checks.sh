@@ -5,7 +5,7 @@
 #   run(command="bash benchmarks/device_checks.sh", carry=[".whl"], timeout_s=595)
 #
 # Stages, most wanted first, each under its own time limit so that a stage that hangs or fails
-# leaves the rest their time (570 s in all plus about 20 s of set-up; the lease is 15 minutes of
+# leaves the rest their time (510 s in all plus about 20 s of set-up; the lease is 15 minutes of
 # device time, the machine's start included: on 2026-12-04 the start took about 30 s, so a second,
 # warm call of about 300 s fits after this one: see "Then" below). Each stage's full output lands in
 # $OUT/<stage>.txt; the reply carries the end of the combined output, which ends with every stage's
@@ -19,20 +19,23 @@
 #   decode_1b_dsf  the rolled 1.1B loop in bf16 with XLA:GPU's dynamic-slice fusion on
 #               (--xla_gpu_enable_dynamic_slice_fusion: cuBLAS reads a layer's weights in place
 #               in the stack): if this row matches scan_layers=False, the slices were the cost
+#   decode_1b_graphs  the 1.1B rows (the config's and scan_layers=False, bf16) with XLA's command
+#               buffers (CUDA graphs) off, then on for kernels and library calls but not loops
+#               (2026-12-04: with WHILE and CONDITIONAL too, 135M decoding got slower): at 135M a
+#               layer took 44 us, a dozen launches; without a layer loop one step is a straight
+#               run of kernels a graph can hold, so launches may stop dominating
 #   decode_7b   the same for Llama-2-7B's shape, bf16 and int8 (the config's, and with separate
 #               layers): where a layer's weights (400 MB,
 #               about 100 us at the H200's bandwidth) outweigh its kernel launches, so where the 70%
 #               roofline target can be judged (at 135M a layer takes 44 us, at 1.1B 116 us, of
 #               which launches are most of the first and half of the second: BENCHMARKS.md)
-#   decode      SmolLM2-135M's architecture (its 98 MB GGUF cannot travel) at batch 1 and 32, with
-#               transformers' generate on the same weights
 #   decode_hlo  XLA:GPU's optimized HLO of the 1.1B decode loop, rolled and unscanned, into
 #               $OUT/decode_hlo_{1,2}.txt, summarized by benchmarks/hlo_summary.py (operations
 #               per loop body, largest outputs): whether each layer's weights are copied out of
 #               the stacks (or concatenated: XLA's dot merger) every step, how many kernels a
 #               layer runs
-# Then (issue 4), as far as the lease allows,
-# STAGES="lm_train_remat lm_train_flags attention kernel_tests":
+# Then (issue 4, and 135M decoding), as far as the lease allows,
+# STAGES="lm_train_remat lm_train_flags attention kernel_tests decode":
 #   lm_train_remat  the 1b preset's MFU with remat=none (if it fits), attention and dots_attention
 #               (the Pallas flash forward kept, not recomputed); 2026-12-04: full 41.7%, dots 46.8%
 #   lm_train_flags  the 1b run (remat=dots) with XLA:GPU's GEMMs all by cuBLAS
@@ -47,6 +50,8 @@
 #               kernels?), then the Pallas kernel at 8k with four Triton warps x stages settings (its default tiles
 #               beat four others on 2026-12-04; at 0.56x cuDNN, warps and pipelining are next)
 #   lm_train    benchmarks/lm_train.py: the 1b preset at batch 16, Pallas attention, MFU
+#   decode      SmolLM2-135M's architecture (its 98 MB GGUF cannot travel) at batch 1 and 32, with
+#               transformers' generate on the same weights
 #   lm_train_xla  the 1b run with the XLA reference attention, for the ratio (cuDNN cannot mask
 #               packed documents, which training batches carry)
 # STAGES="decode attention" runs a subset; LIMIT_<stage>=SECONDS changes one stage's limit and
@@ -99,6 +104,7 @@ declare -A COMMANDS=(
   [decode]="python3 benchmarks/decode.py --hf_config=benchmarks/smollm2_135m_config.json --weights=bfloat16,int8,int4 --draft_layers=0 --nono_cache --variants='scan_layers=False;scan_layers=False,attention_impl=pallas'"
   [decode_1b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16,int8,int4 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants='scan_layers=False;attention_impl=pallas;scan_layers=False,attention_impl=pallas'"
   [decode_1b_dsf]="XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=''"
+  [decode_1b_graphs]="for flags in --xla_gpu_enable_command_buffer= --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN; do echo \"| XLA_FLAGS=\$flags |\"; XLA_FLAGS=\$flags python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache {ARGS}; done"
   [decode_7b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_7b_config.json --weights=bfloat16,int8 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=scan_layers=False"
   [kernel_tests]="env GEN_JAX_COMPILED_KERNELS=1 python3 -m pytest -q -p no:cacheprovider tests/kernels -k 'gpu or quantized_matmul'"
   [lm_train_xla]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=xla"
@@ -110,9 +116,9 @@ declare -A COMMANDS=(
 # decode 104 s and decode_1b 29 s, before the separate-layer and Pallas int-matmul rows (the
 # unrolled decoders' compiles took over 30 s each there; not yet measured).
 declare -A LIMITS=([attention]=170 [lm_train]=60 [decode]=150 [decode_1b]=180 [decode_7b]=140
-                   [decode_hlo]=60 [decode_1b_dsf]=40
+                   [decode_hlo]=60 [decode_1b_dsf]=40 [decode_1b_graphs]=90
                    [lm_train_xla]=70 [lm_train_remat]=130 [lm_train_flags]=100 [kernel_tests]=120)
-for stage in ${STAGES:-decode_1b decode_1b_dsf decode_7b decode decode_hlo}; do
+for stage in ${STAGES:-decode_1b decode_1b_dsf decode_1b_graphs decode_7b decode_hlo}; do
   limit_var="LIMIT_$stage"
   args_var="ARGS_$stage"
   limit="${!limit_var:-${LIMITS[$stage]}}"
@@ -130,7 +136,7 @@ done
 
 # The results last, where the reply's output tail keeps them: a stage's table, or the lines it
 # printed as it went when its time ran out before the table.
-for stage in ${STAGES:-decode_1b decode_1b_dsf decode_7b decode decode_hlo}; do
+for stage in ${STAGES:-decode_1b decode_1b_dsf decode_1b_graphs decode_7b decode_hlo}; do
   echo; echo "##### $stage"
   if grep -q '^| ' "$OUT/$stage.txt"; then
     grep -E '^\||check|exit|^ENTRY|^while body' "$OUT/$stage.txt" | tail -40
