@@ -85,18 +85,23 @@ def test_separate_layer_params_compute_what_the_stack_does():
   """scan_layers=False (a Python loop of layers_0, layers_1, ...) on unstack_layers(params)
   equals the scanned model, logits and MoE router statistics; stack_layers undoes the split."""
   cfg = TransformerConfig(**{**CFG.__dict__, "num_experts": 4})
-  model, params = _init(cfg)
+  model = Transformer(cfg)
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))[
+      "params"])  # Jitted: eager MoE dispatch takes seconds.
   unscanned = Transformer(TransformerConfig(**{**cfg.__dict__, "scan_layers": False}))
   separate = unstack_layers(params, cfg.num_layers)
   assert "layers" not in separate and sorted(k for k in separate if k.startswith("layers")) == [
       "layers_0", "layers_1"]
   # Its own init makes the same tree, so checkpoints of either layout convert both ways.
-  own = unscanned.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-  assert (jax.tree.structure(jax.tree.map(jnp.shape, separate)) ==
-          jax.tree.structure(jax.tree.map(jnp.shape, nn.meta.unbox(own))))
+  own = jax.eval_shape(unscanned.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  assert (jax.tree.map(jnp.shape, separate) ==
+          jax.tree.map(lambda x: x.shape, nn.meta.unbox(own)))
   tokens = jax.random.randint(jax.random.key(3), (2, 10), 0, cfg.vocab_size)
-  logits, stats = model.apply({"params": params}, tokens, return_router_stats=True)
-  logits_u, stats_u = unscanned.apply({"params": separate}, tokens, return_router_stats=True)
+  def run(net, net_params):
+    return jax.jit(lambda p: net.apply({"params": p}, tokens, return_router_stats=True))(
+        net_params)
+  logits, stats = run(model, params)
+  logits_u, stats_u = run(unscanned, separate)
   np.testing.assert_allclose(np.asarray(logits_u), np.asarray(logits), atol=1e-5)
   for name in stats:
     assert stats_u[name].shape == stats[name].shape == (cfg.num_layers, 2)
@@ -121,12 +126,14 @@ def test_separate_layer_params_train_like_the_stack_under_remat():
   """Gradients through scan_layers=False (each block rematerialized) equal the stack's, layer by
   layer: the layout is a compute choice, not a different model."""
   cfg = TransformerConfig(**{**CFG.__dict__, "num_layers": 3, "remat": "dots"})
-  model, params = _init(cfg)
+  model = Transformer(cfg)
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))[
+      "params"])
   unscanned = Transformer(TransformerConfig(**{**cfg.__dict__, "scan_layers": False}))
   tokens = jax.random.randint(jax.random.key(4), (2, 8), 0, cfg.vocab_size)
   def loss(net):
     return lambda p: net.apply({"params": p}, tokens).astype(jnp.float32).std()
-  grads = jax.grad(loss(model))(params)
-  separate = stack_layers(jax.grad(loss(unscanned))(unstack_layers(params, 3)), 3)
+  grads = jax.jit(jax.grad(loss(model)))(params)
+  separate = stack_layers(jax.jit(jax.grad(loss(unscanned)))(unstack_layers(params, 3)), 3)
   for a, b in zip(jax.tree.leaves(separate), jax.tree.leaves(grads)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
