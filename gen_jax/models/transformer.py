@@ -270,9 +270,10 @@ def _lm_head(c: TransformerConfig, name: str | None = None) -> Projection:
 
 def unstack_layers(params: dict, num_layers: int) -> dict:
   """Params of a `scan_layers=False` model from the stacked layout: params["layers"] (every leaf
-  [layers, ...]; plain arrays, not nn.Partitioned boxes) becomes params["layers_0"] ..
-  params[f"layers_{num_layers - 1}"]. Copies the layer weights once (the stack can be freed
-  after); stack_layers undoes it."""
+  [layers, ...]) becomes params["layers_0"] .. params[f"layers_{num_layers - 1}"]; every param
+  comes back a plain array (logical-axis boxes, whose names count the layer axis, are dropped).
+  Copies the layer weights once (the stack can be freed after); stack_layers undoes it."""
+  params = nn.meta.unbox(params)
   stacked = params["layers"]
   for leaf in jax.tree.leaves(stacked):
     if leaf.shape[:1] != (num_layers,):
@@ -284,7 +285,9 @@ def unstack_layers(params: dict, num_layers: int) -> dict:
 
 
 def stack_layers(params: dict, num_layers: int) -> dict:
-  """The stacked layout (params["layers"], leaves [layers, ...]) of `unstack_layers`' output."""
+  """The stacked layout (params["layers"], leaves [layers, ...]; plain arrays) of
+  `unstack_layers`' output."""
+  params = nn.meta.unbox(params)
   names = [f"layers_{i}" for i in range(num_layers)]
   missing = [name for name in names if name not in params]
   if missing:

@@ -106,6 +106,10 @@ def test_separate_layer_params_compute_what_the_stack_does():
   for name in stats:
     assert stats_u[name].shape == stats[name].shape == (cfg.num_layers, 2)
     np.testing.assert_allclose(np.asarray(stats_u[name]), np.asarray(stats[name]), atol=1e-6)
+  # Boxed params (straight from init, logical axis names attached) unstack to the same arrays.
+  boxed = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)),
+                                   unstack_layers(boxed, cfg.num_layers), separate))
   restacked = stack_layers(separate, cfg.num_layers)
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), restacked, params))
 
