@@ -35,7 +35,8 @@ from gen_jax import ops
 
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096", "8192", "16384", "32768"],
                              "Sequence lengths.")
-_IMPLS = flags.DEFINE_list("impls", ["xla", "pallas", "cudnn"], "ops.attention implementations.")
+_IMPLS = flags.DEFINE_list("impls", ["xla", "pallas", "cudnn"], "ops.attention implementations, "
+                           "or pallas:dq=atomic (the Pallas kernel with dQ by atomic adds).")
 _TOKENS = flags.DEFINE_integer("tokens_per_batch", 32768, "batch = tokens_per_batch / length (>= 1).")
 _HEADS = flags.DEFINE_integer("num_heads", 32, "Query heads.")
 _KV_HEADS = flags.DEFINE_integer("num_kv_heads", 8, "Key/value heads.")
@@ -67,14 +68,20 @@ def _inputs(batch: int, length: int, dtype, seed: int = 0):
 
 def _attention(impl: str, q, k, v):
   """ops.attention; "pallas:tiles=BQxBK" / "pallas:triton=WxS" call the Pallas kernel with those
-  tiles / Triton warps and stages on all its kernels."""
+  tiles / Triton warps and stages on all its kernels, "pallas:dq=atomic" with dQ by atomic adds
+  (flash_attention's dq_atomic)."""
   if not impl.startswith("pallas:"):
     return ops.attention(q, k, v, causal=True, impl=impl)
   from gen_jax import kernels
   setting, _, value = impl.partition(":")[2].partition("=")
-  first, second = map(int, value.split("x"))
-  options = ({"block_q": first, "block_k": second} if setting == "tiles"
-             else {"num_warps": first, "num_stages": second})
+  if setting == "dq" and value == "atomic":
+    options = {"dq_atomic": True}
+  elif setting in ("tiles", "triton"):
+    first, second = map(int, value.split("x"))
+    options = ({"block_q": first, "block_k": second} if setting == "tiles"
+               else {"num_warps": first, "num_stages": second})
+  else:
+    raise ValueError(f"{impl!r}: the Pallas settings are tiles=BQxBK, triton=WxS, dq=atomic")
   return kernels.flash_attention(q, k, v, causal=True, **options, **ops.pallas_target())
 
 

@@ -25,7 +25,8 @@ def flash_attention(query, key, value, *, causal: bool, segment_ids=None, key_se
                     query_offset: int | jax.Array = 0, sliding_window: int | None = None,
                     scale: float | None = None, backend: str = "gpu", block_q: int | None = None,
                     block_k: int | None = None, interpret: bool = False,
-                    num_warps: int | None = None, num_stages: int | None = None) -> jax.Array:
+                    num_warps: int | None = None, num_stages: int | None = None,
+                    dq_atomic: bool = False) -> jax.Array:
   """Multi-head attention with grouped kv heads, differentiable in query, key and value.
 
   Args:
@@ -47,12 +48,16 @@ def flash_attention(query, key, value, *, causal: bool, segment_ids=None, key_se
     interpret: run the same kernels in the Pallas interpreter (on any device, e.g. CPU tests).
     num_warps, num_stages: Triton's warps per program and pipelining depth for every kernel of
       the GPU backend (None: its defaults; for tuning on new hardware, benchmarks/attention.py).
+    dq_atomic: GPU backend: the dK/dV kernel also adds each tile's share of dQ into a float32
+      buffer with atomic adds, in place of a separate dQ kernel that recomputes the logits and
+      probabilities (FlashAttention-2's CUDA backward; 5 matmuls per tile pair instead of 7, at
+      the price of atomic traffic and a summation order that varies from run to run).
   Returns:
     [b, t, n, h] in value's dtype; a query that sees no key gets 0 (and zero gradients).
   """
   config, padded = _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
                             sliding_window, scale, backend, block_q, block_k, interpret,
-                            num_warps, num_stages)
+                            num_warps, num_stages, dq_atomic)
   out = _flash(backend, config, *padded)
   return out[:, :query.shape[1], :, :query.shape[3]]
 
@@ -62,7 +67,8 @@ def flash_attention_with_lse(query, key, value, *, causal: bool, segment_ids=Non
                              sliding_window: int | None = None, scale: float | None = None,
                              backend: str = "gpu", block_q: int | None = None,
                              block_k: int | None = None, interpret: bool = False,
-                             num_warps: int | None = None, num_stages: int | None = None):
+                             num_warps: int | None = None, num_stages: int | None = None,
+                             dq_atomic: bool = False):
   """`flash_attention`'s forward pass with each query's log-sum-exp; not differentiable.
 
   Attention split over blocks of keys (ring attention) combines the blocks' outputs by their
@@ -73,7 +79,7 @@ def flash_attention_with_lse(query, key, value, *, causal: bool, segment_ids=Non
   """
   config, padded = _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
                             sliding_window, scale, backend, block_q, block_k, interpret,
-                            num_warps, num_stages)
+                            num_warps, num_stages, dq_atomic)
   out, residuals = _KERNELS[backend].forward(*padded, config)
   lse = _KERNELS[backend].natural_lse(residuals[-1])[:, :, :query.shape[1]]
   lse = jnp.where(lse == jnp.inf, -jnp.inf, lse)  # The kernels mark an empty row +inf.
@@ -86,7 +92,7 @@ def flash_attention_backward(query, key, value, out, lse, d_out, *, causal: bool
                              scale: float | None = None, backend: str = "gpu",
                              block_q: int | None = None, block_k: int | None = None,
                              interpret: bool = False, num_warps: int | None = None,
-                             num_stages: int | None = None):
+                             num_stages: int | None = None, dq_atomic: bool = False):
   """Gradients (dq, dk, dv) of a loss through attention of `query` to these keys and values.
 
   `out` [b, t, n, h] and `lse` [b, n, t] (natural log, -inf for a query that sees no key) are those
@@ -98,7 +104,7 @@ def flash_attention_backward(query, key, value, out, lse, d_out, *, causal: bool
   """
   config, padded = _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
                             sliding_window, scale, backend, block_q, block_k, interpret,
-                            num_warps, num_stages)
+                            num_warps, num_stages, dq_atomic)
   t, h = query.shape[1], query.shape[3]
   padded_t, padded_h = padded[0].shape[1], padded[0].shape[3]
   pad = lambda x: jnp.pad(x, ((0, 0), (0, padded_t - t), (0, 0), (0, padded_h - h)))
@@ -112,13 +118,14 @@ def flash_attention_backward(query, key, value, out, lse, d_out, *, causal: bool
 
 
 def _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
-             sliding_window, scale, backend, block_q, block_k, interpret, num_warps, num_stages):
+             sliding_window, scale, backend, block_q, block_k, interpret, num_warps, num_stages,
+             dq_atomic):
   """(the kernels' FlashConfig, (query, key, value, query ids, key ids, run-time offset)): the
   arrays padded to whole tiles, ids None without segments, the offset None when static."""
   if backend not in FLASH_BACKENDS:
     raise ValueError(f"backend {backend!r} is not one of {FLASH_BACKENDS}")
-  if backend != "gpu" and (num_warps or num_stages):
-    raise ValueError("num_warps and num_stages are Triton settings of the 'gpu' backend")
+  if backend != "gpu" and (num_warps or num_stages or dq_atomic):
+    raise ValueError("num_warps, num_stages and dq_atomic are settings of the 'gpu' backend")
   for name, setting in (("num_warps", num_warps), ("num_stages", num_stages)):
     if setting is not None and setting < 1:
       raise ValueError(f"{name} must be positive, got {setting}")
@@ -134,7 +141,7 @@ def _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offs
                   has_segments=segment_ids is not None, query_offset=static_offset)
   config = FlashConfig(mask=mask, scale=float(h ** -0.5 if scale is None else scale),
                        blocks=blocks, interpret=interpret, num_warps=num_warps,
-                       num_stages=num_stages)
+                       num_stages=num_stages, dq_atomic=bool(dq_atomic))
 
   def pad(x, length):  # Zero rows and zero head_dim columns change no dot product.
     return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, blocks.padded_head_dim - h)))

@@ -140,13 +140,15 @@ class FlashConfig:
   """Everything static about one flash-attention call (hashable: a custom_vjp static argument).
 
   num_warps / num_stages: Triton's warps per program and software-pipelining depth for every GPU
-  kernel (None: the kernels' defaults); the TPU kernels have no such settings."""
+  kernel (None: the kernels' defaults); dq_atomic: the GPU backward's dQ by atomic adds from the
+  dK/dV kernel (flash_attention's argument); the TPU kernels have no such settings."""
   mask: TileMask
   scale: float
   blocks: KernelBlocks
   interpret: bool
   num_warps: int | None = None
   num_stages: int | None = None
+  dq_atomic: bool = False
 
 
 def output_struct(shape, dtype, *inputs) -> jax.ShapeDtypeStruct:
@@ -199,3 +201,8 @@ def dot_nt(a, b):
 def dot(a, b):
   """a [m, n] @ b [n, h], accumulated in float32."""
   return jnp.dot(a, b, preferred_element_type=jnp.float32)
+
+
+def dot_tn(a, b):
+  """a [n, m]^T @ b [n, h], accumulated in float32 (dQ from the key-major dS^T tiles)."""
+  return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)

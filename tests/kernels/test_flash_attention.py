@@ -75,12 +75,14 @@ def _assert_all_close(flash, reference, atol, rtol=1e-5, where=""):
 
 
 def _check_against_reference(backend, query, key, value, *, atol, rtol=1e-5, blocks=True,
-                             **options):
-  """Asserts flash == reference for the output and all three gradients; returns flash's."""
+                             kernel_options=None, **options):
+  """Asserts flash == reference for the output and all three gradients; returns flash's.
+  kernel_options go to the kernel alone (settings the reference does not have)."""
   block = SMALL_BLOCKS[backend] if blocks else None
   flash = _output_and_grads(
       lambda q, k, v: flash_attention(q, k, v, backend=backend, block_q=block, block_k=block,
-                                      interpret=_interpret(backend), **options), query, key, value)
+                                      interpret=_interpret(backend), **(kernel_options or {}),
+                                      **options), query, key, value)
   reference = _output_and_grads(
       lambda q, k, v: ops.attention(q, k, v, impl="xla", **options), query, key, value)
   _assert_all_close(flash, reference, atol, rtol)
@@ -111,6 +113,19 @@ def test_matches_reference(backend, shape):
 def test_default_blocks_match_reference(backend):
   _check_against_reference(backend, *_qkv(1, 1, 45, 45, 4, 2, 16), atol=2e-5, blocks=False,
                            causal=True)
+
+
+@pytest.mark.parametrize("shape", [*SHAPES, "packed"])
+def test_gpu_dq_by_atomic_adds_matches_reference(shape):
+  """dq_atomic: the dK/dV kernel adds each tile's dQ into one float32 buffer (FlashAttention-2's
+  CUDA backward) instead of a separate dQ kernel; every shape, and packed documents with padding
+  and empty rows, against the reference."""
+  if shape == "packed":
+    b, t, s, n, k, h, options = 2, 40, 40, 4, 2, 8, {"causal": True, "segment_ids": PACKED}
+  else:
+    b, t, s, n, k, h, options = SHAPES[shape]
+  _check_against_reference("gpu", *_qkv(3, b, t, s, n, k, h), atol=2e-5,
+                           kernel_options={"dq_atomic": True}, **options)
 
 
 # Three packed documents then padding (0) in row 0; row 1 is one document and mostly padding.
@@ -275,9 +290,12 @@ def test_triton_settings_reach_the_gpu_kernels_and_the_tpu_backend_refuses_them(
   default, tuned = lowered_text(), lowered_text(num_warps=2, num_stages=5)
   assert default.count("num_warps = 4 : i32") == default.count("num_stages = 2 : i32") == 3
   assert tuned.count("num_warps = 2 : i32") == tuned.count("num_stages = 5 : i32") == 3
+  # dq_atomic lowers for Triton too, with one backward kernel fewer (forward and dK/dV/dQ).
+  assert lowered_text(dq_atomic=True).count("num_warps = 4 : i32") == 2
   q, k, v = _qkv(0, 1, 16, 16, 2, 1, 8)
-  with pytest.raises(ValueError, match="Triton settings of the 'gpu' backend"):
-    flash_attention(q, k, v, causal=True, backend="tpu", interpret=True, num_warps=4)
+  for setting in ({"num_warps": 4}, {"dq_atomic": True}):
+    with pytest.raises(ValueError, match="dq_atomic are settings of the 'gpu' backend"):
+      flash_attention(q, k, v, causal=True, backend="tpu", interpret=True, **setting)
   with pytest.raises(ValueError, match="num_stages must be positive, got 0"):
     flash_attention(q, k, v, causal=True, interpret=True, num_stages=0)
 
