@@ -67,8 +67,7 @@ def flash_attention_with_lse(query, key, value, *, causal: bool, segment_ids=Non
                              sliding_window: int | None = None, scale: float | None = None,
                              backend: str = "gpu", block_q: int | None = None,
                              block_k: int | None = None, interpret: bool = False,
-                             num_warps: int | None = None, num_stages: int | None = None,
-                             dq_atomic: bool = False):
+                             num_warps: int | None = None, num_stages: int | None = None):
   """`flash_attention`'s forward pass with each query's log-sum-exp; not differentiable.
 
   Attention split over blocks of keys (ring attention) combines the blocks' outputs by their
@@ -79,7 +78,7 @@ def flash_attention_with_lse(query, key, value, *, causal: bool, segment_ids=Non
   """
   config, padded = _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
                             sliding_window, scale, backend, block_q, block_k, interpret,
-                            num_warps, num_stages, dq_atomic)
+                            num_warps, num_stages, False)  # dq_atomic is a backward setting.
   out, residuals = _KERNELS[backend].forward(*padded, config)
   lse = _KERNELS[backend].natural_lse(residuals[-1])[:, :, :query.shape[1]]
   lse = jnp.where(lse == jnp.inf, -jnp.inf, lse)  # The kernels mark an empty row +inf.
