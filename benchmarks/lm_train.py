@@ -29,6 +29,7 @@ from gen_jax.config import load_config_file
 from gen_jax.config.presets import set_field
 from gen_jax.train import abstract_train_state, make_train_step, rng_for, validate
 from gen_jax.train.state import learning_rate_schedule
+import trace_summary  # benchmarks/, the script's own directory.
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,6 +38,9 @@ _SET = flags.DEFINE_multi_string("set", [], "Overrides, e.g. --set=model.remat=d
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Global batch (sequences); 0: the preset's.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+_TRACE_DIR = flags.DEFINE_string("trace_dir", None, "Also profile 2 steps after the timed ones "
+                                 "into DIR and print trace_summary.py's account per step (the "
+                                 "kernels that took the time, the GPU's busy fraction).")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak bf16 TFLOP/s per device; 0: from the table.")
 
 # Dense bf16 peak per chip from the vendors' data sheets (no sparsity).
@@ -112,6 +116,12 @@ def main(argv):
       state, metrics = step_fn(state, frozen, batch, rng)
     jax.block_until_ready(metrics)
     step_sec = (time.perf_counter() - start) / _STEPS.value
+    if _TRACE_DIR.value:
+      with trace_summary.traced(_TRACE_DIR.value):
+        for _ in range(2):
+          state, metrics = step_fn(state, frozen, batch, rng)
+        jax.block_until_ready(metrics)
+      print(trace_summary.summarize(_TRACE_DIR.value, per=2, per_name="step", top=15), flush=True)
 
   tokens_per_step = config.train.batch_size * config.model.max_seq_len
   tokens_per_sec = tokens_per_step / step_sec
