@@ -18,7 +18,9 @@ and the Pallas kernel that dequantizes in registers, both on a GPU) and batch si
   cache, FIELD=VALUE,...  the same with those model fields changed, one row per --variants
              entry: e.g. scan_layers=False (no layer loop: each layer's weights apart, so no
              step slices the weight stacks; the default), scan_unroll=num_layers (the loop
-             unrolled over the stacks) or attention_impl=pallas (the flash kernel over the cache)
+             unrolled over the stacks) or attention_impl=pallas (the flash kernel over the cache);
+             steps_per_check=K is the decoding loop's, not the model's: K tokens between two
+             checks whether every row has stopped (one host wait per K steps on a GPU)
   no cache   the same greedy loop jitted, but every step reruns the whole [b, prompt + new] buffer
              (what decoding costs without a KV cache)
   speculative (batch 1) gen_jax.sampling.speculative_generate with the target's own first
@@ -78,7 +80,9 @@ _DRAFT_TOKENS = flags.DEFINE_integer("draft_tokens", 4, "Tokens the draft propos
 _VARIANTS = flags.DEFINE_string("variants", "scan_layers=False", "Model variants to time the "
                                 "cache with beside the config's own, ';'-separated, each "
                                 "comma-separated FIELD=VALUE of TransformerConfig; a VALUE may "
-                                "name another field (scan_unroll=num_layers). Empty: none.")
+                                "name another field (scan_unroll=num_layers); steps_per_check=K "
+                                "is generate_batch's (check for stopped rows every K tokens). "
+                                "Empty: none.")
 _HF = flags.DEFINE_bool("hf", True, "Also time transformers' generate (needs torch).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per cell (the median is reported).")
 _PER_TOKEN = flags.DEFINE_bool("per_token", False, "Also time each cache row with 8 new tokens and "
@@ -153,13 +157,16 @@ def _weights(config, params, weights: str):
   return quant.quantized_config(config, bits, _GROUP_SIZE.value), params
 
 
-def _variants(config) -> list[tuple[str, object]]:
-  """(label, config) per --variants entry; ValueError names a bad entry."""
+def _variants(config) -> list[tuple[str, object, int]]:
+  """(label, config, steps_per_check) per --variants entry; ValueError names a bad entry."""
   variants = []
   for entry in filter(None, _VARIANTS.value.split(";")):
-    changes = {}
+    changes, steps_per_check = {}, 1
     for assignment in entry.split(","):
       name, _, value = assignment.partition("=")
+      if name == "steps_per_check":  # generate_batch's, not the model's.
+        steps_per_check = int(value)
+        continue
       if not hasattr(config, name) or not value:
         raise ValueError(f"--variants: {assignment!r} is not FIELD=VALUE of a model field")
       current = getattr(config, name)
@@ -169,7 +176,7 @@ def _variants(config) -> list[tuple[str, object]]:
         changes[name] = value.lower() in ("1", "true")
       else:
         changes[name] = type(current)(value)
-    variants.append((entry, dataclasses.replace(config, **changes)))
+    variants.append((entry, dataclasses.replace(config, **changes), steps_per_check))
   return variants
 
 
@@ -254,15 +261,16 @@ def main(argv):
     for batch in [int(b) for b in _BATCH_SIZES.value]:
       prompts = [prompt_ids] * batch
 
-      def decode(model, num_rows, params=params, new=new):
+      def decode(model, num_rows, params=params, new=new, steps_per_check=1):
         return generate_batch(model, params, prompts[:num_rows], max_new_tokens=new, sampling=greedy,
-                              rng=jax.random.key(0), eos_id=-1, max_seq_len=config.max_seq_len)
+                              rng=jax.random.key(0), eos_id=-1, max_seq_len=config.max_seq_len,
+                              steps_per_check=steps_per_check)
 
-      def per_token(model, seconds, params=params):
+      def per_token(model, seconds, params=params, steps_per_check=1):
         """The decoding time per token, the prefill cancelled out (--per_token)."""
         if not _PER_TOKEN.value or new <= 8:
           return ""
-        short = _median_seconds(lambda: decode(model, batch, params, 8))
+        short = _median_seconds(lambda: decode(model, batch, params, 8, steps_per_check))
         return f"{(seconds - short) / (new - 8) * 1e3:.2f} ms per decoded token"
 
       def roofline(seconds):
@@ -275,14 +283,14 @@ def main(argv):
         return (f"roofline {achieved / peak:.0%} of the data sheet's {peak / 1e12:.2f} TB/s, "
                 f"{achieved / copy:.0%} of a copy's {copy / 1e12:.2f} TB/s")
 
-      def trace(label, model, params=params):
+      def trace(label, model, params=params, steps_per_check=1):
         """--trace_dir: one batch-1 call profiled and summarized per decoded token (the prefill
         of the short prompt is in it too: one step's worth of launches more)."""
         if not _TRACE_DIR.value or batch != 1:
           return
         directory = os.path.join(_TRACE_DIR.value, re.sub(r"[^\w=.-]+", "_", f"{weights} {label}"))
         with trace_summary.traced(directory):
-          jax.block_until_ready(decode(model, batch, params))
+          jax.block_until_ready(decode(model, batch, params, new, steps_per_check))
         print(f"  trace of {weights} batch 1 {label}, {new} new tokens:\n" + trace_summary.summarize(
             directory, per=new, per_name="token", top=12), flush=True)
 
@@ -292,18 +300,19 @@ def main(argv):
       note = f"{pretrained.tokenizer.decode(ours[:8])!r}..." if pretrained.tokenizer else ""
       note = "; ".join(filter(None, (note, roofline(cached), per_token(model, cached))))
       _record(rows, (weights, batch, "cache", batch * new / cached, 1.0, note))
-      for label, variant in _variants(config):
+      for label, variant, steps in _variants(config):
         variant_model = Transformer(variant)
         variant_params = (params if variant.scan_layers else  # A second copy of the weights.
                           unstack_layers(params, variant.num_layers))
-        seconds = _median_seconds(lambda: decode(variant_model, batch, variant_params))
-        trace(f"cache, {label}", variant_model, variant_params)
-        same = sum(a == b for a, b in zip(decode(variant_model, 1, variant_params)[0], ours))
+        run = lambda rows: decode(variant_model, rows, variant_params, new, steps)
+        seconds = _median_seconds(lambda: run(batch))
+        trace(f"cache, {label}", variant_model, variant_params, steps)
+        same = sum(a == b for a, b in zip(run(1)[0], ours))
         same_note = f"{same}/{new} tokens equal the config's"
         _record(rows, (weights, batch, f"cache, {label}", batch * new / seconds,
                        cached / seconds, "; ".join(filter(None, (
                            same_note, roofline(seconds),
-                           per_token(variant_model, seconds, variant_params))))))
+                           per_token(variant_model, seconds, variant_params, steps))))))
       if _NO_CACHE.value:
         seconds = _median_seconds(_no_cache_greedy(model, params, jnp.asarray(prompts), new),
                                   warm_up=False)

@@ -128,7 +128,9 @@ def traced(directory: str):
   """Profiles the block into `directory` (a trace for `summarize`); the caller waits for its
   arrays inside the block, or the trace misses the device's work."""
   import jax  # Only the tracing needs JAX; summarizing a copied trace does not.
-  with jax.profiler.trace(directory, create_perfetto_trace=True):
+  options = jax.profiler.ProfileOptions()
+  options.python_tracer_level = 0  # Python frames: the profiler's own calls, and overhead.
+  with jax.profiler.trace(directory, create_perfetto_trace=True, profiler_options=options):
     yield
 
 

@@ -80,12 +80,23 @@ def pack_prompts(prompts: list[list[int]], max_new_tokens: int, max_seq_len: int
   return tokens, lengths, budgets, int(budgets.max())
 
 
-@functools.partial(jax.jit, static_argnames=("model", "sampling", "max_new_tokens"))
+@functools.partial(jax.jit, static_argnames=("model", "sampling", "max_new_tokens",
+                                             "steps_per_check"))
 def _generate(model: nn.Module, params, tokens, prompt_lengths, budgets, rng, eos_id, stops,
-              stop_lengths, *, sampling: SamplingParams, max_new_tokens: int):
+              stop_lengths, *, sampling: SamplingParams, max_new_tokens: int,
+              steps_per_check: int = 1):
   """tokens [b, P] left-padded prompts; prompt_lengths, budgets [b] (new tokens each row may
   make); stops [m, l], stop_lengths [m] (see `_ends_with_a_stop_sequence`). Returns (new tokens
-  [b, max_new_tokens], count [b] of tokens kept: up to a stop sequence, before end-of-text)."""
+  [b, max_new_tokens], count [b] of tokens kept: up to a stop sequence, before end-of-text).
+
+  The loop asks whether every row has stopped once per `steps_per_check` tokens: XLA:GPU copies a
+  while loop's condition to the host and waits for it every iteration, so the host cannot queue
+  the next step's kernels before the last one ends; an inner loop of a fixed trip count needs no
+  such wait. Steps past the point where every row stopped (at most steps_per_check - 1) change
+  nothing: their tokens are dropped, and the cache slots they write are never read.
+  """
+  if steps_per_check < 1:
+    raise ValueError(f"steps_per_check must be at least 1, got {steps_per_check}")
   b, prompt_slots = tokens.shape
   vocab = model.config.vocab_size
   logits, cache, segment_ids = prefill(model, params, tokens, prompt_lengths,
@@ -109,7 +120,7 @@ def _generate(model: nn.Module, params, tokens, prompt_lengths, budgets, rng, eo
     step, _, _, done, _, _ = carry
     return (step < max_new_tokens) & ~jnp.all(done)
 
-  def body(carry):
+  def step_once(carry):
     step, out, cache, done, count, seen = carry
     previous = jnp.maximum(out[:, step - 1], 0)  # A stopped row holds -1; it feeds token 0.
     seen = seen.at[jnp.arange(b), previous].set(True)
@@ -119,10 +130,16 @@ def _generate(model: nn.Module, params, tokens, prompt_lengths, budgets, rng, eo
     token = choose(logits[:, 0], step, seen)
     ends = token == eos_id
     count = jnp.where(done | ends, count, count + 1)
-    out = out.at[:, step].set(jnp.where(done, -1, token))
+    # Past max_new_tokens (only after every row stopped) the column does not exist: dropped.
+    out = out.at[:, step].set(jnp.where(done, -1, token), mode="drop")
     done = (done | ends | (step + 1 >= budgets) |
             _ends_with_a_stop_sequence(out, step, stops, stop_lengths))
     return step + 1, out, cache, done, count, seen
+
+  def body(carry):
+    if steps_per_check == 1:
+      return step_once(carry)
+    return jax.lax.fori_loop(0, steps_per_check, lambda _, c: step_once(c), carry)
 
   _, out, _, _, count, _ = jax.lax.while_loop(cond, body, (1, out, cache, done, count, seen))
   return out, count
@@ -130,13 +147,15 @@ def _generate(model: nn.Module, params, tokens, prompt_lengths, budgets, rng, eo
 
 def generate_batch(model: nn.Module, params, prompts: list[list[int]], *, max_new_tokens: int,
                    sampling: SamplingParams, rng: jax.Array, eos_id: int, max_seq_len: int,
-                   stop_sequences: tuple[tuple[int, ...], ...] = ()) -> list[list[int]]:
+                   stop_sequences: tuple[tuple[int, ...], ...] = (),
+                   steps_per_check: int = 1) -> list[list[int]]:
   """Continues each prompt (token ids) by up to max_new_tokens tokens, stopping at end-of-text.
 
   A row also stops where it would pass the model's context (max_seq_len tokens in all), so its
   list may be shorter, and right after its new tokens end with one of `stop_sequences` (token ids,
-  e.g. a stop string's encoding; the sequence is kept, end-of-text is not). Raises ValueError
-  naming the bad argument.
+  e.g. a stop string's encoding; the sequence is kept, end-of-text is not). `steps_per_check`
+  tokens are made between two checks of whether every row has stopped (see `_generate`: the
+  result is the same; only the host's waits change). Raises ValueError naming the bad argument.
   """
   tokens, lengths, budgets, max_new_tokens = pack_prompts(prompts, max_new_tokens, max_seq_len)
   sampling.validate()
@@ -144,7 +163,7 @@ def generate_batch(model: nn.Module, params, prompts: list[list[int]], *, max_ne
   out, count = jax.device_get(_generate(
       model, params, jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(budgets), rng,
       eos_id, jnp.asarray(stops), jnp.asarray(stop_lengths), sampling=sampling,
-      max_new_tokens=max_new_tokens))
+      max_new_tokens=max_new_tokens, steps_per_check=steps_per_check))
   return [[int(t) for t in out[row, :count[row]]] for row in range(len(prompts))]
 
 
@@ -162,14 +181,15 @@ def _stop_arrays(stop_sequences: tuple[tuple[int, ...], ...]) -> tuple[np.ndarra
 
 def sample_continuations(model: nn.Module, params, tokens: jax.Array, prompt_lengths: jax.Array,
                          *, max_new_tokens: int, sampling: SamplingParams, rng: jax.Array,
-                         eos_id: int, stop_sequences: tuple[tuple[int, ...], ...] = ()
-                         ) -> jax.Array:
+                         eos_id: int, stop_sequences: tuple[tuple[int, ...], ...] = (),
+                         steps_per_check: int = 1) -> jax.Array:
   """Continuations of a fixed-shape batch of left-padded prompts, on device: the same compiled
   function for every batch of the same shape (RL rollouts call it once per step).
 
   Args:
     tokens: [b, P] prompts, right-aligned; prompt_lengths: [b] (P + max_new_tokens must fit the
       model's context).
+    steps_per_check: tokens made between two checks whether every row has stopped (`_generate`).
   Returns:
     [b, max_new_tokens] int32: each row's new tokens, its end-of-text or stop sequence included,
     then -1 once the row has stopped.
@@ -178,7 +198,7 @@ def sample_continuations(model: nn.Module, params, tokens: jax.Array, prompt_len
   budgets = jnp.full(prompt_lengths.shape, max_new_tokens, jnp.int32)
   out, _ = _generate(model, params, tokens, prompt_lengths, budgets, rng, eos_id,
                      jnp.asarray(stops), jnp.asarray(stop_lengths), sampling=sampling,
-                     max_new_tokens=max_new_tokens)
+                     max_new_tokens=max_new_tokens, steps_per_check=steps_per_check)
   return out
 
 

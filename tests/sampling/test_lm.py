@@ -151,3 +151,41 @@ def test_fixed_shape_continuations_mark_every_column_after_a_stop_with_minus_one
       rng=jax.random.key(0), eos_id=-1, stop_sequences=tuple((t,) for t in set(firsts))))
   np.testing.assert_array_equal(out[:, 0], firsts)  # Each row stops at its first token, kept.
   np.testing.assert_array_equal(out[:, 1:], -1)
+
+
+@pytest.mark.parametrize("steps_per_check", [3, 5])
+def test_checking_for_stopped_rows_every_few_steps_changes_no_token(steps_per_check):
+  """Rows that run to max_new_tokens (8: the last check overruns it), to the context (3 slots
+  left), to end-of-text and to a stop sequence, greedy and sampled: the same tokens as checking
+  every step, and -1 after each stop in the fixed-shape continuations."""
+  model, params = _model()
+  prompts = [[3, 7], [5, 1, 2, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6], [4]]
+  for sampling in (SamplingParams(temperature=0.0), SamplingParams(temperature=1.0, top_k=8)):
+    run = lambda k, **kw: generate_batch(model, params, prompts, max_new_tokens=8,
+                                         sampling=sampling, rng=jax.random.key(3),
+                                         max_seq_len=CFG.max_seq_len, steps_per_check=k, **kw)
+    free = run(1, eos_id=-1)
+    assert [len(o) for o in free] == [8, 3, 8]
+    assert run(steps_per_check, eos_id=-1) == free
+    assert run(steps_per_check, eos_id=free[0][1]) == run(1, eos_id=free[0][1])
+    stop = ((free[2][4], free[2][5]),)
+    assert (run(steps_per_check, eos_id=-1, stop_sequences=stop) ==
+            run(1, eos_id=-1, stop_sequences=stop))
+  tokens, lengths = jnp.asarray([[5, 6, 7], [0, 8, 9]], jnp.int32), jnp.asarray([3, 2], jnp.int32)
+  continue_ = lambda k, eos: np.asarray(sample_continuations(
+      model, params, tokens, lengths, max_new_tokens=7, sampling=SamplingParams(temperature=0.0),
+      rng=jax.random.key(0), eos_id=eos, steps_per_check=k))
+  free = continue_(1, -1)
+  assert (free >= 0).all()
+  np.testing.assert_array_equal(continue_(steps_per_check, -1), free)
+  eos = int(free[1, 2])
+  np.testing.assert_array_equal(continue_(steps_per_check, eos), continue_(1, eos))
+  assert (continue_(1, eos) == -1).any()
+
+
+def test_steps_per_check_below_one_is_refused():
+  model, params = _model()
+  with pytest.raises(ValueError, match="steps_per_check must be at least 1, got 0"):
+    generate_batch(model, params, [[3]], max_new_tokens=2, sampling=SamplingParams(temperature=0.0),
+                   rng=jax.random.key(0), eos_id=-1, max_seq_len=CFG.max_seq_len,
+                   steps_per_check=0)
