@@ -19,7 +19,12 @@ kernels (forward, dK/dV, dQ) at --sweep_length, beside its default tiles, and
 num_stages) on all three: the levers for tuning the GPU kernel's defaults within the same run.
 --split_forward (default on) then times each implementation's forward pass alone at
 --sweep_length, so the forward + backward gap splits into its forward and backward parts (the
-backward's time is the total less the forward's; FLOPs: 1 and 2.5 forwards).
+backward's time is the total less the forward's; FLOPs: 1 and 2.5 forwards). On a GPU it also
+times the forward of JAX's own Mosaic GPU attention example
+(jax.experimental.pallas.ops.gpu.attention_mgpu: Hopper's wgmma and TMA copies, causal, grouped
+heads, no segment ids, no causal backward) with --mosaic_example_tiles, after checking its output
+against the float32 reference at length 1024: how far a Mosaic GPU kernel gets against cuDNN's
+forward on this machine, where the Triton-lowered kernel stands at about half of cuDNN's.
 The last lines are markdown tables for docs/BENCHMARKS.md.
 """
 import datetime
@@ -51,6 +56,9 @@ _SWEEP_LENGTH = flags.DEFINE_integer("sweep_length", 8192, "Length of the --pall
                                      "--pallas_triton sweeps.")
 _SPLIT_FORWARD = flags.DEFINE_bool("split_forward", True, "Also time each implementation's "
                                     "forward pass alone at --sweep_length.")
+_MOSAIC_TILES = flags.DEFINE_list("mosaic_example_tiles", ["64x128", "64x256"], "Tiles "
+                                   "BQxBKV of JAX's Mosaic GPU attention example, timed forward "
+                                   "only beside --split_forward on a GPU; empty: not timed.")
 _CHECK_LENGTH = flags.DEFINE_integer("check_length", 1000, "Length of the check against the "
                                      "float32 reference; 0 skips it.")
 _CHECK_TOLERANCE = flags.DEFINE_float("check_tolerance", 2e-2, "Largest relative error allowed "
@@ -70,6 +78,13 @@ def _attention(impl: str, q, k, v):
   """ops.attention; "pallas:tiles=BQxBK" / "pallas:triton=WxS" call the Pallas kernel with those
   tiles / Triton warps and stages on all its kernels, "pallas:dq=atomic" with dQ by atomic adds
   (flash_attention's dq_atomic)."""
+  if impl.startswith("mosaic_example:"):  # JAX's Mosaic GPU example; forward only.
+    from jax.experimental.pallas.ops.gpu import attention_mgpu
+    block_q, block_kv = map(int, impl.partition(":")[2].split("x"))
+    config = attention_mgpu.TuningConfig(block_q=block_q, block_kv=block_kv,
+                                         max_concurrent_steps=2, causal=True)
+    scale = 1.0 / np.sqrt(q.shape[-1])  # The example does not scale the logits itself.
+    return attention_mgpu.attention((q * scale).astype(q.dtype), k, v, config)
   if not impl.startswith("pallas:"):
     return ops.attention(q, k, v, causal=True, impl=impl)
   from gen_jax import kernels
@@ -200,6 +215,27 @@ def _split_forward(results, wrong):
       cells.append(f"{theirs / ours:.2f}x" if isinstance(ours, float) and
                    isinstance(theirs, float) else "-")
     print(f"| {impl} | " + " | ".join(cells) + " |")
+  if jax.default_backend() == "gpu":
+    _mosaic_example(forward_flops, reference[0] if reference else None)
+
+
+def _mosaic_example(forward_flops: float, cudnn_forward):
+  """Rows of JAX's Mosaic GPU attention example, forward only (see the module doc)."""
+  for tiles in _MOSAIC_TILES.value:
+    impl = f"mosaic_example:{tiles}"
+    try:
+      inputs = _inputs(1, 1024, jnp.dtype(_DTYPE.value), seed=1)[:3]
+      ours = jax.jit(lambda q, k, v: _attention(impl, q, k, v))(*inputs).astype(jnp.float32)
+      with jax.default_matmul_precision("highest"):
+        want = ops.attention(*(x.astype(jnp.float32) for x in inputs), causal=True, impl="xla")
+      error = f"{float(jnp.linalg.norm(ours - want) / jnp.linalg.norm(want)):.1e}"
+    except Exception as e:  # noqa: BLE001 - reported in the row, like a cell that cannot run.
+      error = f"n/a ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]})"
+    seconds = _cell(impl, _SWEEP_LENGTH.value, forward_only=True)
+    speed = f"{forward_flops / seconds / 1e12:.3g}" if isinstance(seconds, float) else seconds
+    ratio = (f"{cudnn_forward / seconds:.2f}x" if isinstance(seconds, float) and
+             isinstance(cudnn_forward, float) else "-")
+    print(f"| {impl} (forward only; error at 1024: {error}) | {speed} | - | {ratio} | - |")
 
 
 def _cell(impl: str, length: int, forward_only: bool = False) -> float | str:
@@ -209,7 +245,7 @@ def _cell(impl: str, length: int, forward_only: bool = False) -> float | str:
   except Exception as e:  # noqa: BLE001 - a cell that cannot run is reported, not fatal.
     message = str(e)
     return "OOM" if "RESOURCE_EXHAUSTED" in message or "memory" in message \
-        else f"n/a ({type(e).__name__}: {message.splitlines()[0][:60]})"
+        else f"n/a ({type(e).__name__}: {(message.splitlines() or [''])[0][:60]})"
 
 
 def _sweep_settings():

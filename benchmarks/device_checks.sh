@@ -60,7 +60,8 @@
 #   attention   benchmarks/attention.py: Pallas flash vs cuDNN vs the XLA reference, forward +
 #               backward, 1k to 32k, each checked against a float32 reference first, then each
 #               forward pass alone at 8k (is the gap to cuDNN in the forward or the backward
-#               kernels?), with a column for the Pallas kernel's dQ by atomic adds (dq_atomic: 5
+#               kernels?) beside the forward of JAX's own Mosaic GPU attention example (wgmma,
+#               TMA: would a Mosaic GPU kernel close the gap?), with a column for the Pallas kernel's dQ by atomic adds (dq_atomic: 5
 #               matmuls per tile pair in the backward instead of 7), then the Pallas kernel at 8k
 #               with four Triton warps x stages settings (its default tiles beat four others on
 #               2026-12-04; at 0.56x cuDNN, warps and pipelining are next)
