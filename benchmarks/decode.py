@@ -190,7 +190,7 @@ def _formats(pretrained):
       yield weights, config, params
       continue
     for impl in impls:
-      label = weights if len(impls) == 1 else f"{weights} ({impl})"
+      label = weights if impls == ["xla"] else f"{weights} ({impl})"
       yield label, dataclasses.replace(config, weight_matmul_impl=impl), params
 
 
