@@ -9,7 +9,13 @@ small (a row of activations, one cache slot): an output the size of a weight mat
 whole KV cache, inside the token loop is a copy made every step, the bytes the roofline pays twice
 for (except a dynamic-update-slice fusion's: its output is the array it updates in place, of
 which it writes one slot). benchmarks/device_checks.sh's decode_hlo stage brings the 1.1B decode
-loop's modules back for this.
+loop's modules back for this, and benchmarks/gpu_hlo.py compiles them for a GPU on any machine.
+
+Each computation also gets an estimate of the memory traffic of one execution: every kernel reads
+each operand once and writes its output once, except that a slice reads only what it keeps and an
+in-place update moves only the slot it writes; a while loop of known trip count inside counts its
+body that many times. Against the bytes a decoding step must read (parameters and cache), it says
+how far above the bandwidth roofline the compiled step is bound to stay, before any timing.
 """
 import collections
 import math
@@ -17,8 +23,6 @@ import re
 import sys
 
 from absl import app, flags
-
-_TOP = flags.DEFINE_integer("top", 8, "Largest outputs listed per computation.")
 
 DTYPE_BITS = {"pred": 8, "s4": 4, "u4": 4, "s8": 8, "u8": 8, "f8e4m3fn": 8, "f8e5m2": 8,
               "s16": 16, "u16": 16, "f16": 16, "bf16": 16, "s32": 32, "u32": 32, "f32": 32,
@@ -86,6 +90,74 @@ def _kind(opcode: str, rest: str) -> str:
   return opcode
 
 
+_OPERANDS = re.compile(r"%([\w.\-]+)")
+_CALLS = re.compile(r"(?:calls|body)=%?([\w.\-]+)")
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+
+
+def _operand_names(rest: str) -> list[str]:
+  """The instruction's operands: the names inside its call parentheses, before the attributes."""
+  depth, end = 1, 0
+  for end, char in enumerate(rest):
+    depth += {"(": 1, ")": -1}.get(char, 0)
+    if depth == 0:
+      break
+  return list(dict.fromkeys(_OPERANDS.findall(rest[:end])))  # Each operand read once.
+
+
+def op_traffic(computations: dict, name: str) -> list[tuple[int, tuple]]:
+  """(estimated bytes moved, instruction) for each instruction of computation `name` that moves
+  any (see the module doc)."""
+  sizes = {op[0]: op[2] for op in computations.get(name, [])}
+  found = []
+  for op in computations.get(name, []):
+    op_name, opcode, size, _, rest = op
+    if opcode in FREE or opcode in ("fusion-start", "async-start", "copy-start"):
+      continue  # Async starts: their done carries the result (counted there).
+    called = _CALLS.search(rest)
+    what = op_name + " " + (called.group(1) if called else "") + " " + opcode
+    if opcode == "while":
+      trips = _TRIP_COUNT.search(rest)
+      moved = traffic(computations, called.group(1)) * (int(trips.group(1)) if trips else 1)
+    elif "update_slice" in what or "update-slice" in what:  # In place: reads and writes a slot.
+      operands = sorted((sizes.get(o, 0) for o in _operand_names(rest)), reverse=True)
+      moved = 2 * sum(operands[1:])  # All but the buffer updated (the largest operand).
+    elif "slice" in what or opcode in ("copy", "fusion-done", "copy-done"):
+      moved = 2 * size  # Reads what it keeps, writes it.
+    elif opcode in ("call", "conditional"):
+      continue
+    else:
+      read = _sliced_reads(computations, called.group(1) if called else None)
+      moved = size + sum(read.get(i, sizes.get(o, 0))
+                         for i, o in enumerate(_operand_names(rest)))
+    found.append((moved, op))
+  return found
+
+
+def _sliced_reads(computations: dict, fused: str | None) -> dict[int, int]:
+  """{operand index: bytes read} for the operands a fused computation only slices (a layer's
+  weights taken out of the stacks inside the kernel that uses them): the slices' bytes."""
+  ops = computations.get(fused, [])
+  parameters = {name: int(rest.split(")")[0]) for name, opcode, _, _, rest in ops
+                if opcode == "parameter"}
+  for name, opcode, _, _, rest in ops:  # A bitcast of a parameter reads what the parameter does.
+    if opcode == "bitcast" and _operand_names(rest)[:1] and _operand_names(rest)[0] in parameters:
+      parameters[name] = parameters[_operand_names(rest)[0]]
+  read = {}
+  for _, opcode, size, _, rest in ops:
+    if opcode in ("dynamic-slice", "slice"):
+      source = _operand_names(rest)[:1]
+      if source and source[0] in parameters:
+        index = parameters[source[0]]
+        read[index] = read.get(index, 0) + size
+  return read
+
+
+def traffic(computations: dict, name: str) -> int:
+  """Estimated bytes one execution of computation `name` reads and writes."""
+  return sum(moved for moved, _ in op_traffic(computations, name))
+
+
 def summarize(text: str, top: int) -> str:
   computations, entry = parse(text)
   if entry is None:
@@ -96,9 +168,16 @@ def summarize(text: str, top: int) -> str:
     kinds = collections.Counter(_kind(opcode, rest) for _, opcode, _, _, rest in ops)
     what = "ENTRY" if name == entry else f"while body (depth {depth})"
     lines.append(f"{what} {name}: {len(ops)} operations, "
-                 + ", ".join(f"{count} {kind}" for kind, count in kinds.most_common()))
-    for op_name, opcode, size, shape, rest in sorted(ops, key=lambda op: -op[2])[:top]:
-      lines.append(f"  {size / 2**20:10.3f} MiB  {_kind(opcode, rest):28s} {shape}  {op_name}")
+                 + ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
+                 + f"; est. traffic {traffic(computations, name) / 2**20:.1f} MiB per execution")
+    lines.append(f"  {'output MiB':>12s} {'traffic MiB':>12s}  largest outputs, then most traffic")
+    by_size = sorted(ops, key=lambda op: -op[2])[:top]
+    moving = [op for _, op in sorted(op_traffic(computations, name), key=lambda t: -t[0])
+              if op not in by_size][:top]
+    moved = {op[0]: m for m, op in op_traffic(computations, name)}
+    for op_name, opcode, size, shape, rest in by_size + moving:
+      lines.append(f"  {size / 2**20:12.3f} {moved.get(op_name, 0) / 2**20:12.3f}  "
+                   f"{_kind(opcode, rest):28s} {shape}  {op_name}")
   return "\n".join(lines)
 
 
@@ -110,6 +189,7 @@ def main(argv):
       print(f"### {path}\n{summarize(f.read(), _TOP.value)}\n")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # The flag only here: gpu_hlo.py imports this module.
+  _TOP = flags.DEFINE_integer("top", 8, "Instructions listed per computation, by each measure.")
   sys.setrecursionlimit(10000)
   app.run(main)

@@ -26,9 +26,58 @@ def test_a_loop_that_rebuilds_a_large_array_every_step_shows_it_in_its_body():
   body = next(i for i, line in enumerate(lines) if line.startswith("while body (depth 1)"))
   count = int(lines[body].split(": ")[1].split(" operations")[0])
   assert count >= 2
-  assert lines[body + 1].split()[0] == "1.000" and "f32[512,512]" in lines[body + 1]
+  assert lines[body + 2].split()[0] == "1.000" and "f32[512,512]" in lines[body + 2]
 
 
 def test_array_bytes_counts_every_array_of_a_tuple_shape():
   assert hlo_summary.array_bytes("(bf16[2,3]{1,0}, s32[], pred[4])") == 12 + 4 + 4
   assert hlo_summary.array_bytes("s4[8,2]") == 8
+
+
+# A module in XLA's text form: a loop of known trip count whose body takes one [64, 256] float32
+# slice (64 KiB) of a [4, 64, 256] stack inside a reduction kernel, writes one row into a
+# [16, 256] buffer in place, and copies a 4 KiB array.
+_MODULE = """
+HloModule m, entry_computation_layout={(f32[4,64,256]{2,1,0})->f32[16,256]{1,0}}
+
+%fused_reduce (param_0: f32[4,64,256], param_1: s32[]) -> f32[256] {
+  %param_0 = f32[4,64,256]{2,1,0} parameter(0)
+  %bitcast.1 = f32[4,64,256]{2,1,0} bitcast(%param_0)
+  %param_1 = s32[] parameter(1)
+  %c = s32[] constant(0)
+  %dynamic-slice.1 = f32[1,64,256]{2,1,0} dynamic-slice(%bitcast.1, %param_1, %c, %c), dynamic_slice_sizes={1,64,256}
+  %bitcast.2 = f32[64,256]{1,0} bitcast(%dynamic-slice.1)
+  %zero = f32[] constant(0)
+  ROOT %reduce.1 = f32[256]{0} reduce(%bitcast.2, %zero), dimensions={0}, to_apply=%add
+}
+
+%body (p: (s32[], f32[4,64,256], f32[16,256])) -> (s32[], f32[4,64,256], f32[16,256]) {
+  %p = (s32[], f32[4,64,256]{2,1,0}, f32[16,256]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %stack = f32[4,64,256]{2,1,0} get-tuple-element(%p), index=1
+  %buffer = f32[16,256]{1,0} get-tuple-element(%p), index=2
+  %input_reduce_fusion = f32[256]{0} fusion(%stack, %i), kind=kInput, calls=%fused_reduce
+  %loop_dynamic_update_slice_fusion = f32[16,256]{1,0} fusion(%buffer, %input_reduce_fusion, %i), kind=kLoop, calls=%fused_dynamic_update_slice
+  %copy.1 = f32[1024]{0} copy(%small)
+  ROOT %t = (s32[], f32[4,64,256]{2,1,0}, f32[16,256]{1,0}) tuple(%i, %stack, %loop_dynamic_update_slice_fusion)
+}
+
+ENTRY %main (stack: f32[4,64,256]) -> f32[16,256] {
+  %stack = f32[4,64,256]{2,1,0} parameter(0)
+  %init = (s32[], f32[4,64,256]{2,1,0}, f32[16,256]{1,0}) tuple(%zero, %stack, %buffer)
+  %while.1 = (s32[], f32[4,64,256]{2,1,0}, f32[16,256]{1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"4"}}
+  ROOT %out = f32[16,256]{1,0} get-tuple-element(%while.1), index=2
+}
+"""
+
+
+def test_traffic_counts_slices_in_place_updates_and_loop_trips():
+  computations, entry = hlo_summary.parse(_MODULE)
+  moved = {op[0]: m for m, op in hlo_summary.op_traffic(computations, "body")}
+  assert moved["input_reduce_fusion"] == 64 * 256 * 4 + 4 + 256 * 4  # The slice, the index, out.
+  assert moved["loop_dynamic_update_slice_fusion"] == 2 * (256 * 4 + 4)  # The row, not the buffer.
+  assert moved["copy.1"] == 2 * 1024 * 4
+  body = hlo_summary.traffic(computations, "body")
+  assert body == sum(moved.values())
+  assert hlo_summary.traffic(computations, entry) == 4 * body  # Four trips of the body.
+  assert "est. traffic" in hlo_summary.summarize(_MODULE, top=2)

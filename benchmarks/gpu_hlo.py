@@ -1,0 +1,161 @@
+"""XLA:GPU's compiled program for gen_jax's decoding loop, on a machine without a GPU.
+
+  pip install "jax[cuda13]==$(python -c 'import jax; print(jax.__version__)')"   # once; no GPU
+  python benchmarks/gpu_hlo.py --hf_config=benchmarks/llama_1b_config.json --variant=scan_layers=False
+
+JAX can compile for a GPU it does not have (deviceless ahead-of-time compilation: a compile-only
+client built from a target description, `jax.experimental.topologies`), given the CUDA plugin
+installed beside jaxlib. This script compiles `gen_jax.sampling`'s generation (prefill, then the
+loop of single-token steps; batch --batch, greedy) for an H200 or H100 with random-weight shapes of
+a Hugging Face config (nothing is allocated: a 7B model compiles on a laptop), writes XLA's
+optimized HLO to --out, and prints `hlo_summary.py`'s account of it: the kernels of each loop
+body, the largest outputs, the instructions moving the most bytes, and the estimated bytes one
+execution moves. The last line sets the token loop's estimate beside the bytes a step must read
+(the weights it multiplies by and the KV cache): their ratio bounds the fraction of the bandwidth
+roofline any speed of the kernels can reach.
+
+What it cannot see: times (no autotuning without the device, so Triton GEMM tiles are defaults;
+a kernel's speed is the lent GPU's question, benchmarks/device_checks.sh), and launches' overhead.
+What it settles here: which copies, relayouts and unfused products XLA:GPU puts in every step.
+"""
+import dataclasses
+import json
+import os
+import time
+
+import jax
+from absl import app, flags
+
+_HF_CONFIG = flags.DEFINE_string("hf_config", "benchmarks/llama_1b_config.json",
+                                 "A Hugging Face config.json: the architecture compiled.")
+_VARIANT = flags.DEFINE_string("variant", "", "Comma-separated FIELD=VALUE of TransformerConfig "
+                               "(e.g. scan_layers=False), or steps_per_check=K of the loop.")
+_WEIGHTS = flags.DEFINE_enum("weights", "bfloat16", ["bfloat16", "int8", "int4"], "Weight format.")
+_BATCH = flags.DEFINE_integer("batch", 1, "Rows decoded at once.")
+_PROMPT = flags.DEFINE_integer("prompt_tokens", 5, "Prompt length.")
+_NEW = flags.DEFINE_integer("new_tokens", 64, "Tokens generated per row.")
+_TARGET = flags.DEFINE_enum("target", "h200", ["h200", "h100"], "The GPU compiled for.")
+_OUT = flags.DEFINE_string("out", "/tmp/gpu_hlo", "Directory for the optimized HLO text.")
+_TOP = flags.DEFINE_integer("top", 6, "Instructions listed per loop body.")
+
+# XLA's GpuTargetConfigProto in text form: what the compiler asks of the device. Data-sheet and
+# CUDA occupancy figures of the two Hopper parts (SM 9.0: 132 multiprocessors, 228 KiB of shared
+# memory per multiprocessor of which 227 KiB per block, 64K registers); bandwidth, memory and L2
+# as the data sheets give them. The cuDNN and CUDA runtime versions are those of the lent H200's
+# image (docs/BENCHMARKS.md).
+_HOPPER = """
+gpu_device_info {{
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132
+  fpus_per_core: 128 block_dim_limit_x: 2147483647 block_dim_limit_y: 65535
+  block_dim_limit_z: 65535 memory_bandwidth: {bandwidth} l2_cache_size: {l2}
+  clock_rate_ghz: 1.98 device_memory_size: {memory} shared_memory_per_block_optin: 232448
+  cuda_compute_capability {{ major: 9 minor: 0 }}
+  registers_per_core_limit: 65536 registers_per_block_limit: 65536
+}}
+platform_name: "CUDA"
+dnn_version_info {{ major: 9 minor: 10 }}
+runtime_version {{ major: 13 minor: 0 }}
+device_description_str: "{name}"
+"""
+TARGETS = {
+    "h200": _HOPPER.format(bandwidth=4_800_000_000_000, l2=62_914_560,
+                           memory=150_754_820_096, name="NVIDIA H200"),
+    "h100": _HOPPER.format(bandwidth=3_352_320_000_000, l2=52_428_800,
+                           memory=84_929_347_584, name="NVIDIA H100 80GB HBM3"),
+}
+
+
+def gpu_sharding(target: str) -> jax.sharding.NamedSharding:
+  """A replicated sharding on one compile-only GPU of `target` (see the module doc)."""
+  from jax.experimental import topologies
+  try:
+    topology = topologies.get_topology_desc(platform="cuda", target_config=TARGETS[target],
+                                            topology="1x1x1")
+  except Exception as error:  # noqa: BLE001 - the one likely cause, said plainly.
+    raise SystemExit(f"no compile-only CUDA client ({type(error).__name__}: {error}); install "
+                     f"the CUDA plugin: pip install 'jax[cuda13]=={jax.__version__}'") from error
+  mesh = topologies.make_mesh(topo=topology, mesh_shape=(1,), axis_names=("x",))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def _parse_variant(config):
+  changes, steps_per_check = {}, 1
+  for assignment in filter(None, _VARIANT.value.split(",")):
+    name, _, value = assignment.partition("=")
+    if name == "steps_per_check":
+      steps_per_check = int(value)
+    elif hasattr(config, name) and value:
+      current = getattr(config, name)
+      changes[name] = (value.lower() in ("1", "true") if isinstance(current, bool)
+                       else type(current)(value))
+    else:
+      raise app.UsageError(f"--variant: {assignment!r} is not FIELD=VALUE of a model field")
+  return dataclasses.replace(config, **changes), steps_per_check
+
+
+def main(argv):
+  del argv
+  jax.config.update("jax_platforms", "cpu")  # The host computes nothing; the GPU is described.
+  import jax.numpy as jnp
+  from gen_jax import interop, quant
+  from gen_jax.models import Transformer, unstack_layers
+  from gen_jax.sampling import SamplingParams
+  from gen_jax.sampling.lm import _generate
+  import hlo_summary  # benchmarks/, the script's own directory.
+
+  sharding = gpu_sharding(_TARGET.value)
+  with open(_HF_CONFIG.value) as f:
+    config = interop.config_from_hf(json.load(f), source=_HF_CONFIG.value)
+  config = dataclasses.replace(config, dtype="bfloat16", param_dtype="bfloat16")
+  if _WEIGHTS.value != "bfloat16":
+    config = quant.quantized_config(config, {"int8": 8, "int4": 4}[_WEIGHTS.value], 64)
+  config, steps_per_check = _parse_variant(config)
+  stacked = dataclasses.replace(config, scan_layers=True)
+  shapes = jax.eval_shape(lambda: Transformer(stacked).init(
+      jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])
+  shapes = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, shapes,
+                        is_leaf=lambda x: hasattr(x, "unbox"))
+  if not config.scan_layers:
+    shapes = jax.eval_shape(lambda p: unstack_layers(p, config.num_layers), shapes)
+  params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                        shapes)
+  ints = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)
+  rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding)
+  b = _BATCH.value
+  # The model decides some layouts by the platform it runs on (quant.projection.one_row_layout):
+  # trace as on the GPU compiled for, not as on this host.
+  jax.default_backend = lambda: "gpu"
+  start = time.perf_counter()
+  compiled = _generate.lower(
+      Transformer(config), params, ints(b, _PROMPT.value), ints(b), ints(b), rng, ints(),
+      ints(1, 1), ints(1), sampling=SamplingParams(temperature=0.0),
+      max_new_tokens=_NEW.value, steps_per_check=steps_per_check).compile()
+  text = compiled.as_text()
+  os.makedirs(_OUT.value, exist_ok=True)
+  name = "_".join(filter(None, (os.path.basename(_HF_CONFIG.value).removesuffix(".json"),
+                                _WEIGHTS.value, f"b{b}", _VARIANT.value.replace(",", "_"))))
+  path = os.path.join(_OUT.value, f"{name}.txt")
+  with open(path, "w") as f:
+    f.write(text)
+  print(f"{_TARGET.value}: {name} compiled in {time.perf_counter() - start:.1f} s -> {path}")
+  print(hlo_summary.summarize(text, top=_TOP.value))
+
+  # The bytes a step must read: every weight it multiplies by (all but the input embedding,
+  # which it reads one row of, unless tied to the output layer) and the KV cache.
+  param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+  if not config.tie_embeddings:
+    param_bytes -= config.vocab_size * config.embed_dim * jnp.dtype(config.param_dtype).itemsize
+  cache_bytes = (2 * config.num_layers * b * (_PROMPT.value + _NEW.value) * config.num_kv_heads
+                 * config.head_dim * jnp.dtype(config.dtype).itemsize)
+  computations, entry = hlo_summary.parse(text)
+  token_loop = max(((n, d) for n, d in hlo_summary.loop_bodies(computations, entry) if d == 1),
+                   key=lambda nd: hlo_summary.traffic(computations, nd[0]))[0]
+  moved = hlo_summary.traffic(computations, token_loop)
+  print(f"token loop {token_loop}: est. {moved / 2**20:.1f} MiB per step against "
+        f"{(param_bytes + cache_bytes) / 2**20:.1f} MiB of weights and cache to read: "
+        f"{moved / (param_bytes + cache_bytes):.2f}x")
+
+
+if __name__ == "__main__":
+  app.run(main)
