@@ -23,12 +23,21 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental.layout import Layout, with_layout_constraint
 
 from gen_jax.quant import formats
 from gen_jax.quant.matmul import int_matmul
 
 Dtype = Any
 STATS = "quant_stats"  # Collection of calibration statistics: {"input_gram": [in, in] float32}.
+
+# XLA:GPU computes a one-row product whose operands hold fewer elements than this (the row and the
+# kernel) as a multiply and a sum over the contracted axis instead of a GEMM (the dot strength
+# reduction of its algebraic simplifier, IsMatrixMultiplicationTooSmallForRewriting). Over a kernel
+# stored [in, out] that sum runs down the columns, and XLA does not fuse the multiply into it: every
+# decoding step writes and rereads a kernel-sized product (seen in XLA:GPU's optimized HLO for an
+# H200, compiled without one by benchmarks/gpu_hlo.py: 2.3x the bytes of a 135M model's step).
+GPU_GEMV_REDUCTION_ELEMENTS = 10_000_000
 
 
 class Projection(nn.Module):
@@ -78,7 +87,8 @@ class Projection(nn.Module):
         gram = jnp.matmul(flat.T, flat, precision=jax.lax.Precision.HIGHEST)
         self.sow(STATS, "input_gram", gram, init_fn=lambda: 0.0, reduce_fn=jnp.add)
       inputs, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-      y = jnp.matmul(inputs.reshape(-1, in_size), kernel.reshape(in_size, out_size))
+      kernel = one_row_layout(kernel.reshape(in_size, out_size), x.size // in_size)
+      y = jnp.matmul(inputs.reshape(-1, in_size), kernel)
       y = y.reshape(*batch_shape, *self.features)
       return y + self._adapter(x, num_contracted) if self.lora_rank else y
     if in_size % self.group_size:
@@ -120,3 +130,17 @@ class Projection(nn.Module):
     low = jnp.matmul(flat, lora_a.astype(self.dtype)) * (self.lora_alpha / self.lora_rank)
     update = jnp.matmul(low, lora_b.astype(self.dtype))  # [..., out]
     return update.reshape(*batch_shape, *self.features)
+
+
+def one_row_layout(kernel: jax.Array, rows: int, platform: str | None = None) -> jax.Array:
+  """kernel [in, out] as the product with `rows` rows should read it: on a GPU (`platform`, default
+  JAX's backend), for one row and a kernel XLA reduces rather than multiplies as a GEMM
+  (GPU_GEMV_REDUCTION_ELEMENTS), laid out with the contracted axis minor, so that the sum runs
+  along rows and takes the multiply into its kernel. In a decoding loop the relayout of a weight
+  happens once per call, outside the loop; elsewhere the kernel is returned as it is (XLA:CPU
+  runs slower with the constraint)."""
+  in_size, out_size = kernel.shape
+  if ((platform or jax.default_backend()) != "gpu" or rows != 1
+      or in_size * out_size + in_size >= GPU_GEMV_REDUCTION_ELEMENTS):
+    return kernel
+  return with_layout_constraint(kernel, Layout(major_to_minor=(1, 0)))
