@@ -1,15 +1,18 @@
 """The matmul of an integer-weight projection: x @ dequantize(qweight, scale), by XLA or by the
 Pallas kernel that dequantizes in registers (`gen_jax.kernels.quantized_matmul`).
 
-  xla     dequantize, then XLA's dot. XLA:CPU and XLA:GPU write the layer's dequantized kernel to
-          memory before the dot (seen on an H200, docs/BENCHMARKS.md), so int weights save memory
-          but not time; any backend, any mesh.
+  xla     by XLA, on any backend and mesh. For a few rows (decoding: fewer than half a scale
+          group), one product per scale group, sum_G scale_G * (x_G @ codes_G): XLA widens the
+          codes inside the product's kernel and writes only [rows, G, out] partial sums, which
+          the scales weigh; for more rows, dequantize then one dot (XLA writes the layer's
+          dequantized kernel to memory first: the partial sums would outweigh it).
   pallas  the Triton kernel: compiled on a GPU, interpreted elsewhere (exact but slow; for tests).
           Unsharded weights only: a Pallas call is opaque to XLA's partitioner.
   auto    pallas on a GPU without a multi-device mesh, for products of at most AUTO_MAX_ROWS rows
           (decoding steps) that the kernel can tile; else xla.
 """
 import jax
+import jax.numpy as jnp
 
 from gen_jax.parallel import context as parallel_context
 from gen_jax.quant import formats
@@ -40,6 +43,14 @@ def int_matmul(x: jax.Array, qweight: jax.Array, scale: jax.Array, bits: int, dt
       y = quantized_matmul(x.reshape(-1, in_size), qweight, scale, bits=bits,
                            interpret=jax.default_backend() != "gpu")
       return y.reshape(*batch_shape, y.shape[-1])
+  codes = formats.unpack_int4(qweight) if bits == 4 else qweight  # [G, g, out]
+  groups, group_size, out = codes.shape
+  if rows < group_size // 2:  # Partial sums (4 bytes per row, group, output) < the kernel's bytes.
+    # In float32 (XLA:CPU has no bf16 x bf16 -> f32 batched dot); XLA:GPU widens in registers.
+    partial = jnp.einsum("rGg,Ggo->rGo", x.reshape(rows, groups, group_size).astype(jnp.float32),
+                         codes.astype(jnp.float32))
+    y = (partial * scale.astype(jnp.float32)).sum(axis=1).astype(dtype)  # [rows, out]
+    return y.reshape(*batch_shape, out)
   kernel = formats.dequantize(qweight, scale, bits, dtype)  # [in, out]
   return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
 
