@@ -22,10 +22,12 @@
 #               kernels that took the time (a copy of each layer's weights would show by name);
 #               the traces come back in artifacts.tar.gz
 #   decode_1b   benchmarks/decode.py at batch 1 for the 1b preset's shape (TinyLlama-1.1B, random
-#               weights): bf16, and int8/int4 by the Pallas kernel (XLA's int path was slower
-#               than bf16 on 2026-12-04), each with the layer loop over the weight stacks, with
-#               no loop (model.scan_layers=False: each layer's weights apart), and with no loop
-#               and Pallas (flash) attention over the cache; each with its fraction of the
+#               weights): bf16, and int8/int4 by XLA (one product per scale group for a
+#               decoding row since the sixth session of 2026-12-04: by benchmarks/gpu_hlo.py,
+#               XLA:GPU's int8 step then moves 1.11x its int8 weights, not 4.43x) and by the
+#               Pallas kernel, each with the layer loop over the weight stacks and with no loop
+#               (model.scan_layers=False: each layer's weights apart; gpu_hlo.py: 1.01x of the
+#               bytes a step must read, against 2.48x rolled); each with its fraction of the
 #               bandwidth roofline
 #   decode_1b_graphs  the 1.1B rows (the config's and scan_layers=False, bf16) with XLA's command
 #               buffers (CUDA graphs) off, then on for kernels and library calls but not loops
@@ -124,7 +126,7 @@ declare -A COMMANDS=(
   [attention_1b]="python3 benchmarks/attention.py --repeats=5 --impls=xla,pallas,pallas:dq=atomic,cudnn --lengths=2048 --num_heads=32 --num_kv_heads=4 --head_dim=64 --sweep_length=2048 --pallas_blocks=64x64,64x128,128x64,128x128 --pallas_triton=4x3,8x3"
   [lm_train]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas"
   [decode]="python3 benchmarks/decode.py --hf_config=benchmarks/smollm2_135m_config.json --weights=bfloat16,int8,int4 --draft_layers=0 --nono_cache --variants='scan_layers=False;scan_layers=False,attention_impl=pallas'"
-  [decode_1b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16,int8,int4 --weight_matmul_impls=pallas --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants='scan_layers=False;scan_layers=False,attention_impl=pallas'"
+  [decode_1b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16,int8,int4 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants='scan_layers=False'"
   [decode_1b_dsf]="XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=''"
   [decode_1b_graphs]="for flags in --xla_gpu_enable_command_buffer= --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN; do echo \"| XLA_FLAGS=\$flags |\"; XLA_FLAGS=\$flags python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache {ARGS}; done"
   [decode_trace]="rm -rf /tmp/decode_trace; python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --repeats=1 --new_tokens=32 --variants='scan_layers=False;scan_layers=False,steps_per_check=8' --trace_dir=/tmp/decode_trace {ARGS}; for f in \$(find /tmp/decode_trace -name perfetto_trace.json.gz); do d=\${f#/tmp/decode_trace/}; cp \$f \$ART/decode_trace_\${d%%/*}.json.gz; done"
