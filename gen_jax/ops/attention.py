@@ -158,11 +158,11 @@ def attention(
 
 
 def resolve_impl(impl: str, platform: str | None = None, cudnn_serves: bool = False) -> str:
-  """The implementation `impl` stands for on `platform` (default: JAX's default backend), for a
-  call that cuDNN can serve or not (`cudnn_serves`)."""
+  """The implementation `impl` stands for on `platform` (default: the target platform,
+  `parallel.context.target_platform`), for a call that cuDNN can serve or not (`cudnn_serves`)."""
   if impl != "auto":
     return impl
-  platform = platform or jax.default_backend()
+  platform = platform or parallel_context.target_platform()
   if platform == "gpu" and cudnn_serves:
     return "cudnn"
   return "pallas" if platform in ("tpu", "gpu") else "xla"
@@ -180,9 +180,9 @@ def cudnn_serves(query, key, value, query_offset, segment_ids, causal: bool) -> 
 
 
 def pallas_target(platform: str | None = None) -> dict:
-  """kernels.flash_attention's backend and interpret arguments on `platform` (default: JAX's
-  default backend): the TPU or GPU kernel compiled there, the GPU kernel interpreted elsewhere."""
-  platform = platform or jax.default_backend()
+  """kernels.flash_attention's backend and interpret arguments on `platform` (default: the target
+  platform): the TPU or GPU kernel compiled there, the GPU kernel interpreted elsewhere."""
+  platform = platform or parallel_context.target_platform()
   return {"backend": "tpu" if platform == "tpu" else "gpu",
           "interpret": platform not in ("tpu", "gpu")}
 

@@ -1,15 +1,42 @@
-"""The sharding context a traced function runs in, for code that places its own `shard_map`.
+"""The context a traced function runs in: the sharding, for code that places its own `shard_map`,
+and the platform it is compiled for, for code that picks kernels or layouts by platform.
 
 Inside `jax.jit` under `jax.set_mesh(mesh)` and `nn.logical_axis_rules(rules)` (as the train loop
 runs), ops such as attention read the mesh and turn logical axis names into partition specs here,
 so models never pass meshes around.
 """
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import flax.linen as nn
 import jax
 from jax.sharding import AbstractMesh, PartitionSpec
+
+
+_COMPILING_FOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("compiling_for",
+                                                                           default=None)
+
+
+def target_platform() -> str:
+  """The platform the computation being traced will run on ("cpu", "gpu", "tpu"): JAX's default
+  backend, or the one a surrounding `compiling_for` names."""
+  return _COMPILING_FOR.get() or jax.default_backend()
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str) -> Iterator[None]:
+  """Traces inside the block choose kernels and layouts for `platform` rather than this host's
+  backend: for compiling ahead of time for a device the host does not have (a compile-only
+  client, e.g. benchmarks/gpu_hlo.py). Nothing else changes: eager computations still run here."""
+  if platform not in ("cpu", "gpu", "tpu"):
+    raise ValueError(f"compiling_for: platform must be cpu, gpu or tpu, got {platform!r}")
+  token = _COMPILING_FOR.set(platform)
+  try:
+    yield
+  finally:
+    _COMPILING_FOR.reset(token)
 
 
 def active_mesh() -> AbstractMesh | None:

@@ -41,7 +41,7 @@ def int_matmul(x: jax.Array, qweight: jax.Array, scale: jax.Array, bits: int, dt
     if not kernel_error:  # auto falls back to XLA where the kernel cannot tile the shapes.
       from gen_jax.kernels.quantized_matmul import quantized_matmul  # Loads Pallas' Triton lowering.
       y = quantized_matmul(x.reshape(-1, in_size), qweight, scale, bits=bits,
-                           interpret=jax.default_backend() != "gpu")
+                           interpret=parallel_context.target_platform() != "gpu")
       return y.reshape(*batch_shape, y.shape[-1])
   codes = formats.unpack_int4(qweight) if bits == 4 else qweight  # [G, g, out]
   groups, group_size, out = codes.shape
@@ -56,17 +56,18 @@ def int_matmul(x: jax.Array, qweight: jax.Array, scale: jax.Array, bits: int, dt
 
 
 def resolve_impl(impl: str, rows: int, platform: str | None = None) -> str:
-  """'xla' or 'pallas': what `impl` stands for with x of `rows` rows on `platform` (default: JAX's
-  default backend), before checking that the kernel can tile the shapes."""
+  """'xla' or 'pallas': what `impl` stands for with x of `rows` rows on `platform` (default: the
+  target platform, `parallel.context.target_platform`), before checking that the kernel can tile
+  the shapes."""
   if impl != "auto":
     return impl
-  platform = platform or jax.default_backend()
+  platform = platform or parallel_context.target_platform()
   return "pallas" if platform == "gpu" and rows <= AUTO_MAX_ROWS else "xla"
 
 
 def _kernel_error(qweight, bits, rows) -> str:
   """Why the Pallas kernel cannot compute this product here ('' when it can)."""
-  if jax.default_backend() == "tpu":
+  if parallel_context.target_platform() == "tpu":
     return "has no TPU kernel (the Triton kernel is for GPUs)"
   mesh = parallel_context.active_mesh()
   if mesh is not None:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.layout import Layout, with_layout_constraint
 
+from gen_jax.parallel import context as parallel_context
 from gen_jax.quant import formats
 from gen_jax.quant.matmul import int_matmul
 
@@ -134,13 +135,13 @@ class Projection(nn.Module):
 
 def one_row_layout(kernel: jax.Array, rows: int, platform: str | None = None) -> jax.Array:
   """kernel [in, out] as the product with `rows` rows should read it: on a GPU (`platform`, default
-  JAX's backend), for one row and a kernel XLA reduces rather than multiplies as a GEMM
+  the target platform, `parallel.context.target_platform`), for one row and a kernel XLA reduces rather than multiplies as a GEMM
   (GPU_GEMV_REDUCTION_ELEMENTS), laid out with the contracted axis minor, so that the sum runs
   along rows and takes the multiply into its kernel. In a decoding loop the relayout of a weight
   happens once per call, outside the loop; elsewhere the kernel is returned as it is (XLA:CPU
   runs slower with the constraint)."""
   in_size, out_size = kernel.shape
-  if ((platform or jax.default_backend()) != "gpu" or rows != 1
+  if ((platform or parallel_context.target_platform()) != "gpu" or rows != 1
       or in_size * out_size + in_size >= GPU_GEMV_REDUCTION_ELEMENTS):
     return kernel
   return with_layout_constraint(kernel, Layout(major_to_minor=(1, 0)))
