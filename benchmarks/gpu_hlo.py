@@ -1,7 +1,9 @@
-"""XLA:GPU's compiled program for gen_jax's decoding loop, on a machine without a GPU.
+"""XLA:GPU's compiled program for gen_jax's decoding loop or train step, without a GPU.
 
   pip install "jax[cuda13]==$(python -c 'import jax; print(jax.__version__)')"   # once; no GPU
   python benchmarks/gpu_hlo.py --hf_config=benchmarks/llama_1b_config.json --variant=scan_layers=False
+  python benchmarks/gpu_hlo.py --program=train --config=configs/llm/pretrain.py:1b --batch_size=16 \
+      --set=model.attention_impl=pallas --set=model.remat=dots
 
 JAX can compile for a GPU it does not have (deviceless ahead-of-time compilation: a compile-only
 client built from a target description, `jax.experimental.topologies`), given the CUDA plugin
@@ -13,6 +15,10 @@ body, the largest outputs, the instructions moving the most bytes, and the estim
 execution moves. The last line sets the token loop's estimate beside the bytes a step must read
 (the weights it multiplies by and the KV cache): their ratio bounds the fraction of the bandwidth
 roofline any speed of the kernels can reach.
+
+--program=train compiles a config's real train step (gen_jax.train.dry_run.compile_train_step: the
+family's loss, the optimizer update, the config's mesh on one GPU) the same way and prints the same
+account, with XLA:GPU's own memory figures for the device.
 
 What it cannot see: times (no autotuning without the device, so Triton GEMM tiles are defaults;
 a kernel's speed is the lent GPU's question, benchmarks/device_checks.sh), and launches' overhead.
@@ -26,6 +32,10 @@ import time
 import jax
 from absl import app, flags
 
+_PROGRAM = flags.DEFINE_enum("program", "decode", ["decode", "train"], "What to compile.")
+_CONFIG = flags.DEFINE_string("config", "configs/llm/pretrain.py:1b", "--program=train: file:preset.")
+_SET = flags.DEFINE_multi_string("set", [], "--program=train: overrides, e.g. model.remat=dots.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "--program=train: global batch; 0: preset's.")
 _HF_CONFIG = flags.DEFINE_string("hf_config", "benchmarks/llama_1b_config.json",
                                  "A Hugging Face config.json: the architecture compiled.")
 _VARIANT = flags.DEFINE_string("variant", "", "Comma-separated FIELD=VALUE of TransformerConfig "
@@ -94,17 +104,57 @@ def _parse_variant(config):
   return dataclasses.replace(config, **changes), steps_per_check
 
 
+def _train(sharding) -> str:
+  """--program=train: the compiled step's HLO text (and its memory figures, printed)."""
+  import ast
+  from gen_jax.config import load_config_file
+  from gen_jax.config.presets import set_field
+  from gen_jax.train.dry_run import compile_train_step
+  config = load_config_file(_CONFIG.value)
+  for override in _SET.value:
+    field, _, value = override.partition("=")
+    try:
+      value = ast.literal_eval(value)  # Numbers, booleans, tuples; anything else is a string.
+    except (ValueError, SyntaxError):
+      pass
+    set_field(config, field, value)
+  if _BATCH_SIZE.value:
+    config.train.batch_size = _BATCH_SIZE.value
+  config.mesh.num_devices = 1
+  compiled, _, _ = compile_train_step(config, devices=sharding.mesh.devices.flat)
+  memory = compiled.memory_analysis()
+  print(f"XLA:GPU memory: arguments {memory.argument_size_in_bytes / 2**30:.2f} GiB, temporaries "
+        f"{memory.temp_size_in_bytes / 2**30:.2f} GiB, outputs {memory.output_size_in_bytes / 2**30:.2f} "
+        f"GiB (aliased {memory.alias_size_in_bytes / 2**30:.2f})")
+  return compiled.as_text()
+
+
 def main(argv):
   del argv
   jax.config.update("jax_platforms", "cpu")  # The host computes nothing; the GPU is described.
+  from gen_jax.parallel import context as parallel_context
+
+  sharding = gpu_sharding(_TARGET.value)
+  # The model picks some kernels and layouts by platform (ops.attention's "auto",
+  # quant.projection.one_row_layout): trace them for the GPU compiled for, not this host.
+  with parallel_context.compiling_for("gpu"):
+    _compile(sharding)
+
+
+def _compile(sharding) -> None:
   import jax.numpy as jnp
   from gen_jax import interop, quant
   from gen_jax.models import Transformer, unstack_layers
   from gen_jax.sampling import SamplingParams
   from gen_jax.sampling.lm import _generate
   import hlo_summary  # benchmarks/, the script's own directory.
-
-  sharding = gpu_sharding(_TARGET.value)
+  if _PROGRAM.value == "train":
+    start = time.perf_counter()
+    text = _train(sharding)
+    name = _CONFIG.value.replace("/", "_").replace(":", "_") + "".join(
+        f"_{s}" for s in _SET.value) + (f"_b{_BATCH_SIZE.value}" if _BATCH_SIZE.value else "")
+    _write(text, name, start)
+    return
   with open(_HF_CONFIG.value) as f:
     config = interop.config_from_hf(json.load(f), source=_HF_CONFIG.value)
   config = dataclasses.replace(config, dtype="bfloat16", param_dtype="bfloat16")
@@ -123,23 +173,15 @@ def main(argv):
   ints = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding)
   b = _BATCH.value
-  # The model decides some layouts by the platform it runs on (quant.projection.one_row_layout):
-  # trace as on the GPU compiled for, not as on this host.
-  jax.default_backend = lambda: "gpu"
   start = time.perf_counter()
   compiled = _generate.lower(
       Transformer(config), params, ints(b, _PROMPT.value), ints(b), ints(b), rng, ints(),
       ints(1, 1), ints(1), sampling=SamplingParams(temperature=0.0),
       max_new_tokens=_NEW.value, steps_per_check=steps_per_check).compile()
   text = compiled.as_text()
-  os.makedirs(_OUT.value, exist_ok=True)
-  name = "_".join(filter(None, (os.path.basename(_HF_CONFIG.value).removesuffix(".json"),
-                                _WEIGHTS.value, f"b{b}", _VARIANT.value.replace(",", "_"))))
-  path = os.path.join(_OUT.value, f"{name}.txt")
-  with open(path, "w") as f:
-    f.write(text)
-  print(f"{_TARGET.value}: {name} compiled in {time.perf_counter() - start:.1f} s -> {path}")
-  print(hlo_summary.summarize(text, top=_TOP.value))
+  _write(text, "_".join(filter(None, (
+      os.path.basename(_HF_CONFIG.value).removesuffix(".json"), _WEIGHTS.value, f"b{b}",
+      _VARIANT.value.replace(",", "_")))), start)
 
   # The bytes a step must read: every weight it multiplies by (all but the input embedding,
   # which it reads one row of, unless tied to the output layer) and the KV cache.
@@ -155,6 +197,16 @@ def main(argv):
   print(f"token loop {token_loop}: est. {moved / 2**20:.1f} MiB per step against "
         f"{(param_bytes + cache_bytes) / 2**20:.1f} MiB of weights and cache to read: "
         f"{moved / (param_bytes + cache_bytes):.2f}x")
+
+
+def _write(text: str, name: str, start: float) -> None:
+  import hlo_summary  # benchmarks/, the script's own directory.
+  os.makedirs(_OUT.value, exist_ok=True)
+  path = os.path.join(_OUT.value, f"{name}.txt")
+  with open(path, "w") as f:
+    f.write(text)
+  print(f"{_TARGET.value}: {name} compiled in {time.perf_counter() - start:.1f} s -> {path}")
+  print(hlo_summary.summarize(text, top=_TOP.value))
 
 
 if __name__ == "__main__":

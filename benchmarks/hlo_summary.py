@@ -109,11 +109,15 @@ def op_traffic(computations: dict, name: str) -> list[tuple[int, tuple]]:
   """(estimated bytes moved, instruction) for each instruction of computation `name` that moves
   any (see the module doc)."""
   sizes = {op[0]: op[2] for op in computations.get(name, [])}
+  starts = {op[0]: op for op in computations.get(name, []) if op[1] == "fusion-start"}
   found = []
   for op in computations.get(name, []):
     op_name, opcode, size, _, rest = op
     if opcode in FREE or opcode in ("fusion-start", "async-start", "copy-start"):
       continue  # Async starts: their done carries the result (counted there).
+    if opcode == "fusion-done" and _operand_names(rest)[:1] and _operand_names(rest)[0] in starts:
+      # An asynchronous fusion: the start's operands and kernel, the done's output.
+      opcode, rest = "fusion", starts[_operand_names(rest)[0]][4]
     called = _CALLS.search(rest)
     what = op_name + " " + (called.group(1) if called else "") + " " + opcode
     if opcode == "while":
@@ -127,17 +131,24 @@ def op_traffic(computations: dict, name: str) -> list[tuple[int, tuple]]:
     elif opcode in ("call", "conditional"):
       continue
     else:
-      read = _sliced_reads(computations, called.group(1) if called else None)
-      moved = size + sum(read.get(i, sizes.get(o, 0))
-                         for i, o in enumerate(_operand_names(rest)))
+      read, written = _fused_io(computations, called.group(1) if called else None)
+      moved = (size if written is None else written) + sum(
+          read.get(i, sizes.get(o, 0)) for i, o in enumerate(_operand_names(rest)))
     found.append((moved, op))
   return found
 
 
-def _sliced_reads(computations: dict, fused: str | None) -> dict[int, int]:
-  """{operand index: bytes read} for the operands a fused computation only slices (a layer's
-  weights taken out of the stacks inside the kernel that uses them): the slices' bytes."""
+def _fused_io(computations: dict, fused: str | None) -> tuple[dict[int, int], int | None]:
+  """({operand index: bytes read}, bytes written or None) where a fused computation reads or
+  writes less than whole operands and outputs: an operand it only slices (a layer's weights taken
+  out of the stacks inside the kernel that uses them) is read for the slices' bytes; an output
+  that is an in-place update of an operand (the root, or an element of a root tuple, is a
+  dynamic-update-slice of a parameter: a layer's activations saved into the stacks for the
+  backward pass) writes the update's bytes, and that operand is not read."""
   ops = computations.get(fused, [])
+  if not ops:
+    return {}, None
+  by_name = {op[0]: op for op in ops}
   parameters = {name: int(rest.split(")")[0]) for name, opcode, _, _, rest in ops
                 if opcode == "parameter"}
   for name, opcode, _, _, rest in ops:  # A bitcast of a parameter reads what the parameter does.
@@ -150,7 +161,19 @@ def _sliced_reads(computations: dict, fused: str | None) -> dict[int, int]:
       if source and source[0] in parameters:
         index = parameters[source[0]]
         read[index] = read.get(index, 0) + size
-  return read
+  root = ops[-1]  # XLA prints a computation's ROOT last.
+  outputs = ([by_name[o] for o in _operand_names(root[4]) if o in by_name]
+             if root[1] == "tuple" else [root])
+  written, in_place = 0, False
+  for _, opcode, size, _, rest in outputs:
+    operands = _operand_names(rest)
+    if opcode == "dynamic-update-slice" and operands and operands[0] in parameters:
+      read[parameters[operands[0]]] = 0
+      written += by_name[operands[1]][2] if operands[1] in by_name else 0
+      in_place = True
+    else:
+      written += size
+  return read, written if in_place else None
 
 
 def traffic(computations: dict, name: str) -> int:

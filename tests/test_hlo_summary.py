@@ -51,6 +51,15 @@ HloModule m, entry_computation_layout={(f32[4,64,256]{2,1,0})->f32[16,256]{1,0}}
   ROOT %reduce.1 = f32[256]{0} reduce(%bitcast.2, %zero), dimensions={0}, to_apply=%add
 }
 
+%fused_save (param_0.2: f32[4,64,256], param_1.2: f32[256], param_2.2: s32[]) -> f32[4,64,256] {
+  %param_0.2 = f32[4,64,256]{2,1,0} parameter(0)
+  %param_1.2 = f32[256]{0} parameter(1)
+  %bitcast.3 = f32[1,1,256]{2,1,0} bitcast(%param_1.2)
+  %param_2.2 = s32[] parameter(2)
+  %c.2 = s32[] constant(0)
+  ROOT %dynamic-update-slice.2 = f32[4,64,256]{2,1,0} dynamic-update-slice(%param_0.2, %bitcast.3, %param_2.2, %c.2, %c.2)
+}
+
 %body (p: (s32[], f32[4,64,256], f32[16,256])) -> (s32[], f32[4,64,256], f32[16,256]) {
   %p = (s32[], f32[4,64,256]{2,1,0}, f32[16,256]{1,0}) parameter(0)
   %i = s32[] get-tuple-element(%p), index=0
@@ -59,6 +68,9 @@ HloModule m, entry_computation_layout={(f32[4,64,256]{2,1,0})->f32[16,256]{1,0}}
   %input_reduce_fusion = f32[256]{0} fusion(%stack, %i), kind=kInput, calls=%fused_reduce
   %loop_dynamic_update_slice_fusion = f32[16,256]{1,0} fusion(%buffer, %input_reduce_fusion, %i), kind=kLoop, calls=%fused_dynamic_update_slice
   %copy.1 = f32[1024]{0} copy(%small)
+  %saved = f32[4,64,256]{2,1,0} fusion(%stack, %input_reduce_fusion, %i), kind=kLoop, calls=%fused_save
+  %fusion-start.1 = ((f32[4,64,256]{2,1,0}, f32[256]{0}, s32[]), f32[4,64,256]{2,1,0}, u32[]) fusion-start(%saved, %input_reduce_fusion, %i), kind=kLoop, calls=%fused_save
+  %fusion-done.1 = f32[4,64,256]{2,1,0} fusion-done(%fusion-start.1)
   ROOT %t = (s32[], f32[4,64,256]{2,1,0}, f32[16,256]{1,0}) tuple(%i, %stack, %loop_dynamic_update_slice_fusion)
 }
 
@@ -77,6 +89,10 @@ def test_traffic_counts_slices_in_place_updates_and_loop_trips():
   assert moved["input_reduce_fusion"] == 64 * 256 * 4 + 4 + 256 * 4  # The slice, the index, out.
   assert moved["loop_dynamic_update_slice_fusion"] == 2 * (256 * 4 + 4)  # The row, not the buffer.
   assert moved["copy.1"] == 2 * 1024 * 4
+  # A fusion whose root updates its first operand in place (a row saved into the stack), run
+  # synchronously or by an asynchronous start and done: it moves the row, not the stack.
+  saving = 256 * 4 + 4 + 256 * 4  # Reads the row and index (not the stack), writes the row.
+  assert moved["saved"] == moved["fusion-done.1"] == saving
   body = hlo_summary.traffic(computations, "body")
   assert body == sum(moved.values())
   assert hlo_summary.traffic(computations, entry) == 4 * body  # Four trips of the body.

@@ -78,9 +78,25 @@ def _sharding_rows(params) -> list[tuple[str, tuple, str, tuple]]:
 
 def dry_run(config: ml_collections.ConfigDict) -> DryRunReport:
   """Validates `config`, builds its mesh from the visible devices and compiles its train step."""
+  compiled, layout, mesh = compile_train_step(config)
+  memory = compiled.memory_analysis()
+  return DryRunReport(
+      mesh=dict(mesh.shape), platform=mesh.devices.flat[0].platform,
+      parameter_bytes=_bytes_per_device((layout.abstract.params, layout.abstract_frozen)),
+      optimizer_bytes=_bytes_per_device(layout.abstract.opt_state),
+      argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
+      alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
+      shardings=_sharding_rows(partition.merge_params(layout.abstract.params,
+                                                      layout.abstract_frozen)))
+
+
+def compile_train_step(config: ml_collections.ConfigDict, devices=None):
+  """(the compiled train step, the state's StateLayout, the mesh) of `config` on `devices`
+  (default: the visible ones; compile-only devices of another platform work too), from shapes
+  alone: nothing is allocated."""
   validate(config)
   family = families.get(config.family)
-  mesh = parallel.make_mesh(config.mesh)
+  mesh = parallel.make_mesh(config.mesh, devices)
   validate_batch_against_mesh(config, parallel.data_parallel_size(mesh))
   loss_fn, batch_shapes = family.dry_run_inputs(config)
   layout = abstract_train_state(family.param_spec(config), config, mesh)
@@ -99,12 +115,4 @@ def dry_run(config: ml_collections.ConfigDict) -> DryRunReport:
     state_shardings = jax.tree.map(lambda x: x.sharding, layout.abstract)
     compiled = jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, None)).lower(
         layout.abstract, layout.abstract_frozen, batch, rng).compile()
-  memory = compiled.memory_analysis()
-  return DryRunReport(
-      mesh=dict(mesh.shape), platform=mesh.devices.flat[0].platform,
-      parameter_bytes=_bytes_per_device((layout.abstract.params, layout.abstract_frozen)),
-      optimizer_bytes=_bytes_per_device(layout.abstract.opt_state),
-      argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
-      alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
-      shardings=_sharding_rows(partition.merge_params(layout.abstract.params,
-                                                      layout.abstract_frozen)))
+  return compiled, layout, mesh

@@ -115,8 +115,9 @@ def abstract_train_state(spec: ParamSpec, config, mesh) -> StateLayout:
     trainable, frozen = partition.split_params(spec.init(rng), spec.trainable)
     return TrainState.create(trainable, tx, spec.extra, ema=config.train.ema_decay > 0), frozen
 
+  rng = rng_for(config.seed, "init")  # Eager: on this host, not on the mesh (maybe compile-only).
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(init_boxed, rng_for(config.seed, "init"))
+    boxed = jax.eval_shape(init_boxed, rng)
     shardings = parallel.logical_shardings(boxed, mesh, rules)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           nn.meta.unbox(boxed), shardings)
