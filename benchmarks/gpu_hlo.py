@@ -68,10 +68,11 @@ dnn_version_info {{ major: 9 minor: 10 }}
 runtime_version {{ major: 13 minor: 0 }}
 device_description_str: "{name}"
 """
+_TARGETS_BANDWIDTH = {"h200": 4_800_000_000_000, "h100": 3_352_320_000_000}
 TARGETS = {
-    "h200": _HOPPER.format(bandwidth=4_800_000_000_000, l2=62_914_560,
+    "h200": _HOPPER.format(bandwidth=_TARGETS_BANDWIDTH["h200"], l2=62_914_560,
                            memory=150_754_820_096, name="NVIDIA H200"),
-    "h100": _HOPPER.format(bandwidth=3_352_320_000_000, l2=52_428_800,
+    "h100": _HOPPER.format(bandwidth=_TARGETS_BANDWIDTH["h100"], l2=52_428_800,
                            memory=84_929_347_584, name="NVIDIA H100 80GB HBM3"),
 }
 
@@ -154,6 +155,11 @@ def _compile(sharding) -> None:
     name = _CONFIG.value.replace("/", "_").replace(":", "_") + "".join(
         f"_{s}" for s in _SET.value) + (f"_b{_BATCH_SIZE.value}" if _BATCH_SIZE.value else "")
     _write(text, name, start)
+    computations, entry = hlo_summary.parse(text)
+    bandwidth = float(_TARGETS_BANDWIDTH[_TARGET.value])
+    for kind, (moved, kernels) in hlo_summary.traffic_by_kind(computations, entry).items():
+      print(f"step: {kind} kernels {kernels}, est. {moved / 2**30:.1f} GiB, "
+            f"{moved / bandwidth * 1e3:.1f} ms at the data sheet's {bandwidth / 1e12:.2f} TB/s")
     return
   with open(_HF_CONFIG.value) as f:
     config = interop.config_from_hf(json.load(f), source=_HF_CONFIG.value)

@@ -176,6 +176,29 @@ def _fused_io(computations: dict, fused: str | None) -> tuple[dict[int, int], in
   return read, written if in_place else None
 
 
+def traffic_by_kind(computations: dict, name: str, trips: int = 1,
+                    totals: dict | None = None) -> dict[str, list]:
+  """{"matmul": [bytes, kernels], "other": [bytes, kernels]} of everything one execution of
+  computation `name` runs, loops of known trip count unrolled: "matmul" are the kernels that do a
+  product's arithmetic (GEMM fusions, library and Pallas calls), whose bytes overlap their compute;
+  "other" (elementwise, reductions, copies, fills) are bound by memory, so their bytes over the
+  bandwidth are time a step spends on top of its products."""
+  totals = {"matmul": [0, 0], "other": [0, 0]} if totals is None else totals
+  for moved, (op_name, opcode, _, _, rest) in op_traffic(computations, name):
+    if opcode == "while":
+      body = _CALLS.search(rest).group(1)
+      count = _TRIP_COUNT.search(rest)
+      traffic_by_kind(computations, body, trips * (int(count.group(1)) if count else 1), totals)
+      continue
+    called = _CALLS.search(rest)
+    what = op_name + " " + (called.group(1) if called else "")
+    kind = ("matmul" if opcode == "custom-call" or "gemm" in what or "dot" in what.split()[0]
+            else "other")
+    totals[kind][0] += moved * trips
+    totals[kind][1] += trips
+  return totals
+
+
 def traffic(computations: dict, name: str) -> int:
   """Estimated bytes one execution of computation `name` reads and writes."""
   return sum(moved for moved, _ in op_traffic(computations, name))

@@ -97,3 +97,11 @@ def test_traffic_counts_slices_in_place_updates_and_loop_trips():
   assert body == sum(moved.values())
   assert hlo_summary.traffic(computations, entry) == 4 * body  # Four trips of the body.
   assert "est. traffic" in hlo_summary.summarize(_MODULE, top=2)
+
+
+def test_traffic_by_kind_splits_products_from_memory_bound_kernels_across_loop_trips():
+  computations, entry = hlo_summary.parse(_MODULE)
+  moved = {op[0]: m for m, op in hlo_summary.op_traffic(computations, "body")}
+  totals = hlo_summary.traffic_by_kind(computations, entry)
+  assert totals["matmul"] == [0, 0]  # No product in this module.
+  assert totals["other"] == [4 * sum(moved.values()), 4 * len(moved)]
