@@ -27,6 +27,7 @@ What it settles here: which copies, relayouts and unfused products XLA:GPU puts 
 import dataclasses
 import json
 import os
+import re
 import time
 
 import jax
@@ -160,6 +161,13 @@ def _compile(sharding) -> None:
     for kind, (moved, kernels) in hlo_summary.traffic_by_kind(computations, entry).items():
       print(f"step: {kind} kernels {kernels}, est. {moved / 2**30:.1f} GiB, "
             f"{moved / bandwidth * 1e3:.1f} ms at the data sheet's {bandwidth / 1e12:.2f} TB/s")
+    print("the step's memory-bound kernels moving the most bytes (GiB in all, executions):")
+    kernels = hlo_summary.program_kernels(computations, entry)
+    for moved, executions, op, _ in sorted((k for k in kernels if not k[3]),
+                                           key=lambda k: -k[0])[:_TOP.value]:
+      op_name = re.search(r'op_name="([^"]*)"', op[4])
+      print(f"  {moved / 2**30:7.2f} x{executions:<3d} {op[3][:36]:36s} {op[0][:36]:36s} "
+            f"{op_name.group(1)[-60:] if op_name else ''}")
     return
   with open(_HF_CONFIG.value) as f:
     config = interop.config_from_hf(json.load(f), source=_HF_CONFIG.value)

@@ -176,6 +176,27 @@ def _fused_io(computations: dict, fused: str | None) -> tuple[dict[int, int], in
   return read, written if in_place else None
 
 
+def _is_matmul(op_name: str, opcode: str, rest: str) -> bool:
+  called = _CALLS.search(rest)
+  return (opcode == "custom-call" or "gemm" in op_name or "dot" in op_name
+          or bool(called and "gemm" in called.group(1)))
+
+
+def program_kernels(computations: dict, name: str, trips: int = 1) -> list[tuple]:
+  """(bytes moved in all, executions, instruction, matmul or not) of every kernel one execution of
+  computation `name` runs, loops of known trip count unrolled (see `traffic_by_kind`)."""
+  found = []
+  for moved, op in op_traffic(computations, name):
+    op_name, opcode, _, _, rest = op
+    if opcode == "while":
+      count = _TRIP_COUNT.search(rest)
+      found += program_kernels(computations, _CALLS.search(rest).group(1),
+                               trips * (int(count.group(1)) if count else 1))
+    else:
+      found.append((moved * trips, trips, op, _is_matmul(op_name, opcode, rest)))
+  return found
+
+
 def traffic_by_kind(computations: dict, name: str, trips: int = 1,
                     totals: dict | None = None) -> dict[str, list]:
   """{"matmul": [bytes, kernels], "other": [bytes, kernels]} of everything one execution of
@@ -184,18 +205,9 @@ def traffic_by_kind(computations: dict, name: str, trips: int = 1,
   "other" (elementwise, reductions, copies, fills) are bound by memory, so their bytes over the
   bandwidth are time a step spends on top of its products."""
   totals = {"matmul": [0, 0], "other": [0, 0]} if totals is None else totals
-  for moved, (op_name, opcode, _, _, rest) in op_traffic(computations, name):
-    if opcode == "while":
-      body = _CALLS.search(rest).group(1)
-      count = _TRIP_COUNT.search(rest)
-      traffic_by_kind(computations, body, trips * (int(count.group(1)) if count else 1), totals)
-      continue
-    called = _CALLS.search(rest)
-    what = op_name + " " + (called.group(1) if called else "")
-    kind = ("matmul" if opcode == "custom-call" or "gemm" in what or "dot" in what.split()[0]
-            else "other")
-    totals[kind][0] += moved * trips
-    totals[kind][1] += trips
+  for moved, executions, _, is_matmul in program_kernels(computations, name, trips):
+    totals["matmul" if is_matmul else "other"][0] += moved
+    totals["matmul" if is_matmul else "other"][1] += executions
   return totals
 
 
