@@ -106,11 +106,13 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
                cache: dict | None = None, cache_index: jax.Array | None = None,
-               cache_segment_ids: jax.Array | None = None, cache_layer: jax.Array | int = 0):
+               cache_segment_ids: jax.Array | None = None,
+               cache_layer: jax.Array | int | None = 0):
     """x: [b, t, d]; positions, segment_ids: [b, t] -> [b, t, d].
 
-    With a cache ({"key", "value"}: [layers, b, L, k, h], the whole model's; this layer's keys
-    and values are at index cache_layer) the new keys and values are written at slots
+    With a cache ({"key", "value"}: the whole model's [layers, b, L, k, h] stacks, this layer's
+    keys and values at index cache_layer; or with cache_layer None this layer's own [b, L, k, h]
+    buffers) the new keys and values are written at slots
     cache_index .. cache_index + t - 1, in place, and the queries attend to the layer's whole
     cache, masked by causality (slot order) and cache_segment_ids [b, L] (this call's ids already
     written in); returns (out, the updated cache).
@@ -132,12 +134,18 @@ class Attention(nn.Module):
                           sliding_window=self.sliding_window, impl=self.attention_impl,
                           sequence_parallel=self.sequence_parallel)
       return proj((d,), ("heads", "head_dim", "embed"), "out")(out)  # btnh,nhd->btd
-    start = (cache_layer, 0, cache_index, 0, 0)
-    cache = {name: jax.lax.dynamic_update_slice(cache[name], new[None].astype(cache[name].dtype),
-                                                 start)
-             for name, new in (("key", key), ("value", value))}
-    keys, values = (jax.lax.dynamic_index_in_dim(cache[name], cache_layer, keepdims=False)
-                    for name in ("key", "value"))  # [b, L, k, h]
+    if cache_layer is None:  # This layer's own buffers.
+      cache = {name: jax.lax.dynamic_update_slice(cache[name], new.astype(cache[name].dtype),
+                                                   (0, cache_index, 0, 0))
+               for name, new in (("key", key), ("value", value))}
+      keys, values = cache["key"], cache["value"]  # [b, L, k, h]
+    else:
+      start = (cache_layer, 0, cache_index, 0, 0)
+      cache = {name: jax.lax.dynamic_update_slice(cache[name], new[None].astype(cache[name].dtype),
+                                                   start)
+               for name, new in (("key", key), ("value", value))}
+      keys, values = (jax.lax.dynamic_index_in_dim(cache[name], cache_layer, keepdims=False)
+                      for name in ("key", "value"))  # [b, L, k, h]
     out = ops.attention(query, keys.astype(query.dtype), values.astype(value.dtype),
                         causal=True, segment_ids=segment_ids, key_segment_ids=cache_segment_ids,
                         query_offset=cache_index, sliding_window=self.sliding_window,

@@ -84,10 +84,11 @@ class _Block(nn.Module):
 
   @nn.compact
   def __call__(self, carry, layer, positions, segment_ids, cache_index, cache_segment_ids):
-    """carry: (x [b, t, d], the model's whole KV cache {"key", "value"}: [layers, b, L, k, h], or
-    None); layer: this block's index in the cache (traced under nn.scan). Returns (the carry with
-    x and this layer's cache slots updated, router statistics {name: [b]} or None for a dense
-    MLP: nn.scan's per-layer output)."""
+    """carry: (x [b, t, d], a KV cache {"key", "value"}: the model's whole [layers, b, L, k, h]
+    stacks, or this layer's own [b, L, k, h] buffers, or None); layer: this block's index in the
+    stacks (traced under nn.scan), None with its own buffers. Returns (the carry with x and this
+    layer's cache slots updated, router statistics {name: [b]} or None for a dense MLP: nn.scan's
+    per-layer output)."""
     c = self.config
     x, cache = carry
     dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
@@ -188,9 +189,13 @@ class Transformer(nn.Module):
         raise ValueError("decoding with a cache needs segment_ids and returns no router stats")
       cache_segment_ids = jax.lax.dynamic_update_slice(
           cache["segment_ids"], segment_ids.astype(jnp.int32), (0, cache_index))
-      # The whole stack travels with the hidden states and each layer updates its own slots in
-      # place: no step copies the cache, however long it is.
-      layer_caches = {"key": cache["key"], "value": cache["value"]}  # [layers, b, L, k, h]
+      # The whole stack (or every layer's buffer) travels with the hidden states and each layer
+      # updates its own slots in place: no step copies the cache, however long it is.
+      layer_caches = {"key": cache["key"], "value": cache["value"]}
+      if c.scan_layers and isinstance(cache["key"], (tuple, list)):
+        raise ValueError("the layer loop (scan_layers) decodes with a stacked KV cache "
+                         "([layers, b, L, k, h]); this one holds a buffer per layer: make it "
+                         "with init_kv_cache of this model's config")
     block = _remat(_Block, c.remat)
     carry = (x, layer_caches)
     if c.scan_layers:
@@ -213,10 +218,22 @@ class Transformer(nn.Module):
                          "these are stacked: convert them with unstack_layers(params, "
                          "num_layers)")
       per_layer = []
+      own_buffers = layer_caches is not None and isinstance(layer_caches["key"], (tuple, list))
+      updated = {"key": [], "value": []}
       for i in range(c.num_layers):
-        carry, stats = block(c, name=f"layers_{i}")(
-            carry, i, positions, segment_ids, cache_index, cache_segment_ids)
+        if own_buffers:  # Layer i reads and writes its own buffers; the rest stay put.
+          (x, mine), stats = block(c, name=f"layers_{i}")(
+              (carry[0], {name: layer_caches[name][i] for name in updated}), None, positions,
+              segment_ids, cache_index, cache_segment_ids)
+          carry = (x, layer_caches)
+          for name in updated:
+            updated[name].append(mine[name])
+        else:
+          carry, stats = block(c, name=f"layers_{i}")(
+              carry, i, positions, segment_ids, cache_index, cache_segment_ids)
         per_layer.append(stats)
+      if own_buffers:
+        carry = (carry[0], {name: tuple(buffers) for name, buffers in updated.items()})
       router_stats = (None if per_layer[0] is None else
                       jax.tree.map(lambda *layers: jnp.stack(layers), *per_layer))
     x, layer_caches = carry
@@ -298,9 +315,16 @@ def stack_layers(params: dict, num_layers: int) -> dict:
 
 
 def init_kv_cache(config: TransformerConfig, batch_size: int, length: int) -> dict:
-  """An empty KV cache of `length` slots: key/value [layers, b, L, k, h] in the compute dtype,
-  segment_ids [b, L] int32 (0: an empty slot, which no query sees)."""
-  shape = (config.num_layers, batch_size, length, config.num_kv_heads, config.head_dim)
-  return {"key": jnp.zeros(shape, jnp.dtype(config.dtype)),
-          "value": jnp.zeros(shape, jnp.dtype(config.dtype)),
-          "segment_ids": jnp.zeros((batch_size, length), jnp.int32)}
+  """An empty KV cache of `length` slots: key/value in the compute dtype, one [layers, b, L, k, h]
+  stack each for the layer loop (scan_layers), a tuple of per-layer [b, L, k, h] buffers for
+  separate layers (each layer reads its own buffer whole: a stack would be sliced, and XLA:GPU
+  copies each slice every step); segment_ids [b, L] int32 (0: an empty slot, which no query
+  sees). A separate-layer model also takes the stacked form."""
+  shape = (batch_size, length, config.num_kv_heads, config.head_dim)
+  zeros = lambda: jnp.zeros(shape, jnp.dtype(config.dtype))
+  if config.scan_layers:
+    stack = lambda: jnp.zeros((config.num_layers, *shape), jnp.dtype(config.dtype))
+    key, value = stack(), stack()
+  else:
+    key, value = (tuple(zeros() for _ in range(config.num_layers)) for _ in range(2))
+  return {"key": key, "value": value, "segment_ids": jnp.zeros((batch_size, length), jnp.int32)}

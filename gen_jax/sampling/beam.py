@@ -50,8 +50,10 @@ class Hypothesis:
 
 
 def _take_rows(cache: dict, rows: jax.Array) -> dict:
-  """The cache of batch rows `rows` [r] (key/value carry the batch on axis 1, segment_ids on 0)."""
-  return {"key": cache["key"][:, rows], "value": cache["value"][:, rows],
+  """The cache of batch rows `rows` [r]: key/value stacks [layers, b, L, k, h] or per-layer
+  buffers [b, L, k, h] (the batch 4 axes from the end), segment_ids [b, L]."""
+  take = lambda x: jnp.take(x, rows, axis=x.ndim - 4)
+  return {"key": jax.tree.map(take, cache["key"]), "value": jax.tree.map(take, cache["value"]),
           "segment_ids": cache["segment_ids"][rows]}
 
 

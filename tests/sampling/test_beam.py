@@ -1,5 +1,6 @@
 """Beam search: with a beam wide enough to hold every live prefix it equals exhaustive search over
 all continuations of a tiny vocabulary, scored by the full forward pass (no cache)."""
+import dataclasses
 import functools
 import itertools
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gen_jax.models import Transformer, TransformerConfig
+from gen_jax.models import Transformer, TransformerConfig, unstack_layers
 from gen_jax.sampling import beam as beam_lib
 from gen_jax.sampling import beam_search
 from gen_jax.sampling.lm import pack_prompts
@@ -104,10 +105,15 @@ def _plain_beam_search(prompt, width, budget, eos_id, length_penalty):
 
 
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0])
-def test_early_stopping_changes_nothing(length_penalty):
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["layer_loop", "separate_layers"])
+def test_early_stopping_changes_nothing(length_penalty, scan_layers):
   """A narrow beam over a long budget, where a prompt stops early (end-of-text is token 4, the
-  model's likeliest on average), equals the same search run to the end without a cache."""
+  model's likeliest on average), equals the same search run to the end without a cache; with
+  separate layers too, whose cache is a buffer per layer that the beams reorder."""
   model, params = _model()
+  if not scan_layers:
+    model = Transformer(dataclasses.replace(CFG, scan_layers=False))
+    params = unstack_layers(params, CFG.num_layers)
   prompts, eos_id, budget = [[1, 3], [0, 4, 4]], 4, 7
   tokens, lengths, budgets, _ = pack_prompts(prompts, budget, CFG.max_seq_len)
   _, steps = beam_lib._beam_search(model, params, tokens, lengths, budgets, eos_id,

@@ -62,11 +62,14 @@ def test_prompt_longer_than_the_context_is_refused():
              eos_id=0, max_seq_len=CFG.max_seq_len)
 
 
-@pytest.mark.parametrize("layout", [{}, {"scan_unroll": 2}, {"scan_layers": False}],
-                         ids=["rolled", "unrolled", "unscanned"])
-def test_cached_prefill_and_decode_logits_equal_the_full_forward_pass(layout):
+@pytest.mark.parametrize("layout, stacked_cache", [({}, True), ({"scan_unroll": 2}, True),
+                                                   ({"scan_layers": False}, False),
+                                                   ({"scan_layers": False}, True)],
+                         ids=["rolled", "unrolled", "unscanned", "unscanned_stacked_cache"])
+def test_cached_prefill_and_decode_logits_equal_the_full_forward_pass(layout, stacked_cache):
   """The decoder's layer loop rolled, unrolled (model.scan_unroll) or absent (scan_layers=False,
-  separate layer params) against the rolled forward."""
+  separate layer params, with its own per-layer cache buffers or the stacked cache) against the
+  rolled forward."""
   model, params = _model()
   decoder = Transformer(dataclasses.replace(CFG, **layout))
   decoder_params = params if decoder.config.scan_layers else unstack_layers(params, CFG.num_layers)
@@ -77,8 +80,10 @@ def test_cached_prefill_and_decode_logits_equal_the_full_forward_pass(layout):
   for row, (seq, n) in enumerate(zip(seqs, prompt_lengths)):  # Left-padded prompts.
     tokens[row, slots - n:], segments[row, slots - n:] = seq[:n], 1
     positions[row, slots - n:] = np.arange(n)
+  cache = init_kv_cache(CFG if stacked_cache else decoder.config, 2, slots + 3)
+  assert isinstance(cache["key"], tuple) == (not stacked_cache)
   logits, cache = decoder.apply({"params": decoder_params}, tokens, positions, segments,
-                                cache=init_kv_cache(CFG, 2, slots + 3), cache_index=0)
+                                cache=cache, cache_index=0)
   full = [np.asarray(model.apply({"params": params}, jnp.asarray([seq]))[0]) for seq in seqs]
   for row, n in enumerate(prompt_lengths):
     np.testing.assert_allclose(logits[row, slots - n:], full[row][:n], atol=2e-5)
@@ -189,3 +194,11 @@ def test_steps_per_check_below_one_is_refused():
     generate_batch(model, params, [[3]], max_new_tokens=2, sampling=SamplingParams(temperature=0.0),
                    rng=jax.random.key(0), eos_id=-1, max_seq_len=CFG.max_seq_len,
                    steps_per_check=0)
+
+
+def test_the_layer_loop_refuses_a_cache_of_per_layer_buffers():
+  model, params = _model()
+  cache = init_kv_cache(dataclasses.replace(CFG, scan_layers=False), 1, 8)
+  with pytest.raises(ValueError, match="stacked KV cache"):
+    model.apply({"params": params}, jnp.ones((1, 2), jnp.int32), jnp.zeros((1, 2), jnp.int32),
+                jnp.ones((1, 2), jnp.int32), cache=cache, cache_index=0)
