@@ -188,10 +188,11 @@ def _compile(sharding) -> None:
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding)
   b = _BATCH.value
   start = time.perf_counter()
-  compiled = _generate.lower(
-      Transformer(config), params, ints(b, _PROMPT.value), ints(b), ints(b), rng, ints(),
-      ints(1, 1), ints(1), sampling=SamplingParams(temperature=0.0),
-      max_new_tokens=_NEW.value, steps_per_check=steps_per_check).compile()
+  with jax.set_mesh(sharding.mesh):  # Pallas' GPU lowering reads the device from the mesh.
+    compiled = _generate.lower(
+        Transformer(config), params, ints(b, _PROMPT.value), ints(b), ints(b), rng, ints(),
+        ints(1, 1), ints(1), sampling=SamplingParams(temperature=0.0),
+        max_new_tokens=_NEW.value, steps_per_check=steps_per_check).compile()
   text = compiled.as_text()
   _write(text, "_".join(filter(None, (
       os.path.basename(_HF_CONFIG.value).removesuffix(".json"), _WEIGHTS.value, f"b{b}",

@@ -35,16 +35,27 @@ def _ends_with_a_stop_sequence(out, step, stops, stop_lengths):
   return jnp.any(jnp.all(same, axis=-1), axis=-1)
 
 
+# The cache's slots are rounded up to a multiple of this: attention kernels work in tiles of keys,
+# and over a cache of any other length both XLA:GPU's products and the Pallas flash kernel pad
+# the whole cache to whole tiles, a copy of every layer's keys and values at every step
+# (Llama-2-7B's shape at 4000 slots: 1.29x the bytes a step must read with the flash kernel, in
+# XLA:GPU's compiled program; benchmarks/gpu_hlo.py). Slots past the last token are empty
+# (segment id 0): no query sees them.
+CACHE_SLOT_MULTIPLE = 128
+
+
 def prefill(model: nn.Module, params, tokens, prompt_lengths, cache_length: int):
   """Runs left-padded prompts through the model into a fresh KV cache.
 
   Args:
     tokens: [b, P] prompts, right-aligned; prompt_lengths: [b].
-    cache_length: slots in the cache (P + the tokens still to come).
+    cache_length: the slots needed (P + the tokens still to come); the cache has that many
+      rounded up to a multiple of CACHE_SLOT_MULTIPLE.
   Returns:
     (logits [b, P, v], the cache with slots 0..P-1 filled, segment_ids [b, P]: 1 on prompt
     tokens, 0 on padding).
   """
+  cache_length = -(-cache_length // CACHE_SLOT_MULTIPLE) * CACHE_SLOT_MULTIPLE
   b, prompt_slots = tokens.shape
   pad = prompt_slots - prompt_lengths  # [b]
   slots = jnp.arange(prompt_slots)[None]  # [1, P]
