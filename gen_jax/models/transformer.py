@@ -49,7 +49,10 @@ class TransformerConfig:
   tie_embeddings: bool = False
   dtype: str = "float32"  # Compute dtype of matmuls and activations.
   param_dtype: str = "float32"
-  attention_impl: str = "xla"
+  # ops.ATTENTION_IMPLS. "auto": XLA on a CPU; on a GPU cuDNN where it can compute the call and
+  # the Pallas flash kernel otherwise (decoding over a cache: read whole, no XLA product that
+  # XLA:GPU reduces unfused; docs/BENCHMARKS.md); Pallas on a TPU. Configs set their own.
+  attention_impl: str = "auto"
   sequence_parallel: str = "all_gather"  # ops.SEQUENCE_PARALLEL: with the length split.
   sliding_window: int = 0  # Each token attends to this many most recent tokens (Mistral); 0: all.
   remat: str = "none"  # Rematerialization of each block in the backward pass: REMAT_POLICIES.
