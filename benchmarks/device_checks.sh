@@ -73,7 +73,9 @@
 #               and Triton settings swept there: its defaults were tuned at head_dim 128
 #   lm_train    benchmarks/lm_train.py: the 1b preset at batch 16, Pallas attention, MFU
 #   decode      SmolLM2-135M's architecture (its 98 MB GGUF cannot travel) at batch 1 and 32, with
-#               transformers' generate on the same weights
+#               transformers' generate on the same weights; the model's attention is "auto" (the
+#               flash kernel over the cache on a GPU) since 2026-12-04 (sixth session), with a
+#               row of XLA's attention beside it
 #   lm_train_xla  the 1b run with the XLA reference attention, for the ratio (cuDNN cannot mask
 #               packed documents, which training batches carry)
 # STAGES="decode attention" runs a subset; LIMIT_<stage>=SECONDS changes one stage's limit and
@@ -125,7 +127,7 @@ declare -A COMMANDS=(
   [attention]="python3 benchmarks/attention.py --repeats=5 --impls=xla,pallas,pallas:dq=atomic,cudnn --pallas_triton=4x2,4x3,8x3,8x4"
   [attention_1b]="python3 benchmarks/attention.py --repeats=5 --impls=xla,pallas,pallas:dq=atomic,cudnn --lengths=2048 --num_heads=32 --num_kv_heads=4 --head_dim=64 --sweep_length=2048 --pallas_blocks=64x64,64x128,128x64,128x128 --pallas_triton=4x3,8x3"
   [lm_train]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas"
-  [decode]="python3 benchmarks/decode.py --hf_config=benchmarks/smollm2_135m_config.json --weights=bfloat16,int8,int4 --draft_layers=0 --nono_cache --variants='scan_layers=False;scan_layers=False,attention_impl=pallas'"
+  [decode]="python3 benchmarks/decode.py --hf_config=benchmarks/smollm2_135m_config.json --weights=bfloat16,int8,int4 --draft_layers=0 --nono_cache --variants='scan_layers=False;scan_layers=False,attention_impl=xla'"
   [decode_1b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16,int8,int4 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants='scan_layers=False'"
   [decode_1b_dsf]="XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=''"
   [decode_1b_graphs]="for flags in --xla_gpu_enable_command_buffer= --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN; do echo \"| XLA_FLAGS=\$flags |\"; XLA_FLAGS=\$flags python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache {ARGS}; done"
