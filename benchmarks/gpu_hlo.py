@@ -108,18 +108,11 @@ def _parse_variant(config):
 
 def _train(sharding) -> str:
   """--program=train: the compiled step's HLO text (and its memory figures, printed)."""
-  import ast
   from gen_jax.config import load_config_file
-  from gen_jax.config.presets import set_field
+  from gen_jax.config.presets import set_fields
   from gen_jax.train.dry_run import compile_train_step
   config = load_config_file(_CONFIG.value)
-  for override in _SET.value:
-    field, _, value = override.partition("=")
-    try:
-      value = ast.literal_eval(value)  # Numbers, booleans, tuples; anything else is a string.
-    except (ValueError, SyntaxError):
-      pass
-    set_field(config, field, value)
+  set_fields(config, _SET.value)
   if _BATCH_SIZE.value:
     config.train.batch_size = _BATCH_SIZE.value
   config.mesh.num_devices = 1

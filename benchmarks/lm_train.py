@@ -12,7 +12,6 @@ scores and values (no discount for the causal mask). MFU = model FLOPs per secon
 peak). Rematerialization's extra forward pass is not counted, as MFU requires. The last lines are a
 markdown table for docs/BENCHMARKS.md.
 """
-import ast
 import datetime
 import math
 import os
@@ -26,7 +25,7 @@ from absl import app, flags
 
 from gen_jax import families, parallel
 from gen_jax.config import load_config_file
-from gen_jax.config.presets import set_field
+from gen_jax.config.presets import set_fields
 from gen_jax.train import abstract_train_state, make_train_step, rng_for, validate
 from gen_jax.train.state import learning_rate_schedule
 import trace_summary  # benchmarks/, the script's own directory.
@@ -81,13 +80,7 @@ def main(argv):
   del argv
   path, _, preset = _CONFIG.value.partition(":")
   config = load_config_file(f"{os.path.join(REPO_ROOT, path)}:{preset}")
-  for override in _SET.value:
-    field, _, value = override.partition("=")
-    try:
-      value = ast.literal_eval(value)  # Numbers, booleans, tuples; anything else is a string.
-    except (ValueError, SyntaxError):
-      pass
-    set_field(config, field, value)
+  set_fields(config, _SET.value)
   if _BATCH.value:
     config.train.batch_size = _BATCH.value
   validate(config)

@@ -3,6 +3,7 @@
 A preset is a dict of dotted field names to values. Presets never copy the base: they change only
 what differs, and an unknown preset name or field is an error (big_vision's habit).
 """
+import ast
 from typing import Any, Mapping
 
 import ml_collections
@@ -24,6 +25,18 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> Non
     node[leaf] = value
   except TypeError as e:  # ConfigDict keeps each field's type.
     raise ConfigError(dotted, str(e)) from e
+
+
+def set_fields(config: ml_collections.ConfigDict, assignments: list[str]) -> None:
+  """Applies "field.path=VALUE" strings in order (a benchmark's --set flags); VALUE is read as a
+  Python literal (numbers, booleans, tuples) where it is one, else taken as a string."""
+  for assignment in assignments:
+    dotted, _, text = assignment.partition("=")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    set_field(config, dotted, value)
 
 
 def apply_preset(

@@ -133,3 +133,13 @@ def test_a_saved_config_missing_later_fields_loads_them_with_their_defaults(tmp_
     json.dump(old, f)
   loaded = json.loads(config_lib.load_workdir_config(str(tmp_path)).to_json())
   assert loaded == {**base, "train": {**base["train"], "num_steps": 12345}}
+
+
+def test_set_fields_reads_literals_and_names_a_bad_field():
+  from gen_jax.config.presets import set_fields
+  config = config_lib.load_config_file(f"{REPO_ROOT}/configs/llm/pretrain.py:tiny")
+  set_fields(config, ["train.batch_size=4", "model.attention_impl=pallas", "model.remat=dots"])
+  assert (config.train.batch_size, config.model.attention_impl, config.model.remat) == (
+      4, "pallas", "dots")
+  with pytest.raises(config_lib.ConfigError, match="model.no_such_field: no such field"):
+    set_fields(config, ["model.no_such_field=1"])
