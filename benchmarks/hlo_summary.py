@@ -156,7 +156,7 @@ def _fused_io(computations: dict, fused: str | None) -> tuple[dict[int, int], in
       parameters[name] = parameters[_operand_names(rest)[0]]
   read = {}
   for _, opcode, size, _, rest in ops:
-    if opcode in ("dynamic-slice", "slice"):
+    if opcode in ("dynamic-slice", "slice", "gather"):  # Reads what it keeps of operand 0.
       source = _operand_names(rest)[:1]
       if source and source[0] in parameters:
         index = parameters[source[0]]

@@ -60,6 +60,12 @@ HloModule m, entry_computation_layout={(f32[4,64,256]{2,1,0})->f32[16,256]{1,0}}
   ROOT %dynamic-update-slice.2 = f32[4,64,256]{2,1,0} dynamic-update-slice(%param_0.2, %bitcast.3, %param_2.2, %c.2, %c.2)
 }
 
+%fused_lookup (param_0.3: f32[4,64,256], param_1.3: s32[2,1]) -> f32[2,64,256] {
+  %param_0.3 = f32[4,64,256]{2,1,0} parameter(0)
+  %param_1.3 = s32[2,1]{1,0} parameter(1)
+  ROOT %gather.1 = f32[2,64,256]{2,1,0} gather(%param_0.3, %param_1.3), offset_dims={1,2}, collapsed_slice_dims={0}, start_index_map={0}, index_vector_dim=1, slice_sizes={1,64,256}
+}
+
 %body (p: (s32[], f32[4,64,256], f32[16,256])) -> (s32[], f32[4,64,256], f32[16,256]) {
   %p = (s32[], f32[4,64,256]{2,1,0}, f32[16,256]{1,0}) parameter(0)
   %i = s32[] get-tuple-element(%p), index=0
@@ -68,6 +74,7 @@ HloModule m, entry_computation_layout={(f32[4,64,256]{2,1,0})->f32[16,256]{1,0}}
   %input_reduce_fusion = f32[256]{0} fusion(%stack, %i), kind=kInput, calls=%fused_reduce
   %loop_dynamic_update_slice_fusion = f32[16,256]{1,0} fusion(%buffer, %input_reduce_fusion, %i), kind=kLoop, calls=%fused_dynamic_update_slice
   %copy.1 = f32[1024]{0} copy(%small)
+  %looked_up = f32[2,64,256]{2,1,0} fusion(%stack, %ids), kind=kLoop, calls=%fused_lookup
   %saved = f32[4,64,256]{2,1,0} fusion(%stack, %input_reduce_fusion, %i), kind=kLoop, calls=%fused_save
   %fusion-start.1 = ((f32[4,64,256]{2,1,0}, f32[256]{0}, s32[]), f32[4,64,256]{2,1,0}, u32[]) fusion-start(%saved, %input_reduce_fusion, %i), kind=kLoop, calls=%fused_save
   %fusion-done.1 = f32[4,64,256]{2,1,0} fusion-done(%fusion-start.1)
@@ -93,6 +100,8 @@ def test_traffic_counts_slices_in_place_updates_and_loop_trips():
   # synchronously or by an asynchronous start and done: it moves the row, not the stack.
   saving = 256 * 4 + 4 + 256 * 4  # Reads the row and index (not the stack), writes the row.
   assert moved["saved"] == moved["fusion-done.1"] == saving
+  # A gather reads the rows it takes (two [64, 256] blocks of the stack), not the whole stack.
+  assert moved["looked_up"] == 2 * (2 * 64 * 256 * 4)
   body = hlo_summary.traffic(computations, "body")
   assert body == sum(moved.values())
   assert hlo_summary.traffic(computations, entry) == 4 * body  # Four trips of the body.
