@@ -23,10 +23,10 @@
 #               the traces come back in artifacts.tar.gz
 #   decode_1b   benchmarks/decode.py at batch 1 for the 1b preset's shape (TinyLlama-1.1B, random
 #               weights): bf16, and int8/int4 by XLA (one product per scale group for a
-#               decoding row since the sixth session of 2026-12-04: by benchmarks/gpu_hlo.py,
+#               decoding row since the sixth session of 2026-12-04: by benchmarks/aot_hlo.py,
 #               XLA:GPU's int8 step then moves 1.11x its int8 weights, not 4.43x) and by the
 #               Pallas kernel, each with the layer loop over the weight stacks and with no loop
-#               (model.scan_layers=False: each layer's weights apart; gpu_hlo.py: 1.01x of the
+#               (model.scan_layers=False: each layer's weights apart; aot_hlo.py: 1.01x of the
 #               bytes a step must read, against 2.48x rolled); each with its fraction of the
 #               bandwidth roofline
 #   decode_1b_graphs  the 1.1B rows (the config's and scan_layers=False, bf16) with XLA's command

@@ -9,7 +9,7 @@ small (a row of activations, one cache slot): an output the size of a weight mat
 whole KV cache, inside the token loop is a copy made every step, the bytes the roofline pays twice
 for (except a dynamic-update-slice fusion's: its output is the array it updates in place, of
 which it writes one slot). benchmarks/device_checks.sh's decode_hlo stage brings the 1.1B decode
-loop's modules back for this, and benchmarks/gpu_hlo.py compiles them for a GPU on any machine.
+loop's modules back for this, and benchmarks/aot_hlo.py compiles them for a GPU on any machine.
 
 Each computation also gets an estimate of the memory traffic of one execution: every kernel reads
 each operand once and writes its output once, except that a slice reads only what it keeps and an
@@ -247,7 +247,7 @@ def main(argv):
       print(f"### {path}\n{summarize(f.read(), _TOP.value)}\n")
 
 
-if __name__ == "__main__":  # The flag only here: gpu_hlo.py imports this module.
+if __name__ == "__main__":  # The flag only here: aot_hlo.py imports this module.
   _TOP = flags.DEFINE_integer("top", 8, "Instructions listed per computation, by each measure.")
   sys.setrecursionlimit(10000)
   app.run(main)

@@ -31,7 +31,7 @@ def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
   # logit[target] - logsumexp(logits), the target's logit picked by comparing with a vocabulary
   # iota rather than gathered: no [b, t, v] log-probabilities are written, and the gradient is
   # softmax - one_hot, elementwise, where a gather's would be a scatter into a zeroed [b, t, v]
-  # (XLA:GPU's 1b train step: a 4 GiB zero fill and an 8 GiB scatter; benchmarks/gpu_hlo.py).
+  # (XLA:GPU's 1b train step: a 4 GiB zero fill and an 8 GiB scatter; benchmarks/aot_hlo.py).
   picked = jnp.arange(logits.shape[-1]) == targets[..., None]
   return jnp.sum(jnp.where(picked, logits, 0.0), axis=-1) - jax.nn.logsumexp(logits, axis=-1)
 

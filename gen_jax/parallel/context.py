@@ -29,7 +29,7 @@ def target_platform() -> str:
 def compiling_for(platform: str) -> Iterator[None]:
   """Traces inside the block choose kernels and layouts for `platform` rather than this host's
   backend: for compiling ahead of time for a device the host does not have (a compile-only
-  client, e.g. benchmarks/gpu_hlo.py). Nothing else changes: eager computations still run here."""
+  client, e.g. benchmarks/aot_hlo.py). Nothing else changes: eager computations still run here."""
   if platform not in ("cpu", "gpu", "tpu"):
     raise ValueError(f"compiling_for: platform must be cpu, gpu or tpu, got {platform!r}")
   token = _COMPILING_FOR.set(platform)

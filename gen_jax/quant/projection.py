@@ -37,7 +37,7 @@ STATS = "quant_stats"  # Collection of calibration statistics: {"input_gram": [i
 # reduction of its algebraic simplifier, IsMatrixMultiplicationTooSmallForRewriting). Over a kernel
 # stored [in, out] that sum runs down the columns, and XLA does not fuse the multiply into it: every
 # decoding step writes and rereads a kernel-sized product (seen in XLA:GPU's optimized HLO for an
-# H200, compiled without one by benchmarks/gpu_hlo.py: 2.3x the bytes of a 135M model's step).
+# H200, compiled without one by benchmarks/aot_hlo.py: 2.3x the bytes of a 135M model's step).
 GPU_GEMV_REDUCTION_ELEMENTS = 10_000_000
 
 

@@ -39,7 +39,7 @@ def _ends_with_a_stop_sequence(out, step, stops, stop_lengths):
 # and over a cache of any other length both XLA:GPU's products and the Pallas flash kernel pad
 # the whole cache to whole tiles, a copy of every layer's keys and values at every step
 # (Llama-2-7B's shape at 4000 slots: 1.29x the bytes a step must read with the flash kernel, in
-# XLA:GPU's compiled program; benchmarks/gpu_hlo.py). Slots past the last token are empty
+# XLA:GPU's compiled program; benchmarks/aot_hlo.py). Slots past the last token are empty
 # (segment id 0): no query sees them.
 CACHE_SLOT_MULTIPLE = 128
 

@@ -1,13 +1,20 @@
-"""XLA:GPU's compiled program for gen_jax's decoding loop or train step, without a GPU.
+"""XLA's compiled program for gen_jax's decoding loop or train step on a GPU or TPU this machine
+does not have.
 
   pip install "jax[cuda13]==$(python -c 'import jax; print(jax.__version__)')"   # once; no GPU
-  python benchmarks/gpu_hlo.py --hf_config=benchmarks/llama_1b_config.json --variant=scan_layers=False
-  python benchmarks/gpu_hlo.py --program=train --config=configs/llm/pretrain.py:1b --batch_size=16 \
+  pip install "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')"      # for TPU targets
+  python benchmarks/aot_hlo.py --hf_config=benchmarks/llama_1b_config.json --variant=scan_layers=False
+  python benchmarks/aot_hlo.py --program=train --config=configs/llm/pretrain.py:1b --batch_size=16 \
       --set=model.attention_impl=pallas --set=model.remat=dots
+  python benchmarks/aot_hlo.py --program=train --target=tpu:v5e:2x2 --config=configs/llm/pretrain.py:1b
 
-JAX can compile for a GPU it does not have (deviceless ahead-of-time compilation: a compile-only
-client built from a target description, `jax.experimental.topologies`), given the CUDA plugin
-installed beside jaxlib. This script compiles `gen_jax.sampling`'s generation (prefill, then the
+JAX can compile for a device it does not have (deviceless ahead-of-time compilation: a
+compile-only client built from a target description, `jax.experimental.topologies`), given the
+CUDA plugin or libtpu installed beside jaxlib. A GPU target is one GPU described to XLA (an H200 or
+H100); a TPU target is a slice topology (`tpu:v5e:2x2`, `tpu:v4:2x2x1`, ...): all its chips, so a
+train step compiles on the config's mesh over them (the TPU compiler's own memory figures per
+chip, where `--dry_run` estimates with XLA:CPU), and the Pallas kernels go through the real Mosaic
+compiler, where the test suite can only interpret them. This script compiles `gen_jax.sampling`'s generation (prefill, then the
 loop of single-token steps; batch --batch, greedy) for an H200 or H100 with random-weight shapes of
 a Hugging Face config (nothing is allocated: a 7B model compiles on a laptop), writes XLA's
 optimized HLO to --out, and prints `hlo_summary.py`'s account of it: the kernels of each loop
@@ -17,8 +24,8 @@ execution moves. The last line sets the token loop's estimate beside the bytes a
 roofline any speed of the kernels can reach.
 
 --program=train compiles a config's real train step (gen_jax.train.dry_run.compile_train_step: the
-family's loss, the optimizer update, the config's mesh on one GPU) the same way and prints the same
-account, with XLA:GPU's own memory figures for the device.
+family's loss, the optimizer update, the config's mesh over the target's devices) the same way and
+prints the same account, with the compiler's own memory figures per device.
 
 What it cannot see: times (no autotuning without the device, so Triton GEMM tiles are defaults;
 a kernel's speed is the lent GPU's question, benchmarks/device_checks.sh), and launches' overhead.
@@ -45,8 +52,8 @@ _WEIGHTS = flags.DEFINE_enum("weights", "bfloat16", ["bfloat16", "int8", "int4"]
 _BATCH = flags.DEFINE_integer("batch", 1, "Rows decoded at once.")
 _PROMPT = flags.DEFINE_integer("prompt_tokens", 5, "Prompt length.")
 _NEW = flags.DEFINE_integer("new_tokens", 64, "Tokens generated per row.")
-_TARGET = flags.DEFINE_enum("target", "h200", ["h200", "h100"], "The GPU compiled for.")
-_OUT = flags.DEFINE_string("out", "/tmp/gpu_hlo", "Directory for the optimized HLO text.")
+_TARGET = flags.DEFINE_string("target", "h200", "h200, h100, or tpu:TOPOLOGY (e.g. tpu:v5e:2x2).")
+_OUT = flags.DEFINE_string("out", "/tmp/aot_hlo", "Directory for the optimized HLO text.")
 _TOP = flags.DEFINE_integer("top", 6, "Instructions listed per loop body.")
 
 # XLA's GpuTargetConfigProto in text form: what the compiler asks of the device. Data-sheet and
@@ -78,17 +85,25 @@ TARGETS = {
 }
 
 
-def gpu_sharding(target: str) -> jax.sharding.NamedSharding:
-  """A replicated sharding on one compile-only GPU of `target` (see the module doc)."""
+def target_devices(target: str) -> tuple[str, list]:
+  """(platform, the compile-only devices) of `target` (see the module doc)."""
   from jax.experimental import topologies
+  platform = "tpu" if target.startswith("tpu:") else "gpu"
+  if platform == "gpu" and target not in TARGETS:
+    raise app.UsageError(f"--target={target!r}: one of {sorted(TARGETS)} or tpu:TOPOLOGY")
   try:
-    topology = topologies.get_topology_desc(platform="cuda", target_config=TARGETS[target],
-                                            topology="1x1x1")
+    if platform == "tpu":
+      topology = topologies.get_topology_desc(platform="tpu",
+                                              topology_name=target.removeprefix("tpu:"))
+    else:
+      topology = topologies.get_topology_desc(platform="cuda", target_config=TARGETS[target],
+                                              topology="1x1x1")
   except Exception as error:  # noqa: BLE001 - the one likely cause, said plainly.
-    raise SystemExit(f"no compile-only CUDA client ({type(error).__name__}: {error}); install "
-                     f"the CUDA plugin: pip install 'jax[cuda13]=={jax.__version__}'") from error
-  mesh = topologies.make_mesh(topo=topology, mesh_shape=(1,), axis_names=("x",))
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    package = "tpu" if platform == "tpu" else "cuda13"
+    raise SystemExit(f"no compile-only {platform.upper()} client ({type(error).__name__}: "
+                     f"{str(error)[:300]}); install it: pip install "
+                     f"'jax[{package}]=={jax.__version__}'") from error
+  return platform, list(topology.devices)
 
 
 def _parse_variant(config):
@@ -106,7 +121,7 @@ def _parse_variant(config):
   return dataclasses.replace(config, **changes), steps_per_check
 
 
-def _train(sharding) -> str:
+def _train(devices) -> str:
   """--program=train: the compiled step's HLO text (and its memory figures, printed)."""
   from gen_jax.config import load_config_file
   from gen_jax.config.presets import set_fields
@@ -115,10 +130,10 @@ def _train(sharding) -> str:
   set_fields(config, _SET.value)
   if _BATCH_SIZE.value:
     config.train.batch_size = _BATCH_SIZE.value
-  config.mesh.num_devices = 1
-  compiled, _, _ = compile_train_step(config, devices=sharding.mesh.devices.flat)
+  config.mesh.num_devices = len(devices)
+  compiled, _, mesh = compile_train_step(config, devices=devices)
   memory = compiled.memory_analysis()
-  print(f"XLA:GPU memory: arguments {memory.argument_size_in_bytes / 2**30:.2f} GiB, temporaries "
+  print(f"mesh {dict(mesh.shape)}; memory per device: arguments {memory.argument_size_in_bytes / 2**30:.2f} GiB, temporaries "
         f"{memory.temp_size_in_bytes / 2**30:.2f} GiB, outputs {memory.output_size_in_bytes / 2**30:.2f} "
         f"GiB (aliased {memory.alias_size_in_bytes / 2**30:.2f})")
   return compiled.as_text()
@@ -129,14 +144,14 @@ def main(argv):
   jax.config.update("jax_platforms", "cpu")  # The host computes nothing; the GPU is described.
   from gen_jax.parallel import context as parallel_context
 
-  sharding = gpu_sharding(_TARGET.value)
+  platform, devices = target_devices(_TARGET.value)
   # The model picks some kernels and layouts by platform (ops.attention's "auto",
-  # quant.projection.one_row_layout): trace them for the GPU compiled for, not this host.
-  with parallel_context.compiling_for("gpu"):
-    _compile(sharding)
+  # quant.projection.one_row_layout): trace them for the device compiled for, not this host.
+  with parallel_context.compiling_for(platform):
+    _compile(devices)
 
 
-def _compile(sharding) -> None:
+def _compile(devices) -> None:
   import jax.numpy as jnp
   from gen_jax import interop, quant
   from gen_jax.models import Transformer, unstack_layers
@@ -145,11 +160,13 @@ def _compile(sharding) -> None:
   import hlo_summary  # benchmarks/, the script's own directory.
   if _PROGRAM.value == "train":
     start = time.perf_counter()
-    text = _train(sharding)
-    name = _CONFIG.value.replace("/", "_").replace(":", "_") + "".join(
+    text = _train(devices)
+    name = _TARGET.value.replace(":", "-") + "_" + _CONFIG.value.replace("/", "_").replace(":", "_") + "".join(
         f"_{s}" for s in _SET.value) + (f"_b{_BATCH_SIZE.value}" if _BATCH_SIZE.value else "")
     _write(text, name, start)
     computations, entry = hlo_summary.parse(text)
+    if _TARGET.value not in _TARGETS_BANDWIDTH:  # A TPU: no data-sheet figure kept here.
+      return
     bandwidth = float(_TARGETS_BANDWIDTH[_TARGET.value])
     for kind, (moved, kernels) in hlo_summary.traffic_by_kind(computations, entry).items():
       print(f"step: {kind} kernels {kernels}, est. {moved / 2**30:.1f} GiB, "
@@ -162,6 +179,8 @@ def _compile(sharding) -> None:
       print(f"  {moved / 2**30:7.2f} x{executions:<3d} {op[3][:36]:36s} {op[0][:36]:36s} "
             f"{op_name.group(1)[-60:] if op_name else ''}")
     return
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(devices[:1], ("x",)),
+                                       jax.sharding.PartitionSpec())  # Decoding: one device.
   with open(_HF_CONFIG.value) as f:
     config = interop.config_from_hf(json.load(f), source=_HF_CONFIG.value)
   config = dataclasses.replace(config, dtype="bfloat16", param_dtype="bfloat16")
@@ -188,7 +207,7 @@ def _compile(sharding) -> None:
         max_new_tokens=_NEW.value, steps_per_check=steps_per_check).compile()
   text = compiled.as_text()
   _write(text, "_".join(filter(None, (
-      os.path.basename(_HF_CONFIG.value).removesuffix(".json"), _WEIGHTS.value, f"b{b}",
+      _TARGET.value.replace(":", "-"), os.path.basename(_HF_CONFIG.value).removesuffix(".json"), _WEIGHTS.value, f"b{b}",
       _VARIANT.value.replace(",", "_")))), start)
 
   # The bytes a step must read: every weight it multiplies by (all but the input embedding,
