@@ -56,54 +56,6 @@ _TARGET = flags.DEFINE_string("target", "h200", "h200, h100, or tpu:TOPOLOGY (e.
 _OUT = flags.DEFINE_string("out", "/tmp/aot_hlo", "Directory for the optimized HLO text.")
 _TOP = flags.DEFINE_integer("top", 6, "Instructions listed per loop body.")
 
-# XLA's GpuTargetConfigProto in text form: what the compiler asks of the device. Data-sheet and
-# CUDA occupancy figures of the two Hopper parts (SM 9.0: 132 multiprocessors, 228 KiB of shared
-# memory per multiprocessor of which 227 KiB per block, 64K registers); bandwidth, memory and L2
-# as the data sheets give them. The cuDNN and CUDA runtime versions are those of the lent H200's
-# image (docs/BENCHMARKS.md).
-_HOPPER = """
-gpu_device_info {{
-  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
-  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132
-  fpus_per_core: 128 block_dim_limit_x: 2147483647 block_dim_limit_y: 65535
-  block_dim_limit_z: 65535 memory_bandwidth: {bandwidth} l2_cache_size: {l2}
-  clock_rate_ghz: 1.98 device_memory_size: {memory} shared_memory_per_block_optin: 232448
-  cuda_compute_capability {{ major: 9 minor: 0 }}
-  registers_per_core_limit: 65536 registers_per_block_limit: 65536
-}}
-platform_name: "CUDA"
-dnn_version_info {{ major: 9 minor: 10 }}
-runtime_version {{ major: 13 minor: 0 }}
-device_description_str: "{name}"
-"""
-_TARGETS_BANDWIDTH = {"h200": 4_800_000_000_000, "h100": 3_352_320_000_000}
-TARGETS = {
-    "h200": _HOPPER.format(bandwidth=_TARGETS_BANDWIDTH["h200"], l2=62_914_560,
-                           memory=150_754_820_096, name="NVIDIA H200"),
-    "h100": _HOPPER.format(bandwidth=_TARGETS_BANDWIDTH["h100"], l2=52_428_800,
-                           memory=84_929_347_584, name="NVIDIA H100 80GB HBM3"),
-}
-
-
-def target_devices(target: str) -> tuple[str, list]:
-  """(platform, the compile-only devices) of `target` (see the module doc)."""
-  from jax.experimental import topologies
-  platform = "tpu" if target.startswith("tpu:") else "gpu"
-  if platform == "gpu" and target not in TARGETS:
-    raise app.UsageError(f"--target={target!r}: one of {sorted(TARGETS)} or tpu:TOPOLOGY")
-  try:
-    if platform == "tpu":
-      topology = topologies.get_topology_desc(platform="tpu",
-                                              topology_name=target.removeprefix("tpu:"))
-    else:
-      topology = topologies.get_topology_desc(platform="cuda", target_config=TARGETS[target],
-                                              topology="1x1x1")
-  except Exception as error:  # noqa: BLE001 - the one likely cause, said plainly.
-    package = "tpu" if platform == "tpu" else "cuda13"
-    raise SystemExit(f"no compile-only {platform.upper()} client ({type(error).__name__}: "
-                     f"{str(error)[:300]}); install it: pip install "
-                     f"'jax[{package}]=={jax.__version__}'") from error
-  return platform, list(topology.devices)
 
 
 def _parse_variant(config):
@@ -143,8 +95,12 @@ def main(argv):
   del argv
   jax.config.update("jax_platforms", "cpu")  # The host computes nothing; the GPU is described.
   from gen_jax.parallel import context as parallel_context
+  from gen_jax.parallel import targets
 
-  platform, devices = target_devices(_TARGET.value)
+  try:
+    platform, devices = targets.compile_only_devices(_TARGET.value)
+  except targets.TargetError as error:
+    raise SystemExit(f"--target: {error}") from error
   # The model picks some kernels and layouts by platform (ops.attention's "auto",
   # quant.projection.one_row_layout): trace them for the device compiled for, not this host.
   with parallel_context.compiling_for(platform):
@@ -152,6 +108,7 @@ def main(argv):
 
 
 def _compile(devices) -> None:
+  from gen_jax.parallel import targets
   import jax.numpy as jnp
   from gen_jax import interop, quant
   from gen_jax.models import Transformer, unstack_layers
@@ -165,9 +122,9 @@ def _compile(devices) -> None:
         f"_{s}" for s in _SET.value) + (f"_b{_BATCH_SIZE.value}" if _BATCH_SIZE.value else "")
     _write(text, name, start)
     computations, entry = hlo_summary.parse(text)
-    if _TARGET.value not in _TARGETS_BANDWIDTH:  # A TPU: no data-sheet figure kept here.
+    if _TARGET.value not in targets.GPU_BANDWIDTH:  # A TPU: no data-sheet figure kept here.
       return
-    bandwidth = float(_TARGETS_BANDWIDTH[_TARGET.value])
+    bandwidth = float(targets.GPU_BANDWIDTH[_TARGET.value])
     for kind, (moved, kernels) in hlo_summary.traffic_by_kind(computations, entry).items():
       print(f"step: {kind} kernels {kernels}, est. {moved / 2**30:.1f} GiB, "
             f"{moved / bandwidth * 1e3:.1f} ms at the data sheet's {bandwidth / 1e12:.2f} TB/s")

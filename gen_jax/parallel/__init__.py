@@ -1,5 +1,5 @@
 """Meshes, logical-axis shardings and batch placement."""
-from gen_jax.parallel import context, distributed
+from gen_jax.parallel import context, distributed, targets
 from gen_jax.parallel.mesh import (BATCH_AXES, batch_sharding, data_parallel_size, logical_shardings,
                                    make_mesh, mesh_shape, rules_tuple, shard_batch)
 
@@ -14,4 +14,5 @@ __all__ = [
     "mesh_shape",
     "rules_tuple",
     "shard_batch",
+    "targets",
 ]

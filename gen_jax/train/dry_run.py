@@ -76,9 +76,16 @@ def _sharding_rows(params) -> list[tuple[str, tuple, str, tuple]]:
   return rows
 
 
-def dry_run(config: ml_collections.ConfigDict) -> DryRunReport:
-  """Validates `config`, builds its mesh from the visible devices and compiles its train step."""
-  compiled, layout, mesh = compile_train_step(config)
+def dry_run(config: ml_collections.ConfigDict, target: str | None = None) -> DryRunReport:
+  """Validates `config`, builds its mesh and compiles its train step: on the visible devices, or
+  with `target` ("h200", "h100", "tpu:v5e:2x2", ...: `parallel.targets`) on a machine this host
+  is not, by that machine's own compiler (its kernels, its memory figures)."""
+  if target is None:
+    compiled, layout, mesh = compile_train_step(config)
+  else:
+    platform, devices = parallel.targets.compile_only_devices(target)
+    with parallel.context.compiling_for(platform):
+      compiled, layout, mesh = compile_train_step(config, devices)
   memory = compiled.memory_analysis()
   return DryRunReport(
       mesh=dict(mesh.shape), platform=mesh.devices.flat[0].platform,

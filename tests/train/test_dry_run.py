@@ -53,6 +53,27 @@ def test_pretend_devices_are_refused_for_training(tmp_path):
   assert result.returncode != 0 and "--dry_run_devices needs --dry_run" in result.stderr
 
 
+def test_a_dry_run_target_is_named_when_unknown_or_uncompilable_here():
+  """--dry_run_target compiles for another machine with its own compiler when the plugin for it
+  is installed (docs/BENCHMARKS.md: the 1b step for TPU slices); otherwise it says what to install,
+  and an unknown target, or one beside --dry_run_devices, is refused by name."""
+  import importlib.util
+  from gen_jax import parallel
+  with pytest.raises(parallel.targets.TargetError, match="target 'a100' is not one of"):
+    parallel.targets.compile_only_devices("a100")
+  if importlib.util.find_spec("libtpu") is None:
+    with pytest.raises(parallel.targets.TargetError, match=r"pip install 'jax\[tpu\]=="):
+      dry_run(tiny_config(), target="tpu:v5e:2x2")
+  else:  # Where libtpu is installed the tiny model compiles for four v5e chips.
+    assert dry_run(tiny_config(**{"mesh.data": -1}), target="tpu:v5e:2x2").platform == "tpu"
+  result = run_cli("gen_jax.main", "--config=configs/llm/pretrain.py:tiny", "--dry_run",
+                   "--dry_run_target=a100")
+  assert result.returncode == 2 and "--dry_run_target: target 'a100'" in result.stderr
+  result = run_cli("gen_jax.main", "--config=configs/llm/pretrain.py:tiny", "--dry_run",
+                   "--dry_run_devices=8", "--dry_run_target=h200")
+  assert result.returncode != 0 and "instead of --dry_run_devices" in result.stderr
+
+
 @pytest.mark.parametrize("family,fields", [
     ("grpo", {}), ("ppo", {"ppo.reward_functions": "exact_match", "ppo.value_model": "shared"})])
 def test_on_policy_dry_runs_compile_experience_and_update_and_logit_chunks_shrink_them(family,
