@@ -27,6 +27,10 @@ roofline any speed of the kernels can reach.
 family's loss, the optimizer update, the config's mesh over the target's devices) the same way and
 prints the same account, with the compiler's own memory figures per device.
 
+The bytes estimate is made for XLA:GPU's programs; on a TPU target the program and memory
+figures are XLA:TPU's, but its staging of weights through on-chip memory (asynchronous slices and
+copies) is not modeled, so no ratio is printed there.
+
 What it cannot see: times (no autotuning without the device, so Triton GEMM tiles are defaults;
 a kernel's speed is the lent GPU's question, benchmarks/device_checks.sh), and launches' overhead.
 What it settles here: which copies, relayouts and unfused products XLA:GPU puts in every step.
@@ -164,8 +168,8 @@ def _compile(devices) -> None:
         max_new_tokens=_NEW.value, steps_per_check=steps_per_check).compile()
   text = compiled.as_text()
   _write(text, "_".join(filter(None, (
-      _TARGET.value.replace(":", "-"), os.path.basename(_HF_CONFIG.value).removesuffix(".json"), _WEIGHTS.value, f"b{b}",
-      _VARIANT.value.replace(",", "_")))), start)
+      _TARGET.value.replace(":", "-"), os.path.basename(_HF_CONFIG.value).removesuffix(".json"),
+      _WEIGHTS.value, f"b{b}", _VARIANT.value.replace(",", "_")))), start)
 
   # The bytes a step must read: every weight it multiplies by (all but the input embedding,
   # which it reads one row of, unless tied to the output layer) and the KV cache.
@@ -174,6 +178,10 @@ def _compile(devices) -> None:
     param_bytes -= config.vocab_size * config.embed_dim * jnp.dtype(config.param_dtype).itemsize
   cache_bytes = (2 * config.num_layers * b * (_PROMPT.value + _NEW.value) * config.num_kv_heads
                  * config.head_dim * jnp.dtype(config.dtype).itemsize)
+  if _TARGET.value.startswith("tpu:"):
+    # XLA:TPU stages weights through on-chip memory with asynchronous slices and copies that the
+    # estimate (each kernel reads and writes HBM) does not model: no ratio for a TPU.
+    return
   computations, entry = hlo_summary.parse(text)
   token_loop = max(((n, d) for n, d in hlo_summary.loop_bodies(computations, entry) if d == 1),
                    key=lambda nd: hlo_summary.traffic(computations, nd[0]))[0]

@@ -113,7 +113,7 @@ def op_traffic(computations: dict, name: str) -> list[tuple[int, tuple]]:
   found = []
   for op in computations.get(name, []):
     op_name, opcode, size, _, rest = op
-    if opcode in FREE or opcode in ("fusion-start", "async-start", "copy-start"):
+    if opcode in FREE or opcode in ("fusion-start", "async-start", "copy-start", "slice-start"):
       continue  # Async starts: their done carries the result (counted there).
     if opcode == "fusion-done" and _operand_names(rest)[:1] and _operand_names(rest)[0] in starts:
       # An asynchronous fusion: the start's operands and kernel, the done's output.
