@@ -77,7 +77,7 @@ def _parse_variant(config):
   return dataclasses.replace(config, **changes), steps_per_check
 
 
-def _train(devices) -> str:
+def _train() -> str:
   """--program=train: the compiled step's HLO text (and its memory figures, printed)."""
   from gen_jax.config import load_config_file
   from gen_jax.config.presets import set_fields
@@ -86,8 +86,7 @@ def _train(devices) -> str:
   set_fields(config, _SET.value)
   if _BATCH_SIZE.value:
     config.train.batch_size = _BATCH_SIZE.value
-  config.mesh.num_devices = len(devices)
-  compiled, _, mesh = compile_train_step(config, devices=devices)
+  compiled, _, mesh = compile_train_step(config, target=_TARGET.value)
   memory = compiled.memory_analysis()
   print(f"mesh {dict(mesh.shape)}; memory per device: arguments {memory.argument_size_in_bytes / 2**30:.2f} GiB, temporaries "
         f"{memory.temp_size_in_bytes / 2**30:.2f} GiB, outputs {memory.output_size_in_bytes / 2**30:.2f} "
@@ -121,7 +120,7 @@ def _compile(devices) -> None:
   import hlo_summary  # benchmarks/, the script's own directory.
   if _PROGRAM.value == "train":
     start = time.perf_counter()
-    text = _train(devices)
+    text = _train()
     name = _TARGET.value.replace(":", "-") + "_" + _CONFIG.value.replace("/", "_").replace(":", "_") + "".join(
         f"_{s}" for s in _SET.value) + (f"_b{_BATCH_SIZE.value}" if _BATCH_SIZE.value else "")
     _write(text, name, start)

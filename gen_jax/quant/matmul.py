@@ -43,9 +43,10 @@ def int_matmul(x: jax.Array, qweight: jax.Array, scale: jax.Array, bits: int, dt
       y = quantized_matmul(x.reshape(-1, in_size), qweight, scale, bits=bits,
                            interpret=parallel_context.target_platform() != "gpu")
       return y.reshape(*batch_shape, y.shape[-1])
-  codes = formats.unpack_int4(qweight) if bits == 4 else qweight  # [G, g, out]
-  groups, group_size, out = codes.shape
+  groups, stored, out = qweight.shape
+  group_size = stored * 2 if bits == 4 else stored
   if rows < group_size // 2:  # Partial sums (4 bytes per row, group, output) < the kernel's bytes.
+    codes = formats.unpack_int4(qweight) if bits == 4 else qweight  # [G, g, out]
     # In float32 (XLA:CPU has no bf16 x bf16 -> f32 batched dot); XLA:GPU widens in registers.
     partial = jnp.einsum("rGg,Ggo->rGo", x.reshape(rows, groups, group_size).astype(jnp.float32),
                          codes.astype(jnp.float32))

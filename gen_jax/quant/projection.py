@@ -135,9 +135,9 @@ class Projection(nn.Module):
 
 def one_row_layout(kernel: jax.Array, rows: int, platform: str | None = None) -> jax.Array:
   """kernel [in, out] as the product with `rows` rows should read it: on a GPU (`platform`, default
-  the target platform, `parallel.context.target_platform`), for one row and a kernel XLA reduces rather than multiplies as a GEMM
-  (GPU_GEMV_REDUCTION_ELEMENTS), laid out with the contracted axis minor, so that the sum runs
-  along rows and takes the multiply into its kernel. In a decoding loop the relayout of a weight
+  the target platform, `parallel.context.target_platform`), for one row and a kernel XLA reduces
+  rather than multiplies as a GEMM (GPU_GEMV_REDUCTION_ELEMENTS), laid out with the contracted
+  axis minor, so that the sum runs along rows and takes the multiply into its kernel. In a decoding loop the relayout of a weight
   happens once per call, outside the loop; elsewhere the kernel is returned as it is (XLA:CPU
   runs slower with the constraint)."""
   in_size, out_size = kernel.shape

@@ -80,12 +80,7 @@ def dry_run(config: ml_collections.ConfigDict, target: str | None = None) -> Dry
   """Validates `config`, builds its mesh and compiles its train step: on the visible devices, or
   with `target` ("h200", "h100", "tpu:v5e:2x2", ...: `parallel.targets`) on a machine this host
   is not, by that machine's own compiler (its kernels, its memory figures)."""
-  if target is None:
-    compiled, layout, mesh = compile_train_step(config)
-  else:
-    platform, devices = parallel.targets.compile_only_devices(target)
-    with parallel.context.compiling_for(platform):
-      compiled, layout, mesh = compile_train_step(config, devices)
+  compiled, layout, mesh = compile_train_step(config, target=target)
   memory = compiled.memory_analysis()
   return DryRunReport(
       mesh=dict(mesh.shape), platform=mesh.devices.flat[0].platform,
@@ -97,10 +92,18 @@ def dry_run(config: ml_collections.ConfigDict, target: str | None = None) -> Dry
                                                       layout.abstract_frozen)))
 
 
-def compile_train_step(config: ml_collections.ConfigDict, devices=None):
-  """(the compiled train step, the state's StateLayout, the mesh) of `config` on `devices`
-  (default: the visible ones; compile-only devices of another platform work too), from shapes
-  alone: nothing is allocated."""
+def compile_train_step(config: ml_collections.ConfigDict, target: str | None = None):
+  """(the compiled train step, the state's StateLayout, the mesh) of `config`, from shapes alone
+  (nothing is allocated): on the visible devices, or on `target`'s compile-only devices with its
+  kernels and compiler (`parallel.targets.compile_only_devices`)."""
+  if target is None:
+    return _compile_train_step(config, None)
+  platform, devices = parallel.targets.compile_only_devices(target)
+  with parallel.context.compiling_for(platform):
+    return _compile_train_step(config, devices)
+
+
+def _compile_train_step(config: ml_collections.ConfigDict, devices):
   validate(config)
   family = families.get(config.family)
   mesh = parallel.make_mesh(config.mesh, devices)
