@@ -12,8 +12,9 @@ which it writes one slot). benchmarks/device_checks.sh's decode_hlo stage brings
 loop's modules back for this, and benchmarks/aot_hlo.py compiles them for a GPU on any machine.
 
 Each computation also gets an estimate of the memory traffic of one execution: every kernel reads
-each operand once and writes its output once, except that a slice reads only what it keeps and an
-in-place update moves only the slot it writes; a while loop of known trip count inside counts its
+each operand once and writes its output once, except that a slice (alone or inside a fusion, as
+in XLA:GPU's dynamic-slice fusion of a library call) reads only what it keeps, an in-place update
+moves only the slot it writes, and a library call's workspace (cuBLAS') is not an output; a while loop of known trip count inside counts its
 body that many times. Against the bytes a decoding step must read (parameters and cache), it says
 how far above the bandwidth roofline the compiled step is bound to stay, before any timing.
 """
@@ -57,8 +58,21 @@ def parse(text: str) -> tuple[dict[str, list[tuple]], str | None]:
     match = _INSTRUCTION.match(line)
     if match and current is not None:
       name, shape, opcode, rest = match.groups()
-      computations[current].append((name, opcode, array_bytes(shape), shape.split("{")[0], rest))
+      size = array_bytes(shape) - _workspace_bytes(shape, opcode, rest)
+      computations[current].append((name, opcode, size, shape.split("{")[0], rest))
   return computations, entry
+
+
+_WORKSPACE = re.compile(r", s8\[(\d+)\]\{0\}\)$")
+
+
+def _workspace_bytes(shape: str, opcode: str, rest: str) -> int:
+  """The scratch a library call's output tuple ends with (cuBLAS' and cuDNN's workspace, s8[N]):
+  memory the call may use, not an array it writes for anyone to read."""
+  library = (opcode == "custom-call" and re.search(r'custom_call_target="__cu(blas|dnn)', rest)
+             or opcode == "fusion" and "kind=kCustom" in rest)
+  workspace = _WORKSPACE.search(shape) if library else None
+  return int(workspace.group(1)) if workspace else 0
 
 
 def loop_bodies(computations: dict, root: str) -> list[tuple[str, int]]:
@@ -126,8 +140,9 @@ def op_traffic(computations: dict, name: str) -> list[tuple[int, tuple]]:
     elif "update_slice" in what or "update-slice" in what:  # In place: reads and writes a slot.
       operands = sorted((sizes.get(o, 0) for o in _operand_names(rest)), reverse=True)
       moved = 2 * sum(operands[1:])  # All but the buffer updated (the largest operand).
-    elif "slice" in what or opcode in ("copy", "fusion-done", "copy-done"):
-      moved = 2 * size  # Reads what it keeps, writes it.
+    elif opcode != "fusion" and ("slice" in what or opcode in ("copy", "fusion-done",
+                                                                 "copy-done")):
+      moved = 2 * size  # Reads what it keeps, writes it (a fusion's slices: _fused_io).
     elif opcode in ("call", "conditional"):
       continue
     else:

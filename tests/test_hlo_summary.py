@@ -114,3 +114,37 @@ def test_traffic_by_kind_splits_products_from_memory_bound_kernels_across_loop_t
   totals = hlo_summary.traffic_by_kind(computations, entry)
   assert totals["matmul"] == [0, 0]  # No product in this module.
   assert totals["other"] == [4 * sum(moved.values()), 4 * len(moved)]
+
+
+# XLA:GPU's dynamic-slice fusion: a cuBLAS product reading one [64, 256] bf16 layer of a [4, 64,
+# 256] stack in place (an offset into the stack, not a copy), with the library's 32 MiB workspace
+# as the last element of its output tuple.
+_LIBRARY_MODULE = """
+HloModule m
+
+%dynamic-slice-fusion (p0: bf16[4,64,256], p1: s32[], p2: bf16[64]) -> (bf16[256], s8[33554432]) {
+  %p2 = bf16[64]{0} parameter(2)
+  %p0 = bf16[4,64,256]{2,1,0} parameter(0)
+  %p1 = s32[] parameter(1)
+  %c = s32[] constant(0)
+  %dynamic_slice.1 = bf16[1,64,256]{2,1,0} dynamic-slice(%p0, %p1, %c, %c), dynamic_slice_sizes={1,64,256}
+  %bitcast.1 = bf16[64,256]{1,0} bitcast(%dynamic_slice.1)
+  ROOT %custom-call.1 = (bf16[256]{0}, s8[33554432]{0}) custom-call(%p2, %bitcast.1), custom_call_target="__cublas$lt$matmul"
+}
+
+ENTRY %main (stack: bf16[4,64,256], i: s32[], x: bf16[64]) -> bf16[256] {
+  %stack = bf16[4,64,256]{2,1,0} parameter(0)
+  %i = s32[] parameter(1)
+  %x = bf16[64]{0} parameter(2)
+  %dynamic_slice_fusion = (bf16[256]{0}, s8[33554432]{0}) fusion(%stack, %i, %x), kind=kCustom, calls=%dynamic-slice-fusion, backend_config={"fusion_backend_config":{"kind":"__custom_fusion"}}
+  %product = (bf16[256]{0}, s8[4194304]{0}) custom-call(%x, %x), custom_call_target="__cublas$lt$matmul"
+  ROOT %out = bf16[256]{0} get-tuple-element(%dynamic_slice_fusion), index=0
+}
+"""
+
+
+def test_library_calls_move_their_slices_and_outputs_not_their_workspace():
+  computations, entry = hlo_summary.parse(_LIBRARY_MODULE)
+  moved = {op[0]: m for m, op in hlo_summary.op_traffic(computations, entry)}
+  assert moved["dynamic_slice_fusion"] == 64 * 256 * 2 + 4 + 64 * 2 + 256 * 2  # Layer, i, x, out.
+  assert moved["product"] == 64 * 2 + 256 * 2
