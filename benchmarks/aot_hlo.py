@@ -4,6 +4,7 @@ does not have.
   pip install "jax[cuda13]==$(python -c 'import jax; print(jax.__version__)')"   # once; no GPU
   pip install "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')"      # for TPU targets
   python benchmarks/aot_hlo.py --hf_config=benchmarks/llama_1b_config.json --variant=scan_layers=False
+  python benchmarks/aot_hlo.py --hf_config=benchmarks/llama_1b_config.json --xla_options=none
   python benchmarks/aot_hlo.py --program=train --config=configs/llm/pretrain.py:1b --batch_size=16 \
       --set=model.attention_impl=pallas --set=model.remat=dots
   python benchmarks/aot_hlo.py --program=train --target=tpu:v5e:2x2 --config=configs/llm/pretrain.py:1b
@@ -21,7 +22,9 @@ optimized HLO to --out, and prints `hlo_summary.py`'s account of it: the kernels
 body, the largest outputs, the instructions moving the most bytes, and the estimated bytes one
 execution moves. The last line sets the token loop's estimate beside the bytes a step must read
 (the weights it multiplies by and the KV cache): their ratio bounds the fraction of the bandwidth
-roofline any speed of the kernels can reach.
+roofline any speed of the kernels can reach. The loop compiles with the XLA options the sampler
+uses on the target's platform (gen_jax.sampling.jit.COMPILER_OPTIONS), or with XLA's defaults
+(--xla_options=none).
 
 --program=train compiles a config's real train step (gen_jax.train.dry_run.compile_train_step: the
 family's loss, the optimizer update, the config's mesh over the target's devices) the same way and
@@ -58,6 +61,9 @@ _PROMPT = flags.DEFINE_integer("prompt_tokens", 5, "Prompt length.")
 _NEW = flags.DEFINE_integer("new_tokens", 64, "Tokens generated per row.")
 _TARGET = flags.DEFINE_string("target", "h200", "h200, h100, or tpu:TOPOLOGY (e.g. tpu:v5e:2x2).")
 _OUT = flags.DEFINE_string("out", "/tmp/aot_hlo", "Directory for the optimized HLO text.")
+_XLA_OPTIONS = flags.DEFINE_enum("xla_options", "decoding", ["decoding", "none"], "decoding: "
+                                  "gen_jax.sampling.jit.COMPILER_OPTIONS of the target's "
+                                  "platform, as the sampler compiles; none: XLA's defaults.")
 _TOP = flags.DEFINE_integer("top", 6, "Instructions listed per loop body.")
 
 
@@ -116,6 +122,7 @@ def _compile(devices) -> None:
   from gen_jax import interop, quant
   from gen_jax.models import Transformer, unstack_layers
   from gen_jax.sampling import SamplingParams
+  from gen_jax.sampling import jit as sampling_jit
   from gen_jax.sampling.lm import _generate
   import hlo_summary  # benchmarks/, the script's own directory.
   if _PROGRAM.value == "train":
@@ -139,6 +146,8 @@ def _compile(devices) -> None:
       print(f"  {moved / 2**30:7.2f} x{executions:<3d} {op[3][:36]:36s} {op[0][:36]:36s} "
             f"{op_name.group(1)[-60:] if op_name else ''}")
     return
+  if _XLA_OPTIONS.value == "none":
+    sampling_jit.COMPILER_OPTIONS.clear()
   sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(devices[:1], ("x",)),
                                        jax.sharding.PartitionSpec())  # Decoding: one device.
   with open(_HF_CONFIG.value) as f:
@@ -168,7 +177,8 @@ def _compile(devices) -> None:
   text = compiled.as_text()
   _write(text, "_".join(filter(None, (
       _TARGET.value.replace(":", "-"), os.path.basename(_HF_CONFIG.value).removesuffix(".json"),
-      _WEIGHTS.value, f"b{b}", _VARIANT.value.replace(",", "_")))), start)
+      _WEIGHTS.value, f"b{b}", _VARIANT.value.replace(",", "_"),
+      "xla_defaults" if _XLA_OPTIONS.value == "none" else ""))), start)
 
   # The bytes a step must read: every weight it multiplies by (all but the input embedding,
   # which it reads one row of, unless tied to the output layer) and the KV cache.

@@ -53,6 +53,7 @@ from absl import app, flags
 
 from gen_jax import interop, quant
 from gen_jax.models import Transformer, unstack_layers
+from gen_jax.sampling import jit as sampling_jit
 from gen_jax.sampling import (SamplingParams, generate_batch, layer_skip_draft,
                               speculative_generate)
 import trace_summary  # benchmarks/, the script's own directory.
@@ -83,6 +84,11 @@ _VARIANTS = flags.DEFINE_string("variants", "scan_layers=False", "Model variants
                                 "name another field (scan_unroll=num_layers); steps_per_check=K "
                                 "is generate_batch's (check for stopped rows every K tokens). "
                                 "Empty: none.")
+_XLA_OPTIONS = flags.DEFINE_enum("xla_options", "decoding", ["decoding", "none"], "decoding: "
+                                  "compile the loops with gen_jax.sampling.jit.COMPILER_OPTIONS "
+                                  "(on a GPU: cuBLAS products and no dot merger, so the layer "
+                                  "loop reads its weights in place); none: XLA's defaults, to "
+                                  "compare.")
 _HF = flags.DEFINE_bool("hf", True, "Also time transformers' generate (needs torch).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per cell (the median is reported).")
 _PER_TOKEN = flags.DEFINE_bool("per_token", False, "Also time each cache row with 8 new tokens and "
@@ -249,6 +255,9 @@ def main(argv):
     prompt_ids = pretrained.tokenizer.encode(_PROMPT.value)
     source = os.path.basename(path)
   _variants(pretrained.config)  # A bad --variants fails before any timing.
+  if _XLA_OPTIONS.value == "none":
+    sampling_jit.COMPILER_OPTIONS.clear()
+  print(f"decoding loops compiled with XLA options {sampling_jit.COMPILER_OPTIONS}")
   new = _NEW_TOKENS.value
   device = jax.devices()[0]
   peak = _peak_bandwidth(device)

@@ -5,7 +5,7 @@
 #   run(command="bash benchmarks/device_checks.sh", carry=[".whl"], timeout_s=595)
 #
 # Stages, most wanted first, each under its own time limit so that a stage that hangs or fails
-# leaves the rest their time (the default stages' limits add to 660 s, past the call's 595: the
+# leaves the rest their time (the default stages' limits add to 710 s, past the call's 595: the
 # last one runs as far as the call lets it; the lease is 15 minutes of device time, the machine's
 # start included: on 2026-12-04 the start took about 30 s, so a second, warm call of about 300 s
 # fits after this one: see "Then" below). The device tool brings back at most 8 files from $OUT:
@@ -44,9 +44,12 @@
 #               about 100 us at the H200's bandwidth) outweigh its kernel launches, so where the 70%
 #               roofline target can be judged (at 135M a layer takes 44 us, at 1.1B 116 us, of
 #               which launches are most of the first and half of the second: BENCHMARKS.md)
-#   decode_1b_dsf  the rolled 1.1B loop in bf16 with XLA:GPU's dynamic-slice fusion on
-#               (--xla_gpu_enable_dynamic_slice_fusion: cuBLAS reads a layer's weights in place
-#               in the stack): if this row matches scan_layers=False, the slices were the cost
+#   decode_1b_options  the 1.1B rows at batch 1 and 32 in bf16 (rolled and separate layers)
+#               compiled with XLA's defaults (--xla_options=none), then with
+#               gen_jax.sampling.jit.COMPILER_OPTIONS (the default since the seventh session of
+#               2026-12-04: cuBLAS products, dynamic-slice fusion, no dot merger; aot_hlo.py:
+#               the rolled loop's step then moves 1.01x of its weights, not 2.48x): whether the
+#               rolled loop now decodes as fast as separate layers, and cuBLAS as fast as Triton
 # Then (issue 4, and 135M decoding), as far as the lease allows,
 # STAGES="lm_train_trace lm_train_remat lm_train_flags attention attention_1b kernel_tests decode":
 #   lm_train_trace  two steps of the 1b preset (batch 16, Pallas attention, remat=dots: 47.5% MFU
@@ -129,7 +132,7 @@ declare -A COMMANDS=(
   [lm_train]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas"
   [decode]="python3 benchmarks/decode.py --hf_config=benchmarks/smollm2_135m_config.json --weights=bfloat16,int8,int4 --draft_layers=0 --nono_cache --variants='scan_layers=False;scan_layers=False,attention_impl=xla'"
   [decode_1b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16,int8,int4 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants='scan_layers=False'"
-  [decode_1b_dsf]="XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=''"
+  [decode_1b_options]="for options in none decoding; do echo \"| --xla_options=\$options |\"; python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1,32 --draft_layers=0 --nohf --nono_cache --xla_options=\$options {ARGS}; done"
   [decode_1b_graphs]="for flags in --xla_gpu_enable_command_buffer= --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN; do echo \"| XLA_FLAGS=\$flags |\"; XLA_FLAGS=\$flags python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache {ARGS}; done"
   [decode_trace]="rm -rf /tmp/decode_trace; python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --repeats=1 --new_tokens=32 --variants='scan_layers=False;scan_layers=False,steps_per_check=8' --trace_dir=/tmp/decode_trace {ARGS}; for f in \$(find /tmp/decode_trace -name perfetto_trace.json.gz); do d=\${f#/tmp/decode_trace/}; cp \$f \$ART/decode_trace_\${d%%/*}.json.gz; done"
   [lm_train_trace]="rm -rf /tmp/lm_train_trace; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=dots --steps=3 --trace_dir=/tmp/lm_train_trace {ARGS}; cp \$(find /tmp/lm_train_trace -name perfetto_trace.json.gz | head -1) \$ART/lm_train_trace.json.gz"
@@ -144,9 +147,9 @@ declare -A COMMANDS=(
 # decode 104 s and decode_1b 29 s, before the separate-layer and Pallas int-matmul rows (the
 # unrolled decoders' compiles took over 30 s each there; not yet measured).
 declare -A LIMITS=([decode_trace]=150 [lm_train_trace]=80 [attention]=220 [attention_1b]=100 [lm_train]=60 [decode]=150 [decode_1b]=180 [decode_7b]=140
-                   [decode_hlo]=60 [decode_1b_dsf]=40 [decode_1b_graphs]=90
+                   [decode_hlo]=60 [decode_1b_options]=90 [decode_1b_graphs]=90
                    [lm_train_xla]=70 [lm_train_remat]=100 [lm_train_flags]=100 [kernel_tests]=120)
-DEFAULT_STAGES="decode_trace decode_1b decode_1b_graphs decode_hlo decode_7b decode_1b_dsf"
+DEFAULT_STAGES="decode_trace decode_1b decode_1b_options decode_7b decode_1b_graphs decode_hlo"
 for stage in ${STAGES:-$DEFAULT_STAGES}; do
   limit_var="LIMIT_$stage"
   args_var="ARGS_$stage"

@@ -24,13 +24,13 @@ Beams sit in the batch dimension of one KV cache ([layers, b * beam_width, L, k,
 reordered by each step's parent beams; the whole search is one jitted `lax.while_loop`.
 """
 import dataclasses
-import functools
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gen_jax.sampling.jit import decoding_jit
 from gen_jax.sampling.lm import pack_prompts, prefill
 
 
@@ -57,7 +57,7 @@ def _take_rows(cache: dict, rows: jax.Array) -> dict:
           "segment_ids": cache["segment_ids"][rows]}
 
 
-@functools.partial(jax.jit, static_argnames=("model", "beam_width", "max_new_tokens"))
+@decoding_jit(static_argnames=("model", "beam_width", "max_new_tokens"))
 def _beam_search(model: nn.Module, params, tokens, prompt_lengths, budgets, eos_id, length_penalty,
                  *, beam_width: int, max_new_tokens: int):
   """tokens [b, P] left-padded prompts; prompt_lengths, budgets [b].

@@ -9,7 +9,6 @@ each row's RoPE positions count from its first real token, so a padded row compu
 would alone. Rows stop independently at end-of-text or at their token budget; the loop ends when
 every row has stopped.
 """
-import functools
 
 import flax.linen as nn
 import jax
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gen_jax.models.transformer import init_kv_cache
+from gen_jax.sampling.jit import decoding_jit
 from gen_jax.sampling.strategies import SamplingParams, choose_tokens
 
 
@@ -91,8 +91,8 @@ def pack_prompts(prompts: list[list[int]], max_new_tokens: int, max_seq_len: int
   return tokens, lengths, budgets, int(budgets.max())
 
 
-@functools.partial(jax.jit, static_argnames=("model", "sampling", "max_new_tokens",
-                                             "steps_per_check"))
+@decoding_jit(static_argnames=("model", "sampling", "max_new_tokens",
+                              "steps_per_check"))
 def _generate(model: nn.Module, params, tokens, prompt_lengths, budgets, rng, eos_id, stops,
               stop_lengths, *, sampling: SamplingParams, max_new_tokens: int,
               steps_per_check: int = 1):

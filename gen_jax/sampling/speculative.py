@@ -18,7 +18,6 @@ positions count only kept tokens, so a row computes exactly what it would alone.
 length: prompt + (k + 1) slots per round, at most prompt + max_new_tokens * (k + 1).
 """
 import dataclasses
-import functools
 
 import flax.linen as nn
 import jax
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gen_jax.models.transformer import Transformer
+from gen_jax.sampling.jit import decoding_jit
 from gen_jax.sampling.lm import pack_prompts, prefill
 from gen_jax.sampling.strategies import SamplingParams, filter_logits
 
@@ -66,8 +66,8 @@ def _probs(logits, sampling: SamplingParams):
   return jax.nn.softmax(filtered, axis=-1).reshape(shape)
 
 
-@functools.partial(jax.jit, static_argnames=("target", "draft", "sampling", "num_draft_tokens",
-                                             "max_new_tokens"))
+@decoding_jit(static_argnames=("target", "draft", "sampling", "num_draft_tokens",
+                              "max_new_tokens"))
 def _speculative(target: nn.Module, target_params, draft: nn.Module, draft_params, tokens,
                  prompt_lengths, budgets, rng, eos_id, *, sampling: SamplingParams,
                  num_draft_tokens: int, max_new_tokens: int):
