@@ -28,9 +28,10 @@ from absl import app, flags
 DTYPE_BITS = {"pred": 8, "s4": 4, "u4": 4, "s8": 8, "u8": 8, "f8e4m3fn": 8, "f8e5m2": 8,
               "s16": 16, "u16": 16, "f16": 16, "bf16": 16, "s32": 32, "u32": 32, "f32": 32,
               "s64": 64, "u64": 64, "f64": 64, "c64": 64, "c128": 128}
-# Instructions that launch nothing: bookkeeping, aliasing or constants.
+# Instructions that launch nothing: bookkeeping, aliasing, constants, and "allocate-buffer" (parse's
+# name for XLA:GPU's AllocateBuffer custom call: a buffer left unwritten for a loop to fill).
 FREE = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all",
-        "partition-id", "replica-id", "opt-barrier"}
+        "partition-id", "replica-id", "opt-barrier", "allocate-buffer"}
 _COMPUTATION = re.compile(r"^(ENTRY )?%?([\w.\-]+) .*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.+?) ([\w\-]+)\((.*)$")
 _ARRAY = re.compile(r"\b([a-z]+\d*(?:e\dm\d(?:fn)?)?)\[([\d,]*)\]")
@@ -58,6 +59,8 @@ def parse(text: str) -> tuple[dict[str, list[tuple]], str | None]:
     match = _INSTRUCTION.match(line)
     if match and current is not None:
       name, shape, opcode, rest = match.groups()
+      if opcode == "custom-call" and 'custom_call_target="AllocateBuffer"' in rest:
+        opcode = "allocate-buffer"
       size = array_bytes(shape) - _workspace_bytes(shape, opcode, rest)
       computations[current].append((name, opcode, size, shape.split("{")[0], rest))
   return computations, entry

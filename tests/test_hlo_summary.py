@@ -148,3 +148,12 @@ def test_library_calls_move_their_slices_and_outputs_not_their_workspace():
   moved = {op[0]: m for m, op in hlo_summary.op_traffic(computations, entry)}
   assert moved["dynamic_slice_fusion"] == 64 * 256 * 2 + 4 + 64 * 2 + 256 * 2  # Layer, i, x, out.
   assert moved["product"] == 64 * 2 + 256 * 2
+
+
+def test_an_allocated_buffer_moves_nothing():
+  text = ('HloModule m\n\nENTRY %main () -> bf16[4,1024] {\n'
+          '  ROOT %custom-call.1 = bf16[4,1024]{1,0} custom-call(), '
+          'custom_call_target="AllocateBuffer"\n}\n')
+  computations, entry = hlo_summary.parse(text)
+  assert hlo_summary.traffic(computations, entry) == 0
+  assert hlo_summary.program_kernels(computations, entry) == []
