@@ -112,8 +112,22 @@ def main(argv):
     raise SystemExit(f"--target: {error}") from error
   # The model picks some kernels and layouts by platform (ops.attention's "auto",
   # quant.projection.one_row_layout): trace them for the device compiled for, not this host.
+  if platform == "gpu":
+    _answer_cudnn_checks_for_hopper()
   with parallel_context.compiling_for(platform):
     _compile(devices)
+
+
+def _answer_cudnn_checks_for_hopper() -> None:
+  """JAX's cuDNN attention checks the compute capability of this host's GPU while tracing (the
+  packed layout of ops.attention's impl="cudnn" with segment ids needs Hopper); both GPU targets
+  are Hopper (9.0), so answer for them. A private JAX module: only this compile-only tool
+  patches it."""
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn
+  hopper = (9, 0)
+  version = lambda capability: tuple(int(x) for x in capability.split("."))
+  cudnn.check_compute_capability = lambda capability: hopper >= version(capability)
+  cudnn.is_cuda_compute_capability_equal = lambda capability: hopper == version(capability)
 
 
 def _compile(devices) -> None:

@@ -12,10 +12,11 @@ from jax.sharding import PartitionSpec as P
 from gen_jax.parallel import context as parallel_context
 
 # xla: the reference below; pallas: gen_jax.kernels' flash attention (Mosaic on TPU, Triton on GPU,
-# the Pallas interpreter elsewhere); cudnn: jax.nn.dot_product_attention's cuDNN kernel (GPU; no
-# segment ids); auto: on a GPU cudnn for the calls it serves (`cudnn_serves`: on an H200 it ran
-# 1.25-1.8x the Pallas kernel, docs/BENCHMARKS.md) and pallas for the rest (packed documents, a
-# cache offset), pallas on TPU, xla elsewhere.
+# the Pallas interpreter elsewhere); cudnn: jax.nn.dot_product_attention's cuDNN kernel (GPU;
+# packed documents by cuDNN's packed layout: Hopper or later, self-attention only); auto: on a
+# GPU cudnn for the calls `cudnn_serves` (on an H200 it ran 1.25-1.8x the Pallas kernel,
+# docs/BENCHMARKS.md) and pallas for the rest (packed documents, until the device has timed and
+# checked cuDNN's packed layout; a cache offset), pallas on TPU, xla elsewhere.
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "auto")
 # How attention runs when the `length` axis is split over mesh axes (sequence parallelism):
 # all_gather: each device gathers every key and value; ring: they travel round the devices one
@@ -205,15 +206,81 @@ def _local_attention(query, key, value, query_offset, *, causal, sliding_window,
   return _xla_attention(query, key, value, mask, scale)
 
 
+# The most documents per row cuDNN's packed layout is compiled for: its softmax statistics take
+# [b * CUDNN_MAX_DOCUMENTS, n, t] float32 (128 MiB per layer for 16 rows of 2048 tokens, 32 heads),
+# so it is a small bound, not t; a batch with a row of more runs the Pallas kernel instead.
+CUDNN_MAX_DOCUMENTS = 32
+
+
+def packed_documents(segment_ids: jax.Array,
+                     max_documents: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """cuDNN's packed layout of the documents in each row: segment_ids [b, t] int, where a document
+  is a run of equal nonzero ids (0: padding, in no document). Returns (lengths [b, M], offsets
+  [b, M + 1], counts [b]) int32, M = max_documents: each row's first M documents' lengths and
+  first positions in order, -1 past its last one (and in offsets' extra column), and how many
+  documents each row holds (more than M: the rest are not listed)."""
+  t = segment_ids.shape[1]
+  previous = jnp.pad(segment_ids[:, :-1], ((0, 0), (1, 0)))  # Padding (0) before the row...
+  following = jnp.pad(segment_ids[:, 1:], ((0, 0), (0, 1)))  # ...and after it.
+  inside = segment_ids != 0
+  is_start = inside & (segment_ids != previous)
+  positions = jnp.arange(t, dtype=jnp.int32)
+  # A document starts where the id changes to a nonzero one and ends where it changes after one;
+  # sorting the marked positions lists the k-th start beside the k-th end.
+  starts = jnp.sort(jnp.where(is_start, positions, t), axis=1)[:, :max_documents]
+  ends = jnp.sort(jnp.where(inside & (segment_ids != following), positions + 1, t),
+                  axis=1)[:, :max_documents]
+  present = starts < t
+  lengths = jnp.where(present, ends - starts, -1)
+  offsets = jnp.pad(jnp.where(present, starts, -1), ((0, 0), (0, 1)), constant_values=-1)
+  return (lengths.astype(jnp.int32), offsets.astype(jnp.int32),
+          is_start.sum(axis=1, dtype=jnp.int32))
+
+
 def _cudnn_attention(query, key, value, query_offset, *, causal, scale, sliding_window,
                      segment_ids):
-  if segment_ids is not None:
-    raise ValueError("impl 'cudnn' cannot mask segment_ids (packed documents); use 'pallas'")
   if not (isinstance(query_offset, int) and query_offset == 0):
     raise ValueError("impl 'cudnn' needs query_offset 0; use 'pallas' or 'xla'")
   window = None if sliding_window is None else (sliding_window - 1, 0)
-  return jax.nn.dot_product_attention(query, key, value, scale=scale, is_causal=causal,
-                                      local_window_size=window, implementation="cudnn")
+  if segment_ids is None:
+    return jax.nn.dot_product_attention(query, key, value, scale=scale, is_causal=causal,
+                                        local_window_size=window, implementation="cudnn")
+  if query.shape[1] != key.shape[1]:
+    raise ValueError("impl 'cudnn' masks segment_ids (packed documents) in self-attention only "
+                     f"(queries as long as keys, got {query.shape[1]} and {key.shape[1]}); use "
+                     "'pallas' or 'xla'")
+  return _cudnn_packed_attention(query, key, value, segment_ids, causal=causal, scale=scale,
+                                 sliding_window=sliding_window)
+
+
+def _cudnn_packed_attention(query, key, value, segment_ids, *, causal, scale, sliding_window):
+  """Self-attention within packed documents by cuDNN's packed (ragged) layout, which JAX exposes
+  only below jax.nn: query [b, t, n, h], key/value [b, t, k, h], segment_ids [b, t] (documents
+  are runs of equal nonzero ids, as data.packing writes them; the k-th document of a row's
+  queries meets the k-th of its keys). Needs a Hopper or later GPU. A batch with a row of more
+  than CUDNN_MAX_DOCUMENTS documents runs the Pallas kernel (both are compiled, one runs). cuDNN
+  leaves the tokens of no document (padding) undefined in the output and gradients: they are
+  zeroed here, on the way in (so their gradients are dropped) and on the way out, as the other
+  implementations give them."""
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn  # Packed layout: not in jax.nn.
+  lengths, offsets, counts = packed_documents(segment_ids,
+                                              min(CUDNN_MAX_DOCUMENTS, segment_ids.shape[1]))
+  inside = (segment_ids != 0)[:, :, None, None]
+
+  def by_cudnn(query, key, value):
+    query, key, value = (jnp.where(inside, x, jnp.zeros((), x.dtype)) for x in (query, key, value))
+    mask = cudnn.MaskType.PADDING_CAUSAL if causal else cudnn.MaskType.PADDING
+    out = cudnn.dot_product_attention(query, key, value, None, None, lengths, lengths, offsets,
+                                      offsets, scale=scale, mask_type=mask,
+                                      sliding_window_length=sliding_window)
+    return jnp.where(inside, out, jnp.zeros((), out.dtype))
+
+  def by_pallas(query, key, value):
+    from gen_jax import kernels
+    return kernels.flash_attention(query, key, value, causal=causal, segment_ids=segment_ids,
+                                   sliding_window=sliding_window, scale=scale, **pallas_target())
+
+  return jax.lax.cond(counts.max() <= CUDNN_MAX_DOCUMENTS, by_cudnn, by_pallas, query, key, value)
 
 
 _LOGICAL_AXES = {

@@ -87,9 +87,10 @@ def test_auto_picks_the_kernel_for_the_backend_and_cudnn_refuses_what_it_cannot_
       "pallas", "cudnn", "xla"]
   assert ops.resolve_impl("xla", "tpu") == "xla"
   assert ops.resolve_impl("pallas", "gpu", cudnn_serves=True) == "pallas"
-  q, k, v = _qkv(7, 1, 4, 4, 2, 2, 4)
-  with pytest.raises(ValueError, match="impl 'cudnn' cannot mask segment_ids"):
-    ops.attention(q, k, v, causal=True, segment_ids=np.ones((1, 4), np.int32), impl="cudnn")
+  q, k, v = _qkv(7, 1, 4, 6, 2, 2, 4)
+  with pytest.raises(ValueError, match="impl 'cudnn' masks segment_ids .* self-attention only"):
+    ops.attention(q, k, v, causal=False, segment_ids=np.ones((1, 4), np.int32),
+                  key_segment_ids=np.ones((1, 6), np.int32), impl="cudnn")
 
 
 def test_cudnn_serves_only_the_calls_its_kernel_computes():
