@@ -14,8 +14,9 @@ loop's modules back for this, and benchmarks/aot_hlo.py compiles them for a GPU 
 Each computation also gets an estimate of the memory traffic of one execution: every kernel reads
 each operand once and writes its output once, except that a slice (alone or inside a fusion, as
 in XLA:GPU's dynamic-slice fusion of a library call) reads only what it keeps, an in-place update
-moves only the slot it writes, and a library call's workspace (cuBLAS') is not an output; a while loop of known trip count inside counts its
-body that many times. Against the bytes a decoding step must read (parameters and cache), it says
+moves only the slot it writes, and a library call's workspace (cuBLAS') is not an output; a while
+loop of known trip count inside counts its body that many times, and a conditional its costliest
+branch. Against the bytes a decoding step must read (parameters and cache), it says
 how far above the bandwidth roofline the compiled step is bound to stay, before any timing.
 """
 import collections
@@ -109,6 +110,21 @@ def _kind(opcode: str, rest: str) -> str:
 
 _OPERANDS = re.compile(r"%([\w.\-]+)")
 _CALLS = re.compile(r"(?:calls|body)=%?([\w.\-]+)")
+_BRANCHES = re.compile(r"(?:true_computation|false_computation)=%?([\w.\-]+)"
+                       r"|branch_computations=\{([^}]*)\}")
+
+
+def _branches(rest: str) -> list[str]:
+  """The computations a conditional chooses between."""
+  names = []
+  for single, listed in _BRANCHES.findall(rest):
+    names += [single] if single else [n.strip().lstrip("%") for n in listed.split(",")]
+  return names
+
+
+def _costliest_branch(computations: dict, rest: str) -> str:
+  """A conditional runs one branch: the estimate takes the one that moves the most bytes."""
+  return max(_branches(rest), key=lambda branch: traffic(computations, branch))
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 
 
@@ -146,7 +162,9 @@ def op_traffic(computations: dict, name: str) -> list[tuple[int, tuple]]:
     elif opcode != "fusion" and ("slice" in what or opcode in ("copy", "fusion-done",
                                                                  "copy-done")):
       moved = 2 * size  # Reads what it keeps, writes it (a fusion's slices: _fused_io).
-    elif opcode in ("call", "conditional"):
+    elif opcode == "conditional":
+      moved = traffic(computations, _costliest_branch(computations, rest))
+    elif opcode == "call":
       continue
     else:
       read, written = _fused_io(computations, called.group(1) if called else None)
@@ -210,6 +228,8 @@ def program_kernels(computations: dict, name: str, trips: int = 1) -> list[tuple
       count = _TRIP_COUNT.search(rest)
       found += program_kernels(computations, _CALLS.search(rest).group(1),
                                trips * (int(count.group(1)) if count else 1))
+    elif opcode == "conditional":
+      found += program_kernels(computations, _costliest_branch(computations, rest), trips)
     else:
       found.append((moved * trips, trips, op, _is_matmul(op_name, opcode, rest)))
   return found

@@ -157,3 +157,15 @@ def test_an_allocated_buffer_moves_nothing():
   computations, entry = hlo_summary.parse(text)
   assert hlo_summary.traffic(computations, entry) == 0
   assert hlo_summary.program_kernels(computations, entry) == []
+
+
+def test_a_conditional_counts_its_costliest_branch():
+  def run(flag, x):
+    return jax.lax.cond(flag, lambda x: (x @ x.T).sum(), lambda x: x[:1, :1].sum(), x)
+  text = jax.jit(run).lower(True, jnp.ones((256, 256))).compile().as_text()
+  computations, entry = hlo_summary.parse(text)
+  conditional = next(op for op in computations[entry] if op[1] == "conditional")
+  moved = {op[0]: m for m, op in hlo_summary.op_traffic(computations, entry)}
+  branches = [hlo_summary.traffic(computations, b) for b in hlo_summary._branches(conditional[4])]
+  assert len(branches) == 2 and moved[conditional[0]] == max(branches) > min(branches)
+  assert hlo_summary.traffic(computations, entry) >= max(branches)
