@@ -67,18 +67,22 @@ def flash_attention_with_lse(query, key, value, *, causal: bool, segment_ids=Non
                              sliding_window: int | None = None, scale: float | None = None,
                              backend: str = "gpu", block_q: int | None = None,
                              block_k: int | None = None, interpret: bool = False,
-                             num_warps: int | None = None, num_stages: int | None = None):
+                             num_warps: int | None = None, num_stages: int | None = None,
+                             result_dtype=None):
   """`flash_attention`'s forward pass with each query's log-sum-exp; not differentiable.
 
   Attention split over blocks of keys (ring attention) combines the blocks' outputs by their
-  log-sum-exps and differentiates with `flash_attention_backward`. Arguments as `flash_attention`.
+  log-sum-exps and differentiates with `flash_attention_backward`. Arguments as `flash_attention`;
+  result_dtype: out's dtype (None: value's), float32 for blocks summed later, so that each is not
+  rounded to the inputs' precision first.
   Returns:
-    out [b, t, n, h] in value's dtype (0 for a query that sees no key) and lse [b, n, t] float32,
+    out [b, t, n, h] (0 for a query that sees no key) and lse [b, n, t] float32,
     the natural log of the sum of exp(scaled logits) over the keys each query sees (-inf: none).
   """
   config, padded = _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
                             sliding_window, scale, backend, block_q, block_k, interpret,
-                            num_warps, num_stages, False)  # dq_atomic is a backward setting.
+                            num_warps, num_stages, False,  # dq_atomic is a backward setting.
+                            result_dtype)
   out, residuals = _KERNELS[backend].forward(*padded, config)
   lse = _KERNELS[backend].natural_lse(residuals[-1])[:, :, :query.shape[1]]
   lse = jnp.where(lse == jnp.inf, -jnp.inf, lse)  # The kernels mark an empty row +inf.
@@ -91,19 +95,21 @@ def flash_attention_backward(query, key, value, out, lse, d_out, *, causal: bool
                              scale: float | None = None, backend: str = "gpu",
                              block_q: int | None = None, block_k: int | None = None,
                              interpret: bool = False, num_warps: int | None = None,
-                             num_stages: int | None = None, dq_atomic: bool = False):
+                             num_stages: int | None = None, dq_atomic: bool = False,
+                             result_dtype=None):
   """Gradients (dq, dk, dv) of a loss through attention of `query` to these keys and values.
 
   `out` [b, t, n, h] and `lse` [b, n, t] (natural log, -inf for a query that sees no key) are those
   of the whole attention the keys are part of: with the output and log-sum-exp of attention over
   several key blocks, each block's call gives its share of dq and its own dk, dv (ring attention),
   since every probability recomputed from the total lse is the total softmax's. With this call's
-  own `flash_attention_with_lse` results it is `flash_attention`'s gradient. Other arguments as
-  `flash_attention`.
+  own `flash_attention_with_lse` results it is `flash_attention`'s gradient. result_dtype: the
+  gradients' dtype (None: each that of its input), float32 for blocks' shares summed later.
+  Other arguments as `flash_attention`.
   """
   config, padded = _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
                             sliding_window, scale, backend, block_q, block_k, interpret,
-                            num_warps, num_stages, dq_atomic)
+                            num_warps, num_stages, dq_atomic, result_dtype)
   t, h = query.shape[1], query.shape[3]
   padded_t, padded_h = padded[0].shape[1], padded[0].shape[3]
   pad = lambda x: jnp.pad(x, ((0, 0), (0, padded_t - t), (0, 0), (0, padded_h - h)))
@@ -118,7 +124,7 @@ def flash_attention_backward(query, key, value, out, lse, d_out, *, causal: bool
 
 def _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
              sliding_window, scale, backend, block_q, block_k, interpret, num_warps, num_stages,
-             dq_atomic):
+             dq_atomic, result_dtype=None):
   """(the kernels' FlashConfig, (query, key, value, query ids, key ids, run-time offset)): the
   arrays padded to whole tiles, ids None without segments, the offset None when static."""
   if backend not in FLASH_BACKENDS:
@@ -140,7 +146,8 @@ def _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offs
                   has_segments=segment_ids is not None, query_offset=static_offset)
   config = FlashConfig(mask=mask, scale=float(h ** -0.5 if scale is None else scale),
                        blocks=blocks, interpret=interpret, num_warps=num_warps,
-                       num_stages=num_stages, dq_atomic=bool(dq_atomic))
+                       num_stages=num_stages, dq_atomic=bool(dq_atomic),
+                       result_dtype=None if result_dtype is None else jnp.dtype(result_dtype).name)
 
   def pad(x, length):  # Zero rows and zero head_dim columns change no dot product.
     return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, blocks.padded_head_dim - h)))

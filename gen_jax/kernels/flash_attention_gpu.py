@@ -33,6 +33,7 @@ from gen_jax.kernels.flash_attention_tiles import (
   FlashConfig,
   KernelBlocks,
   output_struct,
+  result_type,
 )
 from gen_jax.kernels.flash_attention_tiles import dot as _dot
 from gen_jax.kernels.flash_attention_tiles import dot_nt as _dot_nt
@@ -81,7 +82,7 @@ def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig):
   """query [b, t, n, h], key/value [b, s, k, h], ids [b, t]/[b, s] int32 or None (all padded),
   offset int32 [1] if config.mask.dynamic_offset else None.
 
-  Returns out [b, t, n, h] in value's dtype and the residuals `backward` takes.
+  Returns out [b, t, n, h] (`result_type` of value) and the residuals `backward` takes.
   """
   b, t, n, h = query.shape
   s, num_kv_heads = key.shape[1], key.shape[2]
@@ -95,7 +96,7 @@ def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig):
       grid=(t // block_q, b, n),
       in_specs=[query_spec, kv_spec, kv_spec, *ids_specs, _offset_spec(offset)],
       out_specs=[query_spec, row_spec],
-      out_shape=[output_struct(query.shape, value.dtype, *inputs),
+      out_shape=[output_struct(query.shape, result_type(config, value), *inputs),
                  output_struct((b, n, t), jnp.float32, *inputs)],
       compiler_params=_compiler_params(config, h),
       interpret=config.interpret,
@@ -131,8 +132,8 @@ def backward(residuals, d_out, config: FlashConfig):
       in_specs=[whole_queries, key_block, key_block, whole_queries, whole_rows, whole_rows,
                 *ids_specs, _offset_spec(offset), *[whole_queries] * len(accumulator)],
       out_specs=[key_block, key_block, *[whole_queries] * len(accumulator)],
-      out_shape=[output_struct(key.shape, key.dtype, *inputs),
-                 output_struct(value.shape, value.dtype, *inputs),
+      out_shape=[output_struct(key.shape, result_type(config, key), *inputs),
+                 output_struct(value.shape, result_type(config, value), *inputs),
                  *[output_struct(query.shape, jnp.float32, *inputs)] * len(accumulator)],
       input_output_aliases=({len(jax.tree.leaves(inputs)): 2} if accumulator else {}),
       compiler_params=_compiler_params(config, h),
@@ -141,7 +142,7 @@ def backward(residuals, d_out, config: FlashConfig):
   )(*dkdv_inputs)
   dk, dv = outputs[:2]
   if config.dq_atomic:
-    return (outputs[2] * config.scale).astype(query.dtype), dk, dv
+    return (outputs[2] * config.scale).astype(result_type(config, query)), dk, dv
 
   block_q, _ = config.blocks.dq
   q_block, query_spec, kv_spec, row_spec, ids_specs = _query_major_specs(
@@ -152,7 +153,7 @@ def backward(residuals, d_out, config: FlashConfig):
       in_specs=[query_spec, kv_spec, kv_spec, query_spec, row_spec, row_spec, *ids_specs,
                 _offset_spec(offset)],
       out_specs=query_spec,
-      out_shape=output_struct(query.shape, query.dtype, *inputs),
+      out_shape=output_struct(query.shape, result_type(config, query), *inputs),
       compiler_params=_compiler_params(config, h),
       interpret=config.interpret,
       name="flash_attention_dq",

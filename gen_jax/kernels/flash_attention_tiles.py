@@ -141,7 +141,9 @@ class FlashConfig:
 
   num_warps / num_stages: Triton's warps per program and software-pipelining depth for every GPU
   kernel (None: the kernels' defaults); dq_atomic: the GPU backward's dQ by atomic adds from the
-  dK/dV kernel (flash_attention's argument); the TPU kernels have no such settings."""
+  dK/dV kernel (flash_attention's argument); the TPU kernels have no such settings. result_dtype:
+  the dtype of the kernels' results (out; dq, dk, dv) by name, None for their inputs'
+  (`result_type`)."""
   mask: TileMask
   scale: float
   blocks: KernelBlocks
@@ -149,6 +151,13 @@ class FlashConfig:
   num_warps: int | None = None
   num_stages: int | None = None
   dq_atomic: bool = False
+  result_dtype: str | None = None
+
+
+def result_type(config: FlashConfig, like: jax.Array):
+  """The dtype of a kernel result that takes after input `like` (out after value, dq after query,
+  dk and dv after key and value), unless the call asked for config.result_dtype."""
+  return jnp.dtype(config.result_dtype) if config.result_dtype else like.dtype
 
 
 def output_struct(shape, dtype, *inputs) -> jax.ShapeDtypeStruct:

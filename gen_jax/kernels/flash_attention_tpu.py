@@ -33,6 +33,7 @@ from gen_jax.kernels.flash_attention_tiles import (
   KernelBlocks,
   clamp_block,
   output_struct,
+  result_type,
 )
 from gen_jax.kernels.flash_attention_tiles import dot as _dot
 from gen_jax.kernels.flash_attention_tiles import dot_nt as _dot_nt
@@ -69,7 +70,7 @@ def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig):
   """query [b, t, n, h], key/value [b, s, k, h], ids [b, t]/[b, s] int32 or None (all padded),
   offset int32 [1] if config.mask.dynamic_offset else None.
 
-  Returns out [b, t, n, h] in value's dtype and the residuals `backward` takes.
+  Returns out [b, t, n, h] (`result_type` of value) and the residuals `backward` takes.
   """
   query, key, value = (x.transpose(0, 2, 1, 3) for x in (query, key, value))  # [b, n|k, t|s, h]
   b, n, t, h = query.shape
@@ -103,7 +104,7 @@ def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig):
           scratch_shapes=[pltpu.VMEM((block_q, h), jnp.float32),
                           pltpu.VMEM((block_q, _LANES), jnp.float32),
                           pltpu.VMEM((block_q, _LANES), jnp.float32)]),
-      out_shape=[output_struct(query.shape, value.dtype, *scalars, *inputs),
+      out_shape=[output_struct(query.shape, result_type(config, value), *scalars, *inputs),
                  output_struct((b, n, 1, t), jnp.float32, *scalars, *inputs)],
       compiler_params=pltpu.CompilerParams(dimension_semantics=_SEMANTICS),
       interpret=config.interpret,
@@ -169,8 +170,8 @@ def backward(residuals, d_out, config: FlashConfig):
           in_specs=[query_spec, key_spec, key_spec, query_spec, row_spec, row_spec, *ids_specs],
           out_specs=[key_spec, key_spec],
           scratch_shapes=[pltpu.VMEM((block_k, h), jnp.float32)] * 2),
-      out_shape=[output_struct(key.shape, key.dtype, *scalars, *inputs),
-                 output_struct(value.shape, value.dtype, *scalars, *inputs)],
+      out_shape=[output_struct(key.shape, result_type(config, key), *scalars, *inputs),
+                 output_struct(value.shape, result_type(config, value), *scalars, *inputs)],
       compiler_params=pltpu.CompilerParams(dimension_semantics=_SEMANTICS),
       interpret=config.interpret,
       name="flash_attention_dkdv",
@@ -199,7 +200,7 @@ def backward(residuals, d_out, config: FlashConfig):
                     _row_spec(block_q), *ids_specs],
           out_specs=query_spec,
           scratch_shapes=[pltpu.VMEM((block_q, h), jnp.float32)]),
-      out_shape=output_struct(query.shape, query.dtype, *scalars, *inputs),
+      out_shape=output_struct(query.shape, result_type(config, query), *scalars, *inputs),
       compiler_params=pltpu.CompilerParams(dimension_semantics=_SEMANTICS),
       interpret=config.interpret,
       name="flash_attention_dq",

@@ -165,9 +165,11 @@ def _pallas_block_backward(query, key, value, query_ids, key_ids, offset, out, l
 
 
 def _pallas_options(query_ids, key_ids, offset, options):
+  # float32 blocks, as the XLA blocks give: each is rounded only once merged (bf16 blocks doubled
+  # the error of a bf16 ring's output).
   return dict(causal=options.causal, segment_ids=query_ids, key_segment_ids=key_ids,
               query_offset=offset, sliding_window=options.sliding_window, scale=options.scale,
-              **pallas_target())
+              result_dtype=jnp.float32, **pallas_target())
 
 
 # impl: (forward block, backward block).

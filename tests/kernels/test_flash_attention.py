@@ -179,6 +179,33 @@ OFFSET_OPTIONS = {
 
 
 @pytest.mark.parametrize("backend", FLASH_BACKENDS)
+def test_float32_results_of_bfloat16_inputs_skip_the_last_rounding(backend):
+  """result_dtype=float32 (ring attention's blocks): out, and dq, dk, dv from the backward, come
+  back in float32, nearer the float32 reference than the bfloat16 results are."""
+  from gen_jax.kernels import flash_attention_backward, flash_attention_with_lse
+  query, key, value = _qkv(11, 2, 40, 40, 4, 2, 16, jnp.bfloat16)
+  d_out = jnp.asarray(np.random.default_rng(12).normal(size=query.shape), jnp.float32)
+  options = dict(causal=True, backend=backend, block_q=SMALL_BLOCKS[backend],
+                 block_k=SMALL_BLOCKS[backend], interpret=_interpret(backend))
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+
+  def reference(q, k, v):
+    return ops.attention(q, k, v, causal=True, impl="xla")
+  want_out, vjp = jax.vjp(reference, f32(query), f32(key), f32(value))
+  want = [want_out, *vjp(d_out)]
+  errors = {}
+  for dtype in (None, jnp.float32):
+    out, lse = flash_attention_with_lse(query, key, value, result_dtype=dtype, **options)
+    grads = flash_attention_backward(query, key, value, out, lse, d_out, result_dtype=dtype,
+                                     **options)
+    expected = [jnp.bfloat16] * 4 if dtype is None else [jnp.float32] * 4
+    assert [x.dtype for x in (out, *grads)] == expected
+    errors[dtype] = [float(jnp.abs(f32(got) - w).max()) for got, w in zip((out, *grads), want)]
+  for rounded, unrounded in zip(errors[None], errors[jnp.float32]):
+    assert unrounded < rounded
+
+
+@pytest.mark.parametrize("backend", FLASH_BACKENDS)
 @pytest.mark.parametrize("options", OFFSET_OPTIONS)
 def test_traced_query_offset_matches_reference(backend, options):
   """One jitted function, the offset a traced int32 argument, matches the reference at every
