@@ -25,12 +25,16 @@ from gen_jax.quant.projection import STATS, Projection
 
 # Rematerialization of each block in the backward pass: "none" keeps every activation; "full"
 # recomputes the block; "dots" keeps the outputs of its weight matmuls. "attention" and
-# "dots_attention" also keep the Pallas flash forward kernel's outputs (attention output and
-# log-sum-exp, [b, t, n, h] + [b, n, t] per layer), which its backward kernels read, so the
-# backward pass does not run the forward kernel again.
+# "dots_attention" also keep the attention forward kernel's outputs (the Pallas flash kernel's
+# attention output and log-sum-exp, [b, t, n, h] + [b, n, t] per layer; cuDNN's output and
+# softmax statistics), which its backward kernels read, so the backward pass does not run the
+# forward kernel again.
 REMAT_POLICIES = ("none", "full", "dots", "attention", "dots_attention")
 # The pallas_call name of the flash forward kernel, GPU and TPU (gen_jax.kernels).
 FLASH_FORWARD_KERNEL = "flash_attention_forward"
+# The primitive of cuDNN's attention forward pass in JAX (jax.nn.dot_product_attention's cudnn
+# implementation and its packed layout, ops.attention's "cudnn").
+CUDNN_FORWARD_PRIMITIVE = "dot_product_attention_fwd_wrapper"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,8 +129,9 @@ class _Block(nn.Module):
     return (x, cache), router_stats
 
 
-def _flash_forward_saveable(primitive, *_, **params) -> bool:
-  return primitive.name == "pallas_call" and str(params.get("name")) == FLASH_FORWARD_KERNEL
+def _attention_forward_saveable(primitive, *_, **params) -> bool:
+  return (primitive.name == "pallas_call" and str(params.get("name")) == FLASH_FORWARD_KERNEL
+          or primitive.name == CUDNN_FORWARD_PRIMITIVE)
 
 
 def _remat(block_cls, policy: str):
@@ -134,9 +139,9 @@ def _remat(block_cls, policy: str):
     return block_cls
   dots = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
   checkpoint_policy = {
-      "full": None, "dots": dots, "attention": _flash_forward_saveable,
+      "full": None, "dots": dots, "attention": _attention_forward_saveable,
       "dots_attention": jax.checkpoint_policies.save_from_both_policies(
-          dots, _flash_forward_saveable)}
+          dots, _attention_forward_saveable)}
   return nn.remat(block_cls, policy=checkpoint_policy[policy], prevent_cse=False)
 
 
