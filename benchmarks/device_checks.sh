@@ -58,10 +58,11 @@
 #               packed layout of documents (tests/ops/test_cudnn_packed.py: output and gradients
 #               against the XLA reference, GQA, a sliding window, padding, an all-padding row, and
 #               the Pallas fallback for rows of more documents than it is compiled for)
-#   lm_train_cudnn  the 1b run (remat=dots) with attention_impl=cudnn: packed training batches
-#               through cuDNN's packed layout (landed in the seventh session of 2026-12-04,
-#               compiled for an H200 by aot_hlo.py, never run): cuDNN ran 1.25-1.8x the Pallas
-#               kernel, and attention is about a fifth of the step at 47.5% MFU
+#   lm_train_cudnn  the 1b run with attention_impl=cudnn, remat=dots and dots_attention (cuDNN's
+#               forward kept, not rerun): packed training batches through cuDNN's packed layout
+#               (landed in the seventh session of 2026-12-04, compiled for an H200 by aot_hlo.py,
+#               never run): cuDNN ran 1.25-1.8x the Pallas kernel, and attention is about a fifth
+#               of the step at 47.5% MFU
 #   lm_train_trace  two steps of the 1b preset (batch 16, Pallas attention, remat=dots: 47.5% MFU
 #               on 2026-12-04) profiled: which kernels take the step's time (GEMMs, the flash
 #               kernels, the optimizer's elementwise passes, copies) and how busy the GPU is
@@ -147,7 +148,7 @@ declare -A COMMANDS=(
   [lm_train_trace]="rm -rf /tmp/lm_train_trace; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=dots --steps=3 --trace_dir=/tmp/lm_train_trace {ARGS}; cp \$(find /tmp/lm_train_trace -name perfetto_trace.json.gz | head -1) \$ART/lm_train_trace.json.gz"
   [decode_7b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_7b_config.json --weights=bfloat16,int8 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=scan_layers=False"
   [kernel_tests]="env GEN_JAX_COMPILED_KERNELS=1 python3 -m pytest -q -p no:cacheprovider tests/kernels tests/ops/test_cudnn_packed.py -k 'gpu or quantized_matmul'"
-  [lm_train_cudnn]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=cudnn --set=model.remat=dots"
+  [lm_train_cudnn]="for remat in dots dots_attention; do echo \"| remat=\$remat |\"; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=cudnn --set=model.remat=\$remat {ARGS}; done"
   [lm_train_xla]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=xla"
   [decode_hlo]="rm -rf /tmp/hlo; XLA_FLAGS='--xla_dump_to=/tmp/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*generate.*' python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --repeats=1 --new_tokens=8 {ARGS}; n=0; for f in \$(ls /tmp/hlo/*generate*after_optimizations.txt | head -2); do n=\$((n + 1)); cp \$f \$ART/decode_hlo_\$n.txt; done; python3 benchmarks/hlo_summary.py --top=6 \$ART/decode_hlo_*.txt"
   [lm_train_flags]="for flags in --xla_gpu_enable_triton_gemm=false --xla_gpu_triton_gemm_any=true --xla_gpu_enable_dus_accumulator_zero_init_elimination=true; do echo \"| XLA_FLAGS=\$flags |\"; XLA_FLAGS=\$flags python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=dots {ARGS}; done"
@@ -158,7 +159,7 @@ declare -A COMMANDS=(
 # unrolled decoders' compiles took over 30 s each there; not yet measured).
 declare -A LIMITS=([decode_trace]=150 [lm_train_trace]=80 [attention]=220 [attention_1b]=100 [lm_train]=60 [decode]=150 [decode_1b]=180 [decode_7b]=140
                    [decode_hlo]=60 [decode_1b_options]=90 [decode_1b_graphs]=90
-                   [lm_train_xla]=70 [lm_train_remat]=100 [lm_train_flags]=140 [kernel_tests]=120 [lm_train_cudnn]=70)
+                   [lm_train_xla]=70 [lm_train_remat]=100 [lm_train_flags]=140 [kernel_tests]=120 [lm_train_cudnn]=120)
 DEFAULT_STAGES="decode_trace decode_1b decode_1b_options decode_7b decode_1b_graphs decode_hlo"
 for stage in ${STAGES:-$DEFAULT_STAGES}; do
   limit_var="LIMIT_$stage"

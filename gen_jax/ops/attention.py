@@ -241,14 +241,18 @@ def _cudnn_attention(query, key, value, query_offset, *, causal, scale, sliding_
                      segment_ids):
   if not (isinstance(query_offset, int) and query_offset == 0):
     raise ValueError("impl 'cudnn' needs query_offset 0; use 'pallas' or 'xla'")
+  if segment_ids is not None and query.shape[1] != key.shape[1]:
+    raise ValueError("impl 'cudnn' masks segment_ids (packed documents) in self-attention only "
+                     f"(queries as long as keys, got {query.shape[1]} and {key.shape[1]}); use "
+                     "'pallas' or 'xla'")
+  platform = parallel_context.target_platform()
+  if platform != "gpu":
+    raise ValueError(f"impl 'cudnn' runs on a GPU, not on {platform}; use 'auto', 'pallas' or "
+                     "'xla'")
   window = None if sliding_window is None else (sliding_window - 1, 0)
   if segment_ids is None:
     return jax.nn.dot_product_attention(query, key, value, scale=scale, is_causal=causal,
                                         local_window_size=window, implementation="cudnn")
-  if query.shape[1] != key.shape[1]:
-    raise ValueError("impl 'cudnn' masks segment_ids (packed documents) in self-attention only "
-                     f"(queries as long as keys, got {query.shape[1]} and {key.shape[1]}); use "
-                     "'pallas' or 'xla'")
   return _cudnn_packed_attention(query, key, value, segment_ids, causal=causal, scale=scale,
                                  sliding_window=sliding_window)
 

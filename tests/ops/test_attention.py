@@ -91,6 +91,8 @@ def test_auto_picks_the_kernel_for_the_backend_and_cudnn_refuses_what_it_cannot_
   with pytest.raises(ValueError, match="impl 'cudnn' masks segment_ids .* self-attention only"):
     ops.attention(q, k, v, causal=False, segment_ids=np.ones((1, 4), np.int32),
                   key_segment_ids=np.ones((1, 6), np.int32), impl="cudnn")
+  with pytest.raises(ValueError, match="impl 'cudnn' runs on a GPU, not on cpu"):
+    ops.attention(q, k, v, causal=False, impl="cudnn")
 
 
 def test_cudnn_serves_only_the_calls_its_kernel_computes():
