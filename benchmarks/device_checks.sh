@@ -5,22 +5,16 @@
 #   run(command="bash benchmarks/device_checks.sh", carry=[".whl"], timeout_s=595)
 #
 # Stages, most wanted first, each under its own time limit so that a stage that hangs or fails
-# leaves the rest their time (the default stages' limits add to 710 s, past the call's 595: the
+# leaves the rest their time (the default stages' limits add to 660 s, past the call's 595: the
 # last one runs as far as the call lets it; the lease is 15 minutes of device time, the machine's
 # start included: on 2026-12-04 the start took about 30 s, so a second, warm call of about 300 s
 # fits after this one: see "Then" below). The device tool brings back at most 8 files from $OUT:
 # every stage's full output is appended to $OUT/stages.txt as it ends, and the files stages make
 # for reading here (HLO dumps, profiler traces) go under $ART, packed into $OUT/artifacts.tar.gz
 # after each stage. The reply carries the end of the combined output, which ends with every
-# stage's results. Default stages (issue 5, decoding; the rows print as they finish, so a stage
-# cut by its limit still reports its first rows):
-#   decode_trace  the 1.1B decoder at batch 1 in bf16, rolled layer loop and separate layers
-#               (scan_layers=False; and checking for stopped rows every 8 tokens instead of
-#               every one: one host wait per 8 steps), each profiled for one call of 32 tokens and summarized by
-#               benchmarks/trace_summary.py per token: kernels per token, how long the GPU's
-#               streams were busy against the step time (idle: launch- or host-bound), and the
-#               kernels that took the time (a copy of each layer's weights would show by name);
-#               the traces come back in artifacts.tar.gz
+# stage's results. Default stages, decode_1b lm_train_cudnn kernel_tests decode_1b_options
+# decode_trace (issues 5 and 4; the rows print as they finish, so a stage cut by its limit still
+# reports its first rows):
 #   decode_1b   benchmarks/decode.py at batch 1 for the 1b preset's shape (TinyLlama-1.1B, random
 #               weights): bf16, and int8/int4 by XLA (one product per scale group for a
 #               decoding row since the sixth session of 2026-12-04: by benchmarks/aot_hlo.py,
@@ -29,6 +23,46 @@
 #               (model.scan_layers=False: each layer's weights apart; aot_hlo.py: 1.01x of the
 #               bytes a step must read, against 2.48x rolled); each with its fraction of the
 #               bandwidth roofline
+#   lm_train_cudnn  the 1b run with attention_impl=cudnn, remat=dots and dots_attention (cuDNN's
+#               forward kept, not rerun): packed training batches through cuDNN's packed layout
+#               (landed in the seventh session of 2026-12-04, compiled for an H200 by aot_hlo.py,
+#               never run): cuDNN ran 1.25-1.8x the Pallas kernel, and attention is about a fifth
+#               of the step at 47.5% MFU
+#   kernel_tests  tests/kernels' GPU cases compiled with Triton instead of interpreted
+#               (GEN_JAX_COMPILED_KERNELS=1): every awkward shape, mask and offset of the CPU suite
+#               (the flash tests: 20 in 34 s on the H200), and the quantized matmul's; and cuDNN's
+#               packed layout of documents (tests/ops/test_cudnn_packed.py: output and gradients
+#               against the XLA reference, GQA, a sliding window, padding, an all-padding row, and
+#               the Pallas fallback for rows of more documents than it is compiled for)
+#   decode_1b_options  the 1.1B rows at batch 1 and 32 in bf16 (rolled and separate layers)
+#               compiled with XLA's defaults (--xla_options=none), then with
+#               gen_jax.sampling.jit.COMPILER_OPTIONS (the default since the seventh session of
+#               2026-12-04: cuBLAS products, dynamic-slice fusion, no dot merger; aot_hlo.py:
+#               the rolled loop's step then moves 1.01x of its weights, not 2.48x): whether the
+#               rolled loop now decodes as fast as separate layers, and cuBLAS as fast as Triton
+#   decode_trace  the 1.1B decoder at batch 1 in bf16, rolled layer loop and separate layers
+#               (scan_layers=False; and checking for stopped rows every 8 tokens instead of
+#               every one: one host wait per 8 steps), each profiled for one call of 32 tokens and summarized by
+#               benchmarks/trace_summary.py per token: kernels per token, how long the GPU's
+#               streams were busy against the step time (idle: launch- or host-bound), and the
+#               kernels that took the time (a copy of each layer's weights would show by name);
+#               the traces come back in artifacts.tar.gz
+# Then, as far as the lease allows,
+# STAGES="decode_7b lm_train_flags lm_train_trace decode_1b_graphs decode_hlo lm_train_remat attention attention_1b decode":
+#   decode_7b   the same for Llama-2-7B's shape, bf16 and int8 (the config's, and with separate
+#               layers): where a layer's weights (400 MB,
+#               about 100 us at the H200's bandwidth) outweigh its kernel launches, so where the 70%
+#               roofline target can be judged (at 135M a layer takes 44 us, at 1.1B 116 us, of
+#               which launches are most of the first and half of the second: BENCHMARKS.md)
+#   lm_train_flags  the 1b run (remat=dots) with XLA:GPU's GEMMs all by cuBLAS
+#               (--xla_gpu_enable_triton_gemm=false), then all it can by Triton
+#               (--xla_gpu_triton_gemm_any=true), from JAX's and NVIDIA's GPU performance guides,
+#               then without zero-filling the stacks the layer loop saves activations into
+#               (--xla_gpu_enable_dus_accumulator_zero_init_elimination: by aot_hlo.py, 27.7 of
+#               the step's 326.7 GiB of memory-bound traffic, about 6 ms)
+#   lm_train_trace  two steps of the 1b preset (batch 16, Pallas attention, remat=dots: 47.5% MFU
+#               on 2026-12-04) profiled: which kernels take the step's time (GEMMs, the flash
+#               kernels, the optimizer's elementwise passes, copies) and how busy the GPU is
 #   decode_1b_graphs  the 1.1B rows (the config's and scan_layers=False, bf16) with XLA's command
 #               buffers (CUDA graphs) off, then on for kernels and library calls but not loops
 #               (2026-12-04: with WHILE and CONDITIONAL too, 135M decoding got slower): at 135M a
@@ -39,41 +73,8 @@
 #               body, largest outputs): whether each layer's weights are copied out of the
 #               stacks (or concatenated: XLA's dot merger) every step, how many kernels a layer
 #               runs
-#   decode_7b   the same for Llama-2-7B's shape, bf16 and int8 (the config's, and with separate
-#               layers): where a layer's weights (400 MB,
-#               about 100 us at the H200's bandwidth) outweigh its kernel launches, so where the 70%
-#               roofline target can be judged (at 135M a layer takes 44 us, at 1.1B 116 us, of
-#               which launches are most of the first and half of the second: BENCHMARKS.md)
-#   decode_1b_options  the 1.1B rows at batch 1 and 32 in bf16 (rolled and separate layers)
-#               compiled with XLA's defaults (--xla_options=none), then with
-#               gen_jax.sampling.jit.COMPILER_OPTIONS (the default since the seventh session of
-#               2026-12-04: cuBLAS products, dynamic-slice fusion, no dot merger; aot_hlo.py:
-#               the rolled loop's step then moves 1.01x of its weights, not 2.48x): whether the
-#               rolled loop now decodes as fast as separate layers, and cuBLAS as fast as Triton
-# Then (issue 4, and 135M decoding), as far as the lease allows,
-# STAGES="kernel_tests lm_train_cudnn lm_train_trace lm_train_flags lm_train_remat attention attention_1b decode":
-#   kernel_tests  tests/kernels' GPU cases compiled with Triton instead of interpreted
-#               (GEN_JAX_COMPILED_KERNELS=1): every awkward shape, mask and offset of the CPU suite
-#               (the flash tests: 20 in 34 s on the H200), and the quantized matmul's; and cuDNN's
-#               packed layout of documents (tests/ops/test_cudnn_packed.py: output and gradients
-#               against the XLA reference, GQA, a sliding window, padding, an all-padding row, and
-#               the Pallas fallback for rows of more documents than it is compiled for)
-#   lm_train_cudnn  the 1b run with attention_impl=cudnn, remat=dots and dots_attention (cuDNN's
-#               forward kept, not rerun): packed training batches through cuDNN's packed layout
-#               (landed in the seventh session of 2026-12-04, compiled for an H200 by aot_hlo.py,
-#               never run): cuDNN ran 1.25-1.8x the Pallas kernel, and attention is about a fifth
-#               of the step at 47.5% MFU
-#   lm_train_trace  two steps of the 1b preset (batch 16, Pallas attention, remat=dots: 47.5% MFU
-#               on 2026-12-04) profiled: which kernels take the step's time (GEMMs, the flash
-#               kernels, the optimizer's elementwise passes, copies) and how busy the GPU is
 #   lm_train_remat  the 1b preset's MFU with remat=attention and dots_attention (the Pallas flash
 #               forward kept, not recomputed); 2026-12-04: full 41.7%, none 43.1%, dots 46.8%
-#   lm_train_flags  the 1b run (remat=dots) with XLA:GPU's GEMMs all by cuBLAS
-#               (--xla_gpu_enable_triton_gemm=false), then all it can by Triton
-#               (--xla_gpu_triton_gemm_any=true), from JAX's and NVIDIA's GPU performance guides,
-#               then without zero-filling the stacks the layer loop saves activations into
-#               (--xla_gpu_enable_dus_accumulator_zero_init_elimination: by aot_hlo.py, 27.7 of
-#               the step's 326.7 GiB of memory-bound traffic, about 6 ms)
 #   attention   benchmarks/attention.py: Pallas flash vs cuDNN vs the XLA reference, forward +
 #               backward, 1k to 32k, each checked against a float32 reference first, then each
 #               forward pass alone at 8k (is the gap to cuDNN in the forward or the backward
@@ -85,11 +86,11 @@
 #   attention_1b  the same at the 1b preset's own attention shape (32 query heads, 4 kv heads of
 #               64, length 2048: what its training step runs, unmeasured so far), with Pallas tile
 #               and Triton settings swept there: its defaults were tuned at head_dim 128
-#   lm_train    benchmarks/lm_train.py: the 1b preset at batch 16, Pallas attention, MFU
 #   decode      SmolLM2-135M's architecture (its 98 MB GGUF cannot travel) at batch 1 and 32, with
 #               transformers' generate on the same weights; the model's attention is "auto" (the
 #               flash kernel over the cache on a GPU) since 2026-12-04 (sixth session), with a
 #               row of XLA's attention beside it
+#   lm_train    benchmarks/lm_train.py: the 1b preset at batch 16, Pallas attention, MFU
 #   lm_train_xla  the 1b run with the XLA reference attention, for the ratio
 # STAGES="decode attention" runs a subset; LIMIT_<stage>=SECONDS changes one stage's limit and
 # ARGS_<stage>="--flag=value ..." appends flags to its command (a later absl flag wins), e.g. the
@@ -160,7 +161,7 @@ declare -A COMMANDS=(
 declare -A LIMITS=([decode_trace]=150 [lm_train_trace]=80 [attention]=220 [attention_1b]=100 [lm_train]=60 [decode]=150 [decode_1b]=180 [decode_7b]=140
                    [decode_hlo]=60 [decode_1b_options]=90 [decode_1b_graphs]=90
                    [lm_train_xla]=70 [lm_train_remat]=100 [lm_train_flags]=140 [kernel_tests]=120 [lm_train_cudnn]=120)
-DEFAULT_STAGES="decode_trace decode_1b decode_1b_options decode_7b decode_1b_graphs decode_hlo"
+DEFAULT_STAGES="decode_1b lm_train_cudnn kernel_tests decode_1b_options decode_trace"
 for stage in ${STAGES:-$DEFAULT_STAGES}; do
   limit_var="LIMIT_$stage"
   args_var="ARGS_$stage"
