@@ -25,6 +25,10 @@ times the forward of JAX's own Mosaic GPU attention example
 heads, no segment ids, no causal backward) with --mosaic_example_tiles, after checking its output
 against the float32 reference at length 1024: how far a Mosaic GPU kernel gets against cuDNN's
 forward on this machine, where the Triton-lowered kernel stands at about half of cuDNN's.
+--decode_lengths=S,... then times a decoding step's attention: one query per row (batch
+--decode_batch) against S cached keys at offset S - 1, forward only, for xla, the Pallas kernel
+(which splits the keys over programs when its grid is small: Flash-Decoding) and the Pallas
+kernel unsplit (pallas:splits=1), with the bandwidth of reading the keys and values.
 The last lines are markdown tables for docs/BENCHMARKS.md.
 """
 import datetime
@@ -59,6 +63,9 @@ _SPLIT_FORWARD = flags.DEFINE_bool("split_forward", True, "Also time each implem
 _MOSAIC_TILES = flags.DEFINE_list("mosaic_example_tiles", ["64x128", "64x256"], "Tiles "
                                    "BQxBKV of JAX's Mosaic GPU attention example, timed forward "
                                    "only beside --split_forward on a GPU; empty: not timed.")
+_DECODE_LENGTHS = flags.DEFINE_list("decode_lengths", [], "Cached keys for the decoding rows "
+                                     "(one query each; empty: none).")
+_DECODE_BATCH = flags.DEFINE_integer("decode_batch", 1, "Rows of the decoding step.")
 _CHECK_LENGTH = flags.DEFINE_integer("check_length", 1000, "Length of the check against the "
                                      "float32 reference; 0 skips it.")
 _CHECK_TOLERANCE = flags.DEFINE_float("check_tolerance", 2e-2, "Largest relative error allowed "
@@ -74,10 +81,10 @@ def _inputs(batch: int, length: int, dtype, seed: int = 0):
   return q, k, v, jax.random.normal(keys[3], q.shape, dtype)
 
 
-def _attention(impl: str, q, k, v):
+def _attention(impl: str, q, k, v, query_offset=0):
   """ops.attention; "pallas:tiles=BQxBK" / "pallas:triton=WxS" call the Pallas kernel with those
   tiles / Triton warps and stages on all its kernels, "pallas:dq=atomic" with dQ by atomic adds
-  (flash_attention's dq_atomic)."""
+  (flash_attention's dq_atomic), "pallas:splits=N" with its forward's keys in N parts."""
   if impl.startswith("mosaic_example:"):  # JAX's Mosaic GPU example; forward only.
     from jax.experimental.pallas.ops.gpu import attention_mgpu
     block_q, block_kv = map(int, impl.partition(":")[2].split("x"))
@@ -86,18 +93,22 @@ def _attention(impl: str, q, k, v):
     scale = 1.0 / np.sqrt(q.shape[-1])  # The example does not scale the logits itself.
     return attention_mgpu.attention((q * scale).astype(q.dtype), k, v, config)
   if not impl.startswith("pallas:"):
-    return ops.attention(q, k, v, causal=True, impl=impl)
+    return ops.attention(q, k, v, causal=True, impl=impl, query_offset=query_offset)
   from gen_jax import kernels
   setting, _, value = impl.partition(":")[2].partition("=")
   if setting == "dq" and value == "atomic":
     options = {"dq_atomic": True}
+  elif setting == "splits":
+    options = {"key_splits": int(value)}
   elif setting in ("tiles", "triton"):
     first, second = map(int, value.split("x"))
     options = ({"block_q": first, "block_k": second} if setting == "tiles"
                else {"num_warps": first, "num_stages": second})
   else:
-    raise ValueError(f"{impl!r}: the Pallas settings are tiles=BQxBK, triton=WxS, dq=atomic")
-  return kernels.flash_attention(q, k, v, causal=True, **options, **ops.pallas_target())
+    raise ValueError(f"{impl!r}: the Pallas settings are tiles=BQxBK, triton=WxS, dq=atomic, "
+                     "splits=N")
+  return kernels.flash_attention(q, k, v, causal=True, query_offset=query_offset, **options,
+                                 **ops.pallas_target())
 
 
 def _forward_backward(impl: str):
@@ -172,6 +183,9 @@ def main(argv):
       shown = f"{_flops(length) / cell / 1e12:.3g} TFLOP/s" if isinstance(cell, float) else cell
       print(f"  length {length:6d} {impl:7s} {shown}", flush=True)
 
+  if not _LENGTHS.value:  # Decoding rows only.
+    _decode_rows()
+    return
   header = ["length", "batch"] + [f"{i} TFLOP/s" for i in _IMPLS.value]
   ratios = [(a, b) for a in _IMPLS.value for b in ("xla", "cudnn") if a != b and b in _IMPLS.value]
   header += [f"{a}/{b}" for a, b in ratios]
@@ -189,6 +203,40 @@ def main(argv):
     _split_forward(results, wrong)
   if _PALLAS_BLOCKS.value or _PALLAS_TRITON.value:
     _sweep_settings()
+  if _DECODE_LENGTHS.value:
+    _decode_rows()
+
+
+def _decode_rows():
+  """A decoding step's attention (see the module doc): microseconds and the bandwidth of reading
+  the cached keys and values, per implementation, the unsplit Pallas kernel's time over each."""
+  impls = ["xla", "pallas", "pallas:splits=1"]
+  dtype = jnp.dtype(_DTYPE.value)
+  print("\n| cached keys | batch | " + " | ".join(f"{i} us (GB/s)" for i in impls)
+        + " | pallas:splits=1 / pallas |\n|" + " ---: |" * (len(impls) + 3))
+  for length in map(int, _DECODE_LENGTHS.value):
+    b = _DECODE_BATCH.value
+    q, k, v, _ = _inputs(b, length, dtype)
+    q = q[:, :1]
+    offset = jnp.int32(length - 1)  # Traced: one compilation serves every step, as in decoding.
+    cache_bytes = 2 * k.size * dtype.itemsize
+    cells, seconds = [], {}
+    for impl in impls:
+      try:
+        step = jax.jit(lambda q, k, v, o, impl=impl: _attention(impl, q, k, v, query_offset=o))
+        jax.block_until_ready(step(q, k, v, offset))
+        times = []
+        for _ in range(_REPEATS.value):
+          start = time.perf_counter()
+          jax.block_until_ready(step(q, k, v, offset))
+          times.append(time.perf_counter() - start)
+        seconds[impl] = float(np.median(times))
+        cells.append(f"{seconds[impl] * 1e6:.1f} ({cache_bytes / seconds[impl] / 1e9:.0f})")
+      except Exception as e:  # noqa: BLE001 - reported in its cell.
+        cells.append(f"n/a ({type(e).__name__})")
+    ratio = (f"{seconds['pallas:splits=1'] / seconds['pallas']:.2f}x"
+             if {"pallas", "pallas:splits=1"} <= seconds.keys() else "-")
+    print(f"| {length} | {b} | " + " | ".join(cells) + f" | {ratio} |")
 
 
 def _split_forward(results, wrong):

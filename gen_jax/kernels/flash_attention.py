@@ -26,7 +26,7 @@ def flash_attention(query, key, value, *, causal: bool, segment_ids=None, key_se
                     scale: float | None = None, backend: str = "gpu", block_q: int | None = None,
                     block_k: int | None = None, interpret: bool = False,
                     num_warps: int | None = None, num_stages: int | None = None,
-                    dq_atomic: bool = False) -> jax.Array:
+                    dq_atomic: bool = False, key_splits: int | None = None) -> jax.Array:
   """Multi-head attention with grouped kv heads, differentiable in query, key and value.
 
   Args:
@@ -52,12 +52,16 @@ def flash_attention(query, key, value, *, causal: bool, segment_ids=None, key_se
       buffer with atomic adds, in place of a separate dQ kernel that recomputes the logits and
       probabilities (FlashAttention-2's CUDA backward; 5 matmuls per tile pair instead of 7, at
       the price of atomic traffic and a summation order that varies from run to run).
+    key_splits: GPU backend: the forward kernel splits each query block's keys into this many
+      parts, one program each, and merges their partial softmaxes (Flash-Decoding: a few
+      queries against a long KV cache would otherwise keep a few SMs busy). None: split when the
+      grid is small (`flash_attention_gpu.key_splits`); 1: never.
   Returns:
     [b, t, n, h] in value's dtype; a query that sees no key gets 0 (and zero gradients).
   """
   config, padded = _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
                             sliding_window, scale, backend, block_q, block_k, interpret,
-                            num_warps, num_stages, dq_atomic)
+                            num_warps, num_stages, dq_atomic, key_splits=key_splits)
   out = _flash(backend, config, *padded)
   return out[:, :query.shape[1], :, :query.shape[3]]
 
@@ -68,7 +72,7 @@ def flash_attention_with_lse(query, key, value, *, causal: bool, segment_ids=Non
                              backend: str = "gpu", block_q: int | None = None,
                              block_k: int | None = None, interpret: bool = False,
                              num_warps: int | None = None, num_stages: int | None = None,
-                             result_dtype=None):
+                             result_dtype=None, key_splits: int | None = None):
   """`flash_attention`'s forward pass with each query's log-sum-exp; not differentiable.
 
   Attention split over blocks of keys (ring attention) combines the blocks' outputs by their
@@ -82,7 +86,7 @@ def flash_attention_with_lse(query, key, value, *, causal: bool, segment_ids=Non
   config, padded = _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
                             sliding_window, scale, backend, block_q, block_k, interpret,
                             num_warps, num_stages, False,  # dq_atomic is a backward setting.
-                            result_dtype)
+                            result_dtype, key_splits)
   out, residuals = _KERNELS[backend].forward(*padded, config)
   lse = _KERNELS[backend].natural_lse(residuals[-1])[:, :, :query.shape[1]]
   lse = jnp.where(lse == jnp.inf, -jnp.inf, lse)  # The kernels mark an empty row +inf.
@@ -124,14 +128,16 @@ def flash_attention_backward(query, key, value, out, lse, d_out, *, causal: bool
 
 def _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offset,
              sliding_window, scale, backend, block_q, block_k, interpret, num_warps, num_stages,
-             dq_atomic, result_dtype=None):
+             dq_atomic, result_dtype=None, key_splits=None):
   """(the kernels' FlashConfig, (query, key, value, query ids, key ids, run-time offset)): the
   arrays padded to whole tiles, ids None without segments, the offset None when static."""
   if backend not in FLASH_BACKENDS:
     raise ValueError(f"backend {backend!r} is not one of {FLASH_BACKENDS}")
-  if backend != "gpu" and (num_warps or num_stages or dq_atomic):
-    raise ValueError("num_warps, num_stages and dq_atomic are settings of the 'gpu' backend")
-  for name, setting in (("num_warps", num_warps), ("num_stages", num_stages)):
+  if backend != "gpu" and (num_warps or num_stages or dq_atomic or key_splits):
+    raise ValueError("num_warps, num_stages, dq_atomic and key_splits are settings of the 'gpu' "
+                     "backend")
+  for name, setting in (("num_warps", num_warps), ("num_stages", num_stages),
+                        ("key_splits", key_splits)):
     if setting is not None and setting < 1:
       raise ValueError(f"{name} must be positive, got {setting}")
   segment_ids, key_segment_ids = _check_arguments(query, key, value, segment_ids, key_segment_ids,
@@ -147,7 +153,8 @@ def _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offs
   config = FlashConfig(mask=mask, scale=float(h ** -0.5 if scale is None else scale),
                        blocks=blocks, interpret=interpret, num_warps=num_warps,
                        num_stages=num_stages, dq_atomic=bool(dq_atomic),
-                       result_dtype=None if result_dtype is None else jnp.dtype(result_dtype).name)
+                       result_dtype=None if result_dtype is None else jnp.dtype(result_dtype).name,
+                       key_splits=key_splits)
 
   def pad(x, length):  # Zero rows and zero head_dim columns change no dot product.
     return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, blocks.padded_head_dim - h)))

@@ -32,6 +32,7 @@ from jax.experimental.pallas import triton as plgpu
 from gen_jax.kernels.flash_attention_tiles import (
   FlashConfig,
   KernelBlocks,
+  inside_range,
   output_struct,
   result_type,
 )
@@ -78,31 +79,88 @@ def _compiler_params(config: FlashConfig, head_dim: int) -> plgpu.CompilerParams
                               num_stages=config.num_stages or 2)
 
 
+# Programs the forward pass aims for when few query blocks meet many keys (decoding against a
+# long cache: one query block per head): about two per SM of an H100 or H200 (132 SMs), so that
+# every SM streams a part of the keys instead of a few SMs streaming all of them.
+_TARGET_PROGRAMS = 256
+_MIN_SPLIT_BLOCKS = 4  # Key blocks per part at least: each part writes a partial result.
+
+
+def key_splits(programs: int, key_blocks: int, requested: int | None = None) -> int:
+  """Parts the forward kernel splits each query block's keys into (Flash-Decoding: Dao et al.,
+  2023): `requested` if given, else enough to bring `programs` (query blocks x batch x heads)
+  to _TARGET_PROGRAMS with at least _MIN_SPLIT_BLOCKS of the `key_blocks` per part; 1 (no split)
+  for training-sized grids."""
+  if requested is not None:
+    return requested
+  if programs >= _TARGET_PROGRAMS:
+    return 1
+  return max(1, min(-(-_TARGET_PROGRAMS // programs), key_blocks // _MIN_SPLIT_BLOCKS))
+
+
 def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig):
   """query [b, t, n, h], key/value [b, s, k, h], ids [b, t]/[b, s] int32 or None (all padded),
   offset int32 [1] if config.mask.dynamic_offset else None.
 
-  Returns out [b, t, n, h] (`result_type` of value) and the residuals `backward` takes.
+  Returns out [b, t, n, h] (`result_type` of value) and the residuals `backward` takes. With
+  `key_splits` parts, each program attends its query block to one part of the keys and writes a
+  float32 partial output and log-sum-exp; XLA then merges the parts (a few [b, t, n, h] arrays:
+  small where splitting pays, few queries against many keys).
   """
   b, t, n, h = query.shape
   s, num_kv_heads = key.shape[1], key.shape[2]
   group = n // num_kv_heads
-  block_q, _ = config.blocks.forward
+  block_q, block_k = config.blocks.forward
+  splits = key_splits(t // block_q * b * n, s // block_k, config.key_splits)
   q_block, query_spec, kv_spec, row_spec, ids_specs = _query_major_specs(
       t, s, h, block_q, group, config.mask.causal, query_ids)
   inputs = (query, key, value, query_ids, key_ids, offset)
-  out, lse = pl.pallas_call(
-      functools.partial(_forward_kernel, config=config, q_block=q_block),
-      grid=(t // block_q, b, n),
-      in_specs=[query_spec, kv_spec, kv_spec, *ids_specs, _offset_spec(offset)],
-      out_specs=[query_spec, row_spec],
-      out_shape=[output_struct(query.shape, result_type(config, value), *inputs),
-                 output_struct((b, n, t), jnp.float32, *inputs)],
-      compiler_params=_compiler_params(config, h),
-      interpret=config.interpret,
-      name="flash_attention_forward",
+  in_specs = [query_spec, kv_spec, kv_spec, *ids_specs, _offset_spec(offset)]
+  call = functools.partial(
+      pl.pallas_call, compiler_params=_compiler_params(config, h), interpret=config.interpret,
+      name="flash_attention_forward")
+  if splits == 1:
+    out, lse = call(
+        functools.partial(_forward_kernel, config=config, q_block=q_block, splits=1),
+        grid=(t // block_q, b, n), in_specs=in_specs, out_specs=[query_spec, row_spec],
+        out_shape=[output_struct(query.shape, result_type(config, value), *inputs),
+                   output_struct((b, n, t), jnp.float32, *inputs)],
+    )(*inputs)
+    return out, (query, key, value, query_ids, key_ids, offset, out, lse)
+  # The part p is the grid's last axis; input blocks ignore it, outputs gain a leading axis.
+  ignore_part = lambda spec: None if spec is None else pl.BlockSpec(
+      spec.block_shape, lambda i, bi, ni, p, index_map=spec.index_map: index_map(i, bi, ni))
+  parts, part_lse = call(
+      functools.partial(_forward_kernel, config=config, q_block=q_block, splits=splits),
+      grid=(t // block_q, b, n, splits), in_specs=[ignore_part(x) for x in in_specs],
+      out_specs=[pl.BlockSpec((None, None, block_q, None, h),
+                              lambda i, bi, ni, p: (p, bi, q_block(i), ni, 0)),
+                 pl.BlockSpec((None, None, None, block_q),
+                              lambda i, bi, ni, p: (p, bi, ni, q_block(i)))],
+      out_shape=[output_struct((splits, *query.shape), jnp.float32, *inputs),
+                 output_struct((splits, b, n, t), jnp.float32, *inputs)],
   )(*inputs)
+  # Merge the true query rows only (a decoding step pads its one query to a 16-row block); the
+  # padding rows see no key: out 0, lse +inf, as the unsplit kernel writes them.
+  rows = config.mask.query_length
+  out, lse = _merge_parts(parts[:, :, :rows], part_lse[..., :rows])
+  out = jnp.pad(out, ((0, 0), (0, t - rows), (0, 0), (0, 0))).astype(result_type(config, value))
+  lse = jnp.pad(lse, ((0, 0), (0, 0), (0, t - rows)), constant_values=jnp.inf)
   return out, (query, key, value, query_ids, key_ids, offset, out, lse)
+
+
+def _merge_parts(parts, part_lse):
+  """One softmax from parts over disjoint keys: parts [p, b, t, n, h] float32, part_lse
+  [p, b, n, t] base 2 (+inf: the part saw no key). Returns (out [b, t, n, h] float32, lse
+  [b, n, t] base 2, +inf for a row no part saw a key of), as one kernel over all keys gives."""
+  seen = part_lse != jnp.inf
+  top = jnp.max(jnp.where(seen, part_lse, -jnp.inf), axis=0)
+  shift = jnp.where(top == -jnp.inf, 0.0, top)
+  weights = jnp.where(seen, jnp.exp2(part_lse - shift), 0.0)  # [p, b, n, t]
+  total = weights.sum(axis=0)
+  out = jnp.einsum("pbnt,pbtnh->btnh", weights, parts)
+  out = out / jnp.where(total == 0.0, 1.0, total).transpose(0, 2, 1)[..., None]
+  return out, jnp.where(total == 0.0, jnp.inf, shift + jnp.log2(total))
 
 
 def backward(residuals, d_out, config: FlashConfig):
@@ -211,9 +269,10 @@ def _walk_blocks(step, block_range, unmasked_range, carry):
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, q_ids_ref, k_ids_ref, offset_ref, out_ref, lse_ref, *,
-                    config: FlashConfig, q_block):
+                    config: FlashConfig, q_block, splits: int):
   """q_ref, out_ref [block_q, h]; k_ref, v_ref [s, h]; q_ids_ref [block_q]; k_ids_ref [s];
-  offset_ref [1] or None; lse_ref [block_q], base 2."""
+  offset_ref [1] or None; lse_ref [block_q], base 2. With splits > 1 the program attends to part
+  pl.program_id(3) of the query block's key blocks (consecutive, equal but for the last)."""
   mask = config.mask
   block_q, block_k = config.blocks.forward
   i = q_block(pl.program_id(0))
@@ -243,8 +302,15 @@ def _forward_kernel(q_ref, k_ref, v_ref, q_ids_ref, k_ids_ref, offset_ref, out_r
 
   carry = (jnp.zeros(q.shape, jnp.float32), jnp.full((block_q,), -jnp.inf, jnp.float32),
            jnp.zeros((block_q,), jnp.float32))
-  acc, row_max, row_sum = _walk_blocks(step, mask.key_blocks(i, block_q, block_k, offset),
-                                       mask.unmasked_key_blocks(i, block_q, block_k, offset), carry)
+  blocks = mask.key_blocks(i, block_q, block_k, offset)
+  unmasked = mask.unmasked_key_blocks(i, block_q, block_k, offset)
+  if splits > 1:
+    first, end = blocks
+    per_part = lax.div(end - first + splits - 1, splits)
+    part_first = jnp.minimum(first + pl.program_id(3) * per_part, end)
+    blocks = (part_first, jnp.minimum(part_first + per_part, end))
+    unmasked = inside_range(*unmasked, *blocks)
+  acc, row_max, row_sum = _walk_blocks(step, blocks, unmasked, carry)
   # A row that sees no key outputs 0; its log-sum-exp of +inf makes every recomputed probability 0.
   empty = row_sum == 0.0
   out_ref[...] = (acc / jnp.where(empty, 1.0, row_sum)[:, None]).astype(out_ref.dtype)

@@ -92,7 +92,7 @@ class TileMask:
     if self.sliding_window is not None:
       full_first = jnp.maximum(
           first, _cdiv(jnp.maximum(q_last + offset - self.sliding_window + 1, 0), block_k))
-    return _inside(full_first, full_end, first, end)
+    return inside_range(full_first, full_end, first, end)
 
   def query_blocks(self, k_block, block_q: int, block_k: int, offset=None):
     """(first, end): the query blocks holding a query that sees some key of block `k_block`."""
@@ -121,7 +121,7 @@ class TileMask:
     full_first = first
     if self.causal:
       full_first = jnp.maximum(first, _cdiv(jnp.maximum(k_last - offset, 0), block_q))
-    return _inside(full_first, full_end, first, end)
+    return inside_range(full_first, full_end, first, end)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +141,9 @@ class FlashConfig:
 
   num_warps / num_stages: Triton's warps per program and software-pipelining depth for every GPU
   kernel (None: the kernels' defaults); dq_atomic: the GPU backward's dQ by atomic adds from the
-  dK/dV kernel (flash_attention's argument); the TPU kernels have no such settings. result_dtype:
+  dK/dV kernel (flash_attention's argument); key_splits: the GPU forward's parts per query
+  block's keys (None: its choice, `flash_attention_gpu.key_splits`); the TPU kernels have none
+  of these settings. result_dtype:
   the dtype of the kernels' results (out; dq, dk, dv) by name, None for their inputs'
   (`result_type`)."""
   mask: TileMask
@@ -152,6 +154,7 @@ class FlashConfig:
   num_stages: int | None = None
   dq_atomic: bool = False
   result_dtype: str | None = None
+  key_splits: int | None = None
 
 
 def result_type(config: FlashConfig, like: jax.Array):
@@ -197,7 +200,8 @@ def _blocks_of_interval(first, last, block: int, nonempty):
   return jnp.minimum(lax.div(first, block), end), end
 
 
-def _inside(full_first, full_end, first, end):
+def inside_range(full_first, full_end, first, end):
+  """The block range [full_first, full_end) clipped into [first, end)."""
   full_first = jnp.clip(full_first, first, end)
   return full_first, jnp.clip(full_end, full_first, end)
 

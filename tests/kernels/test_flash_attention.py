@@ -128,6 +128,49 @@ def test_gpu_dq_by_atomic_adds_matches_reference(shape):
                            kernel_options={"dq_atomic": True}, **options)
 
 
+# Decoding-like calls (a few queries against many keys) with the keys split into parts
+# (Flash-Decoding): a dynamic or static offset, a window that leaves most parts empty, packed
+# key documents with padding, GQA; lengths that are not multiples of the blocks.
+SPLIT_CASES = {  # name: (b, t, s, n, k, h, options)
+    "one_query_cache": (2, 1, 150, 4, 2, 8, {"causal": True, "query_offset": 149}),
+    "few_queries_cache": (1, 5, 131, 4, 1, 16, {"causal": True, "query_offset": 126}),
+    "window_empty_parts": (1, 3, 160, 2, 2, 8, {"causal": True, "query_offset": 150,
+                                                "sliding_window": 20}),
+    "bidirectional": (1, 2, 97, 4, 4, 8, {"causal": False}),
+}
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES)
+@pytest.mark.parametrize("splits", [None, 2, 3, 7])
+def test_gpu_forward_split_over_the_keys_matches_reference(case, splits):
+  b, t, s, n, k, h, options = SPLIT_CASES[case]
+  _check_against_reference("gpu", *_qkv(13, b, t, s, n, k, h), atol=2e-5,
+                           kernel_options={"key_splits": splits}, **options)
+
+
+def test_gpu_forward_split_with_packed_documents_and_a_traced_offset():
+  query, key, value = _qkv(14, 2, 4, 120, 4, 2, 8)
+  key_ids = np.array([[1] * 50 + [2] * 60 + [0] * 10, [3] * 100 + [0] * 20])
+  query_ids = np.array([[2] * 4, [3] * 2 + [0] * 2])
+  options = dict(causal=True, segment_ids=query_ids, key_segment_ids=key_ids)
+  run = lambda impl_fn: _jit_output_and_grads(impl_fn)(query, key, value, jnp.int32(106))
+  flash = run(lambda q, k, v, o: flash_attention(
+      q, k, v, query_offset=o, backend="gpu", block_q=16, block_k=16, key_splits=3,
+      interpret=_interpret("gpu"), **options))
+  reference = run(lambda q, k, v, o: ops.attention(q, k, v, impl="xla", query_offset=o,
+                                                   **options))
+  _assert_all_close(flash, reference, atol=2e-5)
+
+
+def test_key_splits_fill_the_gpu_for_small_grids_only():
+  from gen_jax.kernels.flash_attention_gpu import key_splits
+  assert key_splits(programs=32, key_blocks=64) == 8  # 1 query block x 32 heads: 256 programs.
+  assert key_splits(programs=32, key_blocks=12) == 3  # At least 4 key blocks a part.
+  assert key_splits(programs=32, key_blocks=5) == 1
+  assert key_splits(programs=512, key_blocks=64) == 1  # Training grids are full already.
+  assert key_splits(programs=512, key_blocks=64, requested=4) == 4
+
+
 # Three packed documents then padding (0) in row 0; row 1 is one document and mostly padding.
 PACKED = np.array([[1] * 9 + [2] * 13 + [3] * 14 + [0] * 4,
                    [5] * 11 + [0] * 29])
@@ -320,11 +363,13 @@ def test_triton_settings_reach_the_gpu_kernels_and_the_tpu_backend_refuses_them(
   # dq_atomic lowers for Triton too, with one backward kernel fewer (forward and dK/dV/dQ).
   assert lowered_text(dq_atomic=True).count("num_warps = 4 : i32") == 2
   q, k, v = _qkv(0, 1, 16, 16, 2, 1, 8)
-  for setting in ({"num_warps": 4}, {"dq_atomic": True}):
-    with pytest.raises(ValueError, match="dq_atomic are settings of the 'gpu' backend"):
+  for setting in ({"num_warps": 4}, {"dq_atomic": True}, {"key_splits": 2}):
+    with pytest.raises(ValueError, match="dq_atomic and key_splits are settings of the 'gpu'"):
       flash_attention(q, k, v, causal=True, backend="tpu", interpret=True, **setting)
   with pytest.raises(ValueError, match="num_stages must be positive, got 0"):
     flash_attention(q, k, v, causal=True, interpret=True, num_stages=0)
+  with pytest.raises(ValueError, match="key_splits must be positive, got 0"):
+    flash_attention(q, k, v, causal=True, interpret=True, key_splits=0)
 
 
 MASKS = [TileMask(causal=c, sliding_window=w, query_length=t, key_length=s, has_segments=False)
