@@ -48,7 +48,7 @@
 #               kernels that took the time (a copy of each layer's weights would show by name);
 #               the traces come back in artifacts.tar.gz
 # Then, as far as the lease allows,
-# STAGES="decode_7b attention_decode lm_train_flags lm_train_trace decode_1b_graphs decode_hlo lm_train_remat attention attention_1b decode":
+# STAGES="decode_7b attention_decode decode_1b_int32 lm_train_flags lm_train_trace decode_1b_graphs decode_hlo lm_train_remat attention attention_1b decode":
 #   decode_7b   the same for Llama-2-7B's shape, bf16 and int8 (the config's, and with separate
 #               layers): where a layer's weights (400 MB,
 #               about 100 us at the H200's bandwidth) outweigh its kernel launches, so where the 70%
@@ -58,6 +58,11 @@
 #               heads of 128; the 1b preset's 32 query and 4 kv heads of 64): XLA, the Pallas
 #               kernel splitting the keys over programs (Flash-Decoding, since the seventh session
 #               of 2026-12-04: one query block per head had kept 32 programs busy) and unsplit
+#   decode_1b_int32  the 1.1B rows in int8 and int4 at batch 32, by XLA and by the Pallas kernel
+#               (aot_hlo.py: XLA writes the dequantized kernels every step, 4.53x the bytes to
+#               read in int8; the kernel 2.08x, about bf16's bytes; weight_matmul_impl=auto
+#               takes the kernel from half a scale group of rows since the seventh session of
+#               2026-12-04)
 #   lm_train_flags  the 1b run (remat=dots) with XLA:GPU's GEMMs all by cuBLAS
 #               (--xla_gpu_enable_triton_gemm=false), then all it can by Triton
 #               (--xla_gpu_triton_gemm_any=true), from JAX's and NVIDIA's GPU performance guides,
@@ -153,6 +158,7 @@ declare -A COMMANDS=(
   [lm_train_trace]="rm -rf /tmp/lm_train_trace; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=dots --steps=3 --trace_dir=/tmp/lm_train_trace {ARGS}; cp \$(find /tmp/lm_train_trace -name perfetto_trace.json.gz | head -1) \$ART/lm_train_trace.json.gz"
   [decode_7b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_7b_config.json --weights=bfloat16,int8 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=scan_layers=False"
   [kernel_tests]="env GEN_JAX_COMPILED_KERNELS=1 python3 -m pytest -q -p no:cacheprovider tests/kernels tests/ops/test_cudnn_packed.py -k 'gpu or quantized_matmul'"
+  [decode_1b_int32]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=int8,int4 --batch_sizes=32 --weight_matmul_impls=xla,pallas --draft_layers=0 --nohf --nono_cache --variants=''"
   [attention_decode]="for shape in '--num_heads=32 --num_kv_heads=32 --head_dim=128' '--num_heads=32 --num_kv_heads=4 --head_dim=64'; do python3 benchmarks/attention.py \$shape --lengths= --check_length=0 --nosplit_forward --decode_lengths=1024,4096,16384,32768 {ARGS}; done"
   [lm_train_cudnn]="for remat in dots dots_attention; do echo \"| remat=\$remat |\"; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=cudnn --set=model.remat=\$remat {ARGS}; done"
   [lm_train_xla]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=xla"
@@ -165,7 +171,7 @@ declare -A COMMANDS=(
 # unrolled decoders' compiles took over 30 s each there; not yet measured).
 declare -A LIMITS=([decode_trace]=150 [lm_train_trace]=80 [attention]=220 [attention_1b]=100 [lm_train]=60 [decode]=150 [decode_1b]=180 [decode_7b]=140
                    [decode_hlo]=60 [decode_1b_options]=90 [decode_1b_graphs]=90
-                   [lm_train_xla]=70 [lm_train_remat]=100 [lm_train_flags]=140 [kernel_tests]=120 [lm_train_cudnn]=120 [attention_decode]=90)
+                   [lm_train_xla]=70 [lm_train_remat]=100 [lm_train_flags]=140 [kernel_tests]=120 [lm_train_cudnn]=120 [attention_decode]=90 [decode_1b_int32]=90)
 DEFAULT_STAGES="decode_1b lm_train_cudnn kernel_tests decode_1b_options decode_trace"
 for stage in ${STAGES:-$DEFAULT_STAGES}; do
   limit_var="LIMIT_$stage"

@@ -8,8 +8,13 @@ Pallas kernel that dequantizes in registers (`gen_jax.kernels.quantized_matmul`)
           dequantized kernel to memory first: the partial sums would outweigh it).
   pallas  the Triton kernel: compiled on a GPU, interpreted elsewhere (exact but slow; for tests).
           Unsharded weights only: a Pallas call is opaque to XLA's partitioner.
-  auto    pallas on a GPU without a multi-device mesh, for products of at most AUTO_MAX_ROWS rows
-          (decoding steps) that the kernel can tile; else xla.
+  auto    on a GPU without a multi-device mesh, for products of half a scale group to
+          AUTO_MAX_ROWS rows (batched decoding steps) that the kernel can tile, pallas; else xla.
+          (Fewer rows: XLA's per-group product reads the codes once and writes little; the
+          kernel's partial sums are padded to 16 rows. For an H200, by benchmarks/aot_hlo.py's
+          estimate of the 1.1B decoding step over the bytes it must read: one row, int8 1.12x by
+          xla, 1.48x by pallas; 32 rows, 4.53x by xla, which writes the dequantized kernels, 2.08x
+          by pallas.)
 """
 import jax
 import jax.numpy as jnp
@@ -34,7 +39,9 @@ def int_matmul(x: jax.Array, qweight: jax.Array, scale: jax.Array, bits: int, dt
   *batch_shape, in_size = x.shape
   x = x.astype(dtype)
   rows = x.size // in_size
-  if resolve_impl(impl, rows) == "pallas":
+  groups, stored, out = qweight.shape
+  group_size = stored * 2 if bits == 4 else stored
+  if resolve_impl(impl, rows, group_size) == "pallas":
     kernel_error = _kernel_error(qweight, bits, rows)
     if impl == "pallas" and kernel_error:
       raise ValueError(f"model.weight_matmul_impl: 'pallas' {kernel_error}; use 'xla' or 'auto'")
@@ -43,8 +50,6 @@ def int_matmul(x: jax.Array, qweight: jax.Array, scale: jax.Array, bits: int, dt
       y = quantized_matmul(x.reshape(-1, in_size), qweight, scale, bits=bits,
                            interpret=parallel_context.target_platform() != "gpu")
       return y.reshape(*batch_shape, y.shape[-1])
-  groups, stored, out = qweight.shape
-  group_size = stored * 2 if bits == 4 else stored
   if rows < group_size // 2:  # Partial sums (4 bytes per row, group, output) < the kernel's bytes.
     codes = formats.unpack_int4(qweight) if bits == 4 else qweight  # [G, g, out]
     # In float32 (XLA:CPU has no bf16 x bf16 -> f32 batched dot); XLA:GPU widens in registers.
@@ -56,14 +61,15 @@ def int_matmul(x: jax.Array, qweight: jax.Array, scale: jax.Array, bits: int, dt
   return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
 
 
-def resolve_impl(impl: str, rows: int, platform: str | None = None) -> str:
-  """'xla' or 'pallas': what `impl` stands for with x of `rows` rows on `platform` (default: the
-  target platform, `parallel.context.target_platform`), before checking that the kernel can tile
-  the shapes."""
+def resolve_impl(impl: str, rows: int, group_size: int, platform: str | None = None) -> str:
+  """'xla' or 'pallas': what `impl` stands for with x of `rows` rows and weights of `group_size`
+  inputs per scale on `platform` (default: the target platform,
+  `parallel.context.target_platform`), before checking that the kernel can tile the shapes."""
   if impl != "auto":
     return impl
   platform = platform or parallel_context.target_platform()
-  return "pallas" if platform == "gpu" and rows <= AUTO_MAX_ROWS else "xla"
+  return ("pallas" if platform == "gpu" and group_size // 2 <= rows <= AUTO_MAX_ROWS
+          else "xla")
 
 
 def _kernel_error(qweight, bits, rows) -> str:

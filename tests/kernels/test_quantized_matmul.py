@@ -97,16 +97,18 @@ def test_dispatcher_runs_the_kernel_only_where_asked_and_equals_xla():
     jaxpr = jax.make_jaxpr(lambda x: int_matmul(x, qweight, scale, 4, jnp.float32, impl))(x)
     return "pallas_call" in str(jaxpr)
   assert has_kernel("pallas") and not has_kernel("xla")
-  assert has_kernel("auto") == (jax.default_backend() == "gpu")
+  assert not has_kernel("auto")  # 4 rows, under half a group of 64: XLA's per-group product.
 
 
-def test_auto_takes_the_kernel_for_decoding_rows_on_a_gpu_only():
-  assert resolve_impl("auto", 1, "gpu") == "pallas"
-  assert resolve_impl("auto", AUTO_MAX_ROWS, "gpu") == "pallas"
-  assert resolve_impl("auto", AUTO_MAX_ROWS + 1, "gpu") == "xla"  # A prefill or training step.
-  assert resolve_impl("auto", 1, "cpu") == resolve_impl("auto", 1, "tpu") == "xla"
-  assert resolve_impl("pallas", 10_000, "cpu") == "pallas"
-  assert resolve_impl("xla", 1, "gpu") == "xla"
+def test_auto_takes_the_kernel_for_batched_decoding_rows_on_a_gpu_only():
+  assert resolve_impl("auto", 32, 64, "gpu") == "pallas"  # Half a group: 32 decoding rows.
+  assert resolve_impl("auto", AUTO_MAX_ROWS, 64, "gpu") == "pallas"
+  assert resolve_impl("auto", 31, 64, "gpu") == "xla"  # Fewer: XLA's per-group product.
+  assert resolve_impl("auto", 1, 128, "gpu") == "xla"
+  assert resolve_impl("auto", AUTO_MAX_ROWS + 1, 64, "gpu") == "xla"  # A prefill or training step.
+  assert resolve_impl("auto", 32, 64, "cpu") == resolve_impl("auto", 32, 64, "tpu") == "xla"
+  assert resolve_impl("pallas", 10_000, 64, "cpu") == "pallas"
+  assert resolve_impl("xla", 32, 64, "gpu") == "xla"
 
 
 def test_dispatcher_names_the_field_when_the_kernel_cannot_run():
