@@ -213,9 +213,10 @@ class Transformer(nn.Module):
           in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
           length=c.num_layers,
           # A rolled loop takes each layer's weights out of the stacks by dynamic slices, which
-          # XLA:GPU copies before the GEMMs that read them (2.5x to 3x the bytes of a decoding
-          # step in its compiled program, benchmarks/aot_hlo.py; docs/BENCHMARKS.md). Unrolled,
-          # the slices are static (scan_layers=False has none); the params are the same either way.
+          # XLA:GPU's default program copies before the GEMMs that read them (2.5x to 3x the bytes
+          # of a decoding step, benchmarks/aot_hlo.py); the decoding loops' XLA options
+          # (gen_jax.sampling.jit) have cuBLAS read them in place instead. Unrolled, the slices
+          # are static (scan_layers=False has none); the params are the same either way.
           unroll=c.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})
       carry, router_stats = blocks(c, name="layers")(
           carry, jnp.arange(c.num_layers), positions, segment_ids, cache_index,
