@@ -35,8 +35,9 @@ COMPILER_OPTIONS: dict[str, dict[str, Any]] = {
 
 class DecodingJit:
   """`jax.jit(fun, **jit_kwargs)` compiled with `COMPILER_OPTIONS` of the platform traced for
-  (`parallel.context.target_platform`: this host's backend, or a `compiling_for` target). Called,
-  or `.lower(...)`d, like the jitted function."""
+  (`parallel.context.target_platform`: this host's backend, or a `compiling_for` target). Called
+  like the jitted function; its other attributes (`lower`, `trace`, ...) are that jitted
+  function's."""
 
   def __init__(self, fun: Callable, jit_kwargs: dict):
     self._fun, self._jit_kwargs = fun, jit_kwargs
@@ -52,8 +53,10 @@ class DecodingJit:
   def __call__(self, *args, **kwargs):
     return self._for_target()(*args, **kwargs)
 
-  def lower(self, *args, **kwargs):
-    return self._for_target().lower(*args, **kwargs)
+  def __getattr__(self, name: str):  # Only names the instance itself lacks.
+    if name.startswith("__") or name in ("_fun", "_jit_kwargs"):
+      raise AttributeError(name)
+    return getattr(self._for_target(), name)
 
 
 def decoding_jit(**jit_kwargs) -> Callable[[Callable], DecodingJit]:

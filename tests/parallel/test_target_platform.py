@@ -18,12 +18,13 @@ def test_compiling_for_a_gpu_picks_its_kernels_and_layouts_and_then_restores_the
     assert ops.resolve_impl("auto") == "pallas"
     assert ops.resolve_impl("auto", cudnn_serves=True) == "cudnn"
     assert ops.pallas_target() == {"backend": "gpu", "interpret": False}
-    assert int_matmul_impl("auto", rows=1) == "pallas"
+    assert int_matmul_impl("auto", rows=32, group_size=64) == "pallas"
     jaxpr = jax.make_jaxpr(lambda k: one_row_layout(k, 1))(jnp.ones((64, 32)))
     assert [e.primitive.name for e in jaxpr.eqns] == ["layout_constraint"]
     assert jnp.ones(3).sum() == 3  # Eager work still runs on this host.
   assert context.target_platform() == "cpu"
   assert ops.resolve_impl("auto") == "xla"
+  assert int_matmul_impl("auto", rows=32, group_size=64) == "xla"
   assert ops.pallas_target() == {"backend": "gpu", "interpret": True}
 
 
