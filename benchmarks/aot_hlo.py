@@ -30,9 +30,10 @@ uses on the target's platform (gen_jax.sampling.jit.COMPILER_OPTIONS), or with X
 family's loss, the optimizer update, the config's mesh over the target's devices) the same way and
 prints the same account, with the compiler's own memory figures per device.
 
-The bytes estimate is made for XLA:GPU's programs; on a TPU target the program and memory
-figures are XLA:TPU's, but its staging of weights through on-chip memory (asynchronous slices and
-copies) is not modeled, so no ratio is printed there.
+On a TPU target the program and memory figures are XLA:TPU's, and the estimate counts what its
+layouts place in on-chip memory (memory spaces S(1), S(2): the weights XLA:TPU stages into VMEM
+for the next kernels, and a short KV cache it keeps there) as no traffic, and reads loop trip
+counts from the loops' conditions; no data-sheet bandwidth is kept for TPUs, so no times.
 
 What it cannot see: times (no autotuning without the device, so Triton GEMM tiles are defaults;
 a kernel's speed is the lent GPU's question, benchmarks/device_checks.sh), and launches' overhead.
@@ -146,18 +147,17 @@ def _compile(devices) -> None:
         f"_{s}" for s in _SET.value) + (f"_b{_BATCH_SIZE.value}" if _BATCH_SIZE.value else "")
     _write(text, name, start)
     computations, entry = hlo_summary.parse(text)
-    if _TARGET.value not in targets.GPU_BANDWIDTH:  # A TPU: no data-sheet figure kept here.
-      return
-    bandwidth = float(targets.GPU_BANDWIDTH[_TARGET.value])
+    bandwidth = targets.GPU_BANDWIDTH.get(_TARGET.value)  # A TPU: no data-sheet figure kept here.
     for kind, (moved, kernels) in hlo_summary.traffic_by_kind(computations, entry).items():
-      print(f"step: {kind} kernels {kernels}, est. {moved / 2**30:.1f} GiB, "
-            f"{moved / bandwidth * 1e3:.1f} ms at the data sheet's {bandwidth / 1e12:.2f} TB/s")
+      print(f"step: {kind} kernels {kernels}, est. {moved / 2**30:.1f} GiB" + (
+          f", {moved / bandwidth * 1e3:.1f} ms at the data sheet's {bandwidth / 1e12:.2f} TB/s"
+          if bandwidth else ""))
     print("the step's memory-bound kernels moving the most bytes (GiB in all, executions):")
     kernels = hlo_summary.program_kernels(computations, entry)
     for moved, executions, op, _ in sorted((k for k in kernels if not k[3]),
                                            key=lambda k: -k[0])[:_TOP.value]:
       op_name = re.search(r'op_name="([^"]*)"', op[4])
-      print(f"  {moved / 2**30:7.2f} x{executions:<3d} {op[3][:36]:36s} {op[0][:36]:36s} "
+      print(f"  {moved / 2**30:7.2f} x{executions:<3d} {hlo_summary.display_shape(op[3])[:36]:36s} {op[0][:36]:36s} "
             f"{op_name.group(1)[-60:] if op_name else ''}")
     return
   if _XLA_OPTIONS.value == "none":
@@ -201,10 +201,6 @@ def _compile(devices) -> None:
     param_bytes -= config.vocab_size * config.embed_dim * jnp.dtype(config.param_dtype).itemsize
   cache_bytes = (2 * config.num_layers * b * (_PROMPT.value + _NEW.value) * config.num_kv_heads
                  * config.head_dim * jnp.dtype(config.dtype).itemsize)
-  if _TARGET.value.startswith("tpu:"):
-    # XLA:TPU stages weights through on-chip memory with asynchronous slices and copies that the
-    # estimate (each kernel reads and writes HBM) does not model: no ratio for a TPU.
-    return
   computations, entry = hlo_summary.parse(text)
   token_loop = max(((n, d) for n, d in hlo_summary.loop_bodies(computations, entry) if d == 1),
                    key=lambda nd: hlo_summary.traffic(computations, nd[0]))[0]

@@ -35,20 +35,29 @@ FREE = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after
         "partition-id", "replica-id", "opt-barrier", "allocate-buffer"}
 _COMPUTATION = re.compile(r"^(ENTRY )?%?([\w.\-]+) .*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.+?) ([\w\-]+)\((.*)$")
-_ARRAY = re.compile(r"\b([a-z]+\d*(?:e\dm\d(?:fn)?)?)\[([\d,]*)\]")
+_ARRAY = re.compile(r"\b([a-z]+\d*(?:e\dm\d(?:fn)?)?)\[([\d,]*)\](\{[^}]*\})?")
+_ON_CHIP = re.compile(r"S\([1-9]")  # A layout's memory space other than 0 (XLA:TPU's VMEM, SMEM).
 
 
-def array_bytes(shape: str) -> int:
-  """Bytes of every array in an HLO shape string (a tuple's arrays summed)."""
+def array_bytes(shape: str, on_chip: bool | None = None) -> int:
+  """Bytes of every array in an HLO shape string (a tuple's arrays summed); with on_chip True or
+  False, only those a layout places in on-chip memory (XLA:TPU's memory spaces S(1), S(2)...) or
+  only the others (device memory: XLA:GPU's arrays all are)."""
   total = 0
-  for dtype, dims in _ARRAY.findall(shape):
-    if dtype in DTYPE_BITS:
+  for dtype, dims, layout in _ARRAY.findall(shape):
+    if dtype in DTYPE_BITS and on_chip in (None, bool(_ON_CHIP.search(layout))):
       total += math.prod(int(d) for d in dims.split(",") if d) * DTYPE_BITS[dtype] // 8
   return total
 
 
+def display_shape(shape: str) -> str:
+  """An HLO shape string without its layouts."""
+  return re.sub(r"\{[^}]*\}", "", shape)
+
+
 def parse(text: str) -> tuple[dict[str, list[tuple]], str | None]:
-  """({computation: [(name, opcode, output bytes, shape, rest of line)]}, entry name)."""
+  """({computation: [(name, opcode, output bytes, shape with layouts, rest of line)]}, entry
+  name)."""
   computations, entry, current = {}, None, None
   for line in text.splitlines():
     match = _COMPUTATION.match(line)  # A header starts its line; instructions are indented.
@@ -63,7 +72,7 @@ def parse(text: str) -> tuple[dict[str, list[tuple]], str | None]:
       if opcode == "custom-call" and 'custom_call_target="AllocateBuffer"' in rest:
         opcode = "allocate-buffer"
       size = array_bytes(shape) - _workspace_bytes(shape, opcode, rest)
-      computations[current].append((name, opcode, size, shape.split("{")[0], rest))
+      computations[current].append((name, opcode, size, shape, rest))
   return computations, entry
 
 
@@ -126,6 +135,26 @@ def _costliest_branch(computations: dict, rest: str) -> str:
   """A conditional runs one branch: the estimate takes the one that moves the most bytes."""
   return max(_branches(rest), key=lambda branch: traffic(computations, branch))
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_CONDITION = re.compile(r"condition=%?([\w.\-]+)")
+_INTEGER = re.compile(r"(\d+)\)")  # A constant instruction's operand text: "22)".
+
+
+def trip_count(computations: dict, rest: str) -> int | None:
+  """How many times a while loop runs its body: XLA:GPU's known_trip_count, else (XLA:TPU's HLO
+  carries none) N from a condition that is one `counter < N` against a constant, the counter
+  counting from 0 by 1 as lax.scan's and fori_loop's do; None when neither says."""
+  known = _TRIP_COUNT.search(rest)
+  if known:
+    return int(known.group(1))
+  condition = _CONDITION.search(rest)
+  ops = computations.get(condition.group(1), []) if condition else []
+  constants = {op[0]: int(_INTEGER.match(op[4]).group(1)) for op in ops
+               if op[1] == "constant" and _INTEGER.match(op[4])}
+  compares = [op for op in ops if op[1] == "compare" and "direction=LT" in op[4]]
+  if len(ops) and ops[-1] in compares and len(compares) == 1:
+    bound = [constants[o] for o in _operand_names(compares[0][4]) if o in constants]
+    return bound[0] if len(bound) == 1 else None
+  return None
 
 
 def _operand_names(rest: str) -> list[str]:
@@ -141,11 +170,13 @@ def _operand_names(rest: str) -> list[str]:
 def op_traffic(computations: dict, name: str) -> list[tuple[int, tuple]]:
   """(estimated bytes moved, instruction) for each instruction of computation `name` that moves
   any (see the module doc)."""
-  sizes = {op[0]: op[2] for op in computations.get(name, [])}
+  # What an instruction reads of an operand in device memory (an on-chip one is not traffic).
+  sizes = {op[0]: op[2] - array_bytes(op[3], on_chip=True) for op in computations.get(name, [])}
   starts = {op[0]: op for op in computations.get(name, []) if op[1] == "fusion-start"}
   found = []
   for op in computations.get(name, []):
-    op_name, opcode, size, _, rest = op
+    op_name, opcode, size, shape, rest = op
+    written_here = size - array_bytes(shape, on_chip=True)  # On-chip outputs are not traffic.
     if opcode in FREE or opcode in ("fusion-start", "async-start", "copy-start", "slice-start"):
       continue  # Async starts: their done carries the result (counted there).
     if opcode == "fusion-done" and _operand_names(rest)[:1] and _operand_names(rest)[0] in starts:
@@ -154,21 +185,22 @@ def op_traffic(computations: dict, name: str) -> list[tuple[int, tuple]]:
     called = _CALLS.search(rest)
     what = op_name + " " + (called.group(1) if called else "") + " " + opcode
     if opcode == "while":
-      trips = _TRIP_COUNT.search(rest)
-      moved = traffic(computations, called.group(1)) * (int(trips.group(1)) if trips else 1)
+      moved = traffic(computations, called.group(1)) * (trip_count(computations, rest) or 1)
     elif "update_slice" in what or "update-slice" in what:  # In place: reads and writes a slot.
       operands = sorted((sizes.get(o, 0) for o in _operand_names(rest)), reverse=True)
       moved = 2 * sum(operands[1:])  # All but the buffer updated (the largest operand).
     elif opcode != "fusion" and ("slice" in what or opcode in ("copy", "fusion-done",
                                                                  "copy-done")):
-      moved = 2 * size  # Reads what it keeps, writes it (a fusion's slices: _fused_io).
+      # Reads what it keeps, writes it (a fusion's slices: _fused_io); XLA:TPU's copies into
+      # on-chip memory (weights staged for the next kernels) write nothing to device memory.
+      moved = size + written_here
     elif opcode == "conditional":
       moved = traffic(computations, _costliest_branch(computations, rest))
     elif opcode == "call":
       continue
     else:
       read, written = _fused_io(computations, called.group(1) if called else None)
-      moved = (size if written is None else written) + sum(
+      moved = (written_here if written is None else written) + sum(
           read.get(i, sizes.get(o, 0)) for i, o in enumerate(_operand_names(rest)))
     found.append((moved, op))
   return found
@@ -197,6 +229,11 @@ def _fused_io(computations: dict, fused: str | None) -> tuple[dict[int, int], in
       if source and source[0] in parameters:
         index = parameters[source[0]]
         read[index] = read.get(index, 0) + size
+    elif opcode == "fusion" and _CALLS.search(rest):  # A nested fusion (XLA:TPU's) slicing it.
+      nested, _ = _fused_io(computations, _CALLS.search(rest).group(1))
+      for position, operand in enumerate(_operand_names(rest)):
+        if operand in parameters and position in nested:
+          read[parameters[operand]] = read.get(parameters[operand], 0) + nested[position]
   root = ops[-1]  # XLA prints a computation's ROOT last.
   outputs = ([by_name[o] for o in _operand_names(root[4]) if o in by_name]
              if root[1] == "tuple" else [root])
@@ -213,9 +250,11 @@ def _fused_io(computations: dict, fused: str | None) -> tuple[dict[int, int], in
 
 
 def _is_matmul(op_name: str, opcode: str, rest: str) -> bool:
+  """Library and Pallas calls, XLA:GPU's GEMM fusions, XLA:TPU's output fusions (a convolution
+  or dot and its epilogue)."""
   called = _CALLS.search(rest)
   return (opcode == "custom-call" or "gemm" in op_name or "dot" in op_name
-          or bool(called and "gemm" in called.group(1)))
+          or "kind=kOutput" in rest or bool(called and "gemm" in called.group(1)))
 
 
 def program_kernels(computations: dict, name: str, trips: int = 1) -> list[tuple]:
@@ -225,9 +264,8 @@ def program_kernels(computations: dict, name: str, trips: int = 1) -> list[tuple
   for moved, op in op_traffic(computations, name):
     op_name, opcode, _, _, rest = op
     if opcode == "while":
-      count = _TRIP_COUNT.search(rest)
       found += program_kernels(computations, _CALLS.search(rest).group(1),
-                               trips * (int(count.group(1)) if count else 1))
+                               trips * (trip_count(computations, rest) or 1))
     elif opcode == "conditional":
       found += program_kernels(computations, _costliest_branch(computations, rest), trips)
     else:
@@ -273,7 +311,7 @@ def summarize(text: str, top: int) -> str:
     moved = {op[0]: m for m, op in op_traffic(computations, name)}
     for op_name, opcode, size, shape, rest in by_size + moving:
       lines.append(f"  {size / 2**20:12.3f} {moved.get(op_name, 0) / 2**20:12.3f}  "
-                   f"{_kind(opcode, rest):28s} {shape}  {op_name}")
+                   f"{_kind(opcode, rest):28s} {display_shape(shape)}  {op_name}")
   return "\n".join(lines)
 
 

@@ -169,3 +169,69 @@ def test_a_conditional_counts_its_costliest_branch():
   branches = [hlo_summary.traffic(computations, b) for b in hlo_summary._branches(conditional[4])]
   assert len(branches) == 2 and moved[conditional[0]] == max(branches) > min(branches)
   assert hlo_summary.traffic(computations, entry) >= max(branches)
+
+
+# XLA:TPU's form: no known_trip_count (the condition says i < 4), a layer's weights sliced by a
+# fusion nested in the product's output fusion, and results placed in on-chip memory (S(1)).
+_TPU_MODULE = """
+HloModule t
+
+%cond (p: (s32[], f32[4,64,256], f32[8,64])) -> pred[] {
+  %c = s32[]{:T(128)} constant(4)
+  %p = (s32[], f32[4,64,256]{2,1,0}, f32[8,64]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  ROOT %lt = pred[] compare(%i, %c), direction=LT
+}
+
+%slice_layer (param_0: f32[4,64,256], param_1: s32[]) -> f32[64,256] {
+  %param_0 = f32[4,64,256]{2,1,0} parameter(0)
+  %param_1 = s32[] parameter(1)
+  %z = s32[] constant(0)
+  %ds = f32[1,64,256]{2,1,0} dynamic-slice(%param_0, %param_1, %z, %z), dynamic_slice_sizes={1,64,256}
+  ROOT %b = f32[64,256]{1,0} bitcast(%ds)
+}
+
+%product (param_0.1: f32[4,64,256], param_1.1: s32[], param_2.1: f32[8,64]) -> f32[8,256] {
+  %param_0.1 = f32[4,64,256]{2,1,0} parameter(0)
+  %param_1.1 = s32[] parameter(1)
+  %param_2.1 = f32[8,64]{1,0} parameter(2)
+  %w = f32[64,256]{1,0} fusion(%param_0.1, %param_1.1), kind=kLoop, calls=%slice_layer
+  ROOT %conv = f32[8,256]{1,0} convolution(%param_2.1, %w), dim_labels=bf_io->bf
+}
+
+%body (p.1: (s32[], f32[4,64,256], f32[8,64])) -> (s32[], f32[4,64,256], f32[8,64]) {
+  %p.1 = (s32[], f32[4,64,256]{2,1,0}, f32[8,64]{1,0}) parameter(0)
+  %i.1 = s32[] get-tuple-element(%p.1), index=0
+  %stack = f32[4,64,256]{2,1,0} get-tuple-element(%p.1), index=1
+  %x = f32[8,64]{1,0} get-tuple-element(%p.1), index=2
+  %staged = f32[8,64]{1,0:S(1)} copy(%x)
+  %out = f32[8,256]{1,0:S(1)} fusion(%stack, %i.1, %staged), kind=kOutput, calls=%product
+  ROOT %t = (s32[], f32[4,64,256]{2,1,0}, f32[8,64]{1,0}) tuple(%i.1, %stack, %x)
+}
+
+ENTRY %main (stack: f32[4,64,256], x: f32[8,64]) -> f32[8,64] {
+  %stack = f32[4,64,256]{2,1,0} parameter(0)
+  %x = f32[8,64]{1,0} parameter(1)
+  %zero = s32[] constant(0)
+  %init = (s32[], f32[4,64,256]{2,1,0}, f32[8,64]{1,0}) tuple(%zero, %stack, %x)
+  %loop = (s32[], f32[4,64,256]{2,1,0}, f32[8,64]{1,0}) while(%init), condition=%cond, body=%body
+  ROOT %r = f32[8,64]{1,0} get-tuple-element(%loop), index=2
+}
+"""
+
+
+def test_tpu_programs_trip_counts_nested_slices_and_on_chip_memory():
+  assert hlo_summary.array_bytes("(f32[8]{0:T(128)S(1)}, f32[4]{0})", on_chip=True) == 32
+  assert hlo_summary.array_bytes("(f32[8]{0:T(128)S(1)}, f32[4]{0})", on_chip=False) == 16
+  assert hlo_summary.array_bytes("(f32[8]{0:T(128)S(1)}, f32[4]{0})") == 48
+  computations, entry = hlo_summary.parse(_TPU_MODULE)
+  loop = next(op for op in computations[entry] if op[1] == "while")
+  assert hlo_summary.trip_count(computations, loop[4]) == 4  # From the condition's i < 4.
+  moved = {op[0]: m for m, op in hlo_summary.op_traffic(computations, "body")}
+  assert moved["staged"] == 8 * 64 * 4  # Read from device memory, written on chip.
+  # One layer's slice of the stack (through the nested fusion), the index; the staged input and
+  # the on-chip output are no traffic.
+  assert moved["out"] == 64 * 256 * 4 + 4
+  assert hlo_summary.traffic(computations, entry) == 4 * sum(moved.values())
+  kinds = hlo_summary.traffic_by_kind(computations, entry)
+  assert kinds["matmul"] == [4 * moved["out"], 4]  # An output fusion is the product's kernel.
