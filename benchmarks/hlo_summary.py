@@ -201,9 +201,26 @@ def op_traffic(computations: dict, name: str) -> list[tuple[int, tuple]]:
     else:
       read, written = _fused_io(computations, called.group(1) if called else None)
       moved = (written_here if written is None else written) + sum(
-          read.get(i, sizes.get(o, 0)) for i, o in enumerate(_operand_names(rest)))
+          read.get(i, _operand_read(computations, name, o, sizes.get(o, 0), rest))
+          for i, o in enumerate(_operand_names(rest)))
     found.append((moved, op))
   return found
+
+
+# gen_jax's flash kernel over stacked keys and values (kernels.flash_attention_at_layer) reads
+# one layer of each [layers, ...] operand; its name, in the call's metadata, says so.
+_AT_LAYER_KERNEL = "flash_attention_at_layer"
+
+
+def _operand_read(computations: dict, name: str, operand: str, size: int, rest: str) -> int:
+  """What an instruction reads of an operand: all of it, except a layer of a stack for the
+  at-layer flash kernel (a custom call's reads are not in the HLO; this one's are known)."""
+  if _AT_LAYER_KERNEL not in rest:
+    return size
+  shape = next((op[3] for op in computations.get(name, []) if op[0] == operand), "")
+  dims = _ARRAY.search(shape)
+  layers = [int(d) for d in dims.group(2).split(",") if d] if dims else []
+  return size // layers[0] if len(layers) == 5 else size
 
 
 def _fused_io(computations: dict, fused: str | None) -> tuple[dict[int, int], int | None]:

@@ -81,3 +81,17 @@ def pytest_sessionfinish(session, exitstatus):
   if _OWN_JIT_CACHE and "PYTEST_XDIST_WORKER" not in os.environ:
     import shutil
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+def kernel_operand_ranks(jaxpr) -> list[int]:
+  """Ranks of every pallas_call operand in a jaxpr and the jaxprs nested in it."""
+  ranks = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "pallas_call":
+      ranks += [v.aval.ndim for v in eqn.invars]
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          ranks += kernel_operand_ranks(sub)
+  return ranks

@@ -235,3 +235,22 @@ def test_tpu_programs_trip_counts_nested_slices_and_on_chip_memory():
   assert hlo_summary.traffic(computations, entry) == 4 * sum(moved.values())
   kinds = hlo_summary.traffic_by_kind(computations, entry)
   assert kinds["matmul"] == [4 * moved["out"], 4]  # An output fusion is the product's kernel.
+
+
+def test_the_at_layer_flash_kernel_reads_one_layer_of_its_stacks():
+  text = """HloModule m
+
+ENTRY %main (q: bf16[1,16,4,64], k: bf16[8,1,128,2,64]) -> bf16[1,16,4,64] {
+  %q = bf16[1,16,4,64]{3,2,1,0} parameter(0)
+  %k = bf16[8,1,128,2,64]{4,3,2,1,0} parameter(1)
+  ROOT %pallas_call.1 = bf16[1,16,4,64]{3,2,1,0} custom-call(%q, %k), custom_call_target="__gpu$xla.gpu.triton", metadata={op_name="jit(f)/flash_attention_at_layer/pallas_call"}
+}
+"""
+  computations, entry = hlo_summary.parse(text)
+  moved = {op[0]: m for m, op in hlo_summary.op_traffic(computations, entry)}
+  q_bytes, layer_bytes = 16 * 4 * 64 * 2, 128 * 2 * 64 * 2
+  assert moved["pallas_call.1"] == q_bytes + layer_bytes + q_bytes  # Query, one layer, output.
+  plain = text.replace("flash_attention_at_layer", "flash_attention_forward")
+  computations, entry = hlo_summary.parse(plain)
+  moved = {op[0]: m for m, op in hlo_summary.op_traffic(computations, entry)}
+  assert moved["pallas_call.1"] == q_bytes + 8 * layer_bytes + q_bytes  # Any other call: all.

@@ -93,6 +93,65 @@ def flash_attention_with_lse(query, key, value, *, causal: bool, segment_ids=Non
   return out[:, :query.shape[1], :, :query.shape[3]], lse
 
 
+def flash_attention_at_layer(query, key_layers, value_layers, layer, *, causal: bool,
+                             segment_ids=None, key_segment_ids=None,
+                             query_offset: int | jax.Array = 0, sliding_window: int | None = None,
+                             scale: float | None = None, backend: str = "gpu",
+                             block_q: int | None = None, block_k: int | None = None,
+                             interpret: bool = False, num_warps: int | None = None,
+                             num_stages: int | None = None, key_splits: int | None = None):
+  """`flash_attention`'s forward pass against layer `layer` (an int32 scalar, traced or not) of
+  stacked keys and values [layers, b, s, k, h]: a decoding step inside a layer loop over a
+  stacked KV cache. The GPU kernel reads that layer in place, where slicing it out first copies
+  it every step; the TPU backend, and keys that would need padding to whole tiles (s not a
+  multiple of the kernels' largest key block, head_dim not a power of two of at least 16), take
+  the slice. Not differentiable. Other arguments as `flash_attention`.
+  Returns:
+    [b, t, n, h] in value's dtype.
+  """
+  if key_layers.ndim != 5 or key_layers.shape != value_layers.shape:
+    raise ValueError(f"key_layers and value_layers must be [layers, batch, length, kv_heads, "
+                     f"head_dim] alike, got {key_layers.shape} and {value_layers.shape}")
+  options = dict(causal=causal, segment_ids=segment_ids, key_segment_ids=key_segment_ids,
+                 query_offset=query_offset, sliding_window=sliding_window, scale=scale,
+                 backend=backend, block_q=block_q, block_k=block_k, interpret=interpret,
+                 num_warps=num_warps, num_stages=num_stages, key_splits=key_splits)
+  layer = jax.lax.stop_gradient(jnp.asarray(layer, jnp.int32))
+  # One layer's shapes plan the call (the unused slice is dead code once traced).
+  config, padded = _prepare(query, key_layers[0], value_layers[0], causal, segment_ids,
+                            key_segment_ids, query_offset, sliding_window, scale, backend,
+                            block_q, block_k, interpret, num_warps, num_stages, False,
+                            key_splits=key_splits)
+  if backend != "gpu" or padded[1].shape != key_layers.shape[1:]:
+    take = lambda x: jax.lax.dynamic_index_in_dim(x, layer, keepdims=False)
+    return flash_attention(query, take(key_layers), take(value_layers), **options)
+  query, _, _, query_ids, key_ids, offset = padded
+  out = _flash_at_layer(config, query, key_layers, value_layers, query_ids, key_ids, offset,
+                        layer.reshape(1))
+  return out[:, :config.mask.query_length, :, :key_layers.shape[-1]]
+
+
+# A custom_vjp, as `_flash` is: XLA-level dead-code elimination (flax's nn.scan runs it to find
+# what a layer body broadcasts) drops an unused custom_vjp call, never a bare pallas_call.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash_at_layer(config, query, key_layers, value_layers, query_ids, key_ids, offset, layer):
+  out, _ = flash_attention_gpu.forward(query, key_layers, value_layers, query_ids, key_ids,
+                                       offset, config, layer=layer)
+  return out
+
+
+def _flash_at_layer_forward(config, *args):
+  return _flash_at_layer(config, *args), None
+
+
+def _flash_at_layer_backward(config, residuals, d_out):
+  raise NotImplementedError("flash_attention_at_layer is a decoding step's forward pass: "
+                            "differentiate flash_attention on the layer's slice instead")
+
+
+_flash_at_layer.defvjp(_flash_at_layer_forward, _flash_at_layer_backward)
+
+
 def flash_attention_backward(query, key, value, out, lse, d_out, *, causal: bool,
                              segment_ids=None, key_segment_ids=None,
                              query_offset: int | jax.Array = 0, sliding_window: int | None = None,

@@ -79,6 +79,8 @@ def _compiler_params(config: FlashConfig, head_dim: int) -> plgpu.CompilerParams
                               num_stages=config.num_stages or 2)
 
 
+# The name of the forward kernel reading one layer of stacked keys and values.
+AT_LAYER_KERNEL = "flash_attention_at_layer"
 # Programs the forward pass aims for when few query blocks meet many keys (decoding against a
 # long cache: one query block per head): about two per SM of an H100 or H200 (132 SMs), so that
 # every SM streams a part of the keys instead of a few SMs streaming all of them.
@@ -98,9 +100,11 @@ def key_splits(programs: int, key_blocks: int, requested: int | None = None) -> 
   return max(1, min(-(-_TARGET_PROGRAMS // programs), key_blocks // _MIN_SPLIT_BLOCKS))
 
 
-def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig):
+def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig, layer=None):
   """query [b, t, n, h], key/value [b, s, k, h], ids [b, t]/[b, s] int32 or None (all padded),
-  offset int32 [1] if config.mask.dynamic_offset else None.
+  offset int32 [1] if config.mask.dynamic_offset else None. With `layer` (int32 [1]), key and
+  value are stacks [layers, b, s, k, h] and the kernel reads that layer's in place (a decoding
+  step in a layer loop over a stacked KV cache); the residuals are then for no backward pass.
 
   Returns out [b, t, n, h] (`result_type` of value) and the residuals `backward` takes. With
   `key_splits` parts, each program attends its query block to one part of the keys and writes a
@@ -108,17 +112,23 @@ def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig):
   small where splitting pays, few queries against many keys).
   """
   b, t, n, h = query.shape
-  s, num_kv_heads = key.shape[1], key.shape[2]
+  s, num_kv_heads = key.shape[-3], key.shape[-2]
   group = n // num_kv_heads
   block_q, block_k = config.blocks.forward
   splits = key_splits(t // block_q * b * n, s // block_k, config.key_splits)
   q_block, query_spec, kv_spec, row_spec, ids_specs = _query_major_specs(
       t, s, h, block_q, group, config.mask.causal, query_ids)
-  inputs = (query, key, value, query_ids, key_ids, offset)
-  in_specs = [query_spec, kv_spec, kv_spec, *ids_specs, _offset_spec(offset)]
+  if layer is not None:  # Every layer's [s, h] block of the head: the kernel indexes the layer.
+    kv_spec = pl.BlockSpec((key.shape[0], None, s, None, h), lambda i, bi, ni: (
+        0, bi, 0, lax.div(ni, group), 0))
+  inputs = (query, key, value, query_ids, key_ids, offset, layer)
+  in_specs = [query_spec, kv_spec, kv_spec, *ids_specs, _scalar_spec(offset),
+              _scalar_spec(layer)]
   call = functools.partial(
       pl.pallas_call, compiler_params=_compiler_params(config, h), interpret=config.interpret,
-      name="flash_attention_forward")
+      # The at-layer variant is named apart: it reads one layer of its [layers, ...] operands
+      # (benchmarks/hlo_summary.py's estimate counts it so), and remat never saves it.
+      name="flash_attention_forward" if layer is None else AT_LAYER_KERNEL)
   if splits == 1:
     out, lse = call(
         functools.partial(_forward_kernel, config=config, q_block=q_block, splits=1),
@@ -188,7 +198,7 @@ def backward(residuals, d_out, config: FlashConfig):
       functools.partial(_dkdv_kernel, config=config, group=group),
       grid=(s // block_k, b, num_kv_heads),
       in_specs=[whole_queries, key_block, key_block, whole_queries, whole_rows, whole_rows,
-                *ids_specs, _offset_spec(offset), *[whole_queries] * len(accumulator)],
+                *ids_specs, _scalar_spec(offset), *[whole_queries] * len(accumulator)],
       out_specs=[key_block, key_block, *[whole_queries] * len(accumulator)],
       out_shape=[output_struct(key.shape, result_type(config, key), *inputs),
                  output_struct(value.shape, result_type(config, value), *inputs),
@@ -209,7 +219,7 @@ def backward(residuals, d_out, config: FlashConfig):
       functools.partial(_dq_kernel, config=config, q_block=q_block),
       grid=(t // block_q, b, n),
       in_specs=[query_spec, kv_spec, kv_spec, query_spec, row_spec, row_spec, *ids_specs,
-                _offset_spec(offset)],
+                _scalar_spec(offset)],
       out_specs=query_spec,
       out_shape=output_struct(query.shape, result_type(config, query), *inputs),
       compiler_params=_compiler_params(config, h),
@@ -250,14 +260,15 @@ def _query_major_specs(t, s, h, block_q, group, causal, query_ids):
   return q_block, query_spec, kv_spec, row_spec, ids_specs
 
 
-def _offset_spec(offset):
-  """The run-time query offset [1]: the same one-element block for every program (or None)."""
-  return None if offset is None else pl.BlockSpec((1,), lambda *_: (0,))
+def _scalar_spec(scalar):
+  """A run-time scalar input [1] (the query offset, a layer index): the same one-element block
+  for every program (or None without one)."""
+  return None if scalar is None else pl.BlockSpec((1,), lambda *_: (0,))
 
 
-def _load_offset(offset_ref):
-  """The run-time query offset, a scalar, or None when the mask holds a static one."""
-  return None if offset_ref is None else offset_ref[0]
+def _load_scalar(scalar_ref):
+  """A run-time scalar input's value, or None without one (a static query offset: the mask's)."""
+  return None if scalar_ref is None else scalar_ref[0]
 
 
 def _walk_blocks(step, block_range, unmasked_range, carry):
@@ -268,15 +279,20 @@ def _walk_blocks(step, block_range, unmasked_range, carry):
   return lax.fori_loop(full_end, end, functools.partial(step, masked=True), carry)
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, q_ids_ref, k_ids_ref, offset_ref, out_ref, lse_ref, *,
-                    config: FlashConfig, q_block, splits: int):
-  """q_ref, out_ref [block_q, h]; k_ref, v_ref [s, h]; q_ids_ref [block_q]; k_ids_ref [s];
-  offset_ref [1] or None; lse_ref [block_q], base 2. With splits > 1 the program attends to part
-  pl.program_id(3) of the query block's key blocks (consecutive, equal but for the last)."""
+def _forward_kernel(q_ref, k_ref, v_ref, q_ids_ref, k_ids_ref, offset_ref, layer_ref, out_ref,
+                    lse_ref, *, config: FlashConfig, q_block, splits: int):
+  """q_ref, out_ref [block_q, h]; k_ref, v_ref [s, h], or [layers, s, h] with layer_ref [1] (the
+  layer to read); q_ids_ref [block_q]; k_ids_ref [s]; offset_ref [1] or None; lse_ref [block_q],
+  base 2. With splits > 1 the program attends to part pl.program_id(3) of the query block's key
+  blocks (consecutive, equal but for the last)."""
   mask = config.mask
   block_q, block_k = config.blocks.forward
   i = q_block(pl.program_id(0))
-  offset = _load_offset(offset_ref)
+  offset = _load_scalar(offset_ref)
+  layer = _load_scalar(layer_ref)
+  # One indexer per load (Triton's lowering takes no view of a view): the layer goes in it.
+  rows_of = (lambda ref, rows: ref[rows, :]) if layer is None else (
+      lambda ref, rows: ref[layer, rows, :])
   q = q_ref[...]
   q_row = i * block_q + jnp.arange(block_q)[:, None]
   q_ids = None if q_ids_ref is None else q_ids_ref[...][:, None]
@@ -285,7 +301,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, q_ids_ref, k_ids_ref, offset_ref, out_r
   def step(j, carry, masked):
     acc, row_max, row_sum = carry
     keys = pl.ds(j * block_k, block_k)
-    logits = _dot_nt(q, k_ref[keys, :]) * logit_scale  # [block_q, block_k]
+    logits = _dot_nt(q, rows_of(k_ref, keys)) * logit_scale  # [block_q, block_k]
     if masked:
       k_pos = j * block_k + jnp.arange(block_k)[None, :]
       k_ids = None if k_ids_ref is None else k_ids_ref[keys][None, :]
@@ -296,7 +312,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, q_ids_ref, k_ids_ref, offset_ref, out_r
     correction = jnp.exp2(row_max - shift)
     probs = jnp.exp2(logits - shift[:, None])
     row_sum = row_sum * correction + probs.sum(axis=1)
-    values = v_ref[keys, :]
+    values = rows_of(v_ref, keys)
     acc = acc * correction[:, None] + _dot(probs.astype(values.dtype), values)
     return acc, new_max, row_sum
 
@@ -329,7 +345,7 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_ids_ref, k_i
   mask = config.mask
   block_q, block_k = config.blocks.dkdv
   j = pl.program_id(0)
-  offset = _load_offset(offset_ref)
+  offset = _load_scalar(offset_ref)
   k, v = k_ref[...], v_ref[...]
   k_pos = j * block_k + jnp.arange(block_k)[:, None]
   k_ids = None if k_ids_ref is None else k_ids_ref[...][:, None]
@@ -371,7 +387,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_ids_ref, k_ids
   mask = config.mask
   block_q, block_k = config.blocks.dq
   i = q_block(pl.program_id(0))
-  offset = _load_offset(offset_ref)
+  offset = _load_scalar(offset_ref)
   q, do = q_ref[...], do_ref[...]
   lse, delta = lse_ref[...][:, None], delta_ref[...][:, None]
   q_row = i * block_q + jnp.arange(block_q)[:, None]

@@ -144,12 +144,17 @@ class Attention(nn.Module):
       cache = {name: jax.lax.dynamic_update_slice(cache[name], new[None].astype(cache[name].dtype),
                                                    start)
                for name, new in (("key", key), ("value", value))}
-      keys, values = (jax.lax.dynamic_index_in_dim(cache[name], cache_layer, keepdims=False)
-                      for name in ("key", "value"))  # [b, L, k, h]
+      keys, values = cache["key"], cache["value"]  # [layers, b, L, k, h]: ops reads one.
+    layer = cache_layer
+    if layer is not None and (keys.dtype != query.dtype or values.dtype != value.dtype):
+      # A cache kept in another dtype: cast this layer's slice, not the whole stack.
+      keys, values = (jax.lax.dynamic_index_in_dim(x, layer, keepdims=False)
+                      for x in (keys, values))
+      layer = None
     out = ops.attention(query, keys.astype(query.dtype), values.astype(value.dtype),
                         causal=True, segment_ids=segment_ids, key_segment_ids=cache_segment_ids,
                         query_offset=cache_index, sliding_window=self.sliding_window,
-                        impl=self.attention_impl,
+                        impl=self.attention_impl, key_layer=layer,
                         # A cache holds positions in order: striping is for whole sequences.
                         sequence_parallel=("ring" if self.sequence_parallel == "striped_ring"
                                            else self.sequence_parallel))  # [b, t, n, h]

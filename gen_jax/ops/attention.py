@@ -100,6 +100,7 @@ def attention(
     scale: float | None = None,
     impl: str = "xla",
     sequence_parallel: str = "all_gather",
+    key_layer: int | jax.Array | None = None,
 ) -> jax.Array:
   """Multi-head attention with grouped kv heads.
 
@@ -125,11 +126,31 @@ def attention(
       split cache, the keys are gathered) and runs "xla" or "pallas" blocks, not "cudnn".
       "striped_ring" says the caller put the sequence in stripe order (`to_stripes` with
       `sequence_shards`); self-attention only (query_offset 0), no sliding window.
+    key_layer: key and value are stacks [layers, b, s, k, h] (a stacked KV cache in a decoding
+      layer loop) and the call attends to layer key_layer's (an int32 scalar, traced or not). The
+      Pallas GPU kernel reads that layer in place; other implementations, and a mesh of more than
+      one device, attend to the slice (which XLA:GPU copies out every step for a kernel call).
   Returns:
     [b, t, n, h] in the dtype of `value`.
   """
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"attention impl {impl!r} is not one of {ATTENTION_IMPLS}")
+  if key_layer is not None:
+    if key.ndim != 5:
+      raise ValueError(f"key_layer: key and value must be [layers, b, s, k, h] stacks, got "
+                       f"{key.shape}")
+    layer_shape = jax.ShapeDtypeStruct(key.shape[1:], key.dtype)
+    in_place = (resolve_impl(impl, cudnn_serves=cudnn_serves(
+        query, layer_shape, layer_shape, query_offset, segment_ids, causal)) == "pallas"
+                and pallas_target()["backend"] == "gpu" and sequence_parallel != "striped_ring"
+                and getattr(parallel_context.active_mesh(), "size", 1) == 1)
+    if in_place:
+      from gen_jax import kernels
+      return kernels.flash_attention_at_layer(
+          query, key, value, key_layer, causal=causal, segment_ids=segment_ids,
+          key_segment_ids=key_segment_ids, query_offset=query_offset,
+          sliding_window=sliding_window, scale=scale, **pallas_target())
+    key, value = (jax.lax.dynamic_index_in_dim(x, key_layer, keepdims=False) for x in (key, value))
   n, k = query.shape[2], key.shape[2]
   if n % k:
     raise ValueError(f"query heads {n} must be a multiple of kv heads {k}")

@@ -14,6 +14,7 @@ import dataclasses
 import contextlib
 import itertools
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -338,6 +339,29 @@ def test_lowers_for_hardware_in_shard_map(backend, platform, call):
     lowered = jax.jit(output_and_grads).trace(query, key, value).lower(
         lowering_platforms=(platform,))
   assert lowered.as_text().count(f"custom_call @{call}") == 3
+
+
+def test_the_kernel_reading_one_layer_of_a_stacked_cache_lowers_for_triton_and_refuses_grads():
+  """flash_attention_at_layer: a decoding step's query against layer i of [layers, b, s, k, h]
+  stacks, with the keys split over programs: one Triton call, which takes the whole stacks."""
+  from gen_jax.kernels import flash_attention_at_layer
+  target = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=jax.sharding.AbstractDevice(
+      device_kind="NVIDIA H100", num_cores=None, platform="gpu"))
+  step = lambda q, k, v, layer, offset: flash_attention_at_layer(
+      q, k, v, layer, causal=True, query_offset=offset, backend="gpu")
+  shapes = (jax.ShapeDtypeStruct((1, 1, 4, 64), jnp.bfloat16),
+            *[jax.ShapeDtypeStruct((6, 1, 4096, 2, 64), jnp.bfloat16)] * 2,
+            jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32))
+  with jax.sharding.use_abstract_mesh(target):
+    text = jax.jit(step).trace(*shapes).lower(lowering_platforms=("cuda",)).as_text()
+  assert text.count("custom_call @__gpu$xla.gpu.triton") == 1
+  operands = re.search(r"custom_call @__gpu\$xla\.gpu\.triton\(([^)]*)\)", text).group(1)
+  assert "%arg1" in operands and "%arg2" in operands  # The stacks themselves, not slices.
+  q, k = _qkv(0, 1, 1, 32, 2, 1, 16)[:2]
+  stack = jnp.stack([k, k])
+  with pytest.raises(NotImplementedError, match="a decoding step's forward pass"):
+    jax.grad(lambda q: flash_attention_at_layer(q, stack, stack, 1, causal=True, query_offset=31,
+                                                interpret=True).sum())(q)
 
 
 def test_triton_settings_reach_the_gpu_kernels_and_the_tpu_backend_refuses_them():

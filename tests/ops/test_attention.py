@@ -6,6 +6,7 @@ import pytest
 
 from gen_jax import ops
 from tests import reference
+from tests.conftest import kernel_operand_ranks
 
 
 def _qkv(seed, b, t, s, n, k, h):
@@ -111,3 +112,28 @@ def test_cudnn_serves_only_the_calls_its_kernel_computes():
   short_q = q[:, :8]
   assert not ops.cudnn_serves(short_q, k, v, 0, None, causal=True)
   assert ops.cudnn_serves(short_q, k, v, 0, None, causal=False)  # Cross-attention: no mask.
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+@pytest.mark.parametrize("layer", [0, 2])
+def test_attention_to_one_layer_of_a_stacked_cache_equals_attention_to_its_slice(impl, layer):
+  """key_layer: a decoding step in a layer loop over a stacked cache. The Pallas kernel reads the
+  layer in place (its call takes the whole stack, no slice of it is made); XLA takes the slice."""
+  r = np.random.default_rng(3)
+  stack = lambda: jnp.asarray(r.normal(size=(3, 2, 32, 2, 16)), jnp.float32)  # [L, b, s, k, h]
+  keys, values = stack(), stack()
+  query = jnp.asarray(r.normal(size=(2, 1, 4, 16)), jnp.float32)
+  key_ids = np.ones((2, 32), np.int32)
+  key_ids[1, 20:] = 0  # Empty slots of a shorter row.
+  options = dict(causal=True, segment_ids=np.ones((2, 1), np.int32), key_segment_ids=key_ids,
+                 impl=impl)
+
+  def at_layer(query, keys, values, index, offset):
+    return ops.attention(query, keys, values, query_offset=offset, key_layer=index, **options)
+  got = jax.jit(at_layer)(query, keys, values, jnp.int32(layer), jnp.int32(19))
+  want = ops.attention(query, keys[layer], values[layer], query_offset=jnp.int32(19), **options)
+  np.testing.assert_allclose(got, want, atol=2e-5)
+  jaxpr = jax.make_jaxpr(at_layer)(query, keys, values, jnp.int32(layer), jnp.int32(19))
+  assert (5 in kernel_operand_ranks(jaxpr.jaxpr)) == (impl == "pallas")  # The whole stack goes in.
+  with pytest.raises(ValueError, match=r"key_layer: key and value must be \[layers, b, s, k, h\]"):
+    ops.attention(query, keys[0], values[0], key_layer=0, **options)

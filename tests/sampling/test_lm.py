@@ -9,6 +9,7 @@ import pytest
 
 from gen_jax.models import Transformer, TransformerConfig, init_kv_cache, unstack_layers
 from gen_jax.sampling import SamplingParams, generate, generate_batch, sample_continuations
+from tests.conftest import kernel_operand_ranks
 
 CFG = TransformerConfig(vocab_size=40, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=1,
                         head_dim=8, mlp_dim=48, max_seq_len=16)
@@ -202,3 +203,23 @@ def test_the_layer_loop_refuses_a_cache_of_per_layer_buffers():
   with pytest.raises(ValueError, match="stacked KV cache"):
     model.apply({"params": params}, jnp.ones((1, 2), jnp.int32), jnp.zeros((1, 2), jnp.int32),
                 jnp.ones((1, 2), jnp.int32), cache=cache, cache_index=0)
+
+
+def test_the_layer_loop_decodes_with_the_flash_kernel_reading_the_stacked_cache_in_place():
+  """attention_impl=pallas (the kernel interpreted here) in the rolled loop: each layer's keys and
+  values are read in the stacked cache, not sliced out; greedy tokens equal XLA's."""
+  config = dataclasses.replace(CFG, head_dim=16, max_seq_len=32)
+  model = Transformer(config)
+  params = jax.tree.map(lambda x: x.unbox(), model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"],
+                        is_leaf=lambda x: hasattr(x, "unbox"))
+  prompts = [[3, 7, 11], [5, 2, 9, 4, 4, 8, 1]]
+  run = lambda impl: generate_batch(
+      Transformer(dataclasses.replace(config, attention_impl=impl)), params, prompts,
+      max_new_tokens=5, sampling=SamplingParams(temperature=0.0), rng=jax.random.key(0),
+      eos_id=-1, max_seq_len=config.max_seq_len)
+  assert run("pallas") == run("xla")
+  cache = init_kv_cache(config, 1, 16)
+  step = jax.make_jaxpr(lambda p, c: Transformer(dataclasses.replace(config, attention_impl="pallas")).apply(
+      {"params": p}, jnp.ones((1, 1), jnp.int32), jnp.ones((1, 1), jnp.int32),
+      jnp.ones((1, 1), jnp.int32), cache=c, cache_index=3))(params, cache)
+  assert 5 in kernel_operand_ranks(step.jaxpr)  # The kernel takes the whole [layers, ...] stack.
