@@ -205,9 +205,11 @@ def _compile(devices) -> None:
   token_loop = max(((n, d) for n, d in hlo_summary.loop_bodies(computations, entry) if d == 1),
                    key=lambda nd: hlo_summary.traffic(computations, nd[0]))[0]
   moved = hlo_summary.traffic(computations, token_loop)
+  launches = sum(executions for _, executions, _, _ in
+                 hlo_summary.program_kernels(computations, token_loop))
   print(f"token loop {token_loop}: est. {moved / 2**20:.1f} MiB per step against "
         f"{(param_bytes + cache_bytes) / 2**20:.1f} MiB of weights and cache to read: "
-        f"{moved / (param_bytes + cache_bytes):.2f}x")
+        f"{moved / (param_bytes + cache_bytes):.2f}x; {launches} kernels per step")
 
 
 def _write(text: str, name: str, start: float) -> None:
