@@ -30,7 +30,9 @@
 #               of the step at 47.5% MFU
 #   kernel_tests  tests/kernels' GPU cases compiled with Triton instead of interpreted
 #               (GEN_JAX_COMPILED_KERNELS=1): every awkward shape, mask and offset of the CPU suite
-#               (the flash tests: 20 in 34 s on the H200), and the quantized matmul's; and cuDNN's
+#               (the flash tests: 20 in 34 s on the H200; since the seventh session of 2026-12-04
+#               also the forward split over the keys and the kernel reading one layer of a stacked
+#               cache), and the quantized matmul's; and cuDNN's
 #               packed layout of documents (tests/ops/test_cudnn_packed.py: output and gradients
 #               against the XLA reference, GQA, a sliding window, padding, an all-padding row, and
 #               the Pallas fallback for rows of more documents than it is compiled for)

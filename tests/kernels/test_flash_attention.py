@@ -341,6 +341,28 @@ def test_lowers_for_hardware_in_shard_map(backend, platform, call):
   assert lowered.as_text().count(f"custom_call @{call}") == 3
 
 
+@pytest.mark.parametrize("splits", [None, 1, 3])
+def test_gpu_forward_at_one_layer_of_stacks_equals_the_layers_slice(splits):
+  """flash_attention_at_layer against flash_attention on the slice: a decoding step (static and
+  traced layer, traced offset, key documents with padding, GQA), compiled on a GPU with
+  GEN_JAX_COMPILED_KERNELS=1 (the kernel_tests device stage), interpreted elsewhere."""
+  from gen_jax.kernels import flash_attention_at_layer
+  r = np.random.default_rng(21)
+  stacks = [jnp.asarray(r.normal(size=(3, 2, 128, 2, 16)), jnp.float32) for _ in range(2)]
+  query = jnp.asarray(r.normal(size=(2, 1, 4, 16)), jnp.float32)
+  key_ids = np.ones((2, 128), np.int32)
+  key_ids[1, 90:] = 0
+  options = dict(causal=True, segment_ids=np.ones((2, 1), np.int32), key_segment_ids=key_ids,
+                 block_q=16, block_k=16, interpret=_interpret("gpu"))
+  for layer in (1, jnp.int32(2)):
+    got = jax.jit(lambda q, k, v, o, layer=layer: flash_attention_at_layer(
+        q, k, v, layer, query_offset=o, key_splits=splits, **options))(query, *stacks,
+                                                                         jnp.int32(88))
+    want = flash_attention(query, stacks[0][int(layer)], stacks[1][int(layer)],
+                           query_offset=jnp.int32(88), **options)
+    _assert_all_close([np.asarray(got)], [np.asarray(want)], atol=2e-5)
+
+
 def test_the_kernel_reading_one_layer_of_a_stacked_cache_lowers_for_triton_and_refuses_grads():
   """flash_attention_at_layer: a decoding step's query against layer i of [layers, b, s, k, h]
   stacks, with the keys split over programs: one Triton call, which takes the whole stacks."""
