@@ -50,12 +50,16 @@
 #               kernels that took the time (a copy of each layer's weights would show by name);
 #               the traces come back in artifacts.tar.gz
 # Then, as far as the lease allows,
-# STAGES="decode_7b attention_decode decode_1b_int32 lm_train_flags lm_train_trace decode_1b_graphs decode_hlo lm_train_remat attention attention_1b decode":
+# STAGES="decode_7b decode_7b_long attention_decode decode_1b_int32 lm_train_flags lm_train_trace decode_1b_graphs decode_hlo lm_train_remat attention attention_1b decode":
 #   decode_7b   the same for Llama-2-7B's shape, bf16 and int8 (the config's, and with separate
 #               layers): where a layer's weights (400 MB,
 #               about 100 us at the H200's bandwidth) outweigh its kernel launches, so where the 70%
 #               roofline target can be judged (at 135M a layer takes 44 us, at 1.1B 116 us, of
 #               which launches are most of the first and half of the second: BENCHMARKS.md)
+#   decode_7b_long  Llama-2-7B's shape in bf16 at a 3900-token prompt (4000 cached tokens), the
+#               rolled loop (the flash kernel reading each layer's keys and values in place in the
+#               stacked cache, split over the SMs, since the seventh session of 2026-12-04;
+#               aot_hlo.py: 1.01x the bytes to read, was 1.29x) beside separate layers
 #   attention_decode  a decoding step's attention against 1k to 32k cached keys (Llama-2-7B's 32
 #               heads of 128; the 1b preset's 32 query and 4 kv heads of 64): XLA, the Pallas
 #               kernel splitting the keys over programs (Flash-Decoding, since the seventh session
@@ -160,6 +164,7 @@ declare -A COMMANDS=(
   [lm_train_trace]="rm -rf /tmp/lm_train_trace; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=dots --steps=3 --trace_dir=/tmp/lm_train_trace {ARGS}; cp \$(find /tmp/lm_train_trace -name perfetto_trace.json.gz | head -1) \$ART/lm_train_trace.json.gz"
   [decode_7b]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_7b_config.json --weights=bfloat16,int8 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=scan_layers=False"
   [kernel_tests]="env GEN_JAX_COMPILED_KERNELS=1 python3 -m pytest -q -p no:cacheprovider tests/kernels tests/ops/test_cudnn_packed.py -k 'gpu or quantized_matmul'"
+  [decode_7b_long]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_7b_config.json --weights=bfloat16 --batch_sizes=1 --prompt_tokens=3900 --new_tokens=100 --draft_layers=0 --nohf --nono_cache --variants=scan_layers=False"
   [decode_1b_int32]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=int8,int4 --batch_sizes=32 --weight_matmul_impls=xla,pallas --draft_layers=0 --nohf --nono_cache --variants=''"
   [attention_decode]="for shape in '--num_heads=32 --num_kv_heads=32 --head_dim=128' '--num_heads=32 --num_kv_heads=4 --head_dim=64'; do python3 benchmarks/attention.py \$shape --lengths= --check_length=0 --nosplit_forward --decode_lengths=1024,4096,16384,32768 {ARGS}; done"
   [lm_train_cudnn]="for remat in dots dots_attention; do echo \"| remat=\$remat |\"; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=cudnn --set=model.remat=\$remat {ARGS}; done"
@@ -173,7 +178,7 @@ declare -A COMMANDS=(
 # unrolled decoders' compiles took over 30 s each there; not yet measured).
 declare -A LIMITS=([decode_trace]=150 [lm_train_trace]=80 [attention]=220 [attention_1b]=100 [lm_train]=60 [decode]=150 [decode_1b]=180 [decode_7b]=140
                    [decode_hlo]=60 [decode_1b_options]=90 [decode_1b_graphs]=90
-                   [lm_train_xla]=70 [lm_train_remat]=100 [lm_train_flags]=140 [kernel_tests]=120 [lm_train_cudnn]=120 [attention_decode]=90 [decode_1b_int32]=90)
+                   [lm_train_xla]=70 [lm_train_remat]=100 [lm_train_flags]=140 [kernel_tests]=120 [lm_train_cudnn]=120 [attention_decode]=90 [decode_1b_int32]=90 [decode_7b_long]=120)
 DEFAULT_STAGES="decode_1b lm_train_cudnn kernel_tests decode_1b_options decode_trace"
 for stage in ${STAGES:-$DEFAULT_STAGES}; do
   limit_var="LIMIT_$stage"
