@@ -83,15 +83,20 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
-def kernel_operand_ranks(jaxpr) -> list[int]:
-  """Ranks of every pallas_call operand in a jaxpr and the jaxprs nested in it."""
-  ranks = []
+def pallas_calls(jaxpr) -> list:
+  """Every pallas_call equation of a jaxpr and of the jaxprs nested in its equations."""
+  found = []
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == "pallas_call":
-      ranks += [v.aval.ndim for v in eqn.invars]
+      found.append(eqn)
     for param in eqn.params.values():
       for sub in param if isinstance(param, (tuple, list)) else (param,):
-        sub = getattr(sub, "jaxpr", sub)
+        sub = getattr(sub, "jaxpr", sub)  # A ClosedJaxpr's Jaxpr.
         if hasattr(sub, "eqns"):
-          ranks += kernel_operand_ranks(sub)
-  return ranks
+          found += pallas_calls(sub)
+  return found
+
+
+def kernel_operand_ranks(jaxpr) -> list[int]:
+  """Ranks of every pallas_call operand in a jaxpr and the jaxprs nested in it."""
+  return [v.aval.ndim for eqn in pallas_calls(jaxpr) for v in eqn.invars]

@@ -135,6 +135,10 @@ def attention(
   """
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"attention impl {impl!r} is not one of {ATTENTION_IMPLS}")
+  if sliding_window is not None and sliding_window < 1:
+    raise ValueError(f"sliding_window must be positive or None, got {sliding_window}")
+  if sequence_parallel not in SEQUENCE_PARALLEL:
+    raise ValueError(f"sequence_parallel {sequence_parallel!r} is not one of {SEQUENCE_PARALLEL}")
   if key_layer is not None:
     if key.ndim != 5:
       raise ValueError(f"key_layer: key and value must be [layers, b, s, k, h] stacks, got "
@@ -154,10 +158,6 @@ def attention(
   n, k = query.shape[2], key.shape[2]
   if n % k:
     raise ValueError(f"query heads {n} must be a multiple of kv heads {k}")
-  if sliding_window is not None and sliding_window < 1:
-    raise ValueError(f"sliding_window must be positive or None, got {sliding_window}")
-  if sequence_parallel not in SEQUENCE_PARALLEL:
-    raise ValueError(f"sequence_parallel {sequence_parallel!r} is not one of {SEQUENCE_PARALLEL}")
   striped = sequence_parallel == "striped_ring"
   if striped and (sliding_window is not None or not isinstance(query_offset, int)
                   or query_offset or query.shape[1] != key.shape[1]):

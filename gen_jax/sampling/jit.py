@@ -11,8 +11,8 @@ stack, and without the dot merger nothing is concatenated: 1.01x for both, and a
 moves 1.14-1.22x instead of 1.34-3.26x (benchmarks/aot_hlo.py's estimates of XLA:GPU's compiled
 program for an H200; docs/BENCHMARKS.md). Only the decoding programs get these options: whether a
 train step gains from them is a timing question for the device (benchmarks/device_checks.sh's
-lm_train_flags; by the same estimate the 1b preset's step would move 248 instead of 285 GiB in
-memory-bound kernels and 230 instead of 211 GiB in products).
+lm_train_flags; by the same estimate the 1b preset's step would move 304.6 instead of 326.7 GiB
+in memory-bound kernels and 193.4 instead of 174.1 GiB in products, docs/BENCHMARKS.md).
 
 `COMPILER_OPTIONS[platform]` is read when a call compiles, so a researcher can compare or drop them
 (`COMPILER_OPTIONS["gpu"] = {}`) without touching the loops.

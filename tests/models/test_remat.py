@@ -10,6 +10,7 @@ import pytest
 
 from gen_jax.models import Transformer, TransformerConfig
 from gen_jax.models.transformer import FLASH_FORWARD_KERNEL, REMAT_POLICIES
+from tests.conftest import pallas_calls
 
 # The Pallas kernels (interpreted on a CPU) with Triton's smallest tiles: 16 tokens.
 CFG = TransformerConfig(vocab_size=48, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -21,16 +22,7 @@ FORWARD_KERNELS = {"none": 1, "full": 2, "dots": 2, "attention": 1, "dots_attent
 
 def _kernel_calls(jaxpr, name: str) -> int:
   """pallas_call equations named `name` in a jaxpr and every jaxpr nested in its equations."""
-  count = 0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "pallas_call" and str(eqn.params.get("name")) == name:
-      count += 1
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        sub = getattr(sub, "jaxpr", sub)  # A ClosedJaxpr's Jaxpr.
-        if hasattr(sub, "eqns"):
-          count += _kernel_calls(sub, name)
-  return count
+  return sum(str(eqn.params.get("name")) == name for eqn in pallas_calls(jaxpr))
 
 
 @pytest.fixture(scope="module")
