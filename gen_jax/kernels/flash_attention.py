@@ -14,11 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gen_jax.kernels import flash_attention_gpu, flash_attention_tpu
+from gen_jax.kernels import flash_attention_gpu, flash_attention_mosaic_gpu, flash_attention_tpu
 from gen_jax.kernels.flash_attention_tiles import FlashConfig, TileMask
 
-FLASH_BACKENDS = ("gpu", "tpu")
-_KERNELS = {"gpu": flash_attention_gpu, "tpu": flash_attention_tpu}
+FLASH_BACKENDS = ("gpu", "mosaic_gpu", "tpu")
+_KERNELS = {"gpu": flash_attention_gpu, "mosaic_gpu": flash_attention_mosaic_gpu,
+            "tpu": flash_attention_tpu}
+# Backends whose backward pass is the Triton kernels (and takes their settings).
+_TRITON_BACKWARD = ("gpu", "mosaic_gpu")
 
 
 def flash_attention(query, key, value, *, causal: bool, segment_ids=None, key_segment_ids=None,
@@ -43,11 +46,14 @@ def flash_attention(query, key, value, *, causal: bool, segment_ids=None, key_se
       Not differentiable. Only causal and sliding-window masks depend on it.
     sliding_window: a query sees keys with q_pos - k_pos < sliding_window (None: no limit).
     scale: logit scale (a Python float, static); defaults to 1/sqrt(h).
-    backend: one of FLASH_BACKENDS, the kernels to run ("gpu": Triton, "tpu": Mosaic).
+    backend: one of FLASH_BACKENDS, the kernels to run ("gpu": Triton; "mosaic_gpu": a Hopper
+      forward kernel in Mosaic GPU (wgmma, TMA) with the Triton backward kernels, for bf16/fp16,
+      head_dim <= 128 and a static query_offset (`flash_attention_mosaic_gpu`); "tpu": Mosaic).
     block_q, block_k: tile sizes for every kernel (None: the backend's defaults).
     interpret: run the same kernels in the Pallas interpreter (on any device, e.g. CPU tests).
-    num_warps, num_stages: Triton's warps per program and pipelining depth for every kernel of
-      the GPU backend (None: its defaults; for tuning on new hardware, benchmarks/attention.py).
+    num_warps, num_stages: Triton's warps per program and pipelining depth for every Triton
+      kernel (the gpu backend's; mosaic_gpu's backward) (None: their defaults; for tuning on new
+      hardware, benchmarks/attention.py).
     dq_atomic: GPU backend: the dK/dV kernel also adds each tile's share of dQ into a float32
       buffer with atomic adds, in place of a separate dQ kernel that recomputes the logits and
       probabilities (FlashAttention-2's CUDA backward; 5 matmuls per tile pair instead of 7, at
@@ -192,7 +198,7 @@ def _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offs
   arrays padded to whole tiles, ids None without segments, the offset None when static."""
   if backend not in FLASH_BACKENDS:
     raise ValueError(f"backend {backend!r} is not one of {FLASH_BACKENDS}")
-  if backend != "gpu" and (num_warps or num_stages or dq_atomic or key_splits):
+  if backend not in _TRITON_BACKWARD and (num_warps or num_stages or dq_atomic or key_splits):
     raise ValueError("num_warps, num_stages, dq_atomic and key_splits are settings of the 'gpu' "
                      "backend")
   for name, setting in (("num_warps", num_warps), ("num_stages", num_stages),

@@ -1,0 +1,336 @@
+"""FlashAttention's forward pass for Hopper GPUs in Pallas' Mosaic GPU dialect (FlashAttention-3's
+recipe: Shah et al., 2024), with the Triton backend's backward kernels.
+
+Pallas' Triton backend reaches about 0.56x cuDNN's forward+backward at 8k tokens on an H200
+(docs/BENCHMARKS.md) whatever its tiles: Triton does not give Pallas Hopper's asynchronous
+tensor-core instructions (wgmma) or its bulk copy engine (TMA). Mosaic GPU does. Each program
+(a CTA) takes 2 * block_q queries of one head and runs three warpgroups: two compute warpgroups of
+block_q queries each, which multiply with wgmma out of shared memory and keep the online softmax in
+registers, and one memory warpgroup that streams the key and value blocks into a ring of
+`slots` shared-memory buffers with TMA, so that loading the next blocks overlaps the products.
+
+Synchronization, per ring slot: the memory warpgroup's copies complete `key_ready`/`value_ready`;
+each compute warpgroup arrives on `key_free`/`value_free` once it no longer reads the slot (two
+arrivals complete them), and the memory warpgroup waits for that before it refills the slot. A
+Mosaic GPU barrier tracks its phase per thread, so every thread must wait on every completion of
+a barrier it waits on, in order: a compute warpgroup walks all the key blocks of its CTA, and on a
+block its own queries do not see (the CTA's range is the union of both warpgroups' ranges) it
+waits and releases without computing.
+
+Which keys a query sees is `TileMask`, the Triton and TPU kernels' predicate, so the log-sum-exp
+saved here (base 2, +inf for a row that sees no key, the Triton forward's convention) feeds the
+Triton backward kernels unchanged: `backward` and `residuals` are theirs.
+
+Supported: bfloat16/float16, head_dim up to 128 (padded to 64 or 128), causal masks, sliding
+windows, segment ids, grouped kv heads, a static query offset; results in the inputs' dtype.
+Anything else (a run-time query offset, a float32 result, Flash-Decoding's key splits, a layer of
+a stacked cache) is the Triton backend's: `forward` raises naming it. Letters: b batch, t/s
+query/key length, n/k query/kv heads, g = n // k, h head_dim.
+"""
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from gen_jax.kernels import flash_attention_gpu
+from gen_jax.kernels.flash_attention_tiles import (
+  FlashConfig,
+  KernelBlocks,
+  inside_range,
+  output_struct,
+)
+
+_LOG2_E = math.log2(math.e)
+_ROWS_PER_WARPGROUP = 64  # wgmma's M: one warpgroup's queries.
+_COMPUTE_WARPGROUPS = 2
+# Key/value blocks in flight: 2 x 2 x [128, 128] bf16 is 128 KiB of the 227 KiB a CTA may use.
+_SLOTS = 2
+_SWIZZLE_BYTES = 128  # Shared-memory rows of 64 bf16 values, swizzled against bank conflicts.
+_DTYPES = ("bfloat16", "float16")
+# JAX 0.10's Mosaic GPU interpreter cannot read a transposed shared-memory operand.
+_INTERPRETER_TRANSPOSES_NOTHING = tuple(int(x) for x in jax.__version__.split(".")[:2]) < (0, 11)
+
+# The backward pass is the Triton backend's, on this forward pass's residuals.
+backward = flash_attention_gpu.backward
+residuals = flash_attention_gpu.residuals
+natural_lse = flash_attention_gpu.natural_lse
+
+
+def plan_blocks(head_dim: int, query_length: int, key_length: int, block_q: int | None,
+                block_k: int | None, interpret: bool) -> KernelBlocks:
+  """The forward kernel's tiles (block_q: queries per compute warpgroup, fixed at wgmma's 64;
+  block_k: keys per ring slot, default 128) and the Triton backward kernels' (`block_q` and
+  `block_k` set theirs, as on the gpu backend); lengths padded to whole tiles of all of them
+  (a CTA takes 2 * 64 queries), head_dim to 64 or 128."""
+  if head_dim > 128:
+    raise ValueError(f"the mosaic_gpu backend takes head_dim up to 128, got {head_dim}")
+  triton = flash_attention_gpu.plan_blocks(head_dim, query_length, key_length, block_q, block_k,
+                                           interpret)
+  forward_k = block_k or 128
+  if forward_k % 64:
+    raise ValueError(f"block_k must be a multiple of 64 on the mosaic_gpu backend, got {block_k}")
+  cta_rows = _COMPUTE_WARPGROUPS * _ROWS_PER_WARPGROUP
+  step_q = math.lcm(cta_rows, *(bq for bq, _ in (triton.dkdv, triton.dq)))
+  step_k = math.lcm(forward_k, *(bk for _, bk in (triton.dkdv, triton.dq)))
+  return KernelBlocks(forward=(_ROWS_PER_WARPGROUP, forward_k), dkdv=triton.dkdv, dq=triton.dq,
+                      padded_query_length=-(-query_length // step_q) * step_q,
+                      padded_key_length=-(-key_length // step_k) * step_k,
+                      padded_head_dim=64 if head_dim <= 64 else 128)
+
+
+def check_supported(dtype, config: FlashConfig, offset=None, layer=None) -> None:
+  """Raises ValueError naming what this backend's forward kernel does not take (the gpu
+  backend's Triton kernels take all of it)."""
+  if jnp.dtype(dtype).name not in _DTYPES:
+    raise ValueError(f"the mosaic_gpu backend takes {_DTYPES} inputs, got {jnp.dtype(dtype)}")
+  if offset is not None or config.mask.dynamic_offset:
+    raise ValueError("the mosaic_gpu backend takes a static (Python int) query_offset only")
+  if layer is not None:
+    raise ValueError("the mosaic_gpu backend does not read a layer of a stacked cache")
+  if config.key_splits not in (None, 1):
+    raise ValueError("key_splits is a setting of the gpu backend's forward kernel")
+  if config.result_dtype not in (None, jnp.dtype(dtype).name):
+    raise ValueError(f"the mosaic_gpu backend's forward writes its inputs' dtype, not "
+                     f"result_dtype={config.result_dtype}")
+
+
+def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig, layer=None,
+            interpret=None):
+  """query [b, t, n, h], key/value [b, s, k, h], ids [b, t]/[b, s] int32 or None, all padded
+  (`plan_blocks`); offset must be None (a static query offset is config.mask's).
+
+  Returns out [b, t, n, h] and the residuals `backward` takes (the lse base 2, [b, n, t]).
+  interpret: a Mosaic GPU interpreter's parameters (tests), else config.interpret picks JAX's
+  default ones and None compiles for the GPU.
+  """
+  check_supported(query.dtype, config, offset, layer)
+  b, t, n, h = query.shape
+  s, num_kv_heads = key.shape[1], key.shape[2]
+  group = n // num_kv_heads
+  block_q, block_k = config.blocks.forward
+  cta_rows = _COMPUTE_WARPGROUPS * block_q
+  num_ctas, slots = t // cta_rows, _SLOTS
+  if t % cta_rows or s % block_k or h not in (64, 128):
+    raise ValueError(f"unpadded shapes {query.shape}, {key.shape}: pad with plan_blocks")
+  if interpret is None and config.interpret:
+    from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+    interpret = InterpretGPUParams()
+  # On the GPU the probabilities go from registers straight into wgmma (FlashAttention-3); JAX's
+  # Mosaic GPU interpreter only multiplies operands in shared memory, so there they are staged.
+  stage_probs = interpret is not None
+  stage_keys = stage_probs and _INTERPRETER_TRANSPOSES_NOTHING
+  # Registers' layouts mean nothing to an interpreter; JAX 0.10's has no rule for setting one.
+  laid_out = (lambda x, layout: x) if stage_keys else plgpu.layout_cast
+  load = (lambda ref, layout: ref[...]) if stage_keys else (
+      lambda ref, layout: plgpu.load(ref, (), layout=layout))
+  iota = (lambda dim: lax.broadcasted_iota(jnp.int32, (block_q, block_k), dim)) if stage_keys else (
+      lambda dim: plgpu.broadcasted_iota(jnp.int32, (block_q, block_k), dim,
+                                         layout=plgpu.Layout.WGMMA))
+  mask, segments = config.mask, query_ids is not None
+  logit_scale = config.scale * _LOG2_E
+  tiles = (plgpu.TilingTransform((8, _SWIZZLE_BYTES // query.dtype.itemsize)),
+           plgpu.SwizzleTransform(_SWIZZLE_BYTES))
+  rows_layout, keys_layout = plgpu.Layout.WGMMA.reduce(1), plgpu.Layout.WGMMA.reduce(0)
+
+  def kernel(q_ref, k_ref, v_ref, *refs):
+    q_ids_ref, k_ids_ref, out_ref, lse_ref = refs if segments else (None, None, *refs)
+    batch, head = lax.axis_index("batch"), lax.axis_index("heads")
+    # Causal CTAs near the end see the most keys: launching them first balances the SMs.
+    cta = lax.axis_index("q_blocks")
+    if mask.causal:
+      cta = num_ctas - 1 - cta
+    kv_head = lax.div(head, group)
+    first, end = mask.key_blocks(cta, cta_rows, block_k)  # Both warpgroups' keys.
+
+    def slot_of(step):
+      return lax.rem(step - first, slots)
+
+    def key_ids(smem, slot):  # A ring slot's key ids; the row after the ring holds query ids.
+      return smem["ids"].at[slot, pl.ds(0, block_k)]
+
+    def compute(smem, barriers):
+      wg = lax.axis_index("wg")
+      q_block = cta * _COMPUTE_WARPGROUPS + wg
+      rows = pl.ds(q_block * block_q, block_q)
+      qo_smem = smem["qo"].at[wg]
+      plgpu.copy_gmem_to_smem(q_ref.at[batch, rows, head], qo_smem, barriers["q_ready"].at[wg])
+      q_ids = None
+      if segments:
+        q_ids_smem = smem["ids"].at[slots, pl.ds(wg * block_q, block_q)]
+        plgpu.copy_gmem_to_smem(q_ids_ref.at[batch, rows], q_ids_smem,
+                                barriers["q_ids_ready"].at[wg])
+        plgpu.barrier_wait(barriers["q_ids_ready"].at[wg])
+        q_ids = lax.broadcast_in_dim(load(q_ids_smem, rows_layout),
+                                     (block_q, block_k), [0])
+      plgpu.barrier_wait(barriers["q_ready"].at[wg])
+      q_row, k_col = iota(0) + q_block * block_q, iota(1)
+
+      def wait_keys(slot):
+        plgpu.barrier_wait(barriers["key_ready"].at[slot])
+        if segments:
+          plgpu.barrier_wait(barriers["key_ids_ready"].at[slot])
+
+      def attend(step, carry, masked):
+        acc, row_max, row_sum = carry
+        slot = slot_of(step)
+        wait_keys(slot)
+
+        keys_t = smem["k"].at[slot].transpose((1, 0))  # [h, block_k]
+        if stage_keys:  # JAX 0.10's interpreter reads no transposed operand: transpose a copy.
+          smem["keys_t"].at[wg][...] = smem["k"].at[slot][...].T
+          plgpu.commit_smem()
+          keys_t = smem["keys_t"].at[wg]
+
+        def logits_of(acc_ref):
+          plgpu.wgmma(acc_ref, qo_smem, keys_t)
+          return acc_ref[...]
+
+        logits = pl.run_scoped(logits_of, plgpu.ACC((block_q, block_k), jnp.float32))
+        logits = logits * logit_scale  # [block_q, block_k], base 2.
+        if masked:
+          k_ids = None
+          if segments:
+            k_ids = lax.broadcast_in_dim(
+                load(key_ids(smem, slot), keys_layout), logits.shape, [1])
+          visible = mask.visible(q_row, k_col + step * block_k, q_ids, k_ids)
+          logits = jnp.where(visible, logits, -jnp.inf)
+        plgpu.barrier_arrive(barriers["key_free"].at[slot])
+        new_max = jnp.maximum(row_max, logits.max(axis=1))
+        # Rows that have seen no visible key keep max -inf; shifting them by 0 keeps exp2 at 0.
+        shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
+        correction = jnp.exp2(row_max - shift)
+        probs = jnp.exp2(logits - lax.broadcast_in_dim(shift, logits.shape, [0]))
+        row_sum = row_sum * correction + probs.sum(axis=1)
+        probs = probs.astype(query.dtype)
+        plgpu.barrier_wait(barriers["value_ready"].at[slot])
+
+        if stage_probs:  # The interpreter's wgmma reads its left operand from shared memory.
+          smem["probs"].at[wg][...] = probs
+          plgpu.commit_smem()
+          probs = smem["probs"].at[wg]
+
+        def accumulate(acc_ref):
+          plgpu.wgmma(acc_ref, probs, smem["v"].at[slot])
+
+        acc = acc * lax.broadcast_in_dim(correction, acc.shape, [0])
+        if stage_probs:  # The interpreter has no run_state: a fresh accumulator, then a sum.
+          acc = acc + pl.run_scoped(lambda acc_ref: (accumulate(acc_ref), acc_ref[...])[1],
+                                    plgpu.ACC((block_q, h), jnp.float32))
+        else:  # wgmma adds into the rescaled accumulator: no second [block_q, h] of registers.
+          acc = pl.run_state(accumulate)(plgpu.ACC.init(acc))
+        plgpu.barrier_arrive(barriers["value_free"].at[slot])
+        return acc, new_max, row_sum
+
+      def skip(step, carry):  # A block of the CTA this warpgroup's queries do not see.
+        slot = slot_of(step)
+        wait_keys(slot)
+        plgpu.barrier_arrive(barriers["key_free"].at[slot])
+        plgpu.barrier_wait(barriers["value_ready"].at[slot])
+        plgpu.barrier_arrive(barriers["value_free"].at[slot])
+        return carry
+
+      # An empty range (rows of padding) may sit anywhere: clip it into the CTA's.
+      own_first, own_end = inside_range(*mask.key_blocks(q_block, block_q, block_k), first, end)
+      full_first, full_end = inside_range(*mask.unmasked_key_blocks(q_block, block_q, block_k),
+                                          own_first, own_end)
+      carry = (laid_out(jnp.zeros((block_q, h), jnp.float32), plgpu.Layout.WGMMA),
+               laid_out(jnp.full((block_q,), -jnp.inf, jnp.float32), rows_layout),
+               laid_out(jnp.zeros((block_q,), jnp.float32), rows_layout))
+      carry = lax.fori_loop(first, own_first, skip, carry)
+      for start, stop, masked in ((own_first, full_first, True), (full_first, full_end, False),
+                                  (full_end, own_end, True)):
+        carry = lax.fori_loop(start, stop, functools.partial(attend, masked=masked), carry)
+      acc, row_max, row_sum = lax.fori_loop(own_end, end, skip, carry)
+      # A row that sees no key outputs 0; its lse of +inf makes every recomputed probability 0.
+      empty = row_sum == 0.0
+      inverse = 1.0 / jnp.where(empty, 1.0, row_sum)
+      qo_smem[...] = (acc * lax.broadcast_in_dim(inverse, acc.shape, [0])).astype(query.dtype)
+      smem["lse"].at[wg][...] = jnp.where(empty, jnp.inf, row_max + jnp.log2(
+          jnp.where(empty, 1.0, row_sum)))
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(qo_smem, out_ref.at[batch, rows, head])
+      plgpu.copy_smem_to_gmem(smem["lse"].at[wg], lse_ref.at[batch, head, rows])
+      plgpu.wait_smem_to_gmem(0)
+
+    def stream(smem, barriers):  # The memory warpgroup: fills the ring, one slot per key block.
+      @pl.loop(first, end)
+      def _(step):
+        slot, keys = slot_of(step), pl.ds(step * block_k, block_k)
+        refill = step - first >= slots
+
+        @pl.when(refill)
+        def _():
+          plgpu.barrier_wait(barriers["key_free"].at[slot])
+
+        plgpu.copy_gmem_to_smem(k_ref.at[batch, keys, kv_head], smem["k"].at[slot],
+                                barriers["key_ready"].at[slot])
+        if segments:
+          plgpu.copy_gmem_to_smem(k_ids_ref.at[batch, keys], key_ids(smem, slot),
+                                  barriers["key_ids_ready"].at[slot])
+
+        @pl.when(refill)
+        def _():
+          plgpu.barrier_wait(barriers["value_free"].at[slot])
+
+        plgpu.copy_gmem_to_smem(v_ref.at[batch, keys, kv_head], smem["v"].at[slot],
+                                barriers["value_ready"].at[slot])
+
+      # Observe the releases of the last blocks too: every waiter of a barrier must see each of
+      # its phases (and the CTA's shared memory outlives every read of it).
+      @pl.loop(jnp.maximum(first, end - slots), end)
+      def _(step):
+        plgpu.barrier_wait(barriers["key_free"].at[slot_of(step)])
+        plgpu.barrier_wait(barriers["value_free"].at[slot_of(step)])
+
+    def scoped(smem, barriers):
+      wg = lax.axis_index("wg")
+
+      @pl.when(wg < _COMPUTE_WARPGROUPS)
+      def _():
+        plgpu.set_max_registers(232, action="increase")  # The softmax's and products' registers.
+        compute(smem, barriers)
+
+      @pl.when(wg == _COMPUTE_WARPGROUPS)
+      def _():
+        plgpu.set_max_registers(40, action="decrease")
+        stream(smem, barriers)
+
+    smem = {"qo": plgpu.SMEM((_COMPUTE_WARPGROUPS, block_q, h), query.dtype, transforms=tiles),
+            "k": plgpu.SMEM((slots, block_k, h), key.dtype, transforms=tiles),
+            "v": plgpu.SMEM((slots, block_k, h), value.dtype, transforms=tiles),
+            "lse": plgpu.SMEM((_COMPUTE_WARPGROUPS, block_q), jnp.float32)}
+    barriers = {"q_ready": plgpu.Barrier(num_barriers=_COMPUTE_WARPGROUPS),
+                "key_ready": plgpu.Barrier(num_barriers=slots),
+                "value_ready": plgpu.Barrier(num_barriers=slots),
+                # Both compute warpgroups release a slot before it is refilled.
+                "key_free": plgpu.Barrier(num_arrivals=_COMPUTE_WARPGROUPS, num_barriers=slots),
+                "value_free": plgpu.Barrier(num_arrivals=_COMPUTE_WARPGROUPS,
+                                            num_barriers=slots)}
+    if stage_keys:
+      smem["keys_t"] = plgpu.SMEM((_COMPUTE_WARPGROUPS, h, block_k), key.dtype, transforms=tiles)
+    if stage_probs:
+      smem["probs"] = plgpu.SMEM((_COMPUTE_WARPGROUPS, block_q, block_k), query.dtype,
+                                 transforms=tiles)
+    if segments:
+      # One buffer: a ring slot of key ids per key block, then a row of both warpgroups' query
+      # ids. (Two int32 buffers deadlock JAX 0.11's Mosaic GPU interpreter.)
+      smem["ids"] = plgpu.SMEM((slots + 1, max(block_k, cta_rows)), jnp.int32)
+      barriers["q_ids_ready"] = plgpu.Barrier(num_barriers=_COMPUTE_WARPGROUPS)
+      barriers["key_ids_ready"] = plgpu.Barrier(num_barriers=slots)
+    pl.run_scoped(scoped, smem, barriers, collective_axes="wg")
+
+  inputs = (query, key, value, *((query_ids, key_ids) if segments else ()))
+  out, lse = plgpu.kernel(
+      kernel,
+      out_type=[output_struct(query.shape, query.dtype, *inputs),
+                output_struct((b, n, t), jnp.float32, *inputs)],
+      grid=(n, num_ctas, b), grid_names=("heads", "q_blocks", "batch"),
+      num_threads=_COMPUTE_WARPGROUPS + 1, thread_name="wg",
+      compiler_params=plgpu.CompilerParams(approx_math=True),
+      interpret=interpret,
+  )(*inputs)
+  return out, (query, key, value, query_ids, key_ids, offset, out, lse)

@@ -1,0 +1,135 @@
+"""The Mosaic GPU (Hopper) forward kernel of flash attention, backend="mosaic_gpu".
+
+Forward and backward lower to one Mosaic GPU custom call and the Triton backward kernels
+(register layouts, wgmma shapes and shared-memory transforms are checked while lowering), and
+unsupported calls are refused by name. Numerics: JAX's Mosaic GPU interpreter runs the kernel's
+three warpgroups as threads on the CPU with simulated shared memory, barriers and TMA copies, so
+the tile walk, the masks, the barrier protocol (a missed phase deadlocks or fails) and the
+softmax run as written; the interpreter's wgmma reads both operands from shared memory, so there
+the kernel stages the probabilities (and on JAX 0.10, which transposes no operand, a transposed
+copy of the keys) where the GPU multiplies straight from registers and a transposed view.
+GEN_JAX_COMPILED_KERNELS=1 on a Hopper GPU runs them compiled (device_checks.sh kernel_tests).
+"""
+import contextlib
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gen_jax import ops
+from gen_jax.kernels import flash_attention, flash_attention_with_lse
+
+COMPILED = os.environ.get("GEN_JAX_COMPILED_KERNELS") == "1" and jax.default_backend() == "gpu"
+_JAX_VERSION = tuple(int(x) for x in jax.__version__.split(".")[:2])
+
+# name: (b, t, s, n, k, h, options); lengths no multiple of the tiles.
+CASES = {
+    "causal_gqa2": (2, 200, 200, 4, 2, 64, {"causal": True}),
+    "window_packed": (1, 300, 300, 2, 1, 64, {"causal": True, "sliding_window": 70,
+                                              "segment_ids": "packed"}),
+    "cache_offset_h128": (1, 70, 330, 2, 2, 128, {"causal": True, "query_offset": 260}),
+    "bidirectional_mqa": (1, 130, 130, 4, 1, 64, {"causal": False}),
+}
+
+
+def _inputs(case, seed=0):
+  b, t, s, n, k, h, options = CASES[case]
+  r = np.random.default_rng(seed)
+  query, key, value = (jnp.asarray(r.normal(size=shape), jnp.bfloat16)
+                       for shape in ((b, t, n, h), (b, s, k, h), (b, s, k, h)))
+  options = dict(options)
+  if options.get("segment_ids") == "packed":  # Three documents, then padding that sees nothing.
+    ids = np.concatenate([np.full(90, 1), np.full(120, 2), np.full(80, 3), np.zeros(t - 290)])
+    options["segment_ids"] = jnp.asarray(np.tile(ids, (b, 1)), jnp.int32)
+  return (query, key, value), options
+
+
+def _interpret():
+  return not COMPILED
+
+
+def _outputs_and_grads(fn, query, key, value):
+  cotangent = jnp.asarray(np.random.default_rng(7).normal(size=query.shape), jnp.float32)
+
+  def run(q, k, v):
+    out, vjp = jax.vjp(fn, q, k, v)
+    return (out, *vjp(cotangent.astype(out.dtype)))
+
+  return [np.asarray(x, np.float32) for x in jax.jit(run)(query, key, value)]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_forward_and_gradients_match_the_reference(case):
+  """Out and (through the Triton backward on this forward's residuals) dq, dk, dv against the
+  XLA reference in float32 on the same bf16 inputs; and against the Triton forward, which rounds
+  the same way, far closer."""
+  (query, key, value), options = _inputs(case)
+  flash = _outputs_and_grads(lambda q, k, v: flash_attention(
+      q, k, v, backend="mosaic_gpu", interpret=_interpret(), **options), query, key, value)
+  triton = _outputs_and_grads(lambda q, k, v: flash_attention(
+      q, k, v, backend="gpu", interpret=_interpret(), **options), query, key, value)
+  up = lambda x: x.astype(jnp.float32)
+  reference = _outputs_and_grads(lambda q, k, v: ops.attention(
+      up(q), up(k), up(v), impl="xla", **options), query, key, value)
+  for name, got, same_rounding, want in zip(("out", "dq", "dk", "dv"), flash, triton, reference):
+    assert np.isfinite(got).all(), name
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, atol=0.02 * scale, err_msg=name)
+    np.testing.assert_allclose(got, same_rounding, atol=0.01 * scale, err_msg=name)
+  if "segment_ids" in options:  # Padding sees nothing and is seen by nothing: exact zeros.
+    padding = np.asarray(options["segment_ids"]) == 0
+    for name, x in zip(("out", "dq", "dk", "dv"), flash):
+      assert (x[padding] == 0).all(), name
+
+
+def test_log_sum_exp_matches_the_reference():
+  (query, key, value), options = _inputs("window_packed")
+  out, lse = flash_attention_with_lse(query, key, value, backend="mosaic_gpu",
+                                      interpret=_interpret(), **options)
+  up = lambda x: x.astype(jnp.float32)
+  _, want = flash_attention_with_lse(up(query), up(key), up(value), backend="gpu",
+                                     interpret=True, **options)
+  padding = np.asarray(options["segment_ids"]) == 0
+  assert np.all(np.asarray(lse)[:, :, padding[0]] == -np.inf)  # Rows that see no key.
+  seen = ~padding[0]
+  np.testing.assert_allclose(np.asarray(lse)[:, :, seen], np.asarray(want)[:, :, seen], atol=2e-2)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_lowers_to_mosaic_gpu_and_triton(case):
+  """jit(value and grad) lowers for a GPU: one Mosaic GPU kernel (the forward) and the Triton
+  dK/dV and dQ kernels."""
+  (query, key, value), options = _inputs(case)
+  # From JAX 0.11 Triton's lowering reads the target GPU off an abstract mesh when the default
+  # device is a CPU.
+  target = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=jax.sharding.AbstractDevice(
+      device_kind="NVIDIA H100", num_cores=None, platform="gpu"))
+
+  def loss(q, k, v):
+    return flash_attention(q, k, v, backend="mosaic_gpu", **options).astype(jnp.float32).sum()
+
+  shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (query, key, value)]
+  with jax.sharding.use_abstract_mesh(target) if _JAX_VERSION >= (0, 11) else (
+      contextlib.nullcontext()):
+    text = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).trace(*shapes).lower(
+        lowering_platforms=("cuda",)).as_text()
+  assert text.count("custom_call @mosaic_gpu") == 1, text[:2000]
+  assert text.count("custom_call @__gpu$xla.gpu.triton") == 2
+
+
+def test_refuses_what_it_does_not_take_by_name():
+  query = jnp.zeros((1, 64, 2, 64), jnp.float32)
+  with pytest.raises(ValueError, match="float32"):
+    flash_attention(query, query, query, causal=True, backend="mosaic_gpu")
+  query = query.astype(jnp.bfloat16)
+  with pytest.raises(ValueError, match="static .*query_offset"):
+    flash_attention(query, query, query, causal=True, query_offset=jnp.int32(3),
+                    backend="mosaic_gpu")
+  with pytest.raises(ValueError, match="head_dim up to 128"):
+    big = jnp.zeros((1, 64, 2, 192), jnp.bfloat16)
+    flash_attention(big, big, big, causal=True, backend="mosaic_gpu")
+  with pytest.raises(ValueError, match="result_dtype"):
+    flash_attention_with_lse(query, query, query, causal=True, backend="mosaic_gpu",
+                             result_dtype=jnp.float32)
