@@ -84,10 +84,12 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pallas_calls(jaxpr) -> list:
-  """Every pallas_call equation of a jaxpr and of the jaxprs nested in its equations."""
+  """Every Pallas kernel equation (pallas_call; mpmd_map for Mosaic GPU) of a jaxpr and of the
+  jaxprs nested in its equations."""
+  from gen_jax.models.transformer import PALLAS_KERNEL_PRIMITIVES
   found = []
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "pallas_call":
+    if eqn.primitive.name in PALLAS_KERNEL_PRIMITIVES:
       found.append(eqn)
     for param in eqn.params.values():
       for sub in param if isinstance(param, (tuple, list)) else (param,):

@@ -28,10 +28,13 @@ from gen_jax.quant.projection import STATS, Projection
 # "dots_attention" also keep the attention forward kernel's outputs (the Pallas flash kernel's
 # attention output and log-sum-exp, [b, t, n, h] + [b, n, t] per layer; cuDNN's output and
 # softmax statistics), which its backward kernels read, so the backward pass does not run the
-# forward kernel again.
+# forward kernel again. (Not the Mosaic GPU forward of attention_impl="pallas_mosaic": JAX's
+# partial evaluation of its primitive, mpmd_map, never saves outputs, so it reruns.)
 REMAT_POLICIES = ("none", "full", "dots", "attention", "dots_attention")
-# The pallas_call name of the flash forward kernel, GPU and TPU (gen_jax.kernels).
+# The name of the flash forward kernel, GPU (Triton, Mosaic GPU) and TPU (gen_jax.kernels), and
+# the primitives of Pallas kernels: pallas_call, and mpmd_map for a Mosaic GPU kernel.
 FLASH_FORWARD_KERNEL = "flash_attention_forward"
+PALLAS_KERNEL_PRIMITIVES = ("pallas_call", "mpmd_map")
 # The primitive of cuDNN's attention forward pass in JAX (jax.nn.dot_product_attention's cudnn
 # implementation and its packed layout, ops.attention's "cudnn").
 CUDNN_FORWARD_PRIMITIVE = "dot_product_attention_fwd_wrapper"
@@ -130,7 +133,8 @@ class _Block(nn.Module):
 
 
 def _attention_forward_saveable(primitive, *_, **params) -> bool:
-  return (primitive.name == "pallas_call" and str(params.get("name")) == FLASH_FORWARD_KERNEL
+  return (primitive.name in PALLAS_KERNEL_PRIMITIVES
+          and str(params.get("name")) == FLASH_FORWARD_KERNEL
           or primitive.name == CUDNN_FORWARD_PRIMITIVE)
 
 

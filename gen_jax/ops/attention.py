@@ -17,7 +17,13 @@ from gen_jax.parallel import context as parallel_context
 # GPU cudnn for the calls `cudnn_serves` (on an H200 it ran 1.25-1.8x the Pallas kernel,
 # docs/BENCHMARKS.md) and pallas for the rest (packed documents, until the device has timed and
 # checked cuDNN's packed layout; a cache offset), pallas on TPU, xla elsewhere.
-ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "auto")
+# pallas_mosaic: on a GPU the flash forward pass as a Hopper kernel in Mosaic GPU (wgmma and TMA,
+# kernels.flash_attention_mosaic_gpu) with the Triton backward, for the calls it takes
+# (`mosaic_serves`: training and prefill) and the Triton kernels for the rest (decoding steps
+# against a cache); the Mosaic GPU interpreter on a CPU; no TPU. Not yet timed on a device.
+ATTENTION_IMPLS = ("xla", "pallas", "pallas_mosaic", "cudnn", "auto")
+# The implementations that run gen_jax.kernels' flash attention.
+FLASH_IMPLS = ("pallas", "pallas_mosaic")
 # How attention runs when the `length` axis is split over mesh axes (sequence parallelism):
 # all_gather: each device gathers every key and value; ring: they travel round the devices one
 # shard at a time (gen_jax.ops.ring_attention), so no device holds more than one shard;
@@ -145,7 +151,7 @@ def attention(
                        f"{key.shape}")
     layer_shape = jax.ShapeDtypeStruct(key.shape[1:], key.dtype)
     in_place = (resolve_impl(impl, cudnn_serves=cudnn_serves(
-        query, layer_shape, layer_shape, query_offset, segment_ids, causal)) == "pallas"
+        query, layer_shape, layer_shape, query_offset, segment_ids, causal)) in FLASH_IMPLS
                 and pallas_target()["backend"] == "gpu" and sequence_parallel != "striped_ring"
                 and getattr(parallel_context.active_mesh(), "size", 1) == 1)
     if in_place:
@@ -209,15 +215,36 @@ def pallas_target(platform: str | None = None) -> dict:
           "interpret": platform not in ("tpu", "gpu")}
 
 
+def mosaic_serves(query, query_offset) -> bool:
+  """Whether impl "pallas_mosaic"'s Hopper forward kernel takes this call: bf16 or fp16, head_dim
+  up to 128, a static query offset (a decoding step's run-time one is the Triton kernel's)."""
+  return (query.dtype in (jnp.bfloat16, jnp.float16) and query.shape[-1] <= 128
+          and isinstance(query_offset, int))
+
+
+def _flash_target(impl: str, query, query_offset) -> dict:
+  """pallas_target for a flash impl: "pallas_mosaic" swaps in the Mosaic GPU forward kernel where
+  it serves the call."""
+  target = pallas_target()
+  if impl == "pallas_mosaic":
+    if target["backend"] == "tpu":
+      raise ValueError("impl 'pallas_mosaic' is a GPU (Hopper) kernel; on a TPU use 'pallas' or "
+                       "'auto'")
+    if mosaic_serves(query, query_offset):
+      target["backend"] = "mosaic_gpu"
+  return target
+
+
 def _local_attention(query, key, value, query_offset, *, causal, sliding_window, scale, impl,
                      segment_ids=None, key_segment_ids=None):
   impl = resolve_impl(impl, cudnn_serves=cudnn_serves(query, key, value, query_offset,
                                                       segment_ids, causal))
-  if impl == "pallas":
+  if impl in FLASH_IMPLS:
     from gen_jax import kernels  # Pallas lowering is only loaded by code that runs a kernel.
     return kernels.flash_attention(
         query, key, value, causal=causal, segment_ids=segment_ids, key_segment_ids=key_segment_ids,
-        query_offset=query_offset, sliding_window=sliding_window, scale=scale, **pallas_target())
+        query_offset=query_offset, sliding_window=sliding_window, scale=scale,
+        **_flash_target(impl, query, query_offset))
   if impl == "cudnn":
     return _cudnn_attention(query, key, value, query_offset, causal=causal, scale=scale,
                             sliding_window=sliding_window, segment_ids=segment_ids)
@@ -343,7 +370,10 @@ def _sharded_attention(mesh, inputs, options, ring: bool, striped: bool):
     ring_options = ring_attention.RingOptions(
         axes=key_length_axes, num_shards=math.prod(mesh.shape[a] for a in key_length_axes),
         causal=options["causal"], sliding_window=options["sliding_window"],
-        scale=options["scale"], impl=resolve_impl(options["impl"]), striped=striped)
+        scale=options["scale"], striped=striped,
+        # Ring blocks sum float32 partial outputs: the Triton forward's (Mosaic's writes bf16).
+        impl="pallas" if resolve_impl(options["impl"]) in FLASH_IMPLS else resolve_impl(
+            options["impl"]))
 
   def per_shard(x):
     x = {"query_offset": static_offset, **x}

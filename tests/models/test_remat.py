@@ -10,6 +10,7 @@ import pytest
 
 from gen_jax.models import Transformer, TransformerConfig
 from gen_jax.models.transformer import FLASH_FORWARD_KERNEL, REMAT_POLICIES
+from gen_jax.parallel.context import compiling_for
 from tests.conftest import pallas_calls
 
 # The Pallas kernels (interpreted on a CPU) with Triton's smallest tiles: 16 tokens.
@@ -54,3 +55,24 @@ def test_gradients_equal_no_remat_and_the_forward_kernel_runs_as_the_policy_says
     expected = jax.jit(_loss_grad("none"))(params, tokens)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  jax.jit(grad)(params, tokens), expected)
+
+
+def test_the_model_runs_the_mosaic_gpu_forward_kernel_on_a_gpu():
+  """attention_impl="pallas_mosaic" traced for a GPU: the forward kernel is the Mosaic GPU one
+  (an mpmd_map, not a Triton pallas_call), run again in the backward pass under remat=full.
+  (JAX's partial evaluation of mpmd_map never saves its outputs, so the attention policies
+  recompute it too: a JAX limitation, docs/BENCHMARKS.md.)"""
+  config = dataclasses.replace(CFG, head_dim=64, dtype="bfloat16", attention_impl="pallas_mosaic",
+                               remat="full")
+  tokens = jnp.zeros((1, 16), jnp.int32)
+
+  def loss(params):
+    return jnp.mean(Transformer(config).apply({"params": params}, tokens).astype(jnp.float32))
+
+  # Traced for a GPU: the interpreter's host callbacks (a CPU's) cannot sit under remat.
+  with compiling_for("gpu"):
+    params = jax.eval_shape(lambda: nn.meta.unbox(
+        Transformer(config).init(jax.random.key(1), tokens)["params"]))
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
+  calls = [eqn for eqn in pallas_calls(jaxpr) if str(eqn.params.get("name")) == FLASH_FORWARD_KERNEL]
+  assert [eqn.primitive.name for eqn in calls] == ["mpmd_map"] * 2

@@ -82,6 +82,35 @@ def test_pallas_impl_equals_xla_forward_and_gradients():
                              ops.attention(q, k, v, causal=True, segment_ids=seg), atol=2e-5)
 
 
+def test_pallas_mosaic_runs_the_mosaic_kernel_where_it_serves_and_triton_elsewhere():
+  """impl='pallas_mosaic': bf16 training calls go to the Mosaic GPU forward kernel (its
+  interpreter on CPU), a decoding step's run-time offset and float32 to the Triton kernels; all
+  equal the XLA reference, gradients too."""
+  q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in _qkv(9, 1, 70, 70, 4, 2, 64))
+  seg = np.array([[1] * 30 + [2] * 36 + [0] * 4])
+  assert ops.mosaic_serves(q, 0) and not ops.mosaic_serves(q, jnp.int32(3))
+  assert not ops.mosaic_serves(q.astype(jnp.float32), 0)
+  weights = np.sin(np.arange(q.size)).reshape(q.shape)
+
+  def loss(impl, **options):
+    return lambda q, k, v: (ops.attention(q, k, v, causal=True, impl=impl, **options).astype(
+        jnp.float32) * weights).sum()
+
+  for options in (dict(segment_ids=seg), dict(query_offset=jnp.int32(0))):
+    grads = jax.jit(jax.grad(loss("pallas_mosaic", **options), argnums=(0, 1, 2)))(q, k, v)
+    up = [x.astype(jnp.float32) for x in (q, k, v)]
+    want = jax.grad(loss("xla", **options), argnums=(0, 1, 2))(*up)
+    for got, expected in zip(grads, want):
+      np.testing.assert_allclose(np.asarray(got, np.float32), expected,
+                                 atol=0.03 * np.abs(expected).max())
+  # Which kernel ran: the Mosaic GPU interpreter simulates the GPU through host callbacks, the
+  # Pallas interpreter that runs the Triton kernels in plain XLA operations.
+  def lowered(offset):  # A Python int stays static in the closure; an array is a traced one.
+    return jax.jit(lambda q, k, v: ops.attention(q, k, v, causal=True, query_offset=offset,
+                                                 impl="pallas_mosaic")).lower(q, k, v).as_text()
+  assert "callback" in lowered(0) and "callback" not in lowered(jnp.int32(0))
+
+
 def test_auto_picks_the_kernel_for_the_backend_and_cudnn_refuses_what_it_cannot_mask():
   assert [ops.resolve_impl("auto", p) for p in ("tpu", "gpu", "cpu")] == ["pallas", "pallas", "xla"]
   assert [ops.resolve_impl("auto", p, cudnn_serves=True) for p in ("tpu", "gpu", "cpu")] == [
