@@ -12,9 +12,9 @@
 # every stage's full output is appended to $OUT/stages.txt as it ends, and the files stages make
 # for reading here (HLO dumps, profiler traces) go under $ART, packed into $OUT/artifacts.tar.gz
 # after each stage. The reply carries the end of the combined output, which ends with every
-# stage's results. Default stages, decode_1b lm_train_cudnn kernel_tests decode_1b_options
-# decode_trace (issues 5 and 4; the rows print as they finish, so a stage cut by its limit still
-# reports its first rows):
+# stage's results. Default stages, decode_1b lm_train_cudnn kernel_tests attention_mosaic
+# decode_1b_options (issues 5 and 4; the rows print as they finish, so a stage cut by its limit
+# still reports its first rows):
 #   decode_1b   benchmarks/decode.py at batch 1 for the 1b preset's shape (TinyLlama-1.1B, random
 #               weights): bf16, and int8/int4 by XLA (one product per scale group for a
 #               decoding row since the sixth session of 2026-12-04: by benchmarks/aot_hlo.py,
@@ -36,12 +36,20 @@
 #               packed layout of documents (tests/ops/test_cudnn_packed.py: output and gradients
 #               against the XLA reference, GQA, a sliding window, padding, an all-padding row, and
 #               the Pallas fallback for rows of more documents than it is compiled for)
+#   attention_mosaic  the Mosaic GPU forward kernel (attention_impl=pallas_mosaic: wgmma and TMA,
+#               warp-specialized; landed on 2026-12-05, interpreted on a CPU and lowered, never
+#               run on a GPU; kernel_tests runs its tests compiled first) against the Triton
+#               kernel and cuDNN, forward + backward at 2k and 8k (Llama shapes: 32 heads, 8 kv
+#               heads of 128), then each forward alone at 8k beside JAX's own Mosaic example;
+#               then at the 1b preset's shape (head_dim 64, 4 kv heads, 2k). Target: 0.9x cuDNN
 #   decode_1b_options  the 1.1B rows at batch 1 and 32 in bf16 (rolled and separate layers)
 #               compiled with XLA's defaults (--xla_options=none), then with
 #               gen_jax.sampling.jit.COMPILER_OPTIONS (the default since the seventh session of
 #               2026-12-04: cuBLAS products, dynamic-slice fusion, no dot merger; aot_hlo.py:
 #               the rolled loop's step then moves 1.01x of its weights, not 2.48x): whether the
 #               rolled loop now decodes as fast as separate layers, and cuBLAS as fast as Triton
+# Then, as far as the lease allows,
+# STAGES="decode_trace lm_train_mosaic decode_7b decode_7b_long attention_decode decode_1b_int32 lm_train_flags lm_train_trace decode_1b_graphs decode_hlo lm_train_remat attention attention_1b decode":
 #   decode_trace  the 1.1B decoder at batch 1 in bf16, rolled layer loop and separate layers
 #               (scan_layers=False; and checking for stopped rows every 8 tokens instead of
 #               every one: one host wait per 8 steps), each profiled for one call of 32 tokens and summarized by
@@ -49,8 +57,8 @@
 #               streams were busy against the step time (idle: launch- or host-bound), and the
 #               kernels that took the time (a copy of each layer's weights would show by name);
 #               the traces come back in artifacts.tar.gz
-# Then, as far as the lease allows,
-# STAGES="decode_7b decode_7b_long attention_decode decode_1b_int32 lm_train_flags lm_train_trace decode_1b_graphs decode_hlo lm_train_remat attention attention_1b decode":
+#   lm_train_mosaic  the 1b preset at batch 16, remat=dots, attention_impl=pallas_mosaic (the
+#               Mosaic GPU forward, Triton backward) against 46.8% MFU with pallas
 #   decode_7b   the same for Llama-2-7B's shape, bf16 and int8 (the config's, and with separate
 #               layers): where a layer's weights (400 MB,
 #               about 100 us at the H200's bandwidth) outweigh its kernel launches, so where the 70%
@@ -153,7 +161,7 @@ if ! check_environment; then
 fi
 
 declare -A COMMANDS=(
-  [attention]="python3 benchmarks/attention.py --repeats=5 --impls=xla,pallas,pallas:dq=atomic,cudnn --pallas_triton=4x2,4x3,8x3,8x4"
+  [attention]="python3 benchmarks/attention.py --repeats=5 --impls=xla,pallas,pallas:dq=atomic,pallas_mosaic,cudnn --pallas_triton=4x2,4x3,8x3,8x4"
   [attention_1b]="python3 benchmarks/attention.py --repeats=5 --impls=xla,pallas,pallas:dq=atomic,cudnn --lengths=2048 --num_heads=32 --num_kv_heads=4 --head_dim=64 --sweep_length=2048 --pallas_blocks=64x64,64x128,128x64,128x128 --pallas_triton=4x3,8x3"
   [lm_train]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas"
   [decode]="python3 benchmarks/decode.py --hf_config=benchmarks/smollm2_135m_config.json --weights=bfloat16,int8,int4 --draft_layers=0 --nono_cache --variants='scan_layers=False;scan_layers=False,attention_impl=xla'"
@@ -168,6 +176,8 @@ declare -A COMMANDS=(
   [decode_1b_int32]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=int8,int4 --batch_sizes=32 --weight_matmul_impls=xla,pallas --draft_layers=0 --nohf --nono_cache --variants=''"
   [attention_decode]="for shape in '--num_heads=32 --num_kv_heads=32 --head_dim=128' '--num_heads=32 --num_kv_heads=4 --head_dim=64'; do python3 benchmarks/attention.py \$shape --lengths= --check_length=0 --nosplit_forward --decode_lengths=1024,4096,16384,32768 {ARGS}; done"
   [lm_train_cudnn]="for remat in dots dots_attention; do echo \"| remat=\$remat |\"; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=cudnn --set=model.remat=\$remat {ARGS}; done"
+  [attention_mosaic]="python3 benchmarks/attention.py --repeats=5 --impls=pallas,pallas_mosaic,cudnn --lengths=2048,8192 --mosaic_example_tiles=64x128 {ARGS}; python3 benchmarks/attention.py --repeats=5 --impls=pallas,pallas_mosaic,cudnn --lengths=2048 --num_heads=32 --num_kv_heads=4 --head_dim=64 --sweep_length=2048 --mosaic_example_tiles= {ARGS}"
+  [lm_train_mosaic]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas_mosaic --set=model.remat=dots {ARGS}"
   [lm_train_xla]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=xla"
   [decode_hlo]="rm -rf /tmp/hlo; XLA_FLAGS='--xla_dump_to=/tmp/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*generate.*' python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --repeats=1 --new_tokens=8 {ARGS}; n=0; for f in \$(ls /tmp/hlo/*generate*after_optimizations.txt | head -2); do n=\$((n + 1)); cp \$f \$ART/decode_hlo_\$n.txt; done; python3 benchmarks/hlo_summary.py --top=6 \$ART/decode_hlo_*.txt"
   [lm_train_flags]="for flags in --xla_gpu_enable_triton_gemm=false --xla_gpu_triton_gemm_any=true --xla_gpu_enable_dus_accumulator_zero_init_elimination=true; do echo \"| XLA_FLAGS=\$flags |\"; XLA_FLAGS=\$flags python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=dots {ARGS}; done"
@@ -178,8 +188,9 @@ declare -A COMMANDS=(
 # unrolled decoders' compiles took over 30 s each there; not yet measured).
 declare -A LIMITS=([decode_trace]=150 [lm_train_trace]=80 [attention]=220 [attention_1b]=100 [lm_train]=60 [decode]=150 [decode_1b]=180 [decode_7b]=140
                    [decode_hlo]=60 [decode_1b_options]=90 [decode_1b_graphs]=90
-                   [lm_train_xla]=70 [lm_train_remat]=100 [lm_train_flags]=140 [kernel_tests]=120 [lm_train_cudnn]=120 [attention_decode]=90 [decode_1b_int32]=90 [decode_7b_long]=120)
-DEFAULT_STAGES="decode_1b lm_train_cudnn kernel_tests decode_1b_options decode_trace"
+                   [lm_train_xla]=70 [lm_train_remat]=100 [lm_train_flags]=140 [kernel_tests]=120 [lm_train_cudnn]=120 [attention_decode]=90 [decode_1b_int32]=90 [decode_7b_long]=120
+                   [attention_mosaic]=120 [lm_train_mosaic]=120)
+DEFAULT_STAGES="decode_1b lm_train_cudnn kernel_tests attention_mosaic decode_1b_options"
 for stage in ${STAGES:-$DEFAULT_STAGES}; do
   limit_var="LIMIT_$stage"
   args_var="ARGS_$stage"
