@@ -20,7 +20,7 @@ from gen_jax.kernels.flash_attention_tiles import FlashConfig, TileMask
 FLASH_BACKENDS = ("gpu", "mosaic_gpu", "tpu")
 _KERNELS = {"gpu": flash_attention_gpu, "mosaic_gpu": flash_attention_mosaic_gpu,
             "tpu": flash_attention_tpu}
-# Backends whose backward pass is the Triton kernels (and takes their settings).
+# Backends whose backward pass runs Triton kernels (and takes their settings).
 _TRITON_BACKWARD = ("gpu", "mosaic_gpu")
 
 
@@ -46,9 +46,10 @@ def flash_attention(query, key, value, *, causal: bool, segment_ids=None, key_se
       Not differentiable. Only causal and sliding-window masks depend on it.
     sliding_window: a query sees keys with q_pos - k_pos < sliding_window (None: no limit).
     scale: logit scale (a Python float, static); defaults to 1/sqrt(h).
-    backend: one of FLASH_BACKENDS, the kernels to run ("gpu": Triton; "mosaic_gpu": a Hopper
-      forward kernel in Mosaic GPU (wgmma, TMA) with the Triton backward kernels, for bf16/fp16,
-      head_dim <= 128 and a static query_offset (`flash_attention_mosaic_gpu`); "tpu": Mosaic).
+    backend: one of FLASH_BACKENDS, the kernels to run ("gpu": Triton; "mosaic_gpu": Hopper
+      forward and dQ kernels in Mosaic GPU (wgmma, TMA) with the Triton dK/dV kernel, for
+      bf16/fp16, head_dim <= 128 and a static query_offset (`flash_attention_mosaic_gpu`);
+      "tpu": Mosaic).
     block_q, block_k: tile sizes for every kernel (None: the backend's defaults).
     interpret: run the same kernels in the Pallas interpreter (on any device, e.g. CPU tests).
     num_warps, num_stages: Triton's warps per program and pipelining depth for every Triton

@@ -176,11 +176,44 @@ def _merge_parts(parts, part_lse):
 def backward(residuals, d_out, config: FlashConfig):
   """Gradients (dq [b, t, n, h], dk, dv [b, s, k, h]) from `forward`'s residuals and d_out."""
   query, key, value, query_ids, key_ids, offset, out, lse = residuals
+  delta = output_gradient_dot(out, d_out)
+  outputs = dkdv(residuals, d_out, delta, config)
+  dk, dv = outputs[:2]
+  if config.dq_atomic:
+    return (outputs[2] * config.scale).astype(result_type(config, query)), dk, dv
   b, t, n, h = query.shape
   s, num_kv_heads = key.shape[1], key.shape[2]
   group = n // num_kv_heads
-  # delta_i = sum_j P_ij dP_ij = dO_i . O_i: one fused XLA reduction, read by both kernels.
-  delta = jnp.einsum("btnh,btnh->bnt", d_out.astype(jnp.float32), out.astype(jnp.float32))
+  inputs = (query, key, value, d_out, lse, delta, query_ids, key_ids, offset)
+  block_q, _ = config.blocks.dq
+  q_block, query_spec, kv_spec, row_spec, ids_specs = _query_major_specs(
+      t, s, h, block_q, group, config.mask.causal, query_ids)
+  dq = pl.pallas_call(
+      functools.partial(_dq_kernel, config=config, q_block=q_block),
+      grid=(t // block_q, b, n),
+      in_specs=[query_spec, kv_spec, kv_spec, query_spec, row_spec, row_spec, *ids_specs,
+                _scalar_spec(offset)],
+      out_specs=query_spec,
+      out_shape=output_struct(query.shape, result_type(config, query), *inputs),
+      compiler_params=_compiler_params(config, h),
+      interpret=config.interpret,
+      name="flash_attention_dq",
+  )(*inputs)
+  return dq, dk, dv
+
+
+def output_gradient_dot(out, d_out):
+  """delta [b, n, t] float32: delta_i = sum_j P_ij dP_ij = dO_i . O_i, one fused XLA reduction
+  that every backward kernel reads."""
+  return jnp.einsum("btnh,btnh->bnt", d_out.astype(jnp.float32), out.astype(jnp.float32))
+
+
+def dkdv(residuals, d_out, delta, config: FlashConfig):
+  """The dK/dV kernel: (dk, dv), and with config.dq_atomic dQ unscaled in float32 after them."""
+  query, key, value, query_ids, key_ids, offset, out, lse = residuals
+  b, t, n, h = query.shape
+  s, num_kv_heads = key.shape[1], key.shape[2]
+  group = n // num_kv_heads
   inputs = (query, key, value, d_out, lse, delta, query_ids, key_ids, offset)
 
   _, block_k = config.blocks.dkdv
@@ -208,25 +241,7 @@ def backward(residuals, d_out, config: FlashConfig):
       interpret=config.interpret,
       name="flash_attention_dkdv",
   )(*dkdv_inputs)
-  dk, dv = outputs[:2]
-  if config.dq_atomic:
-    return (outputs[2] * config.scale).astype(result_type(config, query)), dk, dv
-
-  block_q, _ = config.blocks.dq
-  q_block, query_spec, kv_spec, row_spec, ids_specs = _query_major_specs(
-      t, s, h, block_q, group, config.mask.causal, query_ids)
-  dq = pl.pallas_call(
-      functools.partial(_dq_kernel, config=config, q_block=q_block),
-      grid=(t // block_q, b, n),
-      in_specs=[query_spec, kv_spec, kv_spec, query_spec, row_spec, row_spec, *ids_specs,
-                _scalar_spec(offset)],
-      out_specs=query_spec,
-      out_shape=output_struct(query.shape, result_type(config, query), *inputs),
-      compiler_params=_compiler_params(config, h),
-      interpret=config.interpret,
-      name="flash_attention_dq",
-  )(*inputs)
-  return dq, dk, dv
+  return outputs
 
 
 def natural_lse(lse):

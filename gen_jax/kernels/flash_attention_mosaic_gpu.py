@@ -1,13 +1,16 @@
-"""FlashAttention's forward pass for Hopper GPUs in Pallas' Mosaic GPU dialect (FlashAttention-3's
-recipe: Shah et al., 2024), with the Triton backend's backward kernels.
+"""FlashAttention for Hopper GPUs in Pallas' Mosaic GPU dialect (FlashAttention-3's recipe: Shah
+et al., 2024): the forward pass and the dQ kernel, with the Triton backend's dK/dV kernel.
 
 Pallas' Triton backend reaches about 0.56x cuDNN's forward+backward at 8k tokens on an H200
 (docs/BENCHMARKS.md) whatever its tiles: Triton does not give Pallas Hopper's asynchronous
-tensor-core instructions (wgmma) or its bulk copy engine (TMA). Mosaic GPU does. Each program
-(a CTA) takes 2 * block_q queries of one head and runs three warpgroups: two compute warpgroups of
-block_q queries each, which multiply with wgmma out of shared memory and keep the online softmax in
-registers, and one memory warpgroup that streams the key and value blocks into a ring of
-`slots` shared-memory buffers with TMA, so that loading the next blocks overlaps the products.
+tensor-core instructions (wgmma) or its bulk copy engine (TMA). Mosaic GPU does. Both kernels here
+are query-major (`_query_major`): each program (a CTA) takes 2 * block_q queries of one head and
+runs three warpgroups: two compute warpgroups of block_q queries each, which multiply with wgmma
+and keep their per-query state in registers (the online softmax; dQ), and one memory warpgroup
+that streams the key and value blocks into a ring of `slots` shared-memory buffers with TMA, so
+that loading the next blocks overlaps the products. The forward computes softmax(Q K^T) V; the
+dQ kernel recomputes the probabilities from the saved log-sum-exp and accumulates dS K, with
+dS = P (dO V^T - delta).
 
 Synchronization, per ring slot: the memory warpgroup's copies complete `key_ready`/`value_ready`;
 each compute warpgroup arrives on `key_free`/`value_free` once it no longer reads the slot (two
@@ -19,7 +22,7 @@ waits and releases without computing.
 
 Which keys a query sees is `TileMask`, the Triton and TPU kernels' predicate, so the log-sum-exp
 saved here (base 2, +inf for a row that sees no key, the Triton forward's convention) feeds the
-Triton backward kernels unchanged: `backward` and `residuals` are theirs.
+Triton dK/dV kernel unchanged, and `residuals` is the Triton backend's.
 
 Supported: bfloat16/float16, head_dim up to 128 (padded to 64 or 128), causal masks, sliding
 windows, segment ids, grouped kv heads, a static query offset; results in the inputs' dtype.
@@ -54,8 +57,7 @@ _DTYPES = ("bfloat16", "float16")
 # JAX 0.10's Mosaic GPU interpreter cannot read a transposed shared-memory operand.
 _INTERPRETER_TRANSPOSES_NOTHING = tuple(int(x) for x in jax.__version__.split(".")[:2]) < (0, 11)
 
-# The backward pass is the Triton backend's, on this forward pass's residuals.
-backward = flash_attention_gpu.backward
+# The residuals are the Triton backend's (its dK/dV kernel reads them too).
 residuals = flash_attention_gpu.residuals
 natural_lse = flash_attention_gpu.natural_lse
 
@@ -109,6 +111,110 @@ def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig, 
   """
   check_supported(query.dtype, config, offset, layer)
   b, t, n, h = query.shape
+  block_q, block_k = config.blocks.forward
+  logit_scale = config.scale * _LOG2_E
+
+  def init(walk):
+    return (walk.laid_out(jnp.zeros((block_q, h), jnp.float32), plgpu.Layout.WGMMA),
+            walk.laid_out(jnp.full((block_q,), -jnp.inf, jnp.float32), walk.rows_layout),
+            walk.laid_out(jnp.zeros((block_q,), jnp.float32), walk.rows_layout))
+
+  def step(walk, j, slot, carry, masked):
+    acc, row_max, row_sum = carry
+    logits = walk.matmul(walk.tiles[0], walk.transposed(walk.keys(slot)), (block_q, block_k))
+    logits = walk.masked(logits * logit_scale, j, slot) if masked else logits * logit_scale
+    walk.release_keys(slot)
+    new_max = jnp.maximum(row_max, logits.max(axis=1))
+    # Rows that have seen no visible key keep max -inf; shifting them by 0 keeps exp2 at 0.
+    shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
+    correction = jnp.exp2(row_max - shift)
+    probs = jnp.exp2(logits - lax.broadcast_in_dim(shift, logits.shape, [0]))
+    row_sum = row_sum * correction + probs.sum(axis=1)
+    acc = acc * lax.broadcast_in_dim(correction, acc.shape, [0])
+    walk.wait_values(slot)
+    acc = walk.matmul(probs.astype(query.dtype), walk.values(slot), (block_q, h), acc)
+    walk.release_values(slot)
+    return acc, new_max, row_sum
+
+  def finish(walk, carry):
+    acc, row_max, row_sum = carry
+    # A row that sees no key outputs 0; its lse of +inf makes every recomputed probability 0.
+    empty = row_sum == 0.0
+    inverse = 1.0 / jnp.where(empty, 1.0, row_sum)
+    out = (acc * lax.broadcast_in_dim(inverse, acc.shape, [0])).astype(query.dtype)
+    lse = jnp.where(empty, jnp.inf, row_max + jnp.log2(jnp.where(empty, 1.0, row_sum)))
+    return [out], [lse]
+
+  out, lse = _query_major(
+      "flash_attention_forward", config, query, key, value, query_ids, key_ids, tiles_in=[query],
+      rows_in=[], tiles_out=[query.dtype], rows_out=1, init=init, step=step, finish=finish,
+      interpret=interpret)
+  return out, (query, key, value, query_ids, key_ids, offset, out, lse)
+
+
+def backward(residuals, d_out, config: FlashConfig, interpret=None):
+  """Gradients (dq [b, t, n, h], dk, dv [b, s, k, h]) from `forward`'s residuals: dK and dV by the
+  Triton kernel, dQ by a Mosaic GPU kernel shaped as the forward (its queries held, the keys and
+  values streamed); with config.dq_atomic both by the Triton kernel."""
+  if config.dq_atomic:
+    return flash_attention_gpu.backward(residuals, d_out, config)
+  query, key, value, query_ids, key_ids, offset, out, lse = residuals
+  check_supported(query.dtype, config, offset)
+  delta = flash_attention_gpu.output_gradient_dot(out, d_out)
+  dk, dv = flash_attention_gpu.dkdv(residuals, d_out, delta, config)
+  h = query.shape[3]
+  block_q, block_k = config.blocks.forward
+  logit_scale = config.scale * _LOG2_E
+
+  def init(walk):
+    return walk.laid_out(jnp.zeros((block_q, h), jnp.float32), plgpu.Layout.WGMMA)
+
+  def step(walk, j, slot, dq, masked):
+    row_lse, row_delta = (lax.broadcast_in_dim(x, (block_q, block_k), [0]) for x in walk.rows)
+    logits = walk.matmul(walk.tiles[0], walk.transposed(walk.keys(slot)), (block_q, block_k))
+    logits = walk.masked(logits * logit_scale, j, slot) if masked else logits * logit_scale
+    probs = jnp.exp2(logits - row_lse)
+    walk.wait_values(slot)
+    d_probs = walk.matmul(walk.tiles[1], walk.transposed(walk.values(slot)), (block_q, block_k))
+    walk.release_values(slot)
+    d_logits = (probs * (d_probs - row_delta)).astype(key.dtype)
+    dq = walk.matmul(d_logits, walk.keys(slot), (block_q, h), dq)
+    walk.release_keys(slot)
+    return dq
+
+  def finish(walk, dq):
+    return [(dq * config.scale).astype(query.dtype)], []
+
+  (dq,) = _query_major(
+      "flash_attention_dq", config, query, key, value, query_ids, key_ids,
+      tiles_in=[query, d_out], rows_in=[lse, delta], tiles_out=[query.dtype], rows_out=0,
+      init=init, step=step, finish=finish, interpret=interpret)
+  return dq, dk, dv
+
+
+class _Walk:
+  """What a query-major kernel's step sees of its warpgroup: its query-like tiles in shared memory
+  (`tiles`), its per-query rows in registers (`rows`), the ring of key and value blocks, and the
+  operations whose form differs between the GPU and the interpreter."""
+
+  def __init__(self, **fields):
+    self.__dict__.update(fields)
+
+
+def _query_major(name, config: FlashConfig, query, key, value, query_ids, key_ids, *, tiles_in,
+                 rows_in, tiles_out, rows_out: int, init, step, finish, interpret):
+  """A kernel that holds 2 * block_q queries of one head per CTA (block_q per compute warpgroup)
+  and streams their keys and values through a ring of shared-memory slots: the forward pass and
+  the dQ kernel.
+
+  tiles_in: [b, t, n, h] arrays each warpgroup loads its [block_q, h] block of (the query; dO);
+  rows_in: [b, n, t] float32 arrays it loads its [block_q] of (lse, delta); init(walk) -> carry;
+  step(walk, key block j, ring slot, carry, masked) -> carry, which must release the slot's keys
+  and values (walk.release_keys / release_values) and wait for the values (walk.wait_values)
+  before reading them; finish(walk, carry) -> ([block_q, h] tiles in tiles_out's dtypes,
+  rows_out [block_q] float32 rows). Returns the [b, t, n, h] and [b, n, t] arrays they fill.
+  """
+  b, t, n, h = query.shape
   s, num_kv_heads = key.shape[1], key.shape[2]
   group = n // num_kv_heads
   block_q, block_k = config.blocks.forward
@@ -119,26 +225,34 @@ def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig, 
   if interpret is None and config.interpret:
     from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
     interpret = InterpretGPUParams()
-  # On the GPU the probabilities go from registers straight into wgmma (FlashAttention-3); JAX's
-  # Mosaic GPU interpreter only multiplies operands in shared memory, so there they are staged.
-  stage_probs = interpret is not None
-  stage_keys = stage_probs and _INTERPRETER_TRANSPOSES_NOTHING
+  # On the GPU a product's left operand may come from registers and its right one may be a
+  # transposed view of shared memory (FlashAttention-3); JAX's Mosaic GPU interpreter only
+  # multiplies operands held in shared memory (on JAX 0.10 untransposed), so there they are
+  # staged, and it has no run_state: a fresh accumulator is added instead of accumulating in place.
+  interpreted = interpret is not None
+  stage_transposes = interpreted and _INTERPRETER_TRANSPOSES_NOTHING
   # Registers' layouts mean nothing to an interpreter; JAX 0.10's has no rule for setting one.
-  laid_out = (lambda x, layout: x) if stage_keys else plgpu.layout_cast
-  load = (lambda ref, layout: ref[...]) if stage_keys else (
+  laid_out = (lambda x, layout: x) if stage_transposes else plgpu.layout_cast
+  load = (lambda ref, layout: ref[...]) if stage_transposes else (
       lambda ref, layout: plgpu.load(ref, (), layout=layout))
-  iota = (lambda dim: lax.broadcasted_iota(jnp.int32, (block_q, block_k), dim)) if stage_keys else (
-      lambda dim: plgpu.broadcasted_iota(jnp.int32, (block_q, block_k), dim,
-                                         layout=plgpu.Layout.WGMMA))
+  iota = (lambda dim: lax.broadcasted_iota(jnp.int32, (block_q, block_k), dim)) if (
+      stage_transposes) else (lambda dim: plgpu.broadcasted_iota(
+          jnp.int32, (block_q, block_k), dim, layout=plgpu.Layout.WGMMA))
   mask, segments = config.mask, query_ids is not None
-  logit_scale = config.scale * _LOG2_E
   tiles = (plgpu.TilingTransform((8, _SWIZZLE_BYTES // query.dtype.itemsize)),
            plgpu.SwizzleTransform(_SWIZZLE_BYTES))
   rows_layout, keys_layout = plgpu.Layout.WGMMA.reduce(1), plgpu.Layout.WGMMA.reduce(0)
+  num_tiles, num_rows = len(tiles_in), len(rows_in)
 
-  # Named as the Triton and TPU forward kernels are: remat policies save its outputs by name.
-  def flash_attention_forward(q_ref, k_ref, v_ref, *refs):
-    q_ids_ref, k_ids_ref, out_ref, lse_ref = refs if segments else (None, None, *refs)
+  def kernel(*refs):
+    q_ref, k_ref, v_ref = refs[:3]
+    refs = refs[3:]
+    q_ids_ref, k_ids_ref = refs[:2] if segments else (None, None)
+    refs = refs[2:] if segments else refs
+    tile_refs, row_refs = refs[:num_tiles - 1], refs[num_tiles - 1:num_tiles - 1 + num_rows]
+    tile_out_refs = refs[num_tiles - 1 + num_rows:num_tiles - 1 + num_rows + len(tiles_out)]
+    row_out_refs = refs[num_tiles - 1 + num_rows + len(tiles_out):]
+    tile_refs = (q_ref, *tile_refs)
     batch, head = lax.axis_index("batch"), lax.axis_index("heads")
     # Causal CTAs near the end see the most keys: launching them first balances the SMs.
     cta = lax.axis_index("q_blocks")
@@ -147,8 +261,8 @@ def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig, 
     kv_head = lax.div(head, group)
     first, end = mask.key_blocks(cta, cta_rows, block_k)  # Both warpgroups' keys.
 
-    def slot_of(step):
-      return lax.rem(step - first, slots)
+    def slot_of(j):
+      return lax.rem(j - first, slots)
 
     def key_ids(smem, slot):  # A ring slot's key ids; the row after the ring holds query ids.
       return smem["ids"].at[slot, pl.ds(0, block_k)]
@@ -157,111 +271,108 @@ def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig, 
       wg = lax.axis_index("wg")
       q_block = cta * _COMPUTE_WARPGROUPS + wg
       rows = pl.ds(q_block * block_q, block_q)
-      qo_smem = smem["qo"].at[wg]
-      plgpu.copy_gmem_to_smem(q_ref.at[batch, rows, head], qo_smem, barriers["q_ready"].at[wg])
+      tile_smem = [smem["tiles"].at[wg, i] for i in range(num_tiles)]
+      ready = barriers["tiles_ready"]
+      for i, ref in enumerate(tile_refs):
+        plgpu.copy_gmem_to_smem(ref.at[batch, rows, head], tile_smem[i],
+                                ready.at[wg * (num_tiles + num_rows) + i])
+      for i, ref in enumerate(row_refs):
+        plgpu.copy_gmem_to_smem(ref.at[batch, head, rows], smem["rows"].at[wg, i],
+                                ready.at[wg * (num_tiles + num_rows) + num_tiles + i])
       q_ids = None
       if segments:
         q_ids_smem = smem["ids"].at[slots, pl.ds(wg * block_q, block_q)]
         plgpu.copy_gmem_to_smem(q_ids_ref.at[batch, rows], q_ids_smem,
                                 barriers["q_ids_ready"].at[wg])
         plgpu.barrier_wait(barriers["q_ids_ready"].at[wg])
-        q_ids = lax.broadcast_in_dim(load(q_ids_smem, rows_layout),
-                                     (block_q, block_k), [0])
-      plgpu.barrier_wait(barriers["q_ready"].at[wg])
+        q_ids = lax.broadcast_in_dim(load(q_ids_smem, rows_layout), (block_q, block_k), [0])
+      for i in range(num_tiles + num_rows):
+        plgpu.barrier_wait(ready.at[wg * (num_tiles + num_rows) + i])
+      row_values = [load(smem["rows"].at[wg, i], rows_layout) for i in range(num_rows)]
       q_row, k_col = iota(0) + q_block * block_q, iota(1)
+
+      def matmul(a, b_ref, shape, acc=None):
+        """a @ b_ref in float32 [shape], plus acc; a a shared-memory ref or a register array."""
+        if interpreted and isinstance(a, jax.Array):  # In registers: staged for the interpreter.
+          smem["stage"].at[wg][...] = a
+          plgpu.commit_smem()
+          a = smem["stage"].at[wg]
+
+        def product(acc_ref):
+          plgpu.wgmma(acc_ref, a, b_ref)
+
+        if acc is None or interpreted:
+          fresh = pl.run_scoped(lambda acc_ref: (product(acc_ref), acc_ref[...])[1],
+                                plgpu.ACC(shape, jnp.float32))
+          return fresh if acc is None else acc + fresh
+        return pl.run_state(product)(plgpu.ACC.init(acc))  # In place: no second accumulator.
+
+      def transposed(ref):  # A [block_k, h] block as the [h, block_k] right operand.
+        if not stage_transposes:
+          return ref.transpose((1, 0))
+        smem["transposed"].at[wg][...] = ref[...].T
+        plgpu.commit_smem()
+        return smem["transposed"].at[wg]
+
+      def masked(logits, j, slot):
+        k_ids = None
+        if segments:
+          k_ids = lax.broadcast_in_dim(load(key_ids(smem, slot), keys_layout), logits.shape, [1])
+        visible = mask.visible(q_row, k_col + j * block_k, q_ids, k_ids)
+        return jnp.where(visible, logits, -jnp.inf)
+
+      walk = _Walk(
+          tiles=tile_smem, rows=row_values, rows_layout=rows_layout, laid_out=laid_out,
+          matmul=matmul, transposed=transposed, masked=masked,
+          keys=lambda slot: smem["k"].at[slot], values=lambda slot: smem["v"].at[slot],
+          wait_values=lambda slot: plgpu.barrier_wait(barriers["value_ready"].at[slot]),
+          release_keys=lambda slot: plgpu.barrier_arrive(barriers["key_free"].at[slot]),
+          release_values=lambda slot: plgpu.barrier_arrive(barriers["value_free"].at[slot]))
 
       def wait_keys(slot):
         plgpu.barrier_wait(barriers["key_ready"].at[slot])
         if segments:
           plgpu.barrier_wait(barriers["key_ids_ready"].at[slot])
 
-      def attend(step, carry, masked):
-        acc, row_max, row_sum = carry
-        slot = slot_of(step)
+      def attend(j, carry, masked):
+        slot = slot_of(j)
         wait_keys(slot)
+        return step(walk, j, slot, carry, masked)
 
-        keys_t = smem["k"].at[slot].transpose((1, 0))  # [h, block_k]
-        if stage_keys:  # JAX 0.10's interpreter reads no transposed operand: transpose a copy.
-          smem["keys_t"].at[wg][...] = smem["k"].at[slot][...].T
-          plgpu.commit_smem()
-          keys_t = smem["keys_t"].at[wg]
-
-        def logits_of(acc_ref):
-          plgpu.wgmma(acc_ref, qo_smem, keys_t)
-          return acc_ref[...]
-
-        logits = pl.run_scoped(logits_of, plgpu.ACC((block_q, block_k), jnp.float32))
-        logits = logits * logit_scale  # [block_q, block_k], base 2.
-        if masked:
-          k_ids = None
-          if segments:
-            k_ids = lax.broadcast_in_dim(
-                load(key_ids(smem, slot), keys_layout), logits.shape, [1])
-          visible = mask.visible(q_row, k_col + step * block_k, q_ids, k_ids)
-          logits = jnp.where(visible, logits, -jnp.inf)
-        plgpu.barrier_arrive(barriers["key_free"].at[slot])
-        new_max = jnp.maximum(row_max, logits.max(axis=1))
-        # Rows that have seen no visible key keep max -inf; shifting them by 0 keeps exp2 at 0.
-        shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
-        correction = jnp.exp2(row_max - shift)
-        probs = jnp.exp2(logits - lax.broadcast_in_dim(shift, logits.shape, [0]))
-        row_sum = row_sum * correction + probs.sum(axis=1)
-        probs = probs.astype(query.dtype)
-        plgpu.barrier_wait(barriers["value_ready"].at[slot])
-
-        if stage_probs:  # The interpreter's wgmma reads its left operand from shared memory.
-          smem["probs"].at[wg][...] = probs
-          plgpu.commit_smem()
-          probs = smem["probs"].at[wg]
-
-        def accumulate(acc_ref):
-          plgpu.wgmma(acc_ref, probs, smem["v"].at[slot])
-
-        acc = acc * lax.broadcast_in_dim(correction, acc.shape, [0])
-        if stage_probs:  # The interpreter has no run_state: a fresh accumulator, then a sum.
-          acc = acc + pl.run_scoped(lambda acc_ref: (accumulate(acc_ref), acc_ref[...])[1],
-                                    plgpu.ACC((block_q, h), jnp.float32))
-        else:  # wgmma adds into the rescaled accumulator: no second [block_q, h] of registers.
-          acc = pl.run_state(accumulate)(plgpu.ACC.init(acc))
-        plgpu.barrier_arrive(barriers["value_free"].at[slot])
-        return acc, new_max, row_sum
-
-      def skip(step, carry):  # A block of the CTA this warpgroup's queries do not see.
-        slot = slot_of(step)
+      def skip(j, carry):  # A block of the CTA this warpgroup's queries do not see.
+        slot = slot_of(j)
         wait_keys(slot)
-        plgpu.barrier_arrive(barriers["key_free"].at[slot])
-        plgpu.barrier_wait(barriers["value_ready"].at[slot])
-        plgpu.barrier_arrive(barriers["value_free"].at[slot])
+        walk.release_keys(slot)
+        walk.wait_values(slot)
+        walk.release_values(slot)
         return carry
 
       # An empty range (rows of padding) may sit anywhere: clip it into the CTA's.
       own_first, own_end = inside_range(*mask.key_blocks(q_block, block_q, block_k), first, end)
       full_first, full_end = inside_range(*mask.unmasked_key_blocks(q_block, block_q, block_k),
                                           own_first, own_end)
-      carry = (laid_out(jnp.zeros((block_q, h), jnp.float32), plgpu.Layout.WGMMA),
-               laid_out(jnp.full((block_q,), -jnp.inf, jnp.float32), rows_layout),
-               laid_out(jnp.zeros((block_q,), jnp.float32), rows_layout))
-      carry = lax.fori_loop(first, own_first, skip, carry)
-      for start, stop, masked in ((own_first, full_first, True), (full_first, full_end, False),
-                                  (full_end, own_end, True)):
-        carry = lax.fori_loop(start, stop, functools.partial(attend, masked=masked), carry)
-      acc, row_max, row_sum = lax.fori_loop(own_end, end, skip, carry)
-      # A row that sees no key outputs 0; its lse of +inf makes every recomputed probability 0.
-      empty = row_sum == 0.0
-      inverse = 1.0 / jnp.where(empty, 1.0, row_sum)
-      qo_smem[...] = (acc * lax.broadcast_in_dim(inverse, acc.shape, [0])).astype(query.dtype)
-      smem["lse"].at[wg][...] = jnp.where(empty, jnp.inf, row_max + jnp.log2(
-          jnp.where(empty, 1.0, row_sum)))
+      carry = lax.fori_loop(first, own_first, skip, init(walk))
+      for start, stop, is_masked in ((own_first, full_first, True), (full_first, full_end, False),
+                                     (full_end, own_end, True)):
+        carry = lax.fori_loop(start, stop, functools.partial(attend, masked=is_masked), carry)
+      carry = lax.fori_loop(own_end, end, skip, carry)
+      results, result_rows = finish(walk, carry)
+      for i, (result, ref) in enumerate(zip(results, tile_out_refs)):
+        smem["tiles"].at[wg, i][...] = result  # The inputs' tiles are read no more.
+      for i, row in enumerate(result_rows):
+        smem["rows"].at[wg, i][...] = row
       plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(qo_smem, out_ref.at[batch, rows, head])
-      plgpu.copy_smem_to_gmem(smem["lse"].at[wg], lse_ref.at[batch, head, rows])
+      for i, ref in enumerate(tile_out_refs):
+        plgpu.copy_smem_to_gmem(smem["tiles"].at[wg, i], ref.at[batch, rows, head])
+      for i, ref in enumerate(row_out_refs):
+        plgpu.copy_smem_to_gmem(smem["rows"].at[wg, i], ref.at[batch, head, rows])
       plgpu.wait_smem_to_gmem(0)
 
     def stream(smem, barriers):  # The memory warpgroup: fills the ring, one slot per key block.
       @pl.loop(first, end)
-      def _(step):
-        slot, keys = slot_of(step), pl.ds(step * block_k, block_k)
-        refill = step - first >= slots
+      def _(j):
+        slot, keys = slot_of(j), pl.ds(j * block_k, block_k)
+        refill = j - first >= slots
 
         @pl.when(refill)
         def _():
@@ -283,9 +394,9 @@ def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig, 
       # Observe the releases of the last blocks too: every waiter of a barrier must see each of
       # its phases (and the CTA's shared memory outlives every read of it).
       @pl.loop(jnp.maximum(first, end - slots), end)
-      def _(step):
-        plgpu.barrier_wait(barriers["key_free"].at[slot_of(step)])
-        plgpu.barrier_wait(barriers["value_free"].at[slot_of(step)])
+      def _(j):
+        plgpu.barrier_wait(barriers["key_free"].at[slot_of(j)])
+        plgpu.barrier_wait(barriers["value_free"].at[slot_of(j)])
 
     def scoped(smem, barriers):
       wg = lax.axis_index("wg")
@@ -300,22 +411,26 @@ def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig, 
         plgpu.set_max_registers(40, action="decrease")
         stream(smem, barriers)
 
-    smem = {"qo": plgpu.SMEM((_COMPUTE_WARPGROUPS, block_q, h), query.dtype, transforms=tiles),
+    smem = {"tiles": plgpu.SMEM((_COMPUTE_WARPGROUPS, max(num_tiles, len(tiles_out)), block_q, h),
+                                query.dtype, transforms=tiles),
             "k": plgpu.SMEM((slots, block_k, h), key.dtype, transforms=tiles),
             "v": plgpu.SMEM((slots, block_k, h), value.dtype, transforms=tiles),
-            "lse": plgpu.SMEM((_COMPUTE_WARPGROUPS, block_q), jnp.float32)}
-    barriers = {"q_ready": plgpu.Barrier(num_barriers=_COMPUTE_WARPGROUPS),
+            "rows": plgpu.SMEM((_COMPUTE_WARPGROUPS, max(num_rows, rows_out, 1), block_q),
+                               jnp.float32)}
+    barriers = {"tiles_ready": plgpu.Barrier(
+                    num_barriers=_COMPUTE_WARPGROUPS * (num_tiles + num_rows)),
                 "key_ready": plgpu.Barrier(num_barriers=slots),
                 "value_ready": plgpu.Barrier(num_barriers=slots),
                 # Both compute warpgroups release a slot before it is refilled.
                 "key_free": plgpu.Barrier(num_arrivals=_COMPUTE_WARPGROUPS, num_barriers=slots),
                 "value_free": plgpu.Barrier(num_arrivals=_COMPUTE_WARPGROUPS,
                                             num_barriers=slots)}
-    if stage_keys:
-      smem["keys_t"] = plgpu.SMEM((_COMPUTE_WARPGROUPS, h, block_k), key.dtype, transforms=tiles)
-    if stage_probs:
-      smem["probs"] = plgpu.SMEM((_COMPUTE_WARPGROUPS, block_q, block_k), query.dtype,
+    if interpreted:
+      smem["stage"] = plgpu.SMEM((_COMPUTE_WARPGROUPS, block_q, block_k), query.dtype,
                                  transforms=tiles)
+    if stage_transposes:
+      smem["transposed"] = plgpu.SMEM((_COMPUTE_WARPGROUPS, h, block_k), key.dtype,
+                                      transforms=tiles)
     if segments:
       # One buffer: a ring slot of key ids per key block, then a row of both warpgroups' query
       # ids. (Two int32 buffers deadlock JAX 0.11's Mosaic GPU interpreter.)
@@ -324,14 +439,15 @@ def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig, 
       barriers["key_ids_ready"] = plgpu.Barrier(num_barriers=slots)
     pl.run_scoped(scoped, smem, barriers, collective_axes="wg")
 
-  inputs = (query, key, value, *((query_ids, key_ids) if segments else ()))
-  out, lse = plgpu.kernel(
-      flash_attention_forward,
-      out_type=[output_struct(query.shape, query.dtype, *inputs),
-                output_struct((b, n, t), jnp.float32, *inputs)],
+  kernel.__name__ = name  # Remat policies find the forward kernel by name.
+  inputs = (query, key, value, *((query_ids, key_ids) if segments else ()), *tiles_in[1:],
+            *rows_in)
+  return plgpu.kernel(
+      kernel,
+      out_type=[*(output_struct(query.shape, dtype, *inputs) for dtype in tiles_out),
+                *[output_struct((b, n, t), jnp.float32, *inputs)] * rows_out],
       grid=(n, num_ctas, b), grid_names=("heads", "q_blocks", "batch"),
       num_threads=_COMPUTE_WARPGROUPS + 1, thread_name="wg",
       compiler_params=plgpu.CompilerParams(approx_math=True),
       interpret=interpret,
   )(*inputs)
-  return out, (query, key, value, query_ids, key_ids, offset, out, lse)

@@ -17,8 +17,8 @@ from gen_jax.parallel import context as parallel_context
 # GPU cudnn for the calls `cudnn_serves` (on an H200 it ran 1.25-1.8x the Pallas kernel,
 # docs/BENCHMARKS.md) and pallas for the rest (packed documents, until the device has timed and
 # checked cuDNN's packed layout; a cache offset), pallas on TPU, xla elsewhere.
-# pallas_mosaic: on a GPU the flash forward pass as a Hopper kernel in Mosaic GPU (wgmma and TMA,
-# kernels.flash_attention_mosaic_gpu) with the Triton backward, for the calls it takes
+# pallas_mosaic: on a GPU the flash forward pass and dQ as Hopper kernels in Mosaic GPU (wgmma and
+# TMA, kernels.flash_attention_mosaic_gpu) with the Triton dK/dV kernel, for the calls they take
 # (`mosaic_serves`: training and prefill) and the Triton kernels for the rest (decoding steps
 # against a cache); the Mosaic GPU interpreter on a CPU; no TPU. Not yet timed on a device.
 ATTENTION_IMPLS = ("xla", "pallas", "pallas_mosaic", "cudnn", "auto")
@@ -216,14 +216,14 @@ def pallas_target(platform: str | None = None) -> dict:
 
 
 def mosaic_serves(query, query_offset) -> bool:
-  """Whether impl "pallas_mosaic"'s Hopper forward kernel takes this call: bf16 or fp16, head_dim
+  """Whether impl "pallas_mosaic"'s Hopper kernels take this call: bf16 or fp16, head_dim
   up to 128, a static query offset (a decoding step's run-time one is the Triton kernel's)."""
   return (query.dtype in (jnp.bfloat16, jnp.float16) and query.shape[-1] <= 128
           and isinstance(query_offset, int))
 
 
 def _flash_target(impl: str, query, query_offset) -> dict:
-  """pallas_target for a flash impl: "pallas_mosaic" swaps in the Mosaic GPU forward kernel where
+  """pallas_target for a flash impl: "pallas_mosaic" swaps in the Mosaic GPU kernels where
   it serves the call."""
   target = pallas_target()
   if impl == "pallas_mosaic":
@@ -371,7 +371,7 @@ def _sharded_attention(mesh, inputs, options, ring: bool, striped: bool):
         axes=key_length_axes, num_shards=math.prod(mesh.shape[a] for a in key_length_axes),
         causal=options["causal"], sliding_window=options["sliding_window"],
         scale=options["scale"], striped=striped,
-        # Ring blocks sum float32 partial outputs: the Triton forward's (Mosaic's writes bf16).
+        # Ring blocks sum float32 partial outputs: the Triton kernels' (Mosaic's write bf16).
         impl="pallas" if resolve_impl(options["impl"]) in FLASH_IMPLS else resolve_impl(
             options["impl"]))
 

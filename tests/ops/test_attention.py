@@ -83,7 +83,7 @@ def test_pallas_impl_equals_xla_forward_and_gradients():
 
 
 def test_pallas_mosaic_runs_the_mosaic_kernel_where_it_serves_and_triton_elsewhere():
-  """impl='pallas_mosaic': bf16 training calls go to the Mosaic GPU forward kernel (its
+  """impl='pallas_mosaic': bf16 training calls go to the Mosaic GPU kernels (their
   interpreter on CPU), a decoding step's run-time offset and float32 to the Triton kernels; all
   equal the XLA reference, gradients too."""
   q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in _qkv(9, 1, 70, 70, 4, 2, 64))
