@@ -192,13 +192,83 @@ def backward(residuals, d_out, config: FlashConfig, interpret=None):
   return dq, dk, dv
 
 
+def _interpreter(interpret, config: FlashConfig):
+  """The Mosaic GPU interpreter's parameters: the call's, JAX's defaults when config.interpret,
+  else None (compile for the GPU)."""
+  if interpret is None and config.interpret:
+    from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+    return InterpretGPUParams()
+  return interpret
+
+
 class _Walk:
-  """What a query-major kernel's step sees of its warpgroup: its query-like tiles in shared memory
-  (`tiles`), its per-query rows in registers (`rows`), the ring of key and value blocks, and the
-  operations whose form differs between the GPU and the interpreter."""
+  """What a kernel's step sees of its warpgroup: its held tiles in shared memory (`tiles`), its
+  per-row values in registers (`rows`), the ring's blocks, and the operations whose form differs
+  between the GPU and the interpreter."""
 
   def __init__(self, **fields):
     self.__dict__.update(fields)
+
+
+class _Operations:
+  """Products, transposes, layouts and loads as the GPU or JAX's Mosaic GPU interpreter takes
+  them. On the GPU a product's left operand may come from registers and its right one may be a
+  transposed view of shared memory (FlashAttention-3); the interpreter only multiplies operands
+  held in shared memory (on JAX 0.10 untransposed), so there they are staged in a warpgroup's
+  `stage` and `transposed` buffers, and it has no run_state: a fresh accumulator is added
+  instead of accumulating in place."""
+
+  def __init__(self, interpret, tile_shape):
+    self.interpreted = interpret is not None
+    self.stage_transposes = self.interpreted and _INTERPRETER_TRANSPOSES_NOTHING
+    self.tile_shape = tile_shape  # [rows, columns] of the score tiles.
+
+  def buffers(self, dtype, h, tiles) -> dict:
+    """The shared-memory staging buffers the interpreter needs, one per compute warpgroup."""
+    smem = {}
+    if self.interpreted:
+      smem["stage"] = plgpu.SMEM((_COMPUTE_WARPGROUPS, *self.tile_shape), dtype, transforms=tiles)
+    if self.stage_transposes:
+      smem["transposed"] = plgpu.SMEM((_COMPUTE_WARPGROUPS, h, self.tile_shape[1]), dtype,
+                                      transforms=tiles)
+    return smem
+
+  def laid_out(self, x, layout):
+    # Registers' layouts mean nothing to an interpreter; JAX 0.10's has no rule for setting one.
+    return x if self.stage_transposes else plgpu.layout_cast(x, layout)
+
+  def load(self, ref, layout):
+    return ref[...] if self.stage_transposes else plgpu.load(ref, (), layout=layout)
+
+  def iota(self, dim):
+    """Positions along `dim` of a score tile, in wgmma's accumulator layout."""
+    if self.stage_transposes:
+      return lax.broadcasted_iota(jnp.int32, self.tile_shape, dim)
+    return plgpu.broadcasted_iota(jnp.int32, self.tile_shape, dim, layout=plgpu.Layout.WGMMA)
+
+  def matmul(self, smem, wg, a, b_ref, shape, acc=None):
+    """a @ b_ref in float32 [shape], plus acc; a a shared-memory ref or a score tile in registers."""
+    if self.interpreted and isinstance(a, jax.Array):
+      smem["stage"].at[wg][...] = a
+      plgpu.commit_smem()
+      a = smem["stage"].at[wg]
+
+    def product(acc_ref):
+      plgpu.wgmma(acc_ref, a, b_ref)
+
+    if acc is None or self.interpreted:
+      fresh = pl.run_scoped(lambda acc_ref: (product(acc_ref), acc_ref[...])[1],
+                            plgpu.ACC(shape, jnp.float32))
+      return fresh if acc is None else acc + fresh
+    return pl.run_state(product)(plgpu.ACC.init(acc))  # In place: no second accumulator.
+
+  def transposed(self, smem, wg, ref):
+    """A [rows, h] block as the [h, rows] right operand of a product."""
+    if not self.stage_transposes:
+      return ref.transpose((1, 0))
+    smem["transposed"].at[wg][...] = ref[...].T
+    plgpu.commit_smem()
+    return smem["transposed"].at[wg]
 
 
 def _query_major(name, config: FlashConfig, query, key, value, query_ids, key_ids, *, tiles_in,
@@ -222,22 +292,8 @@ def _query_major(name, config: FlashConfig, query, key, value, query_ids, key_id
   num_ctas, slots = t // cta_rows, _SLOTS
   if t % cta_rows or s % block_k or h not in (64, 128):
     raise ValueError(f"unpadded shapes {query.shape}, {key.shape}: pad with plan_blocks")
-  if interpret is None and config.interpret:
-    from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
-    interpret = InterpretGPUParams()
-  # On the GPU a product's left operand may come from registers and its right one may be a
-  # transposed view of shared memory (FlashAttention-3); JAX's Mosaic GPU interpreter only
-  # multiplies operands held in shared memory (on JAX 0.10 untransposed), so there they are
-  # staged, and it has no run_state: a fresh accumulator is added instead of accumulating in place.
-  interpreted = interpret is not None
-  stage_transposes = interpreted and _INTERPRETER_TRANSPOSES_NOTHING
-  # Registers' layouts mean nothing to an interpreter; JAX 0.10's has no rule for setting one.
-  laid_out = (lambda x, layout: x) if stage_transposes else plgpu.layout_cast
-  load = (lambda ref, layout: ref[...]) if stage_transposes else (
-      lambda ref, layout: plgpu.load(ref, (), layout=layout))
-  iota = (lambda dim: lax.broadcasted_iota(jnp.int32, (block_q, block_k), dim)) if (
-      stage_transposes) else (lambda dim: plgpu.broadcasted_iota(
-          jnp.int32, (block_q, block_k), dim, layout=plgpu.Layout.WGMMA))
+  interpret = _interpreter(interpret, config)
+  ops = _Operations(interpret, (block_q, block_k))
   mask, segments = config.mask, query_ids is not None
   tiles = (plgpu.TilingTransform((8, _SWIZZLE_BYTES // query.dtype.itemsize)),
            plgpu.SwizzleTransform(_SWIZZLE_BYTES))
@@ -285,45 +341,24 @@ def _query_major(name, config: FlashConfig, query, key, value, query_ids, key_id
         plgpu.copy_gmem_to_smem(q_ids_ref.at[batch, rows], q_ids_smem,
                                 barriers["q_ids_ready"].at[wg])
         plgpu.barrier_wait(barriers["q_ids_ready"].at[wg])
-        q_ids = lax.broadcast_in_dim(load(q_ids_smem, rows_layout), (block_q, block_k), [0])
+        q_ids = lax.broadcast_in_dim(ops.load(q_ids_smem, rows_layout), (block_q, block_k), [0])
       for i in range(num_tiles + num_rows):
         plgpu.barrier_wait(ready.at[wg * (num_tiles + num_rows) + i])
-      row_values = [load(smem["rows"].at[wg, i], rows_layout) for i in range(num_rows)]
-      q_row, k_col = iota(0) + q_block * block_q, iota(1)
-
-      def matmul(a, b_ref, shape, acc=None):
-        """a @ b_ref in float32 [shape], plus acc; a a shared-memory ref or a register array."""
-        if interpreted and isinstance(a, jax.Array):  # In registers: staged for the interpreter.
-          smem["stage"].at[wg][...] = a
-          plgpu.commit_smem()
-          a = smem["stage"].at[wg]
-
-        def product(acc_ref):
-          plgpu.wgmma(acc_ref, a, b_ref)
-
-        if acc is None or interpreted:
-          fresh = pl.run_scoped(lambda acc_ref: (product(acc_ref), acc_ref[...])[1],
-                                plgpu.ACC(shape, jnp.float32))
-          return fresh if acc is None else acc + fresh
-        return pl.run_state(product)(plgpu.ACC.init(acc))  # In place: no second accumulator.
-
-      def transposed(ref):  # A [block_k, h] block as the [h, block_k] right operand.
-        if not stage_transposes:
-          return ref.transpose((1, 0))
-        smem["transposed"].at[wg][...] = ref[...].T
-        plgpu.commit_smem()
-        return smem["transposed"].at[wg]
+      row_values = [ops.load(smem["rows"].at[wg, i], rows_layout) for i in range(num_rows)]
+      q_row, k_col = ops.iota(0) + q_block * block_q, ops.iota(1)
 
       def masked(logits, j, slot):
         k_ids = None
         if segments:
-          k_ids = lax.broadcast_in_dim(load(key_ids(smem, slot), keys_layout), logits.shape, [1])
+          k_ids = lax.broadcast_in_dim(ops.load(key_ids(smem, slot), keys_layout), logits.shape,
+                                       [1])
         visible = mask.visible(q_row, k_col + j * block_k, q_ids, k_ids)
         return jnp.where(visible, logits, -jnp.inf)
 
       walk = _Walk(
-          tiles=tile_smem, rows=row_values, rows_layout=rows_layout, laid_out=laid_out,
-          matmul=matmul, transposed=transposed, masked=masked,
+          tiles=tile_smem, rows=row_values, rows_layout=rows_layout, laid_out=ops.laid_out,
+          matmul=functools.partial(ops.matmul, smem, wg),
+          transposed=functools.partial(ops.transposed, smem, wg), masked=masked,
           keys=lambda slot: smem["k"].at[slot], values=lambda slot: smem["v"].at[slot],
           wait_values=lambda slot: plgpu.barrier_wait(barriers["value_ready"].at[slot]),
           release_keys=lambda slot: plgpu.barrier_arrive(barriers["key_free"].at[slot]),
@@ -425,12 +460,7 @@ def _query_major(name, config: FlashConfig, query, key, value, query_ids, key_id
                 "key_free": plgpu.Barrier(num_arrivals=_COMPUTE_WARPGROUPS, num_barriers=slots),
                 "value_free": plgpu.Barrier(num_arrivals=_COMPUTE_WARPGROUPS,
                                             num_barriers=slots)}
-    if interpreted:
-      smem["stage"] = plgpu.SMEM((_COMPUTE_WARPGROUPS, block_q, block_k), query.dtype,
-                                 transforms=tiles)
-    if stage_transposes:
-      smem["transposed"] = plgpu.SMEM((_COMPUTE_WARPGROUPS, h, block_k), key.dtype,
-                                      transforms=tiles)
+    smem.update(ops.buffers(query.dtype, h, tiles))
     if segments:
       # One buffer: a ring slot of key ids per key block, then a row of both warpgroups' query
       # ids. (Two int32 buffers deadlock JAX 0.11's Mosaic GPU interpreter.)
