@@ -47,14 +47,14 @@ def flash_attention(query, key, value, *, causal: bool, segment_ids=None, key_se
     sliding_window: a query sees keys with q_pos - k_pos < sliding_window (None: no limit).
     scale: logit scale (a Python float, static); defaults to 1/sqrt(h).
     backend: one of FLASH_BACKENDS, the kernels to run ("gpu": Triton; "mosaic_gpu": Hopper
-      forward and dQ kernels in Mosaic GPU (wgmma, TMA) with the Triton dK/dV kernel, for
-      bf16/fp16, head_dim <= 128 and a static query_offset (`flash_attention_mosaic_gpu`);
-      "tpu": Mosaic).
+      kernels in Mosaic GPU (wgmma, TMA) for the forward pass, dK/dV and dQ, for bf16/fp16,
+      head_dim <= 128 and a static query_offset (`flash_attention_mosaic_gpu`; with dq_atomic
+      its backward is the Triton one); "tpu": Mosaic).
     block_q, block_k: tile sizes for every kernel (None: the backend's defaults).
     interpret: run the same kernels in the Pallas interpreter (on any device, e.g. CPU tests).
     num_warps, num_stages: Triton's warps per program and pipelining depth for every Triton
-      kernel (the gpu backend's; mosaic_gpu's backward) (None: their defaults; for tuning on new
-      hardware, benchmarks/attention.py).
+      kernel (the gpu backend's; mosaic_gpu's backward with dq_atomic) (None: their defaults;
+      for tuning on new hardware, benchmarks/attention.py).
     dq_atomic: GPU backend: the dK/dV kernel also adds each tile's share of dQ into a float32
       buffer with atomic adds, in place of a separate dQ kernel that recomputes the logits and
       probabilities (FlashAttention-2's CUDA backward; 5 matmuls per tile pair instead of 7, at

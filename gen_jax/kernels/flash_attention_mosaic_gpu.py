@@ -1,28 +1,29 @@
 """FlashAttention for Hopper GPUs in Pallas' Mosaic GPU dialect (FlashAttention-3's recipe: Shah
-et al., 2024): the forward pass and the dQ kernel, with the Triton backend's dK/dV kernel.
+et al., 2024): the forward pass, the dK/dV kernel and the dQ kernel.
 
 Pallas' Triton backend reaches about 0.56x cuDNN's forward+backward at 8k tokens on an H200
 (docs/BENCHMARKS.md) whatever its tiles: Triton does not give Pallas Hopper's asynchronous
-tensor-core instructions (wgmma) or its bulk copy engine (TMA). Mosaic GPU does. Both kernels here
-are query-major (`_query_major`): each program (a CTA) takes 2 * block_q queries of one head and
-runs three warpgroups: two compute warpgroups of block_q queries each, which multiply with wgmma
-and keep their per-query state in registers (the online softmax; dQ), and one memory warpgroup
-that streams the key and value blocks into a ring of `slots` shared-memory buffers with TMA, so
-that loading the next blocks overlaps the products. The forward computes softmax(Q K^T) V; the
-dQ kernel recomputes the probabilities from the saved log-sum-exp and accumulates dS K, with
-dS = P (dO V^T - delta).
+tensor-core instructions (wgmma) or its bulk copy engine (TMA). Mosaic GPU does. Every kernel here
+runs three warpgroups per program (a CTA): two compute warpgroups, each holding 64 rows (queries
+for the forward and dQ kernels, `_query_major`; keys and values for dK/dV, `_dkdv`), which
+multiply with wgmma and keep their accumulators in registers, and one memory warpgroup that
+streams the other side's blocks into a ring of `slots` shared-memory buffers with TMA, so that
+loading the next blocks overlaps the products. The forward computes softmax(Q K^T) V with an
+online softmax; the backward kernels recompute the probabilities from the saved log-sum-exp:
+dQ += dS K, and dV += P^T dO, dK += dS^T Q, with dS = P (dO V^T - delta), dK/dV summing over the
+query heads that share a kv head (grouped-query attention).
 
-Synchronization, per ring slot: the memory warpgroup's copies complete `key_ready`/`value_ready`;
-each compute warpgroup arrives on `key_free`/`value_free` once it no longer reads the slot (two
-arrivals complete them), and the memory warpgroup waits for that before it refills the slot. A
-Mosaic GPU barrier tracks its phase per thread, so every thread must wait on every completion of
-a barrier it waits on, in order: a compute warpgroup walks all the key blocks of its CTA, and on a
-block its own queries do not see (the CTA's range is the union of both warpgroups' ranges) it
-waits and releases without computing.
+Synchronization, per ring slot: the memory warpgroup's copies complete one `*_ready` barrier per
+input; each compute warpgroup arrives on the slot's `*_free` barrier once it no longer reads the
+slot (two arrivals complete it), and the memory warpgroup waits for that before it refills the
+slot. A Mosaic GPU barrier tracks its phase per thread, so every thread must wait on every
+completion of a barrier it waits on, in order: a compute warpgroup walks all the blocks its CTA
+streams, and on a block its own rows do not meet (the CTA's range is the union of both
+warpgroups' ranges) it waits and releases without computing.
 
-Which keys a query sees is `TileMask`, the Triton and TPU kernels' predicate, so the log-sum-exp
-saved here (base 2, +inf for a row that sees no key, the Triton forward's convention) feeds the
-Triton dK/dV kernel unchanged, and `residuals` is the Triton backend's.
+Which keys a query sees is `TileMask`, the Triton and TPU kernels' predicate; the log-sum-exp is
+saved in the Triton forward's convention (base 2, +inf for a row that sees no key), so the
+residuals are the Triton backend's and with config.dq_atomic its backward runs on them.
 
 Supported: bfloat16/float16, head_dim up to 128 (padded to 64 or 128), causal masks, sliding
 windows, segment ids, grouped kv heads, a static query offset; results in the inputs' dtype.
@@ -153,15 +154,15 @@ def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig, 
 
 
 def backward(residuals, d_out, config: FlashConfig, interpret=None):
-  """Gradients (dq [b, t, n, h], dk, dv [b, s, k, h]) from `forward`'s residuals: dK and dV by the
-  Triton kernel, dQ by a Mosaic GPU kernel shaped as the forward (its queries held, the keys and
-  values streamed); with config.dq_atomic both by the Triton kernel."""
+  """Gradients (dq [b, t, n, h], dk, dv [b, s, k, h]) from `forward`'s residuals by two Mosaic GPU
+  kernels: dQ shaped as the forward (its queries held, the keys and values streamed), dK and dV
+  key-major (`_dkdv`); with config.dq_atomic by the Triton backward (its one-kernel variant)."""
   if config.dq_atomic:
     return flash_attention_gpu.backward(residuals, d_out, config)
   query, key, value, query_ids, key_ids, offset, out, lse = residuals
   check_supported(query.dtype, config, offset)
   delta = flash_attention_gpu.output_gradient_dot(out, d_out)
-  dk, dv = flash_attention_gpu.dkdv(residuals, d_out, delta, config)
+  dk, dv = _dkdv(config, query, key, value, query_ids, key_ids, d_out, lse, delta, interpret)
   h = query.shape[3]
   block_q, block_k = config.blocks.forward
   logit_scale = config.scale * _LOG2_E
@@ -190,6 +191,195 @@ def backward(residuals, d_out, config: FlashConfig, interpret=None):
       tiles_in=[query, d_out], rows_in=[lse, delta], tiles_out=[query.dtype], rows_out=0,
       init=init, step=step, finish=finish, interpret=interpret)
   return dq, dk, dv
+
+
+def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse, delta,
+          interpret):
+  """dK and dV [b, s, k, h]: a key-major kernel. Each CTA holds 2 * 64 keys and values of one kv
+  head (64 per compute warpgroup) and the memory warpgroup streams, for every query head of the
+  group in turn, the query blocks that see them: Q and dO [block_q, h], lse and delta [block_q]
+  (and query ids) into a ring of shared-memory slots. Per block, with keys along the rows:
+  P^T = exp2(K Q^T - lse), dV += P^T dO, dS^T = P^T (V dO^T - delta), dK += dS^T Q."""
+  b, t, n, h = query.shape
+  s, num_kv_heads = key.shape[1], key.shape[2]
+  group = n // num_kv_heads
+  block_k = _ROWS_PER_WARPGROUP  # Keys per compute warpgroup: wgmma's M.
+  block_q = _ROWS_PER_WARPGROUP
+  cta_keys = _COMPUTE_WARPGROUPS * block_k
+  num_ctas, slots = s // cta_keys, _SLOTS
+  if s % cta_keys or t % block_q:
+    raise ValueError(f"unpadded shapes {query.shape}, {key.shape}: pad with plan_blocks")
+  interpret = _interpreter(interpret, config)
+  ops = _Operations(interpret, (block_k, block_q))
+  mask, segments = config.mask, query_ids is not None
+  logit_scale = config.scale * _LOG2_E
+  tiles = (plgpu.TilingTransform((8, _SWIZZLE_BYTES // query.dtype.itemsize)),
+           plgpu.SwizzleTransform(_SWIZZLE_BYTES))
+  keys_layout, queries_layout = plgpu.Layout.WGMMA.reduce(1), plgpu.Layout.WGMMA.reduce(0)
+
+  def flash_attention_dkdv(*refs):
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref = refs[:6]
+    q_ids_ref, k_ids_ref = refs[6:8] if segments else (None, None)
+    dk_ref, dv_ref = refs[-2:]
+    batch, kv_head = lax.axis_index("batch"), lax.axis_index("heads")
+    cta = lax.axis_index("k_blocks")
+    first, end = mask.query_blocks(cta, block_q, cta_keys)  # Both warpgroups' queries.
+    blocks = end - first
+    steps = group * blocks
+
+    def head_of(i):
+      return kv_head * group + lax.div(i, blocks)
+
+    def block_of(i):
+      return first + lax.rem(i, blocks)
+
+    def stream(smem, barriers):  # The memory warpgroup: one slot per (query head, query block).
+      @pl.loop(0, steps)
+      def _(i):
+        slot, head = lax.rem(i, slots), head_of(i)
+        rows = pl.ds(block_of(i) * block_q, block_q)
+
+        @pl.when(i >= slots)
+        def _():
+          plgpu.barrier_wait(barriers["free"].at[slot])
+
+        plgpu.copy_gmem_to_smem(q_ref.at[batch, rows, head], smem["q"].at[slot],
+                                barriers["q_ready"].at[slot])
+        for r, ref in enumerate((lse_ref, delta_ref)):
+          plgpu.copy_gmem_to_smem(ref.at[batch, head, rows], smem["rows"].at[slot, r],
+                                  barriers["rows_ready"].at[2 * slot + r])
+        if segments:
+          plgpu.copy_gmem_to_smem(q_ids_ref.at[batch, rows], smem["ids"].at[slot, pl.ds(
+              0, block_q)], barriers["ids_ready"].at[slot])
+        plgpu.copy_gmem_to_smem(do_ref.at[batch, rows, head], smem["do"].at[slot],
+                                barriers["do_ready"].at[slot])
+
+      @pl.loop(jnp.maximum(0, steps - slots), steps)  # Observe the last releases too.
+      def _(i):
+        plgpu.barrier_wait(barriers["free"].at[lax.rem(i, slots)])
+
+    def compute(smem, barriers):
+      wg = lax.axis_index("wg")
+      k_block = cta * _COMPUTE_WARPGROUPS + wg
+      keys = pl.ds(k_block * block_k, block_k)
+      for r, ref in enumerate((k_ref, v_ref)):
+        plgpu.copy_gmem_to_smem(ref.at[batch, keys, kv_head], smem["kv"].at[wg, r],
+                                barriers["kv_ready"].at[2 * wg + r])
+      k_ids = None
+      if segments:
+        k_ids_smem = smem["ids"].at[slots, pl.ds(wg * block_k, block_k)]
+        plgpu.copy_gmem_to_smem(k_ids_ref.at[batch, keys], k_ids_smem,
+                                barriers["key_ids_ready"].at[wg])
+        plgpu.barrier_wait(barriers["key_ids_ready"].at[wg])
+        k_ids = lax.broadcast_in_dim(ops.load(k_ids_smem, keys_layout), (block_k, block_q), [0])
+      plgpu.barrier_wait(barriers["kv_ready"].at[2 * wg])
+      plgpu.barrier_wait(barriers["kv_ready"].at[2 * wg + 1])
+      k_smem, v_smem = smem["kv"].at[wg, 0], smem["kv"].at[wg, 1]
+      k_pos, q_col = ops.iota(0) + k_block * block_k, ops.iota(1)
+      matmul = functools.partial(ops.matmul, smem, wg)
+      transposed = functools.partial(ops.transposed, smem, wg)
+
+      def wait_inputs(slot):
+        plgpu.barrier_wait(barriers["q_ready"].at[slot])
+        plgpu.barrier_wait(barriers["rows_ready"].at[2 * slot])
+        plgpu.barrier_wait(barriers["rows_ready"].at[2 * slot + 1])
+        if segments:
+          plgpu.barrier_wait(barriers["ids_ready"].at[slot])
+
+      def attend(j, carry, base, masked):
+        dk, dv = carry
+        i = base + j - first
+        slot = lax.rem(i, slots)
+        wait_inputs(slot)
+        q_smem, do_smem = smem["q"].at[slot], smem["do"].at[slot]
+        row_lse, row_delta = (lax.broadcast_in_dim(
+            ops.load(smem["rows"].at[slot, r], queries_layout), (block_k, block_q), [1])
+            for r in range(2))
+        logits_t = matmul(k_smem, transposed(q_smem), (block_k, block_q)) * logit_scale
+        if masked:
+          q_ids = None
+          if segments:
+            q_ids = lax.broadcast_in_dim(ops.load(smem["ids"].at[slot, pl.ds(0, block_q)],
+                                                  queries_layout), logits_t.shape, [1])
+          visible = mask.visible(q_col + j * block_q, k_pos, q_ids, k_ids)
+          logits_t = jnp.where(visible, logits_t, -jnp.inf)
+        probs_t = jnp.exp2(logits_t - row_lse)  # [block_k, block_q]
+        plgpu.barrier_wait(barriers["do_ready"].at[slot])
+        dv = matmul(probs_t.astype(value.dtype), do_smem, (block_k, h), dv)
+        d_probs_t = matmul(v_smem, transposed(do_smem), (block_k, block_q))
+        d_logits_t = (probs_t * (d_probs_t - row_delta)).astype(query.dtype)
+        dk = matmul(d_logits_t, q_smem, (block_k, h), dk)
+        plgpu.barrier_arrive(barriers["free"].at[slot])
+        return dk, dv
+
+      def skip(j, carry, base):  # A query block of the CTA this warpgroup's keys are not seen by.
+        slot = lax.rem(base + j - first, slots)
+        wait_inputs(slot)
+        plgpu.barrier_wait(barriers["do_ready"].at[slot])
+        plgpu.barrier_arrive(barriers["free"].at[slot])
+        return carry
+
+      own_first, own_end = inside_range(*mask.query_blocks(k_block, block_q, block_k), first, end)
+      full_first, full_end = inside_range(
+          *mask.unmasked_query_blocks(k_block, block_q, block_k), own_first, own_end)
+
+      def head_step(g, carry):  # dK and dV sum over the query heads sharing this kv head.
+        base = g * blocks
+        carry = lax.fori_loop(first, own_first, functools.partial(skip, base=base), carry)
+        for start, stop, is_masked in ((own_first, full_first, True),
+                                       (full_first, full_end, False), (full_end, own_end, True)):
+          carry = lax.fori_loop(start, stop, functools.partial(
+              attend, base=base, masked=is_masked), carry)
+        return lax.fori_loop(own_end, end, functools.partial(skip, base=base), carry)
+
+      zeros = ops.laid_out(jnp.zeros((block_k, h), jnp.float32), plgpu.Layout.WGMMA)
+      dk, dv = lax.fori_loop(0, group, head_step, (zeros, zeros))
+      k_smem[...] = (dk * config.scale).astype(key.dtype)  # The keys are read no more.
+      v_smem[...] = dv.astype(value.dtype)
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(k_smem, dk_ref.at[batch, keys, kv_head])
+      plgpu.copy_smem_to_gmem(v_smem, dv_ref.at[batch, keys, kv_head])
+      plgpu.wait_smem_to_gmem(0)
+
+    def scoped(smem, barriers):
+      wg = lax.axis_index("wg")
+
+      @pl.when(wg < _COMPUTE_WARPGROUPS)
+      def _():
+        plgpu.set_max_registers(232, action="increase")
+        compute(smem, barriers)
+
+      @pl.when(wg == _COMPUTE_WARPGROUPS)
+      def _():
+        plgpu.set_max_registers(40, action="decrease")
+        stream(smem, barriers)
+
+    smem = {"kv": plgpu.SMEM((_COMPUTE_WARPGROUPS, 2, block_k, h), key.dtype, transforms=tiles),
+            "q": plgpu.SMEM((slots, block_q, h), query.dtype, transforms=tiles),
+            "do": plgpu.SMEM((slots, block_q, h), query.dtype, transforms=tiles),
+            "rows": plgpu.SMEM((slots, 2, block_q), jnp.float32),
+            **ops.buffers(query.dtype, h, tiles)}
+    barriers = {"kv_ready": plgpu.Barrier(num_barriers=2 * _COMPUTE_WARPGROUPS),
+                "q_ready": plgpu.Barrier(num_barriers=slots),
+                "do_ready": plgpu.Barrier(num_barriers=slots),
+                "rows_ready": plgpu.Barrier(num_barriers=2 * slots),
+                "free": plgpu.Barrier(num_arrivals=_COMPUTE_WARPGROUPS, num_barriers=slots)}
+    if segments:  # A ring slot of query ids per block, then a row of both warpgroups' key ids.
+      smem["ids"] = plgpu.SMEM((slots + 1, max(block_q, cta_keys)), jnp.int32)
+      barriers["ids_ready"] = plgpu.Barrier(num_barriers=slots)
+      barriers["key_ids_ready"] = plgpu.Barrier(num_barriers=_COMPUTE_WARPGROUPS)
+    pl.run_scoped(scoped, smem, barriers, collective_axes="wg")
+
+  inputs = (query, key, value, d_out, lse, delta, *((query_ids, key_ids) if segments else ()))
+  return plgpu.kernel(
+      flash_attention_dkdv,
+      out_type=[output_struct(key.shape, key.dtype, *inputs),
+                output_struct(value.shape, value.dtype, *inputs)],
+      grid=(num_kv_heads, num_ctas, b), grid_names=("heads", "k_blocks", "batch"),
+      num_threads=_COMPUTE_WARPGROUPS + 1, thread_name="wg",
+      compiler_params=plgpu.CompilerParams(approx_math=True),
+      interpret=interpret,
+  )(*inputs)
 
 
 def _interpreter(interpret, config: FlashConfig):
