@@ -36,7 +36,7 @@
 #               packed layout of documents (tests/ops/test_cudnn_packed.py: output and gradients
 #               against the XLA reference, GQA, a sliding window, padding, an all-padding row, and
 #               the Pallas fallback for rows of more documents than it is compiled for)
-#   attention_mosaic  the Mosaic GPU forward and dQ kernels (attention_impl=pallas_mosaic: wgmma, TMA,
+#   attention_mosaic  the Mosaic GPU kernels (attention_impl=pallas_mosaic: forward, dK/dV, dQ; wgmma, TMA,
 #               warp-specialized; landed on 2026-12-05, interpreted on a CPU and lowered, never
 #               run on a GPU; kernel_tests runs its tests compiled first) against the Triton
 #               kernel and cuDNN, forward + backward at 2k and 8k (Llama shapes: 32 heads, 8 kv
@@ -58,7 +58,7 @@
 #               kernels that took the time (a copy of each layer's weights would show by name);
 #               the traces come back in artifacts.tar.gz
 #   lm_train_mosaic  the 1b preset at batch 16, remat=dots, attention_impl=pallas_mosaic (the
-#               Mosaic GPU forward and dQ, Triton dK/dV) against 46.8% MFU with pallas
+#               three Mosaic GPU kernels) against 46.8% MFU with pallas
 #   decode_7b   the same for Llama-2-7B's shape, bf16 and int8 (the config's, and with separate
 #               layers): where a layer's weights (400 MB,
 #               about 100 us at the H200's bandwidth) outweigh its kernel launches, so where the 70%

@@ -17,8 +17,8 @@ from gen_jax.parallel import context as parallel_context
 # GPU cudnn for the calls `cudnn_serves` (on an H200 it ran 1.25-1.8x the Pallas kernel,
 # docs/BENCHMARKS.md) and pallas for the rest (packed documents, until the device has timed and
 # checked cuDNN's packed layout; a cache offset), pallas on TPU, xla elsewhere.
-# pallas_mosaic: on a GPU the flash forward pass and dQ as Hopper kernels in Mosaic GPU (wgmma and
-# TMA, kernels.flash_attention_mosaic_gpu) with the Triton dK/dV kernel, for the calls they take
+# pallas_mosaic: on a GPU the flash kernels (forward, dK/dV, dQ) as Hopper kernels in Mosaic GPU
+# (wgmma and TMA, kernels.flash_attention_mosaic_gpu), for the calls they take
 # (`mosaic_serves`: training and prefill) and the Triton kernels for the rest (decoding steps
 # against a cache); the Mosaic GPU interpreter on a CPU; no TPU. Not yet timed on a device.
 ATTENTION_IMPLS = ("xla", "pallas", "pallas_mosaic", "cudnn", "auto")
@@ -371,7 +371,7 @@ def _sharded_attention(mesh, inputs, options, ring: bool, striped: bool):
         axes=key_length_axes, num_shards=math.prod(mesh.shape[a] for a in key_length_axes),
         causal=options["causal"], sliding_window=options["sliding_window"],
         scale=options["scale"], striped=striped,
-        # Ring blocks sum float32 partial outputs: the Triton kernels' (Mosaic's write bf16).
+        # Ring blocks sum float32 partial results: the Triton kernels' (Mosaic's write bf16).
         impl="pallas" if resolve_impl(options["impl"]) in FLASH_IMPLS else resolve_impl(
             options["impl"]))
 
