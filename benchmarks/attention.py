@@ -1,6 +1,7 @@
-"""Attention speed: the XLA reference, the Pallas flash kernel and cuDNN, forward + backward.
+"""Attention speed: the XLA reference, the Pallas flash kernels and cuDNN, forward + backward.
 
-  python benchmarks/attention.py                       # on a GPU: xla, pallas, cudnn; 1k..32k
+  python benchmarks/attention.py                       # on a GPU: xla, pallas, pallas_mosaic,
+                                                       # cudnn; 1k..32k
   python benchmarks/attention.py --lengths=256,512,1024 --impls=xla   # what a CPU can run
 
 Each row times jit(value_and_grad) of a causal grouped-query attention (Llama shapes: 32 query
@@ -44,8 +45,10 @@ from gen_jax import ops
 
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096", "8192", "16384", "32768"],
                              "Sequence lengths.")
-_IMPLS = flags.DEFINE_list("impls", ["xla", "pallas", "cudnn"], "ops.attention implementations, "
-                           "or pallas:dq=atomic (the Pallas kernel with dQ by atomic adds).")
+_IMPLS = flags.DEFINE_list("impls", ["xla", "pallas", "pallas_mosaic", "cudnn"],
+                           "ops.attention implementations (pallas: the Triton kernels; "
+                           "pallas_mosaic: the Mosaic GPU ones), or pallas:dq=atomic (the Triton "
+                           "kernels with dQ by atomic adds).")
 _TOKENS = flags.DEFINE_integer("tokens_per_batch", 32768, "batch = tokens_per_batch / length (>= 1).")
 _HEADS = flags.DEFINE_integer("num_heads", 32, "Query heads.")
 _KV_HEADS = flags.DEFINE_integer("num_kv_heads", 8, "Key/value heads.")

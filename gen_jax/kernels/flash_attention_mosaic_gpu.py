@@ -215,7 +215,7 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
   logit_scale = config.scale * _LOG2_E
   tiles = (plgpu.TilingTransform((8, _SWIZZLE_BYTES // query.dtype.itemsize)),
            plgpu.SwizzleTransform(_SWIZZLE_BYTES))
-  keys_layout, queries_layout = plgpu.Layout.WGMMA.reduce(1), plgpu.Layout.WGMMA.reduce(0)
+  queries_layout = plgpu.Layout.WGMMA.reduce(0)  # Per streamed query: along the columns.
 
   def flash_attention_dkdv(*refs):
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref = refs[:6]
@@ -267,11 +267,7 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
                                 barriers["kv_ready"].at[2 * wg + r])
       k_ids = None
       if segments:
-        k_ids_smem = smem["ids"].at[slots, pl.ds(wg * block_k, block_k)]
-        plgpu.copy_gmem_to_smem(k_ids_ref.at[batch, keys], k_ids_smem,
-                                barriers["key_ids_ready"].at[wg])
-        plgpu.barrier_wait(barriers["key_ids_ready"].at[wg])
-        k_ids = lax.broadcast_in_dim(ops.load(k_ids_smem, keys_layout), (block_k, block_q), [0])
+        k_ids = ops.held_ids(smem, wg, k_ids_ref.at[batch, keys], barriers["key_ids_ready"].at[wg])
       plgpu.barrier_wait(barriers["kv_ready"].at[2 * wg])
       plgpu.barrier_wait(barriers["kv_ready"].at[2 * wg + 1])
       k_smem, v_smem = smem["kv"].at[wg, 0], smem["kv"].at[wg, 1]
@@ -436,6 +432,16 @@ class _Operations:
       return lax.broadcasted_iota(jnp.int32, self.tile_shape, dim)
     return plgpu.broadcasted_iota(jnp.int32, self.tile_shape, dim, layout=plgpu.Layout.WGMMA)
 
+  def held_ids(self, smem, wg, ids_ref, barrier):
+    """The segment ids of a warpgroup's held rows (ids_ref: their [rows] in HBM), broadcast over
+    its score tiles' columns. They go through the row after the ring of the `ids` buffer."""
+    rows = self.tile_shape[0]
+    held = smem["ids"].at[_SLOTS, pl.ds(wg * rows, rows)]
+    plgpu.copy_gmem_to_smem(ids_ref, held, barrier)
+    plgpu.barrier_wait(barrier)
+    return lax.broadcast_in_dim(self.load(held, plgpu.Layout.WGMMA.reduce(1)), self.tile_shape,
+                                [0])
+
   def matmul(self, smem, wg, a, b_ref, shape, acc=None):
     """a @ b_ref in float32 [shape], plus acc; a a shared-memory ref or a score tile in registers."""
     if self.interpreted and isinstance(a, jax.Array):
@@ -527,11 +533,7 @@ def _query_major(name, config: FlashConfig, query, key, value, query_ids, key_id
                                 ready.at[wg * (num_tiles + num_rows) + num_tiles + i])
       q_ids = None
       if segments:
-        q_ids_smem = smem["ids"].at[slots, pl.ds(wg * block_q, block_q)]
-        plgpu.copy_gmem_to_smem(q_ids_ref.at[batch, rows], q_ids_smem,
-                                barriers["q_ids_ready"].at[wg])
-        plgpu.barrier_wait(barriers["q_ids_ready"].at[wg])
-        q_ids = lax.broadcast_in_dim(ops.load(q_ids_smem, rows_layout), (block_q, block_k), [0])
+        q_ids = ops.held_ids(smem, wg, q_ids_ref.at[batch, rows], barriers["q_ids_ready"].at[wg])
       for i in range(num_tiles + num_rows):
         plgpu.barrier_wait(ready.at[wg * (num_tiles + num_rows) + i])
       row_values = [ops.load(smem["rows"].at[wg, i], rows_layout) for i in range(num_rows)]
