@@ -46,6 +46,7 @@ from gen_jax.kernels.flash_attention_tiles import (
   KernelBlocks,
   inside_range,
   output_struct,
+  vary_like,
 )
 
 _LOG2_E = math.log2(math.e)
@@ -367,7 +368,7 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
     pl.run_scoped(scoped, smem, barriers, collective_axes="wg")
 
   inputs = (query, key, value, d_out, lse, delta, *((query_ids, key_ids) if segments else ()))
-  return plgpu.kernel(
+  results = plgpu.kernel(
       flash_attention_dkdv,
       out_type=[output_struct(key.shape, key.dtype, *inputs),
                 output_struct(value.shape, value.dtype, *inputs)],
@@ -376,6 +377,7 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
       compiler_params=plgpu.CompilerParams(approx_math=True),
       interpret=interpret,
   )(*inputs)
+  return [vary_like(x, *inputs) for x in results]
 
 
 def _interpreter(interpret, config: FlashConfig):
@@ -664,7 +666,7 @@ def _query_major(name, config: FlashConfig, query, key, value, query_ids, key_id
   kernel.__name__ = name  # Remat policies find the forward kernel by name.
   inputs = (query, key, value, *((query_ids, key_ids) if segments else ()), *tiles_in[1:],
             *rows_in)
-  return plgpu.kernel(
+  results = plgpu.kernel(
       kernel,
       out_type=[*(output_struct(query.shape, dtype, *inputs) for dtype in tiles_out),
                 *[output_struct((b, n, t), jnp.float32, *inputs)] * rows_out],
@@ -673,3 +675,4 @@ def _query_major(name, config: FlashConfig, query, key, value, query_ids, key_id
       compiler_params=plgpu.CompilerParams(approx_math=True),
       interpret=interpret,
   )(*inputs)
+  return [vary_like(x, *inputs) for x in results]

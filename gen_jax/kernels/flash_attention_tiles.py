@@ -172,6 +172,15 @@ def output_struct(shape, dtype, *inputs) -> jax.ShapeDtypeStruct:
                               manual_axis_type=jax.sharding.ManualAxisType(varying=varying))
 
 
+def vary_like(result, *inputs):
+  """`result` marked as varying over every manual mesh axis any input (None: absent) does: a
+  kernel whose call does not carry output_struct's axes into its result's type (Mosaic GPU's)."""
+  varying = frozenset().union(*(jax.typeof(x).manual_axis_type.varying
+                                for x in inputs if x is not None))
+  missing = tuple(sorted(varying - jax.typeof(result).manual_axis_type.varying))
+  return jax.lax.pcast(result, missing, to="varying") if missing else result
+
+
 def clamp_block(index, first, end):
   """`index` moved into [first, end), or a valid neighbour when the range is empty.
 

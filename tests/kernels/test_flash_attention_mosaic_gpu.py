@@ -132,3 +132,27 @@ def test_refuses_what_it_does_not_take_by_name():
   with pytest.raises(ValueError, match="result_dtype"):
     flash_attention_with_lse(query, query, query, causal=True, backend="mosaic_gpu",
                              result_dtype=jnp.float32)
+
+
+def test_lowers_inside_shard_map_with_the_varying_axes_check_on():
+  """In a data-parallel shard_map (how a sharded model calls it) the three kernels lower for a GPU
+  with shard_map's varying-axes check on. (Run, the interpreter's host callbacks deadlock across
+  8 CPU devices; the Triton kernels' sharded runs are tests/parallel's.)"""
+  from jax.sharding import PartitionSpec as P
+  target = jax.sharding.AbstractMesh((4,), ("data",), abstract_device=jax.sharding.AbstractDevice(
+      device_kind="NVIDIA H100", num_cores=None, platform="gpu"))
+  sharding = jax.sharding.NamedSharding(target, P("data"))
+  shapes = [jax.ShapeDtypeStruct(shape, jnp.bfloat16, sharding=sharding)
+            for shape in ((4, 256, 4, 64), (4, 256, 2, 64), (4, 256, 2, 64))]
+  sharded = jax.shard_map(
+      lambda q, k, v: flash_attention(q, k, v, causal=True, sliding_window=100,
+                                      backend="mosaic_gpu"),
+      mesh=target, in_specs=(P("data"),) * 3, out_specs=P("data"))
+
+  def loss(q, k, v):
+    return sharded(q, k, v).astype(jnp.float32).sum()
+
+  with jax.sharding.use_abstract_mesh(target):
+    text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(*shapes).lower(
+        lowering_platforms=("cuda",)).as_text()
+  assert text.count("custom_call @mosaic_gpu") == 3
