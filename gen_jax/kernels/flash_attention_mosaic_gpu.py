@@ -368,15 +368,17 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
     pl.run_scoped(scoped, smem, barriers, collective_axes="wg")
 
   inputs = (query, key, value, d_out, lse, delta, *((query_ids, key_ids) if segments else ()))
+  return _launch(flash_attention_dkdv, inputs, [(key.shape, key.dtype), (value.shape, value.dtype)],
+                 (num_kv_heads, num_ctas, b), ("heads", "k_blocks", "batch"), interpret)
+
+
+def _launch(body, inputs, out_shapes, grid, grid_names, interpret):
+  """Runs `body` on `inputs` as a Mosaic GPU kernel of three warpgroups per CTA over `grid`;
+  returns its results [(shape, dtype) of out_shapes], varying over the inputs' manual mesh axes."""
   results = plgpu.kernel(
-      flash_attention_dkdv,
-      out_type=[output_struct(key.shape, key.dtype, *inputs),
-                output_struct(value.shape, value.dtype, *inputs)],
-      grid=(num_kv_heads, num_ctas, b), grid_names=("heads", "k_blocks", "batch"),
-      num_threads=_COMPUTE_WARPGROUPS + 1, thread_name="wg",
-      compiler_params=plgpu.CompilerParams(approx_math=True),
-      interpret=interpret,
-  )(*inputs)
+      body, out_type=[output_struct(shape, dtype, *inputs) for shape, dtype in out_shapes],
+      grid=grid, grid_names=grid_names, num_threads=_COMPUTE_WARPGROUPS + 1, thread_name="wg",
+      compiler_params=plgpu.CompilerParams(approx_math=True), interpret=interpret)(*inputs)
   return [vary_like(x, *inputs) for x in results]
 
 
@@ -666,13 +668,6 @@ def _query_major(name, config: FlashConfig, query, key, value, query_ids, key_id
   kernel.__name__ = name  # Remat policies find the forward kernel by name.
   inputs = (query, key, value, *((query_ids, key_ids) if segments else ()), *tiles_in[1:],
             *rows_in)
-  results = plgpu.kernel(
-      kernel,
-      out_type=[*(output_struct(query.shape, dtype, *inputs) for dtype in tiles_out),
-                *[output_struct((b, n, t), jnp.float32, *inputs)] * rows_out],
-      grid=(n, num_ctas, b), grid_names=("heads", "q_blocks", "batch"),
-      num_threads=_COMPUTE_WARPGROUPS + 1, thread_name="wg",
-      compiler_params=plgpu.CompilerParams(approx_math=True),
-      interpret=interpret,
-  )(*inputs)
-  return [vary_like(x, *inputs) for x in results]
+  return _launch(kernel, inputs, [*((query.shape, dtype) for dtype in tiles_out),
+                                  *[((b, n, t), jnp.float32)] * rows_out],
+                 (n, num_ctas, b), ("heads", "q_blocks", "batch"), interpret)
