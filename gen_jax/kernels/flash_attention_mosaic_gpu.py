@@ -59,17 +59,18 @@ _DTYPES = ("bfloat16", "float16")
 # JAX 0.10's Mosaic GPU interpreter cannot read a transposed shared-memory operand.
 _INTERPRETER_TRANSPOSES_NOTHING = tuple(int(x) for x in jax.__version__.split(".")[:2]) < (0, 11)
 
-# The residuals are the Triton backend's (its dK/dV kernel reads them too).
+# The residuals are the Triton backend's (its backward takes them with dq_atomic).
 residuals = flash_attention_gpu.residuals
 natural_lse = flash_attention_gpu.natural_lse
 
 
 def plan_blocks(head_dim: int, query_length: int, key_length: int, block_q: int | None,
                 block_k: int | None, interpret: bool) -> KernelBlocks:
-  """The forward kernel's tiles (block_q: queries per compute warpgroup, fixed at wgmma's 64;
-  block_k: keys per ring slot, default 128) and the Triton backward kernels' (`block_q` and
-  `block_k` set theirs, as on the gpu backend); lengths padded to whole tiles of all of them
-  (a CTA takes 2 * 64 queries), head_dim to 64 or 128."""
+  """The forward and dQ kernels' tiles (block_q: queries per compute warpgroup, fixed at wgmma's
+  64; block_k: keys per ring slot, default 128), and the Triton backward's for dq_atomic
+  (`block_q` and `block_k` set theirs, as on the gpu backend); lengths padded to whole tiles of
+  all of them (a CTA holds 2 * 64 queries, or 2 * 64 keys in the dK/dV kernel), head_dim to 64
+  or 128."""
   if head_dim > 128:
     raise ValueError(f"the mosaic_gpu backend takes head_dim up to 128, got {head_dim}")
   triton = flash_attention_gpu.plan_blocks(head_dim, query_length, key_length, block_q, block_k,
@@ -79,7 +80,7 @@ def plan_blocks(head_dim: int, query_length: int, key_length: int, block_q: int 
     raise ValueError(f"block_k must be a multiple of 64 on the mosaic_gpu backend, got {block_k}")
   cta_rows = _COMPUTE_WARPGROUPS * _ROWS_PER_WARPGROUP
   step_q = math.lcm(cta_rows, *(bq for bq, _ in (triton.dkdv, triton.dq)))
-  step_k = math.lcm(forward_k, *(bk for _, bk in (triton.dkdv, triton.dq)))
+  step_k = math.lcm(cta_rows, forward_k, *(bk for _, bk in (triton.dkdv, triton.dq)))
   return KernelBlocks(forward=(_ROWS_PER_WARPGROUP, forward_k), dkdv=triton.dkdv, dq=triton.dq,
                       padded_query_length=-(-query_length // step_q) * step_q,
                       padded_key_length=-(-key_length // step_k) * step_k,
@@ -87,8 +88,8 @@ def plan_blocks(head_dim: int, query_length: int, key_length: int, block_q: int 
 
 
 def check_supported(dtype, config: FlashConfig, offset=None, layer=None) -> None:
-  """Raises ValueError naming what this backend's forward kernel does not take (the gpu
-  backend's Triton kernels take all of it)."""
+  """Raises ValueError naming what this backend's kernels do not take (the gpu backend's Triton
+  kernels take all of it)."""
   if jnp.dtype(dtype).name not in _DTYPES:
     raise ValueError(f"the mosaic_gpu backend takes {_DTYPES} inputs, got {jnp.dtype(dtype)}")
   if offset is not None or config.mask.dynamic_offset:

@@ -118,6 +118,16 @@ def test_lowers_to_three_mosaic_gpu_kernels(case):
   assert text.count("custom_call @__gpu$xla.gpu.triton") == 0
 
 
+@pytest.mark.parametrize("block_k", [None, 64])
+def test_padding_fits_every_kernel(block_k):
+  """Queries pad to whole CTAs of the forward and dQ kernels (2 x 64), keys to whole ring slots
+  and to whole CTAs of the dK/dV kernel (2 x 64), whatever block_k the call sets."""
+  from gen_jax.kernels.flash_attention_mosaic_gpu import plan_blocks
+  blocks = plan_blocks(96, 200, 300, None, block_k, False)
+  assert blocks.padded_query_length == 256 and blocks.padded_key_length == 384
+  assert blocks.padded_key_length % blocks.forward[1] == 0 and blocks.padded_head_dim == 128
+
+
 def test_refuses_what_it_does_not_take_by_name():
   query = jnp.zeros((1, 64, 2, 64), jnp.float32)
   with pytest.raises(ValueError, match="float32"):
