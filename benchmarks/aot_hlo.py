@@ -48,7 +48,10 @@ import time
 import jax
 from absl import app, flags
 
-_PROGRAM = flags.DEFINE_enum("program", "decode", ["decode", "train"], "What to compile.")
+import attention  # benchmarks/, the script's own directory: --program=attention takes its flags.
+
+_PROGRAM = flags.DEFINE_enum("program", "decode", ["decode", "train", "attention"],
+                             "What to compile.")
 _CONFIG = flags.DEFINE_string("config", "configs/llm/pretrain.py:1b", "--program=train: file:preset.")
 _SET = flags.DEFINE_multi_string("set", [], "--program=train: overrides, e.g. model.remat=dots.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "--program=train: global batch; 0: preset's.")
@@ -101,9 +104,55 @@ def _train() -> str:
   return compiled.as_text()
 
 
+def _attention(devices) -> None:
+  """--program=attention: benchmarks/attention.py's forward + backward for each of its --impls at
+  each of its --lengths (its shape flags), compiled for the target; then Mosaic GPU's account of
+  its kernels (`_print_mosaic_kernels`)."""
+  import jax.numpy as jnp
+  mesh = jax.sharding.Mesh(devices[:1], ("x",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  for length in map(int, attention._LENGTHS.value):
+    batch = max(1, attention._TOKENS.value // length)
+    inputs = [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated) for x in jax.eval_shape(
+        lambda: attention._inputs(batch, length, jnp.dtype(attention._DTYPE.value)))]
+    for impl in attention._IMPLS.value:
+      start = time.perf_counter()
+      with jax.set_mesh(mesh):  # Pallas' GPU lowering reads the device from the mesh.
+        compiled = attention._forward_backward(impl).lower(*inputs).compile()
+      _write(compiled.as_text(), f"{_TARGET.value.replace(':', '-')}_attention_{impl}_{length}"
+             f"_b{batch}", start)
+
+
+def _print_mosaic_kernels(dump: str) -> None:
+  """Each Mosaic GPU kernel compiled (XLA:GPU compiles them to SASS with the program, so ptxas
+  runs here without a GPU): registers per thread, spills, and shared memory, from its dumps."""
+  names = sorted(f.removesuffix(".ptxas") for f in os.listdir(dump) if f.endswith(".ptxas"))
+  if not names:
+    return
+  print("Mosaic GPU kernels (ptxas; registers are the launch's, before set_max_registers):")
+  print("  kernel                                  registers  spill stores  spill loads  smem KiB")
+  for name in names:
+    with open(os.path.join(dump, f"{name}.ptxas")) as f:
+      ptxas = f.read()
+    registers = re.search(r"Used (\d+) registers", ptxas)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", ptxas)
+    smem = ""
+    if os.path.exists(os.path.join(dump, f"{name}.resources.txt")):
+      with open(os.path.join(dump, f"{name}.resources.txt")) as f:
+        found = re.search(r"smem_scratch_bytes=(\d+)", f.read())
+      smem = f"{int(found.group(1)) / 1024:.1f}" if found else ""
+    print(f"  {name[:40]:40s} {registers.group(1) if registers else '?':>9s} "
+          f"{spills.group(1) if spills else '?':>13s} {spills.group(2) if spills else '?':>12s} "
+          f"{smem:>9s}")
+
+
 def main(argv):
   del argv
   jax.config.update("jax_platforms", "cpu")  # The host computes nothing; the GPU is described.
+  # Mosaic GPU writes ptxas' report of each kernel it compiles here (read after the compile).
+  mosaic_dump = os.path.join(_OUT.value, f"mosaic_gpu_{os.getpid()}")
+  os.makedirs(mosaic_dump)  # (Absent, Mosaic GPU prints its dumps instead.)
+  os.environ.update(MOSAIC_GPU_DUMP_PTXAS="1", MOSAIC_GPU_DUMP_TO=mosaic_dump)
   from gen_jax.parallel import context as parallel_context
   from gen_jax.parallel import targets
 
@@ -116,7 +165,8 @@ def main(argv):
   if platform == "gpu":
     _answer_cudnn_checks_for_hopper()
   with parallel_context.compiling_for(platform):
-    _compile(devices)
+    _attention(devices) if _PROGRAM.value == "attention" else _compile(devices)
+  _print_mosaic_kernels(mosaic_dump)
 
 
 def _answer_cudnn_checks_for_hopper() -> None:

@@ -87,7 +87,8 @@ def _inputs(batch: int, length: int, dtype, seed: int = 0):
 def _attention(impl: str, q, k, v, query_offset=0):
   """ops.attention; "pallas:tiles=BQxBK" / "pallas:triton=WxS" call the Pallas kernel with those
   tiles / Triton warps and stages on all its kernels, "pallas:dq=atomic" with dQ by atomic adds
-  (flash_attention's dq_atomic), "pallas:splits=N" with its forward's keys in N parts."""
+  (flash_attention's dq_atomic), "pallas:splits=N" with its forward's keys in N parts;
+  "pallas_mosaic:SETTING" the same settings of the Mosaic GPU kernels."""
   if impl.startswith("mosaic_example:"):  # JAX's Mosaic GPU example; forward only.
     from jax.experimental.pallas.ops.gpu import attention_mgpu
     block_q, block_kv = map(int, impl.partition(":")[2].split("x"))
@@ -95,10 +96,11 @@ def _attention(impl: str, q, k, v, query_offset=0):
                                          max_concurrent_steps=2, causal=True)
     scale = 1.0 / np.sqrt(q.shape[-1])  # The example does not scale the logits itself.
     return attention_mgpu.attention((q * scale).astype(q.dtype), k, v, config)
-  if not impl.startswith("pallas:"):
+  kernel, _, setting = impl.partition(":")
+  if not setting:
     return ops.attention(q, k, v, causal=True, impl=impl, query_offset=query_offset)
   from gen_jax import kernels
-  setting, _, value = impl.partition(":")[2].partition("=")
+  setting, _, value = setting.partition("=")
   if setting == "dq" and value == "atomic":
     options = {"dq_atomic": True}
   elif setting == "splits":
@@ -111,7 +113,7 @@ def _attention(impl: str, q, k, v, query_offset=0):
     raise ValueError(f"{impl!r}: the Pallas settings are tiles=BQxBK, triton=WxS, dq=atomic, "
                      "splits=N")
   return kernels.flash_attention(q, k, v, causal=True, query_offset=query_offset, **options,
-                                 **ops.pallas_target())
+                                 **ops.flash_target(kernel, q, query_offset))
 
 
 def _forward_backward(impl: str):

@@ -222,9 +222,9 @@ def mosaic_serves(query, query_offset) -> bool:
           and isinstance(query_offset, int))
 
 
-def _flash_target(impl: str, query, query_offset) -> dict:
-  """pallas_target for a flash impl: "pallas_mosaic" swaps in the Mosaic GPU kernels where
-  it serves the call."""
+def flash_target(impl: str, query, query_offset) -> dict:
+  """pallas_target for a flash impl ("pallas" or "pallas_mosaic"): "pallas_mosaic" swaps in the
+  Mosaic GPU kernels where they serve the call."""
   target = pallas_target()
   if impl == "pallas_mosaic":
     if target["backend"] == "tpu":
@@ -244,7 +244,7 @@ def _local_attention(query, key, value, query_offset, *, causal, sliding_window,
     return kernels.flash_attention(
         query, key, value, causal=causal, segment_ids=segment_ids, key_segment_ids=key_segment_ids,
         query_offset=query_offset, sliding_window=sliding_window, scale=scale,
-        **_flash_target(impl, query, query_offset))
+        **flash_target(impl, query, query_offset))
   if impl == "cudnn":
     return _cudnn_attention(query, key, value, query_offset, causal=causal, scale=scale,
                             sliding_window=sliding_window, segment_ids=segment_ids)
