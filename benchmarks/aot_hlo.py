@@ -39,11 +39,14 @@ What it cannot see: times (no autotuning without the device, so Triton GEMM tile
 a kernel's speed is the lent GPU's question, benchmarks/device_checks.sh), and launches' overhead.
 What it settles here: which copies, relayouts and unfused products XLA:GPU puts in every step.
 """
+import contextlib
 import dataclasses
 import json
 import os
 import re
+import shutil
 import time
+from collections.abc import Iterator
 
 import jax
 from absl import app, flags
@@ -117,10 +120,30 @@ def _attention(devices) -> None:
         lambda: attention._inputs(batch, length, jnp.dtype(attention._DTYPE.value)))]
     for impl in attention._IMPLS.value:
       start = time.perf_counter()
-      with jax.set_mesh(mesh):  # Pallas' GPU lowering reads the device from the mesh.
-        compiled = attention._forward_backward(impl).lower(*inputs).compile()
-      _write(compiled.as_text(), f"{_TARGET.value.replace(':', '-')}_attention_{impl}_{length}"
-             f"_b{batch}", start)
+      name = f"{_TARGET.value.replace(':', '-')}_attention_{impl}_{length}_b{batch}"
+      try:
+        with jax.set_mesh(mesh), _mosaic_dumps(name) as dump:  # (Pallas' GPU lowering reads
+          compiled = attention._forward_backward(impl).lower(*inputs).compile()  # the mesh.)
+      except Exception as e:  # noqa: BLE001 - e.g. tiles over the shared memory: the next impl.
+        print(f"{impl} at length {length}: does not compile: {type(e).__name__}: "
+              f"{(str(e).splitlines() or [''])[0][:200]}")
+        continue
+      _write(compiled.as_text(), name, start)
+      _print_mosaic_kernels(dump)
+
+
+@contextlib.contextmanager
+def _mosaic_dumps(name: str) -> Iterator[str]:
+  """Mosaic GPU dumps each kernel the block compiles (ptxas' report among its files) into the
+  directory yielded, --out/mosaic_gpu/NAME (`_print_mosaic_kernels` reads it)."""
+  dump = os.path.join(_OUT.value, "mosaic_gpu", name)
+  shutil.rmtree(dump, ignore_errors=True)
+  os.makedirs(dump)  # (Absent, Mosaic GPU prints its dumps instead.)
+  os.environ.update(MOSAIC_GPU_DUMP_PTXAS="1", MOSAIC_GPU_DUMP_TO=dump)
+  try:
+    yield dump
+  finally:
+    del os.environ["MOSAIC_GPU_DUMP_TO"]
 
 
 def _print_mosaic_kernels(dump: str) -> None:
@@ -129,7 +152,7 @@ def _print_mosaic_kernels(dump: str) -> None:
   names = sorted(f.removesuffix(".ptxas") for f in os.listdir(dump) if f.endswith(".ptxas"))
   if not names:
     return
-  print("Mosaic GPU kernels (ptxas; registers are the launch's, before set_max_registers):")
+  print("its Mosaic GPU kernels (ptxas; registers are the launch's, before set_max_registers):")
   print("  kernel                                  registers  spill stores  spill loads  smem KiB")
   for name in names:
     with open(os.path.join(dump, f"{name}.ptxas")) as f:
@@ -149,10 +172,6 @@ def _print_mosaic_kernels(dump: str) -> None:
 def main(argv):
   del argv
   jax.config.update("jax_platforms", "cpu")  # The host computes nothing; the GPU is described.
-  # Mosaic GPU writes ptxas' report of each kernel it compiles here (read after the compile).
-  mosaic_dump = os.path.join(_OUT.value, f"mosaic_gpu_{os.getpid()}")
-  os.makedirs(mosaic_dump)  # (Absent, Mosaic GPU prints its dumps instead.)
-  os.environ.update(MOSAIC_GPU_DUMP_PTXAS="1", MOSAIC_GPU_DUMP_TO=mosaic_dump)
   from gen_jax.parallel import context as parallel_context
   from gen_jax.parallel import targets
 
@@ -166,7 +185,6 @@ def main(argv):
     _answer_cudnn_checks_for_hopper()
   with parallel_context.compiling_for(platform):
     _attention(devices) if _PROGRAM.value == "attention" else _compile(devices)
-  _print_mosaic_kernels(mosaic_dump)
 
 
 def _answer_cudnn_checks_for_hopper() -> None:
@@ -192,10 +210,12 @@ def _compile(devices) -> None:
   import hlo_summary  # benchmarks/, the script's own directory.
   if _PROGRAM.value == "train":
     start = time.perf_counter()
-    text = _train()
     name = _TARGET.value.replace(":", "-") + "_" + _CONFIG.value.replace("/", "_").replace(":", "_") + "".join(
         f"_{s}" for s in _SET.value) + (f"_b{_BATCH_SIZE.value}" if _BATCH_SIZE.value else "")
+    with _mosaic_dumps(name) as dump:
+      text = _train()
     _write(text, name, start)
+    _print_mosaic_kernels(dump)
     computations, entry = hlo_summary.parse(text)
     bandwidth = targets.GPU_BANDWIDTH.get(_TARGET.value)  # A TPU: no data-sheet figure kept here.
     for kind, (moved, kernels) in hlo_summary.traffic_by_kind(computations, entry).items():

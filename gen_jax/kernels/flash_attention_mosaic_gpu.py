@@ -54,6 +54,12 @@ _ROWS_PER_WARPGROUP = 64  # wgmma's M: one warpgroup's queries.
 _COMPUTE_WARPGROUPS = 2
 # Key/value blocks in flight: 2 x 2 x [128, 128] bf16 is 128 KiB of the 227 KiB a CTA may use.
 _SLOTS = 2
+_SHARED_MEMORY_BYTES = 227 * 1024  # A Hopper CTA's most.
+# Registers per thread (setmaxnreg) of the compute and memory warpgroups: 2 x 128 x 240 + 128 x 24
+# fill the 64K register file (FlashAttention-3's split). The memory warpgroup only issues copies
+# and waits; with 232 / 40 ptxas spilled in the backward kernels at head_dim 128
+# (benchmarks/aot_hlo.py --program=attention prints ptxas' report without a GPU).
+_COMPUTE_REGISTERS, _MEMORY_REGISTERS = 240, 24
 _SWIZZLE_BYTES = 128  # Shared-memory rows of 64 bf16 values, swizzled against bank conflicts.
 _DTYPES = ("bfloat16", "float16")
 # JAX 0.10's Mosaic GPU interpreter cannot read a transposed shared-memory operand.
@@ -79,12 +85,22 @@ def plan_blocks(head_dim: int, query_length: int, key_length: int, block_q: int 
   if forward_k % 64:
     raise ValueError(f"block_k must be a multiple of 64 on the mosaic_gpu backend, got {block_k}")
   cta_rows = _COMPUTE_WARPGROUPS * _ROWS_PER_WARPGROUP
+  padded_h = 64 if head_dim <= 64 else 128
+  # The dQ kernel's shared memory, the most of the three: the key/value ring, each compute
+  # warpgroup's query and dO tiles, its lse/delta rows, and the ids (2-byte inputs).
+  dq_bytes = (2 * _SLOTS * forward_k * padded_h * 2 + _COMPUTE_WARPGROUPS * 2 * _ROWS_PER_WARPGROUP
+              * padded_h * 2 + _COMPUTE_WARPGROUPS * 2 * _ROWS_PER_WARPGROUP * 4
+              + (_SLOTS + 1) * max(forward_k, cta_rows) * 4)
+  if dq_bytes > _SHARED_MEMORY_BYTES:
+    raise ValueError(f"block_k={forward_k} at head_dim {padded_h} needs {dq_bytes // 1024} KiB of "
+                     f"shared memory on the mosaic_gpu backend; a CTA has "
+                     f"{_SHARED_MEMORY_BYTES // 1024}")
   step_q = math.lcm(cta_rows, *(bq for bq, _ in (triton.dkdv, triton.dq)))
   step_k = math.lcm(cta_rows, forward_k, *(bk for _, bk in (triton.dkdv, triton.dq)))
   return KernelBlocks(forward=(_ROWS_PER_WARPGROUP, forward_k), dkdv=triton.dkdv, dq=triton.dq,
                       padded_query_length=-(-query_length // step_q) * step_q,
                       padded_key_length=-(-key_length // step_k) * step_k,
-                      padded_head_dim=64 if head_dim <= 64 else 128)
+                      padded_head_dim=padded_h)
 
 
 def check_supported(dtype, config: FlashConfig, offset=None, layer=None) -> None:
@@ -344,12 +360,12 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
 
       @pl.when(wg < _COMPUTE_WARPGROUPS)
       def _():
-        plgpu.set_max_registers(232, action="increase")
+        plgpu.set_max_registers(_COMPUTE_REGISTERS, action="increase")
         compute(smem, barriers)
 
       @pl.when(wg == _COMPUTE_WARPGROUPS)
       def _():
-        plgpu.set_max_registers(40, action="decrease")
+        plgpu.set_max_registers(_MEMORY_REGISTERS, action="decrease")
         stream(smem, barriers)
 
     smem = {"kv": plgpu.SMEM((_COMPUTE_WARPGROUPS, 2, block_k, h), key.dtype, transforms=tiles),
@@ -635,12 +651,12 @@ def _query_major(name, config: FlashConfig, query, key, value, query_ids, key_id
 
       @pl.when(wg < _COMPUTE_WARPGROUPS)
       def _():
-        plgpu.set_max_registers(232, action="increase")  # The softmax's and products' registers.
+        plgpu.set_max_registers(_COMPUTE_REGISTERS, action="increase")
         compute(smem, barriers)
 
       @pl.when(wg == _COMPUTE_WARPGROUPS)
       def _():
-        plgpu.set_max_registers(40, action="decrease")
+        plgpu.set_max_registers(_MEMORY_REGISTERS, action="decrease")
         stream(smem, barriers)
 
     smem = {"tiles": plgpu.SMEM((_COMPUTE_WARPGROUPS, max(num_tiles, len(tiles_out)), block_q, h),

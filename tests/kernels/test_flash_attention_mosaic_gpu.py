@@ -142,6 +142,13 @@ def test_refuses_what_it_does_not_take_by_name():
   with pytest.raises(ValueError, match="result_dtype"):
     flash_attention_with_lse(query, query, query, causal=True, backend="mosaic_gpu",
                              result_dtype=jnp.float32)
+  # A key/value ring of 2 x 2 x [256, 128] alone is more shared memory than a CTA has; at
+  # head_dim 64 the same tiles fit (ptxas' report: 161 KiB).
+  wide = jnp.zeros((1, 256, 2, 128), jnp.bfloat16)
+  with pytest.raises(ValueError, match="block_k=256 at head_dim 128 needs 324 KiB"):
+    flash_attention(wide, wide, wide, causal=True, backend="mosaic_gpu", block_k=256)
+  from gen_jax.kernels.flash_attention_mosaic_gpu import plan_blocks
+  assert plan_blocks(64, 256, 256, None, 256, False).forward == (64, 256)
 
 
 def test_lowers_inside_shard_map_with_the_varying_axes_check_on():
