@@ -37,9 +37,11 @@
 #               against the XLA reference, GQA, a sliding window, padding, an all-padding row, and
 #               the Pallas fallback for rows of more documents than it is compiled for)
 #   attention_mosaic  the Mosaic GPU kernels (attention_impl=pallas_mosaic: forward, dK/dV, dQ; wgmma, TMA,
-#               warp-specialized; landed on 2026-12-05, interpreted on a CPU and lowered, never
-#               run on a GPU; kernel_tests runs its tests compiled first) against the Triton
-#               kernel and cuDNN, forward + backward at 2k and 8k (Llama shapes: 32 heads, 8 kv
+#               warp-specialized; landed on 2026-12-05, interpreted on a CPU and compiled to SASS
+#               without a GPU (aot_hlo.py --program=attention), never run on one; kernel_tests runs
+#               its tests compiled first) against the Triton kernel and cuDNN, and with dQ from
+#               the dK/dV kernel (pallas_mosaic:dq=atomic: 5 products a tile, not 7; TMA's
+#               reducing copies), forward + backward at 2k and 8k (Llama shapes: 32 heads, 8 kv
 #               heads of 128), then each forward alone at 8k beside JAX's own Mosaic example;
 #               then at the 1b preset's shape (head_dim 64, 4 kv heads, 2k). Target: 0.9x cuDNN
 #   decode_1b_options  the 1.1B rows at batch 1 and 32 in bf16 (rolled and separate layers)
@@ -119,6 +121,9 @@
 # ARGS_<stage>="--flag=value ..." appends flags to its command (a later absl flag wins), e.g. the
 # CPU rehearsal: STAGES=attention ARGS_attention="--lengths=128 --tokens_per_batch=128 --num_heads=4
 # --num_kv_heads=2 --head_dim=32 --check_length=100 --impls=xla,pallas" bash benchmarks/device_checks.sh
+# (a rehearsal of the Mosaic GPU kernels, interpreted, needs XLA_FLAGS=--xla_force_host_platform_
+# device_count=8, as the tests have: a forward + backward on one CPU device deadlocked JAX's
+# interpreter in 3 to 6 of 6 runs on the 2-core VM, on 8 devices in none of 6)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT="${OUT:-/tmp/device_checks}" ART=/tmp/device_artifacts  # Stages write to both (bash -c).
@@ -176,7 +181,7 @@ declare -A COMMANDS=(
   [decode_1b_int32]="python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=int8,int4 --batch_sizes=32 --weight_matmul_impls=xla,pallas --draft_layers=0 --nohf --nono_cache --variants=''"
   [attention_decode]="for shape in '--num_heads=32 --num_kv_heads=32 --head_dim=128' '--num_heads=32 --num_kv_heads=4 --head_dim=64'; do python3 benchmarks/attention.py \$shape --lengths= --check_length=0 --nosplit_forward --decode_lengths=1024,4096,16384,32768 {ARGS}; done"
   [lm_train_cudnn]="for remat in dots dots_attention; do echo \"| remat=\$remat |\"; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=cudnn --set=model.remat=\$remat {ARGS}; done"
-  [attention_mosaic]="python3 benchmarks/attention.py --repeats=5 --impls=pallas,pallas_mosaic,cudnn --lengths=2048,8192 --mosaic_example_tiles=64x128 {ARGS}; python3 benchmarks/attention.py --repeats=5 --impls=pallas,pallas_mosaic,cudnn --lengths=2048 --num_heads=32 --num_kv_heads=4 --head_dim=64 --sweep_length=2048 --mosaic_example_tiles= {ARGS}"
+  [attention_mosaic]="python3 benchmarks/attention.py --repeats=5 --impls=pallas,pallas_mosaic,pallas_mosaic:dq=atomic,cudnn --lengths=2048,8192 --mosaic_example_tiles=64x128 {ARGS}; python3 benchmarks/attention.py --repeats=5 --impls=pallas,pallas_mosaic,pallas_mosaic:dq=atomic,cudnn --lengths=2048 --num_heads=32 --num_kv_heads=4 --head_dim=64 --sweep_length=2048 --mosaic_example_tiles= {ARGS}"
   [lm_train_mosaic]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas_mosaic --set=model.remat=dots {ARGS}"
   [lm_train_xla]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=xla"
   [decode_hlo]="rm -rf /tmp/hlo; XLA_FLAGS='--xla_dump_to=/tmp/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*generate.*' python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --repeats=1 --new_tokens=8 {ARGS}; n=0; for f in \$(ls /tmp/hlo/*generate*after_optimizations.txt | head -2); do n=\$((n + 1)); cp \$f \$ART/decode_hlo_\$n.txt; done; python3 benchmarks/hlo_summary.py --top=6 \$ART/decode_hlo_*.txt"

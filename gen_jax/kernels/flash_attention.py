@@ -20,8 +20,6 @@ from gen_jax.kernels.flash_attention_tiles import FlashConfig, TileMask
 FLASH_BACKENDS = ("gpu", "mosaic_gpu", "tpu")
 _KERNELS = {"gpu": flash_attention_gpu, "mosaic_gpu": flash_attention_mosaic_gpu,
             "tpu": flash_attention_tpu}
-# Backends whose backward pass runs Triton kernels (and takes their settings).
-_TRITON_BACKWARD = ("gpu", "mosaic_gpu")
 
 
 def flash_attention(query, key, value, *, causal: bool, segment_ids=None, key_segment_ids=None,
@@ -48,17 +46,16 @@ def flash_attention(query, key, value, *, causal: bool, segment_ids=None, key_se
     scale: logit scale (a Python float, static); defaults to 1/sqrt(h).
     backend: one of FLASH_BACKENDS, the kernels to run ("gpu": Triton; "mosaic_gpu": Hopper
       kernels in Mosaic GPU (wgmma, TMA) for the forward pass, dK/dV and dQ, for bf16/fp16,
-      head_dim <= 128 and a static query_offset (`flash_attention_mosaic_gpu`; with dq_atomic
-      its backward is the Triton one); "tpu": Mosaic).
+      head_dim <= 128 and a static query_offset (`flash_attention_mosaic_gpu`); "tpu": Mosaic).
     block_q, block_k: tile sizes for every kernel (None: the backend's defaults).
     interpret: run the same kernels in the Pallas interpreter (on any device, e.g. CPU tests).
-    num_warps, num_stages: Triton's warps per program and pipelining depth for every Triton
-      kernel (the gpu backend's; mosaic_gpu's backward with dq_atomic) (None: their defaults;
-      for tuning on new hardware, benchmarks/attention.py).
-    dq_atomic: GPU backend: the dK/dV kernel also adds each tile's share of dQ into a float32
-      buffer with atomic adds, in place of a separate dQ kernel that recomputes the logits and
-      probabilities (FlashAttention-2's CUDA backward; 5 matmuls per tile pair instead of 7, at
-      the price of atomic traffic and a summation order that varies from run to run).
+    num_warps, num_stages: Triton's warps per program and pipelining depth for every kernel of
+      the gpu backend (None: their defaults; for tuning on new hardware, benchmarks/attention.py).
+    dq_atomic: GPU backends: the dK/dV kernel also adds each tile's share of dQ into a float32
+      buffer (Triton: atomic adds; mosaic_gpu: TMA's reducing copies), in place of a separate dQ
+      kernel that recomputes the logits and probabilities (FlashAttention-2's and -3's CUDA
+      backward; 5 matmuls per tile pair instead of 7, at the price of the additions' traffic and
+      a summation order that varies from run to run).
     key_splits: GPU backend: the forward kernel splits each query block's keys into this many
       parts, one program each, and merges their partial softmaxes (Flash-Decoding: a few
       queries against a long KV cache would otherwise keep a few SMs busy). None: split when the
@@ -199,9 +196,11 @@ def _prepare(query, key, value, causal, segment_ids, key_segment_ids, query_offs
   arrays padded to whole tiles, ids None without segments, the offset None when static."""
   if backend not in FLASH_BACKENDS:
     raise ValueError(f"backend {backend!r} is not one of {FLASH_BACKENDS}")
-  if backend not in _TRITON_BACKWARD and (num_warps or num_stages or dq_atomic or key_splits):
-    raise ValueError("num_warps, num_stages, dq_atomic and key_splits are settings of the 'gpu' "
-                     "backend")
+  if backend != "gpu" and (num_warps or num_stages or key_splits):
+    raise ValueError("num_warps, num_stages and key_splits are settings of the 'gpu' backend "
+                     "(Triton's)")
+  if backend not in ("gpu", "mosaic_gpu") and dq_atomic:
+    raise ValueError("dq_atomic is a setting of the GPU backends ('gpu', 'mosaic_gpu')")
   for name, setting in (("num_warps", num_warps), ("num_stages", num_stages),
                         ("key_splits", key_splits)):
     if setting is not None and setting < 1:

@@ -22,8 +22,10 @@ streams, and on a block its own rows do not meet (the CTA's range is the union o
 warpgroups' ranges) it waits and releases without computing.
 
 Which keys a query sees is `TileMask`, the Triton and TPU kernels' predicate; the log-sum-exp is
-saved in the Triton forward's convention (base 2, +inf for a row that sees no key), so the
-residuals are the Triton backend's and with config.dq_atomic its backward runs on them.
+saved in the Triton forward's convention (base 2, +inf for a row that sees no key): the
+residuals are the Triton backend's. With config.dq_atomic the dK/dV kernel also computes dQ
+(FlashAttention-3's backward: 5 products per tile instead of 7), adding float32 shares into a
+buffer with TMA's reducing copies.
 
 Supported: bfloat16/float16, head_dim up to 128 (padded to 64 or 128), causal masks, sliding
 windows, segment ids, grouped kv heads, a static query offset; results in the inputs' dtype.
@@ -31,6 +33,7 @@ Anything else (a run-time query offset, a float32 result, Flash-Decoding's key s
 a stacked cache) is the Triton backend's: `forward` raises naming it. Letters: b batch, t/s
 query/key length, n/k query/kv heads, g = n // k, h head_dim.
 """
+import dataclasses
 import functools
 import math
 
@@ -65,22 +68,23 @@ _DTYPES = ("bfloat16", "float16")
 # JAX 0.10's Mosaic GPU interpreter cannot read a transposed shared-memory operand.
 _INTERPRETER_TRANSPOSES_NOTHING = tuple(int(x) for x in jax.__version__.split(".")[:2]) < (0, 11)
 
-# The residuals are the Triton backend's (its backward takes them with dq_atomic).
+# The residuals and their lse convention are the Triton backend's.
 residuals = flash_attention_gpu.residuals
 natural_lse = flash_attention_gpu.natural_lse
 
 
 def plan_blocks(head_dim: int, query_length: int, key_length: int, block_q: int | None,
                 block_k: int | None, interpret: bool) -> KernelBlocks:
-  """The forward and dQ kernels' tiles (block_q: queries per compute warpgroup, fixed at wgmma's
-  64; block_k: keys per ring slot, default 128), and the Triton backward's for dq_atomic
-  (`block_q` and `block_k` set theirs, as on the gpu backend); lengths padded to whole tiles of
-  all of them (a CTA holds 2 * 64 queries, or 2 * 64 keys in the dK/dV kernel), head_dim to 64
-  or 128."""
+  """The kernels' tiles: the forward and dQ kernels' (block_q: queries per compute warpgroup,
+  wgmma's 64, the only value taken; block_k: keys per ring slot, default 128), the dK/dV
+  kernel's (64 queries per ring slot, 2 x 64 keys held per CTA); lengths padded to whole tiles of
+  all of them and head_dim to 64 or 128. (`interpret`: the backends' common signature.)"""
+  del interpret
   if head_dim > 128:
     raise ValueError(f"the mosaic_gpu backend takes head_dim up to 128, got {head_dim}")
-  triton = flash_attention_gpu.plan_blocks(head_dim, query_length, key_length, block_q, block_k,
-                                           interpret)
+  if block_q not in (None, _ROWS_PER_WARPGROUP):
+    raise ValueError(f"block_q is {_ROWS_PER_WARPGROUP} (wgmma's rows) on the mosaic_gpu backend, "
+                     f"got {block_q}")
   forward_k = block_k or 128
   if forward_k % 64:
     raise ValueError(f"block_k must be a multiple of 64 on the mosaic_gpu backend, got {block_k}")
@@ -95,10 +99,10 @@ def plan_blocks(head_dim: int, query_length: int, key_length: int, block_q: int 
     raise ValueError(f"block_k={forward_k} at head_dim {padded_h} needs {dq_bytes // 1024} KiB of "
                      f"shared memory on the mosaic_gpu backend; a CTA has "
                      f"{_SHARED_MEMORY_BYTES // 1024}")
-  step_q = math.lcm(cta_rows, *(bq for bq, _ in (triton.dkdv, triton.dq)))
-  step_k = math.lcm(cta_rows, forward_k, *(bk for _, bk in (triton.dkdv, triton.dq)))
-  return KernelBlocks(forward=(_ROWS_PER_WARPGROUP, forward_k), dkdv=triton.dkdv, dq=triton.dq,
-                      padded_query_length=-(-query_length // step_q) * step_q,
+  step_k = math.lcm(cta_rows, forward_k)
+  return KernelBlocks(forward=(_ROWS_PER_WARPGROUP, forward_k),
+                      dkdv=(_ROWS_PER_WARPGROUP, cta_rows), dq=(_ROWS_PER_WARPGROUP, forward_k),
+                      padded_query_length=-(-query_length // cta_rows) * cta_rows,
                       padded_key_length=-(-key_length // step_k) * step_k,
                       padded_head_dim=padded_h)
 
@@ -174,13 +178,14 @@ def forward(query, key, value, query_ids, key_ids, offset, config: FlashConfig, 
 def backward(residuals, d_out, config: FlashConfig, interpret=None):
   """Gradients (dq [b, t, n, h], dk, dv [b, s, k, h]) from `forward`'s residuals by two Mosaic GPU
   kernels: dQ shaped as the forward (its queries held, the keys and values streamed), dK and dV
-  key-major (`_dkdv`); with config.dq_atomic by the Triton backward (its one-kernel variant)."""
-  if config.dq_atomic:
-    return flash_attention_gpu.backward(residuals, d_out, config)
+  key-major (`_dkdv`); with config.dq_atomic by the dK/dV kernel alone, which also adds each
+  tile's share of dQ into a float32 buffer (5 products per tile instead of 7)."""
   query, key, value, query_ids, key_ids, offset, out, lse = residuals
   check_supported(query.dtype, config, offset)
   delta = flash_attention_gpu.output_gradient_dot(out, d_out)
-  dk, dv = _dkdv(config, query, key, value, query_ids, key_ids, d_out, lse, delta, interpret)
+  dk, dv, dq = _dkdv(config, query, key, value, query_ids, key_ids, d_out, lse, delta, interpret)
+  if config.dq_atomic:
+    return (dq * config.scale).astype(query.dtype), dk, dv
   h = query.shape[3]
   block_q, block_k = config.blocks.forward
   logit_scale = config.scale * _LOG2_E
@@ -213,11 +218,16 @@ def backward(residuals, d_out, config: FlashConfig, interpret=None):
 
 def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse, delta,
           interpret):
-  """dK and dV [b, s, k, h]: a key-major kernel. Each CTA holds 2 * 64 keys and values of one kv
-  head (64 per compute warpgroup) and the memory warpgroup streams, for every query head of the
-  group in turn, the query blocks that see them: Q and dO [block_q, h], lse and delta [block_q]
-  (and query ids) into a ring of shared-memory slots. Per block, with keys along the rows:
-  P^T = exp2(K Q^T - lse), dV += P^T dO, dS^T = P^T (V dO^T - delta), dK += dS^T Q."""
+  """dK and dV [b, s, k, h], and with config.dq_atomic dQ / scale [b, t, n, h] float32 (else
+  None): a key-major kernel. Each CTA holds 2 * 64 keys and values of one kv head (64 per compute
+  warpgroup) and the memory warpgroup streams, for every query head of the group in turn, the
+  query blocks that see them: Q and dO [block_q, h], lse and delta [block_q] (and query ids) into
+  a ring of shared-memory slots. Per block, with keys along the rows: P^T = exp2(K Q^T - lse),
+  dV += P^T dO, dS^T = P^T (V dO^T - delta), dK += dS^T Q; with dq_atomic also dS K, the
+  block's share of dQ from these keys, which TMA adds into a float32 buffer in global memory
+  (FlashAttention-3's backward; the order of the additions varies from run to run). JAX's
+  interpreter has no reducing copy: there each warpgroup writes its shares into its own slice
+  of a [s / 64, b, t, n, h] buffer, summed after."""
   b, t, n, h = query.shape
   s, num_kv_heads = key.shape[1], key.shape[2]
   group = n // num_kv_heads
@@ -228,17 +238,27 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
   if s % cta_keys or t % block_q:
     raise ValueError(f"unpadded shapes {query.shape}, {key.shape}: pad with plan_blocks")
   interpret = _interpreter(interpret, config)
+  fused_dq, num_k_blocks = config.dq_atomic, s // block_k
+  if fused_dq and interpret is not None:  # Slices of the shares that no block writes stay 0.
+    interpret = dataclasses.replace(interpret, uninitialized_memory="zero")
   ops = _Operations(interpret, (block_k, block_q))
   mask, segments = config.mask, query_ids is not None
   logit_scale = config.scale * _LOG2_E
   tiles = (plgpu.TilingTransform((8, _SWIZZLE_BYTES // query.dtype.itemsize)),
            plgpu.SwizzleTransform(_SWIZZLE_BYTES))
+  float_tiles = (plgpu.TilingTransform((8, _SWIZZLE_BYTES // 4)),
+                 plgpu.SwizzleTransform(_SWIZZLE_BYTES))
   queries_layout = plgpu.Layout.WGMMA.reduce(0)  # Per streamed query: along the columns.
 
   def flash_attention_dkdv(*refs):
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref = refs[:6]
     q_ids_ref, k_ids_ref = refs[6:8] if segments else (None, None)
-    dk_ref, dv_ref = refs[-2:]
+    if not fused_dq:
+      dk_ref, dv_ref = refs[-2:]
+    elif ops.interpreted:  # The shares' buffer is the kernel's third result.
+      dk_ref, dv_ref, dq_ref = refs[-3:]
+    else:  # The float32 dQ buffer is a Ref the kernel adds into, its last operand.
+      dq_ref, dk_ref, dv_ref = refs[-3:]
     batch, kv_head = lax.axis_index("batch"), lax.axis_index("heads")
     cta = lax.axis_index("k_blocks")
     first, end = mask.query_blocks(cta, block_q, cta_keys)  # Both warpgroups' queries.
@@ -322,9 +342,28 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
         dv = matmul(probs_t.astype(value.dtype), do_smem, (block_k, h), dv)
         d_probs_t = matmul(v_smem, transposed(do_smem), (block_k, block_q))
         d_logits_t = (probs_t * (d_probs_t - row_delta)).astype(query.dtype)
+        d_logits = ops.transposed_tile(smem, wg, d_logits_t) if fused_dq else None
         dk = matmul(d_logits_t, q_smem, (block_k, h), dk)
+        if fused_dq:
+          add_dq_share(d_logits, j, base)
         plgpu.barrier_arrive(barriers["free"].at[slot])
         return dk, dv
+
+      def add_dq_share(d_logits, j, base):
+        """dS K [block_q, h] (d_logits: dS [block_q, block_k] in shared memory) from this
+        warpgroup's keys, added into dQ's rows of query block j. In 64 columns at a time: beside
+        dK's and dV's accumulators a whole [64, 128] float32 share spilled registers."""
+        share = smem["dq"].at[wg]
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # The last share has left `share`.
+        for c in range(0, h, 64):
+          columns = pl.ds(c, 64)
+          share.at[:, columns][...] = matmul(d_logits, k_smem.at[:, columns], (block_q, 64))
+        plgpu.commit_smem()
+        head, rows = kv_head * group + lax.div(base, blocks), pl.ds(j * block_q, block_q)
+        if ops.interpreted:
+          plgpu.copy_smem_to_gmem(share, dq_ref.at[k_block, batch, rows, head])
+        else:
+          plgpu.copy_smem_to_gmem(share, dq_ref.at[batch, rows, head], reduction_op="add")
 
       def skip(j, carry, base):  # A query block of the CTA this warpgroup's keys are not seen by.
         slot = lax.rem(base + j - first, slots)
@@ -373,6 +412,11 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
             "do": plgpu.SMEM((slots, block_q, h), query.dtype, transforms=tiles),
             "rows": plgpu.SMEM((slots, 2, block_q), jnp.float32),
             **ops.buffers(query.dtype, h, tiles)}
+    if fused_dq:  # Per compute warpgroup: dS for the product, then its dQ share for the copy.
+      smem["ds"] = plgpu.SMEM((_COMPUTE_WARPGROUPS, block_k, block_q), query.dtype,
+                              transforms=tiles)
+      smem["dq"] = plgpu.SMEM((_COMPUTE_WARPGROUPS, block_q, h), jnp.float32,
+                              transforms=float_tiles)
     barriers = {"kv_ready": plgpu.Barrier(num_barriers=2 * _COMPUTE_WARPGROUPS),
                 "q_ready": plgpu.Barrier(num_barriers=slots),
                 "do_ready": plgpu.Barrier(num_barriers=slots),
@@ -385,18 +429,29 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
     pl.run_scoped(scoped, smem, barriers, collective_axes="wg")
 
   inputs = (query, key, value, d_out, lse, delta, *((query_ids, key_ids) if segments else ()))
-  return _launch(flash_attention_dkdv, inputs, [(key.shape, key.dtype), (value.shape, value.dtype)],
-                 (num_kv_heads, num_ctas, b), ("heads", "k_blocks", "batch"), interpret)
+  results = [(key.shape, key.dtype), (value.shape, value.dtype)]
+  grid = (num_kv_heads, num_ctas, b), ("heads", "k_blocks", "batch")
+  if not fused_dq:
+    return (*_launch(flash_attention_dkdv, inputs, results, *grid, interpret), None)
+  if ops.interpreted:
+    dk, dv, shares = _launch(flash_attention_dkdv, inputs, [
+        *results, ((num_k_blocks, *query.shape), jnp.float32)], *grid, interpret)
+    return dk, dv, shares.sum(axis=0)
+  dq = jax.new_ref(vary_like(jnp.zeros(query.shape, jnp.float32), *inputs))
+  dk, dv = _launch(flash_attention_dkdv, (*inputs, dq), results, *grid, interpret)
+  return dk, dv, dq[...]
 
 
 def _launch(body, inputs, out_shapes, grid, grid_names, interpret):
-  """Runs `body` on `inputs` as a Mosaic GPU kernel of three warpgroups per CTA over `grid`;
-  returns its results [(shape, dtype) of out_shapes], varying over the inputs' manual mesh axes."""
+  """Runs `body` on `inputs` (arrays, or Refs it writes in place) as a Mosaic GPU kernel of three
+  warpgroups per CTA over `grid`; returns its results [(shape, dtype) of out_shapes], varying over
+  the inputs' manual mesh axes."""
+  arrays = [x for x in inputs if isinstance(x, jax.Array)]
   results = plgpu.kernel(
-      body, out_type=[output_struct(shape, dtype, *inputs) for shape, dtype in out_shapes],
+      body, out_type=[output_struct(shape, dtype, *arrays) for shape, dtype in out_shapes],
       grid=grid, grid_names=grid_names, num_threads=_COMPUTE_WARPGROUPS + 1, thread_name="wg",
       compiler_params=plgpu.CompilerParams(approx_math=True), interpret=interpret)(*inputs)
-  return [vary_like(x, *inputs) for x in results]
+  return [vary_like(x, *arrays) for x in results]
 
 
 def _interpreter(interpret, config: FlashConfig):
@@ -478,6 +533,17 @@ class _Operations:
                             plgpu.ACC(shape, jnp.float32))
       return fresh if acc is None else acc + fresh
     return pl.run_state(product)(plgpu.ACC.init(acc))  # In place: no second accumulator.
+
+  def transposed_tile(self, smem, wg, x):
+    """A square score tile in registers as the transposed left operand of a product: through a
+    warpgroup's `ds` buffer, read transposed (copied transposed where the interpreter cannot)."""
+    if self.stage_transposes:
+      smem["ds"].at[wg][...] = x.T
+      plgpu.commit_smem()
+      return smem["ds"].at[wg]
+    smem["ds"].at[wg][...] = x
+    plgpu.commit_smem()
+    return smem["ds"].at[wg].transpose((1, 0))
 
   def transposed(self, smem, wg, ref):
     """A [rows, h] block as the [h, rows] right operand of a product."""

@@ -412,9 +412,12 @@ def test_triton_settings_reach_the_gpu_kernels_and_the_tpu_backend_refuses_them(
   # dq_atomic lowers for Triton too, with one backward kernel fewer (forward and dK/dV/dQ).
   assert lowered_text(dq_atomic=True).count("num_warps = 4 : i32") == 2
   q, k, v = _qkv(0, 1, 16, 16, 2, 1, 8)
-  for setting in ({"num_warps": 4}, {"dq_atomic": True}, {"key_splits": 2}):
-    with pytest.raises(ValueError, match="dq_atomic and key_splits are settings of the 'gpu'"):
-      flash_attention(q, k, v, causal=True, backend="tpu", interpret=True, **setting)
+  for backend in ("tpu", "mosaic_gpu"):
+    for setting in ({"num_warps": 4}, {"key_splits": 2}):
+      with pytest.raises(ValueError, match="num_stages and key_splits are settings of the 'gpu'"):
+        flash_attention(q, k, v, causal=True, backend=backend, interpret=True, **setting)
+  with pytest.raises(ValueError, match="dq_atomic is a setting of the GPU backends"):
+    flash_attention(q, k, v, causal=True, backend="tpu", interpret=True, dq_atomic=True)
   with pytest.raises(ValueError, match="num_stages must be positive, got 0"):
     flash_attention(q, k, v, causal=True, interpret=True, num_stages=0)
   with pytest.raises(ValueError, match="key_splits must be positive, got 0"):

@@ -83,6 +83,26 @@ def test_forward_and_gradients_match_the_reference(case):
       assert (x[padding] == 0).all(), name
 
 
+@pytest.mark.parametrize("case", ["window_packed", "cache_offset_h128"])
+def test_dq_from_the_dkdv_kernel_matches_the_dq_kernel(case):
+  """dq_atomic: the dK/dV kernel adds each tile's dS K into dQ (on the GPU by TMA's reducing
+  copies; interpreted, into per-key-block slices summed after). dK and dV are the same kernel's
+  and come out bit for bit; dQ is the separate kernel's to its rounding, and the reference's."""
+  (query, key, value), options = _inputs(case)
+  run = lambda **extra: _outputs_and_grads(lambda q, k, v: flash_attention(
+      q, k, v, backend="mosaic_gpu", interpret=_interpret(), **options, **extra),
+      query, key, value)
+  fused, separate = run(dq_atomic=True), run()
+  up = lambda x: x.astype(jnp.float32)
+  reference = _outputs_and_grads(lambda q, k, v: ops.attention(
+      up(q), up(k), up(v), impl="xla", **options), query, key, value)
+  for name, got, want in zip(("out", "dk", "dv"), fused[:1] + fused[2:], separate[:1] + separate[2:]):
+    np.testing.assert_array_equal(got, want, err_msg=name)
+  scale = np.abs(reference[1]).max()
+  np.testing.assert_allclose(fused[1], separate[1], atol=0.01 * scale)
+  np.testing.assert_allclose(fused[1], reference[1], atol=0.02 * scale)
+
+
 def test_log_sum_exp_matches_the_reference():
   (query, key, value), options = _inputs("window_packed")
   out, lse = flash_attention_with_lse(query, key, value, backend="mosaic_gpu",
