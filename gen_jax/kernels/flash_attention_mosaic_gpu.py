@@ -224,10 +224,12 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
   query blocks that see them: Q and dO [block_q, h], lse and delta [block_q] (and query ids) into
   a ring of shared-memory slots. Per block, with keys along the rows: P^T = exp2(K Q^T - lse),
   dV += P^T dO, dS^T = P^T (V dO^T - delta), dK += dS^T Q; with dq_atomic also dS K, the
-  block's share of dQ from these keys, which TMA adds into a float32 buffer in global memory
-  (FlashAttention-3's backward; the order of the additions varies from run to run). JAX's
-  interpreter has no reducing copy: there each warpgroup writes its shares into its own slice
-  of a [s / 64, b, t, n, h] buffer, summed after."""
+  block's share of dQ from these keys, into a shared-memory buffer per compute warpgroup that the
+  memory warpgroup adds into a float32 buffer in global memory with a TMA reducing copy
+  (FlashAttention-3's backward; the order of the additions varies from run to run), handing
+  the buffer back (`share_ready` / `share_free`) once TMA has read it. JAX's interpreter has no
+  reducing copy: there each share goes into its key block's own slice of a [s / 64, b, t, n, h]
+  buffer, summed after."""
   b, t, n, h = query.shape
   s, num_kv_heads = key.shape[1], key.shape[2]
   group = n // num_kv_heads
@@ -271,7 +273,36 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
     def block_of(i):
       return first + lax.rem(i, blocks)
 
+    def own_blocks(wg):  # The query blocks that see compute warpgroup wg's keys.
+      k_block = cta * _COMPUTE_WARPGROUPS + wg
+      return inside_range(*mask.query_blocks(k_block, block_q, block_k), first, end)
+
     def stream(smem, barriers):  # The memory warpgroup: one slot per (query head, query block).
+      def add_dq_shares(i):
+        """With dq_atomic: once both compute warpgroups are done with step i, adds each one's dQ
+        share of it (if its keys are seen by the step's query block) into dQ's rows, and hands
+        the share buffer back when TMA has read it."""
+        head, block = head_of(i), block_of(i)
+        for wg in range(_COMPUTE_WARPGROUPS):
+          own_first, own_end = own_blocks(wg)
+
+          @pl.when((own_first <= block) & (block < own_end))
+          def _():
+            plgpu.barrier_wait(barriers["share_ready"].at[wg])
+            rows = pl.ds(block * block_q, block_q)
+            if ops.interpreted:  # A slice per key block: the interpreter has no reducing copy.
+              plgpu.copy_smem_to_gmem(smem["dq"].at[wg], dq_ref.at[
+                  cta * _COMPUTE_WARPGROUPS + wg, batch, rows, head])
+            else:
+              plgpu.copy_smem_to_gmem(smem["dq"].at[wg], dq_ref.at[batch, rows, head],
+                                      reduction_op="add")
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            plgpu.barrier_arrive(barriers["share_free"].at[wg])
+
+      if fused_dq:  # Each share buffer starts free.
+        for wg in range(_COMPUTE_WARPGROUPS):
+          plgpu.barrier_arrive(barriers["share_free"].at[wg])
+
       @pl.loop(0, steps)
       def _(i):
         slot, head = lax.rem(i, slots), head_of(i)
@@ -280,6 +311,8 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
         @pl.when(i >= slots)
         def _():
           plgpu.barrier_wait(barriers["free"].at[slot])
+          if fused_dq:
+            add_dq_shares(i - slots)
 
         plgpu.copy_gmem_to_smem(q_ref.at[batch, rows, head], smem["q"].at[slot],
                                 barriers["q_ready"].at[slot])
@@ -295,6 +328,10 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
       @pl.loop(jnp.maximum(0, steps - slots), steps)  # Observe the last releases too.
       def _(i):
         plgpu.barrier_wait(barriers["free"].at[lax.rem(i, slots)])
+        if fused_dq:
+          add_dq_shares(i)
+      if fused_dq:
+        plgpu.wait_smem_to_gmem(0)
 
     def compute(smem, barriers):
       wg = lax.axis_index("wg")
@@ -345,25 +382,23 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
         d_logits = ops.transposed_tile(smem, wg, d_logits_t) if fused_dq else None
         dk = matmul(d_logits_t, q_smem, (block_k, h), dk)
         if fused_dq:
-          add_dq_share(d_logits, j, base)
+          add_dq_share(d_logits)
         plgpu.barrier_arrive(barriers["free"].at[slot])
         return dk, dv
 
-      def add_dq_share(d_logits, j, base):
+      def add_dq_share(d_logits):
         """dS K [block_q, h] (d_logits: dS [block_q, block_k] in shared memory) from this
-        warpgroup's keys, added into dQ's rows of query block j. In 64 columns at a time: beside
-        dK's and dV's accumulators a whole [64, 128] float32 share spilled registers."""
+        warpgroup's keys into its share buffer, for the memory warpgroup to add into dQ (the
+        reducing copy issued here, in the loop, spilled the compute warpgroups' registers). In
+        64 columns at a time: beside dK's and dV's accumulators a whole [64, 128] float32 share
+        spilled too."""
         share = smem["dq"].at[wg]
-        plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # The last share has left `share`.
+        plgpu.barrier_wait(barriers["share_free"].at[wg])  # TMA has read the last share.
         for c in range(0, h, 64):
           columns = pl.ds(c, 64)
           share.at[:, columns][...] = matmul(d_logits, k_smem.at[:, columns], (block_q, 64))
         plgpu.commit_smem()
-        head, rows = kv_head * group + lax.div(base, blocks), pl.ds(j * block_q, block_q)
-        if ops.interpreted:
-          plgpu.copy_smem_to_gmem(share, dq_ref.at[k_block, batch, rows, head])
-        else:
-          plgpu.copy_smem_to_gmem(share, dq_ref.at[batch, rows, head], reduction_op="add")
+        plgpu.barrier_arrive(barriers["share_ready"].at[wg])
 
       def skip(j, carry, base):  # A query block of the CTA this warpgroup's keys are not seen by.
         slot = lax.rem(base + j - first, slots)
@@ -372,7 +407,7 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
         plgpu.barrier_arrive(barriers["free"].at[slot])
         return carry
 
-      own_first, own_end = inside_range(*mask.query_blocks(k_block, block_q, block_k), first, end)
+      own_first, own_end = own_blocks(wg)
       full_first, full_end = inside_range(
           *mask.unmasked_query_blocks(k_block, block_q, block_k), own_first, own_end)
 
@@ -387,6 +422,8 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
 
       zeros = ops.laid_out(jnp.zeros((block_k, h), jnp.float32), plgpu.Layout.WGMMA)
       dk, dv = lax.fori_loop(0, group, head_step, (zeros, zeros))
+      if fused_dq:  # Observe the share buffer's last hand-back (each phase must be waited).
+        plgpu.barrier_wait(barriers["share_free"].at[wg])
       k_smem[...] = (dk * config.scale).astype(key.dtype)  # The keys are read no more.
       v_smem[...] = dv.astype(value.dtype)
       plgpu.commit_smem()
@@ -422,6 +459,9 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
                 "do_ready": plgpu.Barrier(num_barriers=slots),
                 "rows_ready": plgpu.Barrier(num_barriers=2 * slots),
                 "free": plgpu.Barrier(num_arrivals=_COMPUTE_WARPGROUPS, num_barriers=slots)}
+    if fused_dq:  # Per compute warpgroup: its share written; its share read by TMA.
+      barriers["share_ready"] = plgpu.Barrier(num_barriers=_COMPUTE_WARPGROUPS)
+      barriers["share_free"] = plgpu.Barrier(num_barriers=_COMPUTE_WARPGROUPS)
     if segments:  # A ring slot of query ids per block, then a row of both warpgroups' key ids.
       smem["ids"] = plgpu.SMEM((slots + 1, max(block_q, cta_keys)), jnp.int32)
       barriers["ids_ready"] = plgpu.Barrier(num_barriers=slots)
