@@ -1,5 +1,5 @@
-"""XLA's compiled program for gen_jax's decoding loop or train step on a GPU or TPU this machine
-does not have.
+"""XLA's compiled program for gen_jax's decoding loop, train step or attention kernels on a GPU or
+TPU this machine does not have.
 
   pip install "jax[cuda13]==$(python -c 'import jax; print(jax.__version__)')"   # once; no GPU
   pip install "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')"      # for TPU targets
@@ -8,6 +8,8 @@ does not have.
   python benchmarks/aot_hlo.py --program=train --config=configs/llm/pretrain.py:1b --batch_size=16 \
       --set=model.attention_impl=pallas --set=model.remat=dots
   python benchmarks/aot_hlo.py --program=train --target=tpu:v5e:2x2 --config=configs/llm/pretrain.py:1b
+  python benchmarks/aot_hlo.py --program=attention --impls=pallas_mosaic,pallas_mosaic:dq=atomic \
+      --lengths=8192 --head_dim=128
 
 JAX can compile for a device it does not have (deviceless ahead-of-time compilation: a
 compile-only client built from a target description, `jax.experimental.topologies`), given the
@@ -25,6 +27,13 @@ execution moves. The last line sets the token loop's estimate beside the bytes a
 roofline any speed of the kernels can reach. The loop compiles with the XLA options the sampler
 uses on the target's platform (gen_jax.sampling.jit.COMPILER_OPTIONS), or with XLA's defaults
 (--xla_options=none).
+
+--program=attention compiles benchmarks/attention.py's forward + backward (its --impls, --lengths
+and shape flags, e.g. --impls=pallas_mosaic,pallas_mosaic:dq=atomic --lengths=8192). For every
+program, each Mosaic GPU kernel compiled (XLA:GPU takes them through ptxas to SASS with the rest,
+no GPU needed) is listed with ptxas' registers per thread, spilled bytes and its shared memory;
+its dumps (PTX, ptxas' report, SASS where nvdisasm is installed: `pip install
+nvidia-cuda-nvdisasm`) stay under --out/mosaic_gpu/.
 
 --program=train compiles a config's real train step (gen_jax.train.dry_run.compile_train_step: the
 family's loss, the optimizer update, the config's mesh over the target's devices) the same way and
