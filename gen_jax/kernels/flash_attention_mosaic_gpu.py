@@ -431,19 +431,6 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
       plgpu.copy_smem_to_gmem(v_smem, dv_ref.at[batch, keys, kv_head])
       plgpu.wait_smem_to_gmem(0)
 
-    def scoped(smem, barriers):
-      wg = lax.axis_index("wg")
-
-      @pl.when(wg < _COMPUTE_WARPGROUPS)
-      def _():
-        plgpu.set_max_registers(_COMPUTE_REGISTERS, action="increase")
-        compute(smem, barriers)
-
-      @pl.when(wg == _COMPUTE_WARPGROUPS)
-      def _():
-        plgpu.set_max_registers(_MEMORY_REGISTERS, action="decrease")
-        stream(smem, barriers)
-
     smem = {"kv": plgpu.SMEM((_COMPUTE_WARPGROUPS, 2, block_k, h), key.dtype, transforms=tiles),
             "q": plgpu.SMEM((slots, block_q, h), query.dtype, transforms=tiles),
             "do": plgpu.SMEM((slots, block_q, h), query.dtype, transforms=tiles),
@@ -466,7 +453,7 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
       smem["ids"] = plgpu.SMEM((slots + 1, max(block_q, cta_keys)), jnp.int32)
       barriers["ids_ready"] = plgpu.Barrier(num_barriers=slots)
       barriers["key_ids_ready"] = plgpu.Barrier(num_barriers=_COMPUTE_WARPGROUPS)
-    pl.run_scoped(scoped, smem, barriers, collective_axes="wg")
+    pl.run_scoped(_specialized(compute, stream), smem, barriers, collective_axes="wg")
 
   inputs = (query, key, value, d_out, lse, delta, *((query_ids, key_ids) if segments else ()))
   results = [(key.shape, key.dtype), (value.shape, value.dtype)]
@@ -480,6 +467,25 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
   dq = jax.new_ref(vary_like(jnp.zeros(query.shape, jnp.float32), *inputs))
   dk, dv = _launch(flash_attention_dkdv, (*inputs, dq), results, *grid, interpret)
   return dk, dv, dq[...]
+
+
+def _specialized(compute, stream):
+  """The body of a CTA's warpgroups over its scoped (shared memory, barriers): the compute
+  warpgroups run `compute` with more registers, the last warpgroup `stream` with fewer."""
+  def scoped(smem, barriers):
+    wg = lax.axis_index("wg")
+
+    @pl.when(wg < _COMPUTE_WARPGROUPS)
+    def _():
+      plgpu.set_max_registers(_COMPUTE_REGISTERS, action="increase")
+      compute(smem, barriers)
+
+    @pl.when(wg == _COMPUTE_WARPGROUPS)
+    def _():
+      plgpu.set_max_registers(_MEMORY_REGISTERS, action="decrease")
+      stream(smem, barriers)
+
+  return scoped
 
 
 def _launch(body, inputs, out_shapes, grid, grid_names, interpret):
@@ -752,19 +758,6 @@ def _query_major(name, config: FlashConfig, query, key, value, query_ids, key_id
         plgpu.barrier_wait(barriers["key_free"].at[slot_of(j)])
         plgpu.barrier_wait(barriers["value_free"].at[slot_of(j)])
 
-    def scoped(smem, barriers):
-      wg = lax.axis_index("wg")
-
-      @pl.when(wg < _COMPUTE_WARPGROUPS)
-      def _():
-        plgpu.set_max_registers(_COMPUTE_REGISTERS, action="increase")
-        compute(smem, barriers)
-
-      @pl.when(wg == _COMPUTE_WARPGROUPS)
-      def _():
-        plgpu.set_max_registers(_MEMORY_REGISTERS, action="decrease")
-        stream(smem, barriers)
-
     smem = {"tiles": plgpu.SMEM((_COMPUTE_WARPGROUPS, max(num_tiles, len(tiles_out)), block_q, h),
                                 query.dtype, transforms=tiles),
             "k": plgpu.SMEM((slots, block_k, h), key.dtype, transforms=tiles),
@@ -786,7 +779,7 @@ def _query_major(name, config: FlashConfig, query, key, value, query_ids, key_id
       smem["ids"] = plgpu.SMEM((slots + 1, max(block_k, cta_rows)), jnp.int32)
       barriers["q_ids_ready"] = plgpu.Barrier(num_barriers=_COMPUTE_WARPGROUPS)
       barriers["key_ids_ready"] = plgpu.Barrier(num_barriers=slots)
-    pl.run_scoped(scoped, smem, barriers, collective_axes="wg")
+    pl.run_scoped(_specialized(compute, stream), smem, barriers, collective_axes="wg")
 
   kernel.__name__ = name  # Remat policies find the forward kernel by name.
   inputs = (query, key, value, *((query_ids, key_ids) if segments else ()), *tiles_in[1:],
