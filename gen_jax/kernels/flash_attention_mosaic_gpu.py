@@ -388,10 +388,10 @@ def _dkdv(config: FlashConfig, query, key, value, query_ids, key_ids, d_out, lse
 
       def add_dq_share(d_logits):
         """dS K [block_q, h] (d_logits: dS [block_q, block_k] in shared memory) from this
-        warpgroup's keys into its share buffer, for the memory warpgroup to add into dQ (the
-        reducing copy issued here, in the loop, spilled the compute warpgroups' registers). In
-        64 columns at a time: beside dK's and dV's accumulators a whole [64, 128] float32 share
-        spilled too."""
+        warpgroup's keys into its share buffer, for the memory warpgroup to add into dQ (issued
+        here, in the loop, the reducing copy spilled registers at head_dim 64; FlashAttention-3
+        gives it to a producer too). In 64 columns at a time: beside dK's and dV's accumulators
+        a whole [64, 128] float32 share spilled more."""
         share = smem["dq"].at[wg]
         plgpu.barrier_wait(barriers["share_free"].at[wg])  # TMA has read the last share.
         for c in range(0, h, 64):

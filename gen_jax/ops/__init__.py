@@ -5,5 +5,5 @@ from gen_jax.ops.attention import (ATTENTION_IMPLS, SEQUENCE_PARALLEL, attention
 from gen_jax.ops.ring_attention import from_stripes, sequence_shards, to_stripes
 
 __all__ = ["ATTENTION_IMPLS", "SEQUENCE_PARALLEL", "attention", "attention_mask", "cudnn_serves",
-           "flash_target", "from_stripes", "mosaic_serves", "pallas_target", "resolve_impl", "sequence_shards",
-           "to_stripes"]
+           "flash_target", "from_stripes", "mosaic_serves", "pallas_target", "resolve_impl",
+           "sequence_shards", "to_stripes"]

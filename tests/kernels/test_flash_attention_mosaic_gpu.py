@@ -99,7 +99,8 @@ def test_dq_from_the_dkdv_kernel_matches_the_dq_kernel():
   up = lambda x: x.astype(jnp.float32)
   reference = _outputs_and_grads(lambda q, k, v: ops.attention(
       up(q), up(k), up(v), impl="xla", **options), query, key, value)
-  for name, got, want in zip(("out", "dk", "dv"), fused[:1] + fused[2:], separate[:1] + separate[2:]):
+  for name, got, want in zip(("out", "dk", "dv"), fused[:1] + fused[2:],
+                             separate[:1] + separate[2:]):
     np.testing.assert_array_equal(got, want, err_msg=name)
   scale = np.abs(reference[1]).max()
   np.testing.assert_allclose(fused[1], separate[1], atol=0.01 * scale)
