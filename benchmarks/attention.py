@@ -47,8 +47,9 @@ _LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096", "8192", "16384"
                              "Sequence lengths.")
 _IMPLS = flags.DEFINE_list("impls", ["xla", "pallas", "pallas_mosaic", "cudnn"],
                            "ops.attention implementations (pallas: the Triton kernels; "
-                           "pallas_mosaic: the Mosaic GPU ones), or pallas:dq=atomic (the Triton "
-                           "kernels with dQ by atomic adds).")
+                           "pallas_mosaic: the Mosaic GPU ones), a flash one with kernel "
+                           "settings (ops.FLASH_SETTINGS, e.g. pallas_mosaic:dq=atomic), or "
+                           "mosaic_example:BQxBKV.")
 _TOKENS = flags.DEFINE_integer("tokens_per_batch", 32768, "batch = tokens_per_batch / length (>= 1).")
 _HEADS = flags.DEFINE_integer("num_heads", 32, "Query heads.")
 _KV_HEADS = flags.DEFINE_integer("num_kv_heads", 8, "Key/value heads.")
@@ -85,35 +86,17 @@ def _inputs(batch: int, length: int, dtype, seed: int = 0):
 
 
 def _attention(impl: str, q, k, v, query_offset=0):
-  """ops.attention; "pallas:tiles=BQxBK" / "pallas:triton=WxS" call the Pallas kernel with those
-  tiles / Triton warps and stages on all its kernels, "pallas:dq=atomic" with dQ by atomic adds
-  (flash_attention's dq_atomic), "pallas:splits=N" with its forward's keys in N parts;
-  "pallas_mosaic:SETTING" the same settings of the Mosaic GPU kernels."""
-  if impl.startswith("mosaic_example:"):  # JAX's Mosaic GPU example; forward only.
+  """ops.attention with `impl`, which may carry the flash kernels' settings (ops.FLASH_SETTINGS:
+  "pallas:tiles=BQxBK", "pallas_mosaic:dq=atomic", ...); "mosaic_example:BQxBKV" is JAX's Mosaic
+  GPU attention example, forward only."""
+  if impl.startswith("mosaic_example:"):
     from jax.experimental.pallas.ops.gpu import attention_mgpu
     block_q, block_kv = map(int, impl.partition(":")[2].split("x"))
     config = attention_mgpu.TuningConfig(block_q=block_q, block_kv=block_kv,
                                          max_concurrent_steps=2, causal=True)
     scale = 1.0 / np.sqrt(q.shape[-1])  # The example does not scale the logits itself.
     return attention_mgpu.attention((q * scale).astype(q.dtype), k, v, config)
-  kernel, _, setting = impl.partition(":")
-  if not setting:
-    return ops.attention(q, k, v, causal=True, impl=impl, query_offset=query_offset)
-  from gen_jax import kernels
-  setting, _, value = setting.partition("=")
-  if setting == "dq" and value == "atomic":
-    options = {"dq_atomic": True}
-  elif setting == "splits":
-    options = {"key_splits": int(value)}
-  elif setting in ("tiles", "triton"):
-    first, second = map(int, value.split("x"))
-    options = ({"block_q": first, "block_k": second} if setting == "tiles"
-               else {"num_warps": first, "num_stages": second})
-  else:
-    raise ValueError(f"{impl!r}: the Pallas settings are tiles=BQxBK, triton=WxS, dq=atomic, "
-                     "splits=N")
-  return kernels.flash_attention(q, k, v, causal=True, query_offset=query_offset, **options,
-                                 **ops.flash_target(kernel, q, query_offset))
+  return ops.attention(q, k, v, causal=True, impl=impl, query_offset=query_offset)
 
 
 def _forward_backward(impl: str):

@@ -60,7 +60,8 @@
 #               kernels that took the time (a copy of each layer's weights would show by name);
 #               the traces come back in artifacts.tar.gz
 #   lm_train_mosaic  the 1b preset at batch 16, remat=dots, attention_impl=pallas_mosaic (the
-#               three Mosaic GPU kernels) against 46.8% MFU with pallas
+#               three Mosaic GPU kernels) and pallas_mosaic:dq=atomic (two: dQ from the dK/dV
+#               kernel) against 46.8% MFU with pallas
 #   decode_7b   the same for Llama-2-7B's shape, bf16 and int8 (the config's, and with separate
 #               layers): where a layer's weights (400 MB,
 #               about 100 us at the H200's bandwidth) outweigh its kernel launches, so where the 70%
@@ -182,7 +183,7 @@ declare -A COMMANDS=(
   [attention_decode]="for shape in '--num_heads=32 --num_kv_heads=32 --head_dim=128' '--num_heads=32 --num_kv_heads=4 --head_dim=64'; do python3 benchmarks/attention.py \$shape --lengths= --check_length=0 --nosplit_forward --decode_lengths=1024,4096,16384,32768 {ARGS}; done"
   [lm_train_cudnn]="for remat in dots dots_attention; do echo \"| remat=\$remat |\"; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=cudnn --set=model.remat=\$remat {ARGS}; done"
   [attention_mosaic]="python3 benchmarks/attention.py --repeats=5 --impls=pallas,pallas_mosaic,pallas_mosaic:dq=atomic,cudnn --lengths=2048,8192 --mosaic_example_tiles=64x128 {ARGS}; python3 benchmarks/attention.py --repeats=5 --impls=pallas,pallas_mosaic,pallas_mosaic:dq=atomic,cudnn --lengths=2048 --num_heads=32 --num_kv_heads=4 --head_dim=64 --sweep_length=2048 --mosaic_example_tiles= {ARGS}"
-  [lm_train_mosaic]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas_mosaic --set=model.remat=dots {ARGS}"
+  [lm_train_mosaic]="for impl in pallas_mosaic pallas_mosaic:dq=atomic; do echo \"| attention_impl=\$impl |\"; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=\$impl --set=model.remat=dots {ARGS}; done"
   [lm_train_xla]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=xla"
   [decode_hlo]="rm -rf /tmp/hlo; XLA_FLAGS='--xla_dump_to=/tmp/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*generate.*' python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --repeats=1 --new_tokens=8 {ARGS}; n=0; for f in \$(ls /tmp/hlo/*generate*after_optimizations.txt | head -2); do n=\$((n + 1)); cp \$f \$ART/decode_hlo_\$n.txt; done; python3 benchmarks/hlo_summary.py --top=6 \$ART/decode_hlo_*.txt"
   [lm_train_flags]="for flags in --xla_gpu_enable_triton_gemm=false --xla_gpu_triton_gemm_any=true --xla_gpu_enable_dus_accumulator_zero_init_elimination=true; do echo \"| XLA_FLAGS=\$flags |\"; XLA_FLAGS=\$flags python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=dots {ARGS}; done"
@@ -194,7 +195,7 @@ declare -A COMMANDS=(
 declare -A LIMITS=([decode_trace]=150 [lm_train_trace]=80 [attention]=220 [attention_1b]=100 [lm_train]=60 [decode]=150 [decode_1b]=180 [decode_7b]=140
                    [decode_hlo]=60 [decode_1b_options]=90 [decode_1b_graphs]=90
                    [lm_train_xla]=70 [lm_train_remat]=100 [lm_train_flags]=140 [kernel_tests]=120 [lm_train_cudnn]=120 [attention_decode]=90 [decode_1b_int32]=90 [decode_7b_long]=120
-                   [attention_mosaic]=120 [lm_train_mosaic]=120)
+                   [attention_mosaic]=120 [lm_train_mosaic]=200)
 DEFAULT_STAGES="decode_1b lm_train_cudnn kernel_tests attention_mosaic decode_1b_options"
 for stage in ${STAGES:-$DEFAULT_STAGES}; do
   limit_var="LIMIT_$stage"

@@ -102,3 +102,9 @@ def pallas_calls(jaxpr) -> list:
 def kernel_operand_ranks(jaxpr) -> list[int]:
   """Ranks of every pallas_call operand in a jaxpr and the jaxprs nested in it."""
   return [v.aval.ndim for eqn in pallas_calls(jaxpr) for v in eqn.invars]
+
+
+def kernel_grids(jaxpr) -> list[tuple[str, tuple]]:
+  """(name, grid) of every pallas_call in a jaxpr and the jaxprs nested in it."""
+  return [(eqn.params["name"], tuple(eqn.params["grid_mapping"].grid))
+          for eqn in pallas_calls(jaxpr) if eqn.primitive.name == "pallas_call"]

@@ -57,7 +57,9 @@ def base() -> ml_collections.ConfigDict:
       tie_embeddings=False,
       dtype="float32",
       param_dtype="float32",
-      attention_impl="xla",  # ops.ATTENTION_IMPLS: xla, pallas, pallas_mosaic, cudnn, auto.
+      # ops.ATTENTION_IMPLS: xla, pallas, pallas_mosaic, cudnn, auto; a flash one may carry
+      # kernel settings (ops.FLASH_SETTINGS), e.g. "pallas_mosaic:dq=atomic".
+      attention_impl="xla",
       # With the length split over mesh.sequence: each device all-gathers the keys and values
       # ("all_gather"), or they travel round the devices one shard at a time ("ring": ring
       # attention, no device holds more than one shard; xla or pallas, not cudnn), or so over the

@@ -60,8 +60,10 @@ def validate_transformer_fields(m: ml_collections.ConfigDict) -> None:
   require(m.rope_base > 0, "model.rope_base", f"must be positive, got {m.rope_base}")
   for name in ("dtype", "param_dtype"):
     require(m[name] in DTYPES, f"model.{name}", f"{m[name]!r} is not one of {DTYPES}")
-  require(m.attention_impl in ops.ATTENTION_IMPLS, "model.attention_impl",
-          f"{m.attention_impl!r} is not one of {ops.ATTENTION_IMPLS}")
+  try:
+    ops.split_impl(m.attention_impl)
+  except ValueError as error:
+    require(False, "model.attention_impl", str(error))
   require(m.sequence_parallel in ops.SEQUENCE_PARALLEL, "model.sequence_parallel",
           f"{m.sequence_parallel!r} is not one of {ops.SEQUENCE_PARALLEL}")
   require(not (m.sequence_parallel != "all_gather" and m.attention_impl == "cudnn"),

@@ -58,7 +58,8 @@ class TransformerConfig:
   param_dtype: str = "float32"
   # ops.ATTENTION_IMPLS. "auto": XLA on a CPU; on a GPU cuDNN where it can compute the call and
   # the Pallas flash kernel otherwise (decoding over a cache: read whole, no XLA product that
-  # XLA:GPU reduces unfused; docs/BENCHMARKS.md); Pallas on a TPU. Configs set their own.
+  # XLA:GPU reduces unfused; docs/BENCHMARKS.md); Pallas on a TPU. Configs set their own. A flash
+  # impl may carry kernel settings (ops.FLASH_SETTINGS: "pallas_mosaic:dq=atomic").
   attention_impl: str = "auto"
   sequence_parallel: str = "all_gather"  # ops.SEQUENCE_PARALLEL: with the length split.
   sliding_window: int = 0  # Each token attends to this many most recent tokens (Mistral); 0: all.

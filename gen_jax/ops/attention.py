@@ -24,6 +24,15 @@ from gen_jax.parallel import context as parallel_context
 ATTENTION_IMPLS = ("xla", "pallas", "pallas_mosaic", "cudnn", "auto")
 # The implementations that run gen_jax.kernels' flash attention.
 FLASH_IMPLS = ("pallas", "pallas_mosaic")
+# Settings of the flash kernels that a flash impl can carry after colons, so that a config tunes
+# its model's kernels ("pallas_mosaic:dq=atomic", "pallas:tiles=64x128:triton=4x2"): each gives
+# arguments of kernels.flash_attention, on every kernel call of that attention.
+FLASH_SETTINGS = {
+    "tiles": "BQxBK: block_q, block_k",
+    "triton": "WxS: num_warps, num_stages (the Triton kernels')",
+    "dq": "atomic: dq_atomic (dQ from the dK/dV kernel)",
+    "splits": "N: key_splits (the Triton forward's)",
+}
 # How attention runs when the `length` axis is split over mesh axes (sequence parallelism):
 # all_gather: each device gathers every key and value; ring: they travel round the devices one
 # shard at a time (gen_jax.ops.ring_attention), so no device holds more than one shard;
@@ -126,7 +135,8 @@ def attention(
     query_offset: position of the first query among the keys.
     sliding_window: attend only to the `sliding_window` most recent keys (None: no limit).
     scale: logit scale; defaults to 1/sqrt(h).
-    impl: one of ATTENTION_IMPLS.
+    impl: one of ATTENTION_IMPLS; a flash impl may carry FLASH_SETTINGS after colons
+      (`split_impl`), e.g. "pallas_mosaic:dq=atomic".
     sequence_parallel: one of SEQUENCE_PARALLEL, for a length split over mesh axes. "ring" needs
       queries and keys split alike (self-attention; otherwise, e.g. a decoding step against a
       split cache, the keys are gathered) and runs "xla" or "pallas" blocks, not "cudnn".
@@ -139,8 +149,10 @@ def attention(
   Returns:
     [b, t, n, h] in the dtype of `value`.
   """
-  if impl not in ATTENTION_IMPLS:
-    raise ValueError(f"attention impl {impl!r} is not one of {ATTENTION_IMPLS}")
+  try:
+    impl, settings = split_impl(impl)
+  except ValueError as error:
+    raise ValueError(f"attention impl: {error}") from None
   if sliding_window is not None and sliding_window < 1:
     raise ValueError(f"sliding_window must be positive or None, got {sliding_window}")
   if sequence_parallel not in SEQUENCE_PARALLEL:
@@ -159,7 +171,8 @@ def attention(
       return kernels.flash_attention_at_layer(
           query, key, value, key_layer, causal=causal, segment_ids=segment_ids,
           key_segment_ids=key_segment_ids, query_offset=query_offset,
-          sliding_window=sliding_window, scale=scale, **pallas_target())
+          sliding_window=sliding_window, scale=scale, **call_settings(settings, "forward"),
+          **pallas_target())
     key, value = (jax.lax.dynamic_index_in_dim(x, key_layer, keepdims=False) for x in (key, value))
   n, k = query.shape[2], key.shape[2]
   if n % k:
@@ -174,7 +187,8 @@ def attention(
       raise ValueError("key_segment_ids is required when query and key lengths differ")
     key_segment_ids = segment_ids
   options = dict(causal=causal, sliding_window=sliding_window,
-                 scale=query.shape[-1] ** -0.5 if scale is None else scale, impl=impl)
+                 scale=query.shape[-1] ** -0.5 if scale is None else scale, impl=impl,
+                 settings=settings)
   inputs = dict(query=query, key=key, value=value, query_offset=query_offset)
   if segment_ids is not None:
     inputs.update(segment_ids=segment_ids, key_segment_ids=key_segment_ids)
@@ -183,6 +197,45 @@ def attention(
     return _local_attention(**inputs, **options)
   return _sharded_attention(mesh, inputs, options, ring=sequence_parallel != "all_gather",
                             striped=striped)
+
+
+def split_impl(impl: str) -> tuple[str, dict]:
+  """`impl`'s implementation name and the kernels.flash_attention arguments its FLASH_SETTINGS
+  give: "pallas_mosaic:tiles=64x128:dq=atomic" -> ("pallas_mosaic", {"block_q": 64,
+  "block_k": 128, "dq_atomic": True}). Raises ValueError naming an unknown name or setting, or
+  settings on an impl that runs no flash kernel (or, as "auto", not always)."""
+  name, *settings = impl.split(":")
+  if name not in ATTENTION_IMPLS:
+    raise ValueError(f"{name!r} is not one of {ATTENTION_IMPLS}")
+  if settings and name not in FLASH_IMPLS:
+    raise ValueError(f"{impl!r}: settings after ':' are the flash kernels' ({FLASH_IMPLS}); "
+                     f"{name!r} takes none")
+  options = {}
+  for setting in settings:
+    key, _, value = setting.partition("=")
+    try:
+      if key in ("tiles", "triton"):
+        first, second = map(int, value.split("x"))
+        options.update({"block_q": first, "block_k": second} if key == "tiles"
+                       else {"num_warps": first, "num_stages": second})
+      elif key == "splits":
+        options["key_splits"] = int(value)
+      elif key == "dq" and value == "atomic":
+        options["dq_atomic"] = True
+      else:
+        raise ValueError
+    except ValueError:
+      raise ValueError(f"{impl!r}: setting {setting!r} is not one of "
+                       + ", ".join(f"{k}={v}" for k, v in FLASH_SETTINGS.items())) from None
+  return name, options
+
+
+def call_settings(settings: dict, call: str) -> dict:
+  """Those of split_impl's `settings` that a kernel call takes: a "forward" one (not
+  differentiated: a decoding step, a ring block's forward) all but dq_atomic, a "backward" one
+  (kernels.flash_attention_backward) all but key_splits."""
+  drop = {"forward": "dq_atomic", "backward": "key_splits"}[call]
+  return {k: v for k, v in settings.items() if k != drop}
 
 
 def resolve_impl(impl: str, platform: str | None = None, cudnn_serves: bool = False) -> str:
@@ -222,7 +275,7 @@ def mosaic_serves(query, query_offset) -> bool:
           and isinstance(query_offset, int))
 
 
-def flash_target(impl: str, query, query_offset) -> dict:
+def _flash_target(impl: str, query, query_offset) -> dict:
   """pallas_target for a flash impl ("pallas" or "pallas_mosaic"): "pallas_mosaic" swaps in the
   Mosaic GPU kernels where they serve the call."""
   target = pallas_target()
@@ -236,15 +289,15 @@ def flash_target(impl: str, query, query_offset) -> dict:
 
 
 def _local_attention(query, key, value, query_offset, *, causal, sliding_window, scale, impl,
-                     segment_ids=None, key_segment_ids=None):
+                     settings, segment_ids=None, key_segment_ids=None):
   impl = resolve_impl(impl, cudnn_serves=cudnn_serves(query, key, value, query_offset,
                                                       segment_ids, causal))
   if impl in FLASH_IMPLS:
     from gen_jax import kernels  # Pallas lowering is only loaded by code that runs a kernel.
     return kernels.flash_attention(
         query, key, value, causal=causal, segment_ids=segment_ids, key_segment_ids=key_segment_ids,
-        query_offset=query_offset, sliding_window=sliding_window, scale=scale,
-        **flash_target(impl, query, query_offset))
+        query_offset=query_offset, sliding_window=sliding_window, scale=scale, **settings,
+        **_flash_target(impl, query, query_offset))
   if impl == "cudnn":
     return _cudnn_attention(query, key, value, query_offset, causal=causal, scale=scale,
                             sliding_window=sliding_window, segment_ids=segment_ids)
@@ -370,7 +423,7 @@ def _sharded_attention(mesh, inputs, options, ring: bool, striped: bool):
     ring_options = ring_attention.RingOptions(
         axes=key_length_axes, num_shards=math.prod(mesh.shape[a] for a in key_length_axes),
         causal=options["causal"], sliding_window=options["sliding_window"],
-        scale=options["scale"], striped=striped,
+        scale=options["scale"], striped=striped, settings=tuple(options["settings"].items()),
         # Ring blocks sum float32 partial results: the Triton kernels' (Mosaic's write bf16).
         impl="pallas" if resolve_impl(options["impl"]) in FLASH_IMPLS else resolve_impl(
             options["impl"]))

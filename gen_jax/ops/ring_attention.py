@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gen_jax.ops.attention import attention_mask, grouped_logits, pallas_target
+from gen_jax.ops.attention import attention_mask, call_settings, grouped_logits, pallas_target
 from gen_jax.parallel import context as parallel_context
 
 
@@ -45,6 +45,7 @@ class RingOptions:
   sliding_window: int | None
   scale: float
   impl: str  # The block function: "xla" or "pallas".
+  settings: tuple = ()  # "pallas" blocks: ops.split_impl's kernel settings, as (name, value)s.
   striped: bool = False  # The sequence is in stripe order (to_stripes); causal, no window.
   visits: int = 0  # Shards each device attends to, its own first (set by ring_attention).
 
@@ -154,14 +155,14 @@ def _probabilities(logits, visible, lse):
 def _pallas_block(query, key, value, query_ids, key_ids, offset, options):
   from gen_jax import kernels  # Pallas lowering is only loaded by code that runs a kernel.
   return kernels.flash_attention_with_lse(query, key, value, **_pallas_options(
-      query_ids, key_ids, offset, options))
+      query_ids, key_ids, offset, options), **call_settings(dict(options.settings), "forward"))
 
 
 def _pallas_block_backward(query, key, value, query_ids, key_ids, offset, out, lse, d_out,
                            options):
   from gen_jax import kernels
   return kernels.flash_attention_backward(query, key, value, out, lse, d_out, **_pallas_options(
-      query_ids, key_ids, offset, options))
+      query_ids, key_ids, offset, options), **call_settings(dict(options.settings), "backward"))
 
 
 def _pallas_options(query_ids, key_ids, offset, options):

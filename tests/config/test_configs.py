@@ -72,6 +72,8 @@ BAD = [
     ({"model.head_dim": 15}, "model.head_dim: must be even for RoPE"),
     ({"model.vocab_size": 100}, "model.vocab_size: must be at least 260"),
     ({"model.attention_impl": "flash"}, "model.attention_impl: 'flash' is not one of"),
+    ({"model.attention_impl": "pallas_mosaic:dq=fast"},
+     "model.attention_impl: 'pallas_mosaic:dq=fast': setting 'dq=fast' is not one of"),
     ({"objective.logit_chunks": 5}, "objective.logit_chunks: must be 0 or a positive divisor of model.max_seq_len=64, got 5"),
     ({"objective.logit_chunks": 4, "distill.teacher": "workdir:/nonexistent"},
      "objective.logit_chunks: distillation compares whole next-token distributions"),
@@ -138,8 +140,9 @@ def test_a_saved_config_missing_later_fields_loads_them_with_their_defaults(tmp_
 def test_set_fields_reads_literals_and_names_a_bad_field():
   from gen_jax.config.presets import set_fields
   config = config_lib.load_config_file(f"{REPO_ROOT}/configs/llm/pretrain.py:tiny")
-  set_fields(config, ["train.batch_size=4", "model.attention_impl=pallas", "model.remat=dots"])
+  set_fields(config, ["train.batch_size=4", "model.attention_impl=pallas_mosaic:dq=atomic",
+                      "model.remat=dots"])
   assert (config.train.batch_size, config.model.attention_impl, config.model.remat) == (
-      4, "pallas", "dots")
+      4, "pallas_mosaic:dq=atomic", "dots")
   with pytest.raises(config_lib.ConfigError, match="model.no_such_field: no such field"):
     set_fields(config, ["model.no_such_field=1"])

@@ -6,7 +6,7 @@ import pytest
 
 from gen_jax import ops
 from tests import reference
-from tests.conftest import kernel_operand_ranks
+from tests.conftest import kernel_grids, kernel_operand_ranks, pallas_calls
 
 
 def _qkv(seed, b, t, s, n, k, h):
@@ -55,7 +55,7 @@ def test_bad_arguments_are_named():
   q, k, v = _qkv(4, 1, 2, 2, 3, 2, 4)
   with pytest.raises(ValueError, match="multiple of kv heads"):
     ops.attention(q, k, v, causal=True)
-  with pytest.raises(ValueError, match="impl 'flash'"):
+  with pytest.raises(ValueError, match="attention impl: 'flash' is not one of"):
     ops.attention(q, q, q, causal=True, impl="flash")
 
 
@@ -68,16 +68,21 @@ def test_sliding_window_sees_only_the_most_recent_keys():
   np.testing.assert_allclose(out[0], expected, atol=1e-5)
 
 
-def test_pallas_impl_equals_xla_forward_and_gradients():
-  """impl='pallas' runs gen_jax.kernels' flash attention (the Pallas interpreter on CPU)."""
+@pytest.mark.parametrize("impl,backward_kernels", [("pallas", 2), ("pallas:tiles=16x16:dq=atomic", 1)])
+def test_pallas_impl_equals_xla_forward_and_gradients(impl, backward_kernels):
+  """impl='pallas' runs gen_jax.kernels' flash attention (the Pallas interpreter on CPU); the
+  kernel settings after its colons reach every kernel call: dq=atomic leaves one backward kernel
+  (dK/dV adding dQ's shares) where the default runs two (dK/dV, dQ)."""
   q, k, v = _qkv(6, 2, 20, 20, 4, 2, 8)
   seg = np.array([[1] * 7 + [2] * 10 + [0] * 3, [1] * 20])
   def loss(impl):
     return lambda q, k, v: (ops.attention(q, k, v, causal=True, segment_ids=seg, sliding_window=9,
                                           impl=impl) * np.sin(np.arange(q.size)).reshape(q.shape)).sum()
-  for got, want in zip(jax.grad(loss("pallas"), argnums=(0, 1, 2))(q, k, v),
+  for got, want in zip(jax.grad(loss(impl), argnums=(0, 1, 2))(q, k, v),
                        jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)):
     np.testing.assert_allclose(got, want, atol=2e-5)
+  grad_jaxpr = jax.make_jaxpr(jax.grad(loss(impl), argnums=(0, 1, 2)))(q, k, v).jaxpr
+  assert len(pallas_calls(grad_jaxpr)) == 1 + backward_kernels
   np.testing.assert_allclose(ops.attention(q, k, v, causal=True, segment_ids=seg, impl="pallas"),
                              ops.attention(q, k, v, causal=True, segment_ids=seg), atol=2e-5)
 
@@ -85,8 +90,9 @@ def test_pallas_impl_equals_xla_forward_and_gradients():
 def test_pallas_mosaic_runs_the_mosaic_kernel_where_it_serves_and_triton_elsewhere():
   """impl='pallas_mosaic': bf16 training calls go to the Mosaic GPU kernels (their
   interpreter on CPU), a decoding step's run-time offset and float32 to the Triton kernels; all
-  equal the XLA reference, gradients too."""
-  q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in _qkv(9, 1, 70, 70, 4, 2, 64))
+  equal the XLA reference, gradients too. Its settings reach the Mosaic GPU kernels: dq=atomic
+  runs two (forward; dK/dV adding dQ), not three (the interpreted time of the third spared)."""
+  q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in _qkv(9, 1, 70, 70, 2, 1, 64))
   seg = np.array([[1] * 30 + [2] * 36 + [0] * 4])
   assert ops.mosaic_serves(q, 0) and not ops.mosaic_serves(q, jnp.int32(3))
   assert not ops.mosaic_serves(q.astype(jnp.float32), 0)
@@ -96,8 +102,12 @@ def test_pallas_mosaic_runs_the_mosaic_kernel_where_it_serves_and_triton_elsewhe
     return lambda q, k, v: (ops.attention(q, k, v, causal=True, impl=impl, **options).astype(
         jnp.float32) * weights).sum()
 
-  for options in (dict(segment_ids=seg), dict(query_offset=jnp.int32(0))):
-    grads = jax.jit(jax.grad(loss("pallas_mosaic", **options), argnums=(0, 1, 2)))(q, k, v)
+  kernels = lambda impl: len(pallas_calls(jax.make_jaxpr(jax.grad(
+      loss(impl, segment_ids=seg), argnums=(0, 1, 2)))(q, k, v).jaxpr))
+  assert (kernels("pallas_mosaic"), kernels("pallas_mosaic:dq=atomic")) == (3, 2)
+  for impl, options in (("pallas_mosaic:dq=atomic", dict(segment_ids=seg)),
+                        ("pallas_mosaic", dict(query_offset=jnp.int32(0)))):
+    grads = jax.jit(jax.grad(loss(impl, **options), argnums=(0, 1, 2)))(q, k, v)
     up = [x.astype(jnp.float32) for x in (q, k, v)]
     want = jax.grad(loss("xla", **options), argnums=(0, 1, 2))(*up)
     for got, expected in zip(grads, want):
@@ -143,7 +153,21 @@ def test_cudnn_serves_only_the_calls_its_kernel_computes():
   assert ops.cudnn_serves(short_q, k, v, 0, None, causal=False)  # Cross-attention: no mask.
 
 
-@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_impl_settings_parse_into_the_kernels_arguments_and_bad_ones_are_named():
+  assert ops.split_impl("pallas_mosaic:tiles=64x128:dq=atomic") == (
+      "pallas_mosaic", {"block_q": 64, "block_k": 128, "dq_atomic": True})
+  assert ops.split_impl("pallas:triton=4x2:splits=2") == (
+      "pallas", {"num_warps": 4, "num_stages": 2, "key_splits": 2})
+  assert ops.split_impl("auto") == ("auto", {})
+  for impl, message in [("xla:dq=atomic", "'xla' takes none"), ("auto:tiles=64x64", "'auto' takes"),
+                        ("pallas:dq=fast", "setting 'dq=fast' is not one of tiles=BQxBK"),
+                        ("pallas:tiles=64", "setting 'tiles=64'"), ("flash:dq=atomic", "'flash'")]:
+    with pytest.raises(ValueError, match=message):
+      ops.split_impl(impl)
+
+
+# The settings: a decoding step (not differentiated) takes all but dq=atomic.
+@pytest.mark.parametrize("impl", ["xla", "pallas:splits=2:dq=atomic"])
 @pytest.mark.parametrize("layer", [0, 2])
 def test_attention_to_one_layer_of_a_stacked_cache_equals_attention_to_its_slice(impl, layer):
   """key_layer: a decoding step in a layer loop over a stacked cache. The Pallas kernel reads the
@@ -163,6 +187,8 @@ def test_attention_to_one_layer_of_a_stacked_cache_equals_attention_to_its_slice
   want = ops.attention(query, keys[layer], values[layer], query_offset=jnp.int32(19), **options)
   np.testing.assert_allclose(got, want, atol=2e-5)
   jaxpr = jax.make_jaxpr(at_layer)(query, keys, values, jnp.int32(layer), jnp.int32(19))
-  assert (5 in kernel_operand_ranks(jaxpr.jaxpr)) == (impl == "pallas")  # The whole stack goes in.
+  # The whole stack goes in, and the kernel takes the settings: its keys in 2 parts.
+  assert (5 in kernel_operand_ranks(jaxpr.jaxpr)) == impl.startswith("pallas")
+  assert all(grid[-1] == 2 for _, grid in kernel_grids(jaxpr.jaxpr))
   with pytest.raises(ValueError, match=r"key_layer: key and value must be \[layers, b, s, k, h\]"):
     ops.attention(query, keys[0], values[0], key_layer=0, **options)

@@ -8,7 +8,7 @@ from jax.sharding import NamedSharding
 
 from gen_jax import ops, parallel
 from gen_jax.config.common import DEFAULT_LOGICAL_AXIS_RULES
-from tests.conftest import tiny_config
+from tests.conftest import kernel_grids, tiny_config
 
 B, T, N, K, H = 4, 16, 4, 2, 8
 
@@ -92,11 +92,12 @@ def test_ring_attention_equals_one_device(axes, sliding_window, impl):
   assert "sequence" in str(out.sharding.spec)
 
 
-@pytest.mark.parametrize("impl", ["xla", "pallas"])
+@pytest.mark.parametrize("impl", ["xla", "pallas:splits=2:dq=atomic"])
 def test_ring_attention_with_an_offset_and_longer_keys(impl):
   """Queries after a prefix (a prefill against a cache twice their length, query_offset 8), split
   8 ways like the keys: a query shard of 1 token meets key shards of 2, one of them starting
-  exactly at the query (the causal boundary of the ring's shard skipping)."""
+  exactly at the query (the causal boundary of the ring's shard skipping). The Pallas blocks
+  with kernel settings: their forward calls take splits, their backward calls dq=atomic."""
   r = np.random.default_rng(1)
   q = r.normal(size=(2, 8, N, H)).astype(np.float32)
   k, v = (r.normal(size=(2, 16, K, H)).astype(np.float32) for _ in range(2))
@@ -109,10 +110,15 @@ def test_ring_attention_with_an_offset_and_longer_keys(impl):
   config = tiny_config(**{"mesh.data": 1, "mesh.sequence": 8})
   mesh = parallel.make_mesh(config.mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.rules_tuple(DEFAULT_LOGICAL_AXIS_RULES)):
-    got = jax.jit(jax.value_and_grad(
-        lambda q, k, v: loss(q, k, v, impl=impl, sequence_parallel="ring"), argnums=(0, 1, 2)))(
-            *(jax.device_put(x, NamedSharding(mesh, jax.sharding.PartitionSpec(None, "sequence")))
-              for x in (q, k, v)))
+    step = jax.value_and_grad(lambda q, k, v: loss(q, k, v, impl=impl, sequence_parallel="ring"),
+                              argnums=(0, 1, 2))
+    got = jax.jit(step)(
+        *(jax.device_put(x, NamedSharding(mesh, jax.sharding.PartitionSpec(None, "sequence")))
+          for x in (q, k, v)))
+    kernels = kernel_grids(jax.make_jaxpr(step)(q, k, v).jaxpr)
+  if impl != "xla":  # The blocks took the settings: forwards in 2 key parts, no dQ kernel.
+    assert {name for name, _ in kernels} == {"flash_attention_forward", "flash_attention_dkdv"}
+    assert all(grid[-1] == 2 for name, grid in kernels if name == "flash_attention_forward")
   np.testing.assert_allclose(got[0], expected[0], rtol=1e-5)
   for g, want in zip(got[1], expected[1]):
     np.testing.assert_allclose(g, want, atol=1e-5)
