@@ -124,7 +124,13 @@
 # --num_kv_heads=2 --head_dim=32 --check_length=100 --impls=xla,pallas" bash benchmarks/device_checks.sh
 # (a rehearsal of the Mosaic GPU kernels, interpreted, needs XLA_FLAGS=--xla_force_host_platform_
 # device_count=8, as the tests have: a forward + backward on one CPU device deadlocked JAX's
-# interpreter in 3 to 6 of 6 runs on the 2-core VM, on 8 devices in none of 6)
+# interpreter in 3 to 6 of 6 runs on the 2-core VM, on 8 devices in none of 6). lm_train_mosaic's
+# rehearsal (21 s): ARGS_lm_train_mosaic="--config=configs/llm/pretrain.py:tiny --batch_size=1
+# --steps=1 --warmup=0 --set=mesh.num_devices=1 --set=model.remat=none --set=model.dtype=bfloat16
+# --set=model.head_dim=64 --set=model.num_heads=2 --set=model.num_kv_heads=1
+# --set=model.embed_dim=128 --set=model.num_layers=1": one layer on a one-device mesh (the tiny
+# preset over 8 fake devices had not finished a step in 15 minutes), no remat (the interpreter's
+# host callbacks cannot sit under it: JAX refuses effects in remat)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT="${OUT:-/tmp/device_checks}" ART=/tmp/device_artifacts  # Stages write to both (bash -c).
