@@ -128,9 +128,10 @@
 # rehearsal (21 s): ARGS_lm_train_mosaic="--config=configs/llm/pretrain.py:tiny --batch_size=1
 # --steps=1 --warmup=0 --set=mesh.num_devices=1 --set=model.remat=none --set=model.dtype=bfloat16
 # --set=model.head_dim=64 --set=model.num_heads=2 --set=model.num_kv_heads=1
-# --set=model.embed_dim=128 --set=model.num_layers=1": one layer on a one-device mesh (the tiny
-# preset over 8 fake devices had not finished a step in 15 minutes), no remat (the interpreter's
-# host callbacks cannot sit under it: JAX refuses effects in remat)
+# --set=model.embed_dim=128 --set=model.num_layers=1": one layer on a one-device mesh (over 8
+# fake devices the interpreter's backward kernels hung a train step; ops.attention now refuses
+# that), no remat (the interpreter's host callbacks cannot sit under it: JAX refuses effects in
+# remat)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT="${OUT:-/tmp/device_checks}" ART=/tmp/device_artifacts  # Stages write to both (bash -c).

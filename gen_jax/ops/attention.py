@@ -402,6 +402,12 @@ def _sharded_attention(mesh, inputs, options, ring: bool, striped: bool):
   """`_local_attention` per shard; along a split length keys and values are all-gathered, or with
   `ring` and queries split like them, passed round by ring attention (`striped`: in stripe
   order)."""
+  if options["impl"] == "pallas_mosaic" and mesh.size > 1 and pallas_target()["interpret"]:
+    raise ValueError(
+        "impl 'pallas_mosaic' off a GPU runs JAX's Mosaic GPU interpreter, whose backward "
+        "kernels fail under a mesh of more than one device (an interpreter's barrier found still "
+        "allocated, or a hang; JAX 0.10 and 0.11): interpret it on one device "
+        "(mesh.num_devices=1), or use 'pallas' (the Triton kernels, interpreted)")
   inputs = dict(inputs)
   static_offset = inputs.pop("query_offset")
   if not isinstance(static_offset, int):  # A traced offset enters shard_map as a replicated input.

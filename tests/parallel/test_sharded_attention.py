@@ -157,6 +157,14 @@ def test_striped_ring_attention_refuses_windows_and_offsets():
       ops.attention(q, k, v, causal=True, sequence_parallel="striped_ring", **options)
 
 
+def test_the_mosaic_gpu_interpreter_is_refused_on_a_mesh_of_several_devices():
+  """Its backward kernels fail there (an interpreter's assertion; inside a train step a hang), so
+  impl 'pallas_mosaic' on a CPU mesh of several devices is refused, saying what runs instead."""
+  q, k, v, seg = _inputs()
+  with pytest.raises(ValueError, match=r"interpret it on one device \(mesh.num_devices=1\)"):
+    _sharded({"data": 2, "tensor": 4}, q, k, v, seg, impl="pallas_mosaic")
+
+
 def test_ring_attention_passes_keys_round_instead_of_gathering_them():
   """The compiled forward+backward on an 8-way sequence ring sends keys and values hop by hop
   (collective-permute, no all-gather) and needs a fraction of the all-gather's temporary memory:
