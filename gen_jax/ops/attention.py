@@ -402,6 +402,8 @@ def _sharded_attention(mesh, inputs, options, ring: bool, striped: bool):
   """`_local_attention` per shard; along a split length keys and values are all-gathered, or with
   `ring` and queries split like them, passed round by ring attention (`striped`: in stripe
   order)."""
+  # The interpreter's end-of-kernel check (no barrier left allocated) scans every device's
+  # barriers without waiting for the other devices' kernels to end: a race between the devices.
   if options["impl"] == "pallas_mosaic" and mesh.size > 1 and pallas_target()["interpret"]:
     raise ValueError(
         "impl 'pallas_mosaic' off a GPU runs JAX's Mosaic GPU interpreter, whose backward "
