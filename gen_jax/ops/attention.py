@@ -210,9 +210,12 @@ def split_impl(impl: str) -> tuple[str, dict]:
   if settings and name not in FLASH_IMPLS:
     raise ValueError(f"{impl!r}: settings after ':' are the flash kernels' ({FLASH_IMPLS}); "
                      f"{name!r} takes none")
-  options = {}
+  options, seen = {}, set()
   for setting in settings:
     key, _, value = setting.partition("=")
+    if key in seen:
+      raise ValueError(f"{impl!r}: setting {key!r} given twice")
+    seen.add(key)
     try:
       if key in ("tiles", "triton"):
         first, second = map(int, value.split("x"))

@@ -161,7 +161,8 @@ def test_impl_settings_parse_into_the_kernels_arguments_and_bad_ones_are_named()
   assert ops.split_impl("auto") == ("auto", {})
   for impl, message in [("xla:dq=atomic", "'xla' takes none"), ("auto:tiles=64x64", "'auto' takes"),
                         ("pallas:dq=fast", "setting 'dq=fast' is not one of tiles=BQxBK"),
-                        ("pallas:tiles=64", "setting 'tiles=64'"), ("flash:dq=atomic", "'flash'")]:
+                        ("pallas:tiles=64", "setting 'tiles=64'"), ("flash:dq=atomic", "'flash'"),
+                        ("pallas:tiles=64x64:tiles=32x32", "setting 'tiles' given twice")]:
     with pytest.raises(ValueError, match=message):
       ops.split_impl(impl)
 
