@@ -82,8 +82,8 @@ def base() -> ml_collections.ConfigDict:
       # num_experts), at most t; assignments past it are dropped and counted. 0: no drop.
       expert_capacity_factor=1.25,
       # Tokens per routing group: each window of this many tokens of a sequence gets its own
-      # expert capacity (the window, not t, in the formula above). 0: the whole sequence, whose
-      # dispatch tensors grow as t^2; long contexts want e.g. 1024 (gen_jax.models.moe).
+      # expert capacity (the window, not t, in the formula above), so load balances more locally;
+      # windows that tile a sequence shard are routed on its device. 0: the whole sequence.
       expert_group_size=0,
       # Weight-only quantization of the attention and MLP projections (gen_jax.quant), for
       # inference on params from gen_jax.quant.quantize_params: 0 keeps float kernels; 8 or 4

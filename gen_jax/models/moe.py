@@ -1,15 +1,15 @@
 """Mixture-of-experts MLP: top-k routing of each token to SwiGLU experts with a fixed capacity.
 
 The sparsely-gated mixture of experts of Shazeer et al. (2017), "Outrageously Large Neural
-Networks", with the dispatch/combine einsums and expert capacity of GShard (Lepikhin et al., 2020)
-and the load-balancing loss of the Switch Transformer (Fedus et al., 2021, eq. 4). The router
+Networks", with the expert capacity and slots of GShard (Lepikhin et al., 2020) and the
+load-balancing loss of the Switch Transformer (Fedus et al., 2021, eq. 4). The router
 z-loss is ST-MoE's (Zoph et al., 2022). Gates follow Mixtral (Jiang et al., 2024): a softmax over
 the router logits of the k chosen experts, so a token's gates sum to 1 (with k = 1 the gate is 1
 and the router learns from the auxiliary losses alone).
 
 Letters in einsums and shapes: b batch, t length, d embed, f mlp, e expert, c capacity (slots
-per expert), k choice (the rank among a token's top-k). Inside MoeMlp, between the routing groups'
-reshape and its undoing, b counts groups and t their tokens.
+per expert), k choice (the rank among a token's top-k), m an expert's rows (b * c). Inside
+MoeMlp, between the routing groups' reshape and its undoing, b counts groups and t their tokens.
 
 Routing groups are sequences, or consecutive windows of `group_size` tokens of a sequence (GShard's
 groups; the last window of a sequence whose length it does not divide is padded): each group routes
@@ -31,11 +31,13 @@ all-to-alls, since the default logical rules split the batch over the expert axi
 layout); rules that keep the batch off that axis get a local slice going in and an all-gather over
 the expert axis coming out.
 
-The dispatch and combine tensors [groups, g, e, c] hold about b * t * g * k * capacity_factor
-numbers: quadratic in the length when a group is the whole sequence (g = t), linear with a fixed
-group_size, which long sequences need (t = 32k, k = 2: 2.7e9 per sequence against 1.3e8 in
-windows of 1024 tokens). Smaller groups balance load more locally: a burst of tokens preferring
-one expert overflows a window's capacity sooner than a whole sequence's.
+Tokens go to their slots and come back by index (gathers, whose gradients are gathers too), not
+by GShard's one-hot dispatch and combine products: those cost 2 * g * e * c * d FLOPs each per
+group (together, with g = 2048 tokens, k = 2 and capacity factor 1.25, more than the experts'
+own products at d = 512, f = 1024) and held [groups, g, e, c] floats, quadratic in the group's
+length. So memory and FLOPs are linear in the length whatever the group size (benchmarks/moe.py).
+Smaller groups balance load more locally: a burst of tokens preferring one expert overflows a
+window's capacity sooner than a whole sequence's.
 """
 import math
 from typing import Any
@@ -79,6 +81,58 @@ def _top_k_one_hot(logits: jax.Array, k: int) -> jax.Array:
     rows.append(jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1]))
     logits = jnp.where(rows[-1] > 0, -jnp.inf, logits)
   return jnp.stack(rows, axis=-2)
+
+
+def _rows(x: jax.Array, index: jax.Array) -> jax.Array:
+  """x [n, d] rows at `index` (any shape) -> [*index.shape, d]; zeros where index is n or more."""
+  return x.at[index].get(mode="fill", fill_value=0)
+
+
+# Tokens move to their expert slots and back by gathering rows, both ways: each direction's
+# gradient is a gather through the other direction's index (a token's k choices to its slots,
+# a slot to the choice it holds), where autodiff would scatter-add (on a GPU with float atomics,
+# which add a token's k slot gradients in no fixed order). Within one routing group of t tokens,
+# k choices each, and s = e * c slots: choice_slot [t, k] is expert * c + slot (s: dropped, or
+# padding), slot_choice [s] is token * k + choice (t * k: an empty slot).
+
+
+@jax.custom_vjp
+def _to_slots(x: jax.Array, slot_choice: jax.Array, choice_slot: jax.Array) -> jax.Array:
+  """x [t, d] -> [s, d]: each slot's token row; zeros for an empty slot."""
+  return _rows(x, slot_choice // choice_slot.shape[1])
+
+
+def _to_slots_forward(x, slot_choice, choice_slot):
+  return _to_slots(x, slot_choice, choice_slot), (slot_choice, choice_slot)
+
+
+def _to_slots_backward(residuals, d_slots):
+  _, choice_slot = residuals
+  # A token's gradient is the sum over its choices' slots (nothing from a dropped choice).
+  d_x = _rows(d_slots, choice_slot).astype(jnp.float32).sum(axis=1)  # [t, d]
+  return d_x.astype(d_slots.dtype), None, None
+
+
+_to_slots.defvjp(_to_slots_forward, _to_slots_backward)
+
+
+@jax.custom_vjp
+def _from_slots(slots: jax.Array, choice_slot: jax.Array, slot_choice: jax.Array) -> jax.Array:
+  """slots [s, d] -> [t, k, d]: each choice's slot row; zeros for a dropped choice."""
+  return _rows(slots, choice_slot)
+
+
+def _from_slots_forward(slots, choice_slot, slot_choice):
+  return _from_slots(slots, choice_slot, slot_choice), (choice_slot, slot_choice)
+
+
+def _from_slots_backward(residuals, d_rows):
+  _, slot_choice = residuals
+  t, k, d = d_rows.shape
+  return _rows(d_rows.reshape(t * k, d), slot_choice), None, None  # An empty slot: zeros.
+
+
+_from_slots.defvjp(_from_slots_forward, _from_slots_backward)
 
 
 def _group_axes(batch: int, length: int, group: int) -> tuple[str, ...]:
@@ -168,14 +222,21 @@ class MoeMlp(nn.Module):
     chosen = _top_k_one_hot(logits, k)  # [b, t, k, e]
     gates = jax.nn.softmax((chosen * logits[:, :, None, :]).sum(-1), axis=-1)  # [b, t, k]
     chosen = chosen * valid[..., None, None]
-    gate = (gates[..., None] * chosen).sum(axis=2)  # [b, t, e]
     assignment = chosen.sum(axis=2).astype(jnp.int32)  # [b, t, e] in {0, 1}: k distinct experts
     slot = jnp.cumsum(assignment, axis=1) - 1  # [b, t, e]: earlier tokens of the row go first
     kept = assignment * (slot < c)  # [b, t, e]
-    dispatch = jax.nn.one_hot(slot, c, dtype=jnp.float32) * kept[..., None]  # [b, t, e, c]
-    combine = dispatch * gate[..., None]  # [b, t, e, c]
 
-    slots = jnp.einsum("btec,btd->becd", dispatch.astype(x.dtype), x)  # [b, e, c, d]
+    # Slots filled and read back by index (one-hot dispatch and combine products would cost
+    # 2 * t * e * c * d FLOPs each per group, quadratic in its length t): choice_slot [b, t, k] and
+    # slot_choice [b, e * c] as defined above `_to_slots`.
+    pick = lambda v: (chosen.astype(jnp.int32) * v[:, :, None, :]).sum(-1)  # noqa: E731
+    experts = pick(jnp.arange(e, dtype=jnp.int32)[None, None])
+    choice_slot = jnp.where(pick(kept) > 0, experts * c + pick(slot), e * c)
+    choices = jnp.arange(t * k, dtype=jnp.int32)
+    # Kept choices own distinct slots; the others point past them and are dropped.
+    slot_choice = jax.vmap(lambda i: jnp.full((e * c,), t * k, jnp.int32).at[i.reshape(-1)].set(
+        choices, mode="drop"))(choice_slot)
+    slots = jax.vmap(_to_slots)(x, slot_choice, choice_slot).reshape(-1, e, c, d)  # [b, e, c, d]
     slots = constrain(slots, "tokens")
     expert_inputs = constrain(jnp.swapaxes(slots, 0, 1), "experts")  # [e, b, c, d]
 
@@ -186,15 +247,22 @@ class MoeMlp(nn.Module):
                        param_dtype=self.param_dtype, kernel_init=partitioned(init, names),
                        name=name)
 
-    f = self.mlp_dim
-    wi_gate = expert_weights((e, d, f), ("expert", "embed", "mlp"), "ebcd,edf->ebcf", "wi_gate")
-    wi_up = expert_weights((e, d, f), ("expert", "embed", "mlp"), "ebcd,edf->ebcf", "wi_up")
-    wo = expert_weights((e, f, d), ("expert", "mlp", "embed"), "ebcf,efd->ebcd", "wo")
-    hidden = nn.silu(wi_gate(expert_inputs)) * wi_up(expert_inputs)  # [e, b, c, f]
-    hidden = constrain(hidden, "experts", "mlp")
-    expert_outputs = constrain(wo(hidden), "experts")  # [e, b, c, d]
+    # Each expert's products over its b * c rows as one matrix ([e, b, c, n] <-> [e, m, n]):
+    # XLA:CPU ran the products with two batch-like axes about 2x slower.
+    f, groups = self.mlp_dim, slots.shape[0]
+    wi_gate = expert_weights((e, d, f), ("expert", "embed", "mlp"), "emd,edf->emf", "wi_gate")
+    wi_up = expert_weights((e, d, f), ("expert", "embed", "mlp"), "emd,edf->emf", "wi_up")
+    wo = expert_weights((e, f, d), ("expert", "mlp", "embed"), "emf,efd->emd", "wo")
+    matrix = lambda v: v.reshape(e, groups * c, v.shape[-1])  # noqa: E731
+    per_group = lambda v: v.reshape(e, groups, c, v.shape[-1])  # noqa: E731
+    hidden = nn.silu(wi_gate(matrix(expert_inputs))) * wi_up(matrix(expert_inputs))  # [e, m, f]
+    hidden = constrain(per_group(hidden), "experts", "mlp")  # [e, b, c, f]
+    expert_outputs = constrain(per_group(wo(matrix(hidden))), "experts")  # [e, b, c, d]
     slots = constrain(jnp.swapaxes(expert_outputs, 0, 1), "tokens")  # [b, e, c, d]
-    out = jnp.einsum("btec,becd->btd", combine.astype(x.dtype), slots)  # [b, t, d]
+
+    # Each token's choices read back from their slots, summed with their gates in float32.
+    rows = jax.vmap(_from_slots)(slots.reshape(-1, e * c, d), choice_slot, slot_choice)
+    out = (gates[..., None] * rows.astype(jnp.float32)).sum(axis=2).astype(x.dtype)  # [b, t, d]
 
     out = out.reshape(batch, length + pad, d)[:, :length]
 

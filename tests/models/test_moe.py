@@ -13,7 +13,9 @@ from jax.sharding import PartitionSpec as P
 from gen_jax import parallel
 from gen_jax.config.common import DEFAULT_LOGICAL_AXIS_RULES
 from gen_jax.models import MoeMlp, Transformer, TransformerConfig, expert_capacity
+from gen_jax.models import moe as moe_lib
 from tests.conftest import tiny_config
+from tests.parallel.test_mesh_equality import _loss_and_grads
 from tests.train.test_step import _run_steps
 
 EMBED, MLP, EXPERTS, TOP_K = 8, 16, 4, 2
@@ -127,6 +129,31 @@ def test_padding_takes_no_slot_and_no_statistic():
   np.testing.assert_allclose(np.asarray(stats["aux_loss"]), aux, rtol=1e-5)
 
 
+def test_gradients_equal_autodiff_through_plain_gathers(monkeypatch):
+  """Tokens move to their slots and back by gathers whose gradients are gathers too (written by
+  hand); they equal autodiff's scatter-adds, with dropped choices, padding and empty slots."""
+  x = _inputs((2, 12), seed=6)
+  valid = np.ones((2, 12), bool)
+  valid[1, 9:] = False  # 18 choices for 20 slots: some slots stay empty.
+  moe = MoeMlp(EXPERTS, TOP_K, MLP, capacity_factor=0.75)  # 5 slots per expert and sequence
+  params = _init(moe, x, router_scale=5.0)
+  weights = jax.random.normal(jax.random.key(7), x.shape)
+
+  def gradients():
+    def loss(params, x):
+      out, stats = moe.apply({"params": params}, x, jnp.asarray(valid))
+      return (out * weights).sum() + stats["aux_loss"].sum(), stats["dropped"]
+    return jax.grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+
+  ours, dropped = gradients()
+  assert float(dropped[0]) > 0
+  monkeypatch.setattr(moe_lib, "_to_slots", moe_lib._to_slots.fun)
+  monkeypatch.setattr(moe_lib, "_from_slots", moe_lib._from_slots.fun)
+  autodiff, _ = gradients()
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               ours, autodiff)
+
+
 def _routed_by_construction(preferred: np.ndarray):
   """Tokens whose router logits are 4 for expert preferred[i] and 3 for preferred[i] + 1."""
   t = len(preferred)
@@ -201,6 +228,24 @@ def test_expert_parallel_mesh_equals_one_device(tmp_path, group_size, mesh):
              for s in kernel.addressable_shards)
 
 
+def test_experts_split_over_expert_and_tensor_axes_give_one_devices_gradients(tmp_path):
+  """Each expert's hidden units split over `tensor` (the MLP's rule) and the experts over
+  `expert`: the first batch's loss and gradients equal one device's."""
+  moe = {"model.num_experts": 4, "model.experts_per_token": 2,
+         "model.expert_capacity_factor": 1.0}
+  loss1, grads1, _ = _loss_and_grads(tiny_config(**moe, **{"mesh.num_devices": 1}),
+                                     str(tmp_path / "one"))
+  loss8, grads8, state = _loss_and_grads(
+      tiny_config(**moe, **{"mesh.data": 2, "mesh.tensor": 2, "mesh.expert": 2}),
+      str(tmp_path / "eight"))
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4), grads8, grads1)
+  kernel = state.params["layers"]["mlp"]["wi_gate"]["kernel"]  # [layers, expert, embed, mlp]
+  layers, experts, embed, mlp = kernel.shape
+  assert all(s.data.shape == (layers, experts // 2, embed, mlp // 2)
+             for s in kernel.addressable_shards)
+
+
 def test_batch_split_over_the_expert_axis_moves_slots_by_all_to_all():
   """GShard's layout: rules that split the batch over the expert axis as well make XLA exchange
   slots with all-to-alls; each device multiplies only its 2 of the 8 experts, and the output and
@@ -266,16 +311,19 @@ def test_routing_groups_route_each_window_of_tokens_as_its_own_sequence(length, 
                              (log_z ** 2 * valid).sum(-1) / valid.sum(-1), rtol=1e-5)
 
 
-def test_routing_groups_make_the_dispatch_memory_linear_in_the_length():
-  x = jnp.zeros((1, 1024, EMBED))
-  def temp_bytes(group):
+def test_dispatch_memory_is_linear_in_the_length_whatever_the_group():
+  """Slots are filled and read back by index, so no [t, e, c] dispatch or combine tensor exists
+  (one-hot products held 1024 x 4 x 512 floats per sequence here): a whole sequence as one routing
+  group takes no more memory than windows of 64 tokens, and twice the length twice the memory."""
+  def temp_bytes(length, group):
+    x = jnp.zeros((1, length, EMBED))
     moe = MoeMlp(EXPERTS, TOP_K, MLP, capacity_factor=1.0, group_size=group)
     params = _init(moe, x[:, :8])
-    compiled = jax.jit(lambda p, x: moe.apply({"params": p}, x)).lower(params, x).compile()
-    return compiled.memory_analysis().temp_size_in_bytes
-  whole, grouped = temp_bytes(0), temp_bytes(64)
-  # [t, e, c] dispatch and combine: 1024 x 4 x 512 floats per sequence against 1024 x 4 x 32.
-  assert grouped * 8 < whole, (grouped, whole)
+    grad = jax.jit(jax.grad(lambda p, x: moe.apply({"params": p}, x)[0].sum(), argnums=(0, 1)))
+    return grad.lower(params, x).compile().memory_analysis().temp_size_in_bytes
+  whole = temp_bytes(1024, 0)
+  assert whole <= 1.1 * temp_bytes(1024, 64), (whole, temp_bytes(1024, 64))
+  assert temp_bytes(2048, 0) <= 2.2 * whole, (temp_bytes(2048, 0), whole)
 
 
 def test_routing_windows_on_a_sequence_mesh_never_gather_the_length():
