@@ -18,7 +18,7 @@ from gen_jax.sampling.request import SampleRequest
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (config.json + checkpoints).")
 _GGUF = flags.DEFINE_string("gguf", None, "A pretrained LLaMA-architecture GGUF file (instead of "
                             "--workdir).")
-_HF_DIR = flags.DEFINE_string("hf_dir", None, "A Hugging Face LLaMA/Mistral directory: "
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "A Hugging Face LLaMA/Mistral/Mixtral directory: "
                               "config.json, *.safetensors, tokenizer.json (instead of --workdir).")
 _CHAT = flags.DEFINE_bool("chat", False, "Answer --prompt as the user turn of the model's chat "
                           "template; stops at the template's end-of-turn token.")

@@ -3,8 +3,8 @@
 Follows transformers' on-disk format: config.json, model.safetensors or shards listed in
 model.safetensors.index.json ({"weight_map": {tensor name: shard file}}), tokenizer.json and
 tokenizer_config.json. An exported directory loads with
-`transformers.LlamaForCausalLM.from_pretrained(directory)` (or AutoModelForCausalLM /
-AutoTokenizer).
+`transformers.AutoModelForCausalLM.from_pretrained(directory)` (LlamaForCausalLM,
+MistralForCausalLM or, for a mixture of experts, MixtralForCausalLM) and AutoTokenizer.
 """
 import json
 import os
@@ -59,12 +59,13 @@ def load_hf(directory: str) -> hf_layout.Pretrained:
 def export_hf(directory: str, config: TransformerConfig, params: dict,
               tokenizer: Tokenizer | None = None) -> None:
   """Writes config.json and model.safetensors (float32; plus the tokenizer files when given)."""
-  os.makedirs(directory, exist_ok=True)
+  hf_config = hf_layout.hf_config(config, tokenizer)  # First: it refuses what has no layout.
   tensors = hf_layout.params_to_hf(config, params)
+  os.makedirs(directory, exist_ok=True)
   # transformers refuses a safetensors file whose metadata does not name its format.
   safetensors_np.save_file(tensors, os.path.join(directory, WEIGHTS_FILE),
                            metadata={"format": "pt"})
   with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-    json.dump(hf_layout.hf_config(config, tokenizer), f, indent=2)
+    json.dump(hf_config, f, indent=2)
   if tokenizer is not None:
     tokenizer.save(directory)

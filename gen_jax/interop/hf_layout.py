@@ -1,4 +1,5 @@
-"""The Hugging Face LLaMA layout (transformers' LlamaForCausalLM / MistralForCausalLM) <-> gen_jax.
+"""The Hugging Face LLaMA layout (transformers' LlamaForCausalLM / MistralForCausalLM /
+MixtralForCausalLM) <-> gen_jax.
 
 One table (`_TENSORS`) names each Hugging Face tensor and the gen_jax parameter it is; loading
 (safetensors, GGUF) and export both read it, so the two directions cannot drift apart. The same goes
@@ -9,9 +10,17 @@ operands whose leading axes are the input: query [d, n, h], out [n, h, d], wi_ga
 layers are stacked on a leading axis [num_layers, ...] (nn.scan). Both use rotate-half RoPE, so the
 query/key rows need no permutation here.
 
-Supported: model_type llama or mistral with SiLU SwiGLU, no biases, plain RoPE (no rope_scaling),
-grouped-query attention, tied or untied embeddings, Mistral's sliding window. Anything else is
-refused naming the config.json field.
+Supported: model_type llama, mistral or mixtral with SiLU SwiGLU, no biases, plain RoPE (no
+rope_scaling), grouped-query attention, tied or untied embeddings, Mistral's sliding window.
+Anything else is refused naming the config.json field.
+
+Mixtral (Jiang et al., 2024) is gen_jax's mixture of experts (models.moe): a router [e, d] and
+per expert w1 (gate), w3 (up), w2 (down), top-k gates softmaxed over the chosen logits. Mixtral
+computes every token's choices, so a loaded config has expert_capacity_factor 0 (no drop); a model
+trained with a capacity exports the same weights, and transformers then computes the choices its
+capacity would have dropped. router_jitter_noise (transformers' training-time noise on the router
+input) has no gen_jax counterpart: a nonzero value is refused; router_aux_loss_coef is a training
+weight (gen_jax's objective.router_aux_loss_weight), not part of the model, and is not read.
 """
 import dataclasses
 import math
@@ -25,7 +34,7 @@ import numpy as np
 from gen_jax.data.tokenizer import Tokenizer
 from gen_jax.models.transformer import Transformer, TransformerConfig
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral")
 # Buffers some older checkpoints saved beside the weights; recomputed from the config, so unused.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -46,6 +55,8 @@ class _Tensor:
   # kernel has k leading input axes; Hugging Face's weight is that kernel flattened to
   # [prod(input axes), prod(output axes)] and transposed.
   input_axes: int | None
+  # hf_name has "{expert}": one tensor per expert, stacked on the axis after the layers' in gen_jax.
+  per_expert: bool = False
 
 
 _TENSORS = (
@@ -64,9 +75,18 @@ _TENSORS = (
             ("layers", "attention", "out", "kernel"), 2),
     _Tensor("model.layers.{layer}.post_attention_layernorm.weight",
             ("layers", "mlp_norm", "scale"), None),
+)
+_DENSE_MLP = (
     _Tensor("model.layers.{layer}.mlp.gate_proj.weight", ("layers", "mlp", "wi_gate", "kernel"), 1),
     _Tensor("model.layers.{layer}.mlp.up_proj.weight", ("layers", "mlp", "wi_up", "kernel"), 1),
     _Tensor("model.layers.{layer}.mlp.down_proj.weight", ("layers", "mlp", "wo", "kernel"), 1),
+)
+_MOE = "model.layers.{layer}.block_sparse_moe."  # Mixtral's names, as its checkpoints have them.
+_EXPERTS_MLP = (
+    _Tensor(_MOE + "gate.weight", ("layers", "mlp", "router", "kernel"), 1),
+    _Tensor(_MOE + "experts.{expert}.w1.weight", ("layers", "mlp", "wi_gate", "kernel"), 1, True),
+    _Tensor(_MOE + "experts.{expert}.w3.weight", ("layers", "mlp", "wi_up", "kernel"), 1, True),
+    _Tensor(_MOE + "experts.{expert}.w2.weight", ("layers", "mlp", "wo", "kernel"), 1, True),
 )
 
 # (config.json key, TransformerConfig field). head_dim, rope and the window are handled beside it.
@@ -89,9 +109,13 @@ _HF_DEFAULTS = {
     "mistral": {"max_position_embeddings": 4096 * 32, "rms_norm_eps": 1e-6,
                 "tie_word_embeddings": False, "hidden_act": "silu", "attention_bias": False,
                 "mlp_bias": False, "rope_theta": 10000.0, "sliding_window": 4096},
+    "mixtral": {"max_position_embeddings": 4096 * 32, "rms_norm_eps": 1e-5,
+                "tie_word_embeddings": False, "hidden_act": "silu", "rope_theta": 1e6,
+                "sliding_window": None, "num_local_experts": 8, "num_experts_per_tok": 2,
+                "router_jitter_noise": 0.0},
 }
 # TransformerConfig features the LLaMA layout cannot hold (getattr: a field may not exist yet).
-_NOT_EXPORTABLE = {"num_experts": "a mixture of experts", "weight_bits": "int-quantized weights",
+_NOT_EXPORTABLE = {"weight_bits": "int-quantized weights",
                    "lora_rank": "unmerged LoRA adapters (gen_jax.lora.merge_adapters folds them in)"}
 _REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
              "intermediate_size")
@@ -131,20 +155,28 @@ def config_from_hf(hf: dict, source: str = "config.json") -> TransformerConfig:
   fields = {ours: value(key) for key, ours in _CONFIG_FIELDS}
   if fields["num_kv_heads"] is None:  # transformers: no key means multi-head attention.
     fields["num_kv_heads"] = fields["num_heads"]
-  window = value("sliding_window") if model_type == "mistral" else None
+  if model_type == "mixtral":
+    if value("router_jitter_noise"):
+      raise ValueError(f"{source}: router_jitter_noise: {value('router_jitter_noise')} is not "
+                       "supported (gen_jax's router has no input noise; set it to 0)")
+    fields.update(num_experts=value("num_local_experts"),
+                  experts_per_token=value("num_experts_per_tok"), expert_capacity_factor=0.0)
+  window = value("sliding_window") if model_type in ("mistral", "mixtral") else None
   return TransformerConfig(
       **fields, head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
       rope_base=_rope_theta(hf, defaults, source), sliding_window=window or 0)
 
 
 def hf_config(config: TransformerConfig, tokenizer: Tokenizer | None = None) -> dict:
-  """config.json for `config` (LlamaForCausalLM; MistralForCausalLM with a sliding window)."""
+  """config.json for `config`: LlamaForCausalLM; MistralForCausalLM with a sliding window;
+  MixtralForCausalLM with experts (see the module docstring on capacity)."""
   for field, what in _NOT_EXPORTABLE.items():
     if getattr(config, field, 0):
       raise ValueError(f"model.{field}: {getattr(config, field)}: {what} has no LLaMA layout to "
                        "export to")
-  model_type = "mistral" if config.sliding_window else "llama"
-  hf = {"architectures": ["MistralForCausalLM" if config.sliding_window else "LlamaForCausalLM"],
+  model_type = ("mixtral" if config.num_experts else "mistral" if config.sliding_window
+                else "llama")
+  hf = {"architectures": [model_type.capitalize() + "ForCausalLM"],
         "model_type": model_type, "hidden_act": "silu", "attention_bias": False,
         "head_dim": config.head_dim, "rope_theta": config.rope_base, "rope_scaling": None,
         "dtype": "float32"}
@@ -152,7 +184,10 @@ def hf_config(config: TransformerConfig, tokenizer: Tokenizer | None = None) -> 
   if model_type == "llama":
     hf["mlp_bias"] = False
   else:
-    hf["sliding_window"] = config.sliding_window
+    hf["sliding_window"] = config.sliding_window or None
+  if model_type == "mixtral":
+    hf.update(num_local_experts=config.num_experts, num_experts_per_tok=config.experts_per_token,
+              router_jitter_noise=0.0)
   if tokenizer is not None:
     hf.update(eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
               bos_token_id=tokenizer.bos_id)
@@ -167,7 +202,19 @@ def _param_shapes(config: TransformerConfig) -> dict:
 
 
 def _entries(config: TransformerConfig):
-  return [t for t in _TENSORS if not (config.tie_embeddings and t.path[0] == "lm_head")]
+  entries = _TENSORS + (_EXPERTS_MLP if config.num_experts else _DENSE_MLP)
+  return [t for t in entries if not (config.tie_embeddings and t.path[0] == "lm_head")]
+
+
+def _names(config: TransformerConfig, entry: _Tensor) -> np.ndarray:
+  """The Hugging Face names of `entry`'s tensors, shaped as the leading axes they are stacked on in
+  gen_jax: [] (one tensor), [layers] or [layers, experts]."""
+  if entry.path[0] != "layers":
+    return np.array(entry.hf_name)
+  experts = config.num_experts if entry.per_expert else 1
+  names = [[entry.hf_name.format(layer=i, expert=j) for j in range(experts)]
+           for i in range(config.num_layers)]
+  return np.array(names if entry.per_expert else [row[0] for row in names])
 
 
 def _get(tree: dict, path: tuple[str, ...]):
@@ -209,22 +256,19 @@ def params_from_hf(config: TransformerConfig, tensors: Mapping[str, np.ndarray],
   shapes = _param_shapes(config)
   params, used = {}, set()
   for entry in _entries(config):
-    shape = _get(shapes, entry.path).shape
-    layered = entry.path[0] == "layers"
-    names = ([entry.hf_name.format(layer=i) for i in range(config.num_layers)] if layered
-             else [entry.hf_name])
+    names = _names(config, entry)
+    one_shape = _get(shapes, entry.path).shape[names.ndim:]
     arrays = []
-    for name in names:
+    for name in map(str, names.reshape(-1)):
       if name not in tensors:
         raise ValueError(f"{source}: tensor {name!r} is missing")
       weight = np.asarray(tensors[name], np.float32)
-      one_shape = shape[1:] if layered else shape
       if weight.shape != _hf_shape(entry, one_shape):
         raise ValueError(f"{source}: tensor {name!r} has shape {weight.shape}; the config "
                          f"expects {_hf_shape(entry, one_shape)}")
       arrays.append(_to_ours(weight, entry, one_shape))
       used.add(name)
-    _set(params, entry.path, np.stack(arrays) if layered else arrays[0])
+    _set(params, entry.path, np.stack(arrays).reshape(names.shape + one_shape))
   unused = sorted(n for n in tensors if n not in used and not n.endswith(_IGNORED_SUFFIXES))
   if unused:
     raise ValueError(f"{source}: tensor {unused[0]!r} is not part of a supported LLaMA model "
@@ -240,9 +284,7 @@ def params_to_hf(config: TransformerConfig, params: dict) -> dict[str, np.ndarra
   tensors = {}
   for entry in _entries(config):
     value = np.asarray(jax.device_get(_get(params, entry.path)), np.float32)
-    if entry.path[0] == "layers":
-      for i in range(config.num_layers):
-        tensors[entry.hf_name.format(layer=i)] = np.ascontiguousarray(_to_hf(value[i], entry))
-    else:
-      tensors[entry.hf_name] = np.ascontiguousarray(_to_hf(value, entry))
+    names = _names(config, entry)
+    for index in np.ndindex(names.shape):
+      tensors[str(names[index])] = np.ascontiguousarray(_to_hf(value[index], entry))
   return tensors

@@ -34,15 +34,21 @@ def chat_tokenizer(vocab_size: int) -> data.Tokenizer:
   return data.Tokenizer(tok.hf, chat_template=CHAT_TEMPLATE)
 
 
-@pytest.mark.parametrize("tie,sliding_window", [(False, 0), (True, 0), (False, 8)])
-def test_export_then_load_gives_back_the_same_params_config_and_tokenizer(tmp_path, tie,
-                                                                          sliding_window):
+# Mixtral routes without capacity: what loading sets (expert_capacity_factor 0).
+MIXTURE = {"num_experts": 4, "experts_per_token": 2, "expert_capacity_factor": 0.0}
+
+
+@pytest.mark.parametrize("tie,sliding_window,moe,model_type", [
+    (False, 0, {}, "llama"), (True, 0, {}, "llama"), (False, 8, {}, "mistral"),
+    (False, 0, MIXTURE, "mixtral"), (True, 8, {**MIXTURE, "experts_per_token": 1}, "mixtral")])
+def test_export_then_load_gives_back_the_same_params_config_and_tokenizer(
+    tmp_path, tie, sliding_window, moe, model_type):
   config = TransformerConfig(**{**CONFIG.__dict__, "tie_embeddings": tie,
-                                "sliding_window": sliding_window})
+                                "sliding_window": sliding_window, **moe})
   params, tok = random_params(config), chat_tokenizer(config.vocab_size)
   interop.export_hf(str(tmp_path), config, params, tok)
   with open(tmp_path / "config.json") as f:
-    assert json.load(f)["model_type"] == ("mistral" if sliding_window else "llama")
+    assert json.load(f)["model_type"] == model_type
   loaded = interop.load_hf(str(tmp_path))
   assert loaded.config == config
   assert jax.tree.structure(loaded.params) == jax.tree.structure(params)
@@ -75,7 +81,9 @@ BASE = {"model_type": "llama", "vocab_size": 300, "hidden_size": 32, "intermedia
 
 @pytest.mark.parametrize("change,message", [
     ({"model_type": "qwen2"},
-     "model_type: 'qwen2' is not supported; supported: ('llama', 'mistral')"),
+     "model_type: 'qwen2' is not supported; supported: ('llama', 'mistral', 'mixtral')"),
+    ({"model_type": "mixtral", "router_jitter_noise": 0.01},
+     "router_jitter_noise: 0.01 is not supported"),
     ({"hidden_act": "gelu"}, "hidden_act: 'gelu' is not supported"),
     ({"attention_bias": True}, "attention_bias: true is not supported"),
     ({"mlp_bias": True}, "mlp_bias: true is not supported"),
@@ -100,6 +108,10 @@ def test_config_reads_both_rope_spellings_and_transformers_defaults():
   # LlamaConfig's defaults: head_dim = hidden / heads, untied, eps 1e-6, 2048 positions.
   assert (old.head_dim, old.tie_embeddings, old.norm_eps, old.max_seq_len) == (8, False, 1e-6, 2048)
   assert interop.config_from_hf({**BASE, "model_type": "mistral"}).sliding_window == 4096
+  # MixtralConfig's: 8 experts, top-2, no window, theta 1e6; and gen_jax's no-drop capacity.
+  mixtral = interop.config_from_hf({**BASE, "model_type": "mixtral"})
+  assert (mixtral.num_experts, mixtral.experts_per_token, mixtral.expert_capacity_factor,
+          mixtral.sliding_window, mixtral.rope_base, mixtral.norm_eps) == (8, 2, 0.0, 0, 1e6, 1e-5)
 
 
 def test_bad_tensors_are_named(tmp_path):
@@ -116,9 +128,16 @@ def test_bad_tensors_are_named(tmp_path):
   with pytest.raises(ValueError, match=r"up_proj.weight' has shape \(32, 48\); the config expects "
                                        r"\(48, 32\)"):
     interop.params_from_hf(CONFIG, transposed)
-  with pytest.raises(ValueError, match="model.num_experts: 4"):
-    interop.export_hf(str(tmp_path), TransformerConfig(**{**CONFIG.__dict__, "num_experts": 4}),
-                      params)
+  with pytest.raises(ValueError, match="model.weight_bits: 8: int-quantized weights"):
+    interop.export_hf(str(tmp_path / "int8"), TransformerConfig(
+        **{**CONFIG.__dict__, "weight_bits": 8, "weight_group_size": 16}), params)
+  assert not os.path.exists(tmp_path / "int8")  # Refused before anything is written.
+  moe = TransformerConfig(**{**CONFIG.__dict__, **MIXTURE})
+  experts = interop.params_to_hf(moe, random_params(moe))
+  del experts["model.layers.1.block_sparse_moe.experts.3.w2.weight"]
+  with pytest.raises(ValueError, match="'model.layers.1.block_sparse_moe.experts.3.w2.weight' is "
+                                       "missing"):
+    interop.params_from_hf(moe, experts)
   os.makedirs(tmp_path / "empty")
   with pytest.raises(ValueError, match="has no config.json"):
     interop.load_hf(str(tmp_path / "empty"))

@@ -1,12 +1,13 @@
-"""Parity with Hugging Face transformers on random tiny LLaMA/Mistral models: its checkpoints load
-into gen_jax with equal logits, and gen_jax's exports load into transformers with equal logits."""
+"""Parity with Hugging Face transformers on random tiny LLaMA/Mistral/Mixtral models: its
+checkpoints load into gen_jax with equal logits, and gen_jax's exports load into transformers with
+equal logits."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gen_jax import interop
 from gen_jax.models import Transformer, TransformerConfig
-from tests.interop.test_hf_layout import CONFIG, TEXTS, chat_tokenizer, random_params
+from tests.interop.test_hf_layout import CONFIG, MIXTURE, TEXTS, chat_tokenizer, random_params
 
 torch = pytest.importorskip("torch", reason="parity with transformers needs torch "
                             "(pip install torch==2.13.0)")
@@ -26,7 +27,8 @@ def _our_logits(config: TransformerConfig, params, tokens) -> np.ndarray:
 
 
 @pytest.mark.parametrize("model_type,tie,head_dim,sharded", [
-    ("llama", False, 8, False), ("llama", True, 12, True), ("mistral", False, 8, False)])
+    ("llama", False, 8, False), ("llama", True, 12, True), ("mistral", False, 8, False),
+    ("mixtral", False, 8, True)])
 def test_transformers_checkpoint_loads_with_equal_logits(tmp_path, model_type, tie, head_dim,
                                                          sharded):
   kwargs = dict(vocab_size=CONFIG.vocab_size, hidden_size=32, intermediate_size=48,
@@ -36,6 +38,10 @@ def test_transformers_checkpoint_loads_with_equal_logits(tmp_path, model_type, t
   if model_type == "mistral":  # A window shorter than the sequence, so that it matters.
     hf_config = transformers.MistralConfig(**kwargs, sliding_window=5)
     model = transformers.MistralForCausalLM(hf_config)
+  elif model_type == "mixtral":  # Experts and a window.
+    hf_config = transformers.MixtralConfig(**kwargs, sliding_window=5, num_local_experts=4,
+                                           num_experts_per_tok=2)
+    model = transformers.MixtralForCausalLM(hf_config)
   else:
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kwargs))
   torch.manual_seed(0)
@@ -48,20 +54,23 @@ def test_transformers_checkpoint_loads_with_equal_logits(tmp_path, model_type, t
 
   loaded = interop.load_hf(str(tmp_path))
   assert (loaded.config.tie_embeddings, loaded.config.head_dim) == (tie, head_dim)
-  assert loaded.config.sliding_window == (5 if model_type == "mistral" else 0)
+  assert loaded.config.sliding_window == (0 if model_type == "llama" else 5)
+  assert loaded.config.num_experts == (4 if model_type == "mixtral" else 0)
   np.testing.assert_allclose(_our_logits(loaded.config, loaded.params, TOKENS),
                              _hf_logits(model.eval(), TOKENS), rtol=1e-5, atol=5e-5)
 
 
-@pytest.mark.parametrize("tie,sliding_window", [(False, 0), (True, 0), (False, 5)])
+@pytest.mark.parametrize("tie,sliding_window,moe,expected", [
+    (False, 0, {}, "LlamaForCausalLM"), (True, 0, {}, "LlamaForCausalLM"),
+    (False, 5, {}, "MistralForCausalLM"), (False, 0, MIXTURE, "MixtralForCausalLM")])
 def test_export_loads_in_transformers_with_equal_logits_and_tokenizer(tmp_path, tie,
-                                                                      sliding_window):
+                                                                      sliding_window, moe,
+                                                                      expected):
   config = TransformerConfig(**{**CONFIG.__dict__, "tie_embeddings": tie,
-                                "sliding_window": sliding_window})
+                                "sliding_window": sliding_window, **moe})
   params, tok = random_params(config, seed=1), chat_tokenizer(config.vocab_size)
   interop.export_hf(str(tmp_path), config, params, tok)
   model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
-  expected = "MistralForCausalLM" if sliding_window else "LlamaForCausalLM"
   assert type(model).__name__ == expected
   np.testing.assert_allclose(_hf_logits(model.eval(), TOKENS), _our_logits(config, params, TOKENS),
                              rtol=1e-5, atol=5e-5)
