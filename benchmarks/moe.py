@@ -18,6 +18,7 @@ import platform
 import statistics
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from absl import app, flags
@@ -37,14 +38,9 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per row (median).")
 
 
-def _unbox(tree):
-  return jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, tree,
-                      is_leaf=lambda x: hasattr(x, "unbox"))
-
-
 def _measure(module, x, output):
   """(median seconds, GFLOP, temporaries MiB) of the jitted forward + backward of `module`."""
-  params = _unbox(module.init(jax.random.key(0), x[:1]))["params"]
+  params = nn.meta.unbox(module.init(jax.random.key(0), x[:1])["params"])
   def loss(params, x):
     return jnp.sum(output(module.apply({"params": params}, x)).astype(jnp.float32))
   step = jax.jit(jax.grad(loss, argnums=(0, 1)))

@@ -83,20 +83,27 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
+def equations(jaxpr, primitives) -> list:
+  """Every equation of the named `primitives` in a jaxpr and in the jaxprs nested in its
+  equations (each call site counted)."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)  # A ClosedJaxpr's Jaxpr.
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in primitives:
+      found.append(eqn)
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          found += equations(sub, primitives)
+  return found
+
+
 def pallas_calls(jaxpr) -> list:
   """Every Pallas kernel equation (pallas_call; mpmd_map for Mosaic GPU) of a jaxpr and of the
   jaxprs nested in its equations."""
   from gen_jax.models.transformer import PALLAS_KERNEL_PRIMITIVES
-  found = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name in PALLAS_KERNEL_PRIMITIVES:
-      found.append(eqn)
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        sub = getattr(sub, "jaxpr", sub)  # A ClosedJaxpr's Jaxpr.
-        if hasattr(sub, "eqns"):
-          found += pallas_calls(sub)
-  return found
+  return equations(jaxpr, PALLAS_KERNEL_PRIMITIVES)
 
 
 def kernel_operand_ranks(jaxpr) -> list[int]:

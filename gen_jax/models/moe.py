@@ -38,6 +38,10 @@ own products at d = 512, f = 1024) and held [groups, g, e, c] floats, quadratic 
 length. So memory and FLOPs are linear in the length whatever the group size (benchmarks/moe.py).
 Smaller groups balance load more locally: a burst of tokens preferring one expert overflows a
 window's capacity sooner than a whole sequence's.
+
+With fewer token choices than experts (decoding a few rows; experts not split over devices) the
+slots would be mostly empty and every expert's weights read for them: each choice goes through its
+own expert's matrices instead (`_chosen_experts`), with the same gates, drops and statistics.
 """
 import math
 from typing import Any
@@ -177,6 +181,52 @@ def _constrain(x: jax.Array, layout: str, group_axes: tuple[str, ...],
   return jax.lax.with_sharding_constraint(x, P(*spec))
 
 
+class _ExpertKernels(nn.Module):
+  """One matrix per expert, [e, in, out] (param "kernel"), initialized as a dense layer's: fan-in
+  is the input axis."""
+  shape: tuple[int, int, int]
+  names: tuple[str, str, str]  # Logical axes.
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    init = nn.initializers.lecun_normal(in_axis=1, out_axis=2, batch_axis=(0,))
+    return self.param("kernel", partitioned(init, self.names), self.shape, self.param_dtype)
+
+
+def _experts_split(num_experts: int) -> bool:
+  """Whether the active mesh and logical rules split the experts over devices."""
+  mesh = parallel_context.active_mesh()
+  if mesh is None:
+    return False
+  spec = parallel_context.logical_spec(("expert",), (num_experts,), mesh)
+  return math.prod(mesh.shape[a] for a in parallel_context.spec_axes(spec, 0)) > 1
+
+
+def _chosen_experts(x: jax.Array, experts: jax.Array, weights: jax.Array, kernels, dtype
+                    ) -> jax.Array:
+  """Each of a few tokens' choices through its expert alone: x [n, d], experts [n, k] int,
+  weights [n, k] float32 (0 for a dropped choice), kernels (wi_gate [e, d, f], wi_up [e, d, f],
+  wo [e, f, d]) -> [n, d] float32.
+
+  Each choice's matrices are dynamic slices of the stacks, so a decoding step of n rows multiplies
+  by n * k experts' weights, not all e. XLA:GPU copies each slice before its product (the offsets
+  are data, which its dynamic-slice fusion does not take), so it reads them twice and writes them
+  once: by benchmarks/aot_hlo.py, Mixtral-8x7B's batch-1 step moves 0.76x the bytes of multiplying
+  by every expert where reading the chosen ones in place would move about 0.3x.
+  """
+  out = []
+  for row in range(x.shape[0]):
+    total = jnp.zeros(x.shape[1:], jnp.float32)
+    for choice in range(experts.shape[1]):
+      w_gate, w_up, w_out = (jax.lax.dynamic_index_in_dim(w, experts[row, choice], keepdims=False
+                                                          ).astype(dtype) for w in kernels)
+      hidden = nn.silu(x[row] @ w_gate) * (x[row] @ w_up)  # [f]
+      total = total + weights[row, choice] * (hidden @ w_out).astype(jnp.float32)
+    out.append(total)
+  return jnp.stack(out)
+
+
 class MoeMlp(nn.Module):
   """A SwiGLU MLP per expert; each token goes to its top-k experts, weighted by its gates.
 
@@ -190,6 +240,44 @@ class MoeMlp(nn.Module):
   group_size: int = 0  # Tokens per routing group; 0: each sequence is one group.
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+
+  def _through_slots(self, x, experts, choice_kept, choice_slot_index, gates, c, kernels,
+                     constrain):
+    """Every expert over its c slots per group: x [b, t, d]; experts, choice_kept (0 or 1),
+    choice_slot_index and gates [b, t, k] -> [b, t, d].
+
+    Slots are filled and read back by index (one-hot dispatch and combine products would cost
+    2 * t * e * c * d FLOPs each per group, quadratic in its length t): choice_slot [b, t, k] and
+    slot_choice [b, e * c] as defined above `_to_slots`.
+    """
+    b, t, d = x.shape
+    k = experts.shape[-1]
+    e = kernels[0].shape[0]
+    choice_slot = jnp.where(choice_kept > 0, experts * c + choice_slot_index, e * c)
+    choices = jnp.arange(t * k, dtype=jnp.int32)
+    # Kept choices own distinct slots; the others point past them and are dropped.
+    slot_choice = jax.vmap(lambda i: jnp.full((e * c,), t * k, jnp.int32).at[i.reshape(-1)].set(
+        choices, mode="drop"))(choice_slot)
+    slots = jax.vmap(_to_slots)(x, slot_choice, choice_slot).reshape(b, e, c, d)
+    slots = constrain(slots, "tokens")
+    expert_inputs = constrain(jnp.swapaxes(slots, 0, 1), "experts")  # [e, b, c, d]
+
+    # Each expert's products over its b * c rows as one matrix ([e, b, c, n] <-> [e, m, n]):
+    # XLA:CPU ran the products with two batch-like axes about 2x slower.
+    w_gate, w_up, w_out = (w.astype(self.dtype) for w in kernels)
+    matrix = lambda v: v.reshape(e, b * c, v.shape[-1]).astype(self.dtype)  # noqa: E731
+    per_group = lambda v: v.reshape(e, b, c, v.shape[-1])  # noqa: E731
+    inputs = matrix(expert_inputs)
+    hidden = (nn.silu(jnp.einsum("emd,edf->emf", inputs, w_gate))
+              * jnp.einsum("emd,edf->emf", inputs, w_up))  # [e, m, f]
+    hidden = constrain(per_group(hidden), "experts", "mlp")  # [e, b, c, f]
+    expert_outputs = jnp.einsum("emf,efd->emd", matrix(hidden), w_out)
+    expert_outputs = constrain(per_group(expert_outputs), "experts")  # [e, b, c, d]
+    slots = constrain(jnp.swapaxes(expert_outputs, 0, 1), "tokens")  # [b, e, c, d]
+
+    # Each token's choices read back from their slots, summed with their gates in float32.
+    rows = jax.vmap(_from_slots)(slots.reshape(b, e * c, d), choice_slot, slot_choice)
+    return (gates[..., None] * rows.astype(jnp.float32)).sum(axis=2).astype(x.dtype)
 
   @nn.compact
   def __call__(self, x: jax.Array, valid: jax.Array | None = None
@@ -226,44 +314,25 @@ class MoeMlp(nn.Module):
     slot = jnp.cumsum(assignment, axis=1) - 1  # [b, t, e]: earlier tokens of the row go first
     kept = assignment * (slot < c)  # [b, t, e]
 
-    # Slots filled and read back by index (one-hot dispatch and combine products would cost
-    # 2 * t * e * c * d FLOPs each per group, quadratic in its length t): choice_slot [b, t, k] and
-    # slot_choice [b, e * c] as defined above `_to_slots`.
+    f = self.mlp_dim
+    kernels = (_ExpertKernels((e, d, f), ("expert", "embed", "mlp"), self.param_dtype,
+                              name="wi_gate")(),
+               _ExpertKernels((e, d, f), ("expert", "embed", "mlp"), self.param_dtype,
+                              name="wi_up")(),
+               _ExpertKernels((e, f, d), ("expert", "mlp", "embed"), self.param_dtype,
+                              name="wo")())
     pick = lambda v: (chosen.astype(jnp.int32) * v[:, :, None, :]).sum(-1)  # noqa: E731
-    experts = pick(jnp.arange(e, dtype=jnp.int32)[None, None])
-    choice_slot = jnp.where(pick(kept) > 0, experts * c + pick(slot), e * c)
-    choices = jnp.arange(t * k, dtype=jnp.int32)
-    # Kept choices own distinct slots; the others point past them and are dropped.
-    slot_choice = jax.vmap(lambda i: jnp.full((e * c,), t * k, jnp.int32).at[i.reshape(-1)].set(
-        choices, mode="drop"))(choice_slot)
-    slots = jax.vmap(_to_slots)(x, slot_choice, choice_slot).reshape(-1, e, c, d)  # [b, e, c, d]
-    slots = constrain(slots, "tokens")
-    expert_inputs = constrain(jnp.swapaxes(slots, 0, 1), "experts")  # [e, b, c, d]
-
-    def expert_weights(shape, names, equation, name):
-      # Each expert's matrix is initialized as a dense layer's: fan-in is the contracted axis.
-      init = nn.initializers.lecun_normal(in_axis=1, out_axis=2, batch_axis=(0,))
-      return nn.Einsum(shape, equation, use_bias=False, dtype=self.dtype,
-                       param_dtype=self.param_dtype, kernel_init=partitioned(init, names),
-                       name=name)
-
-    # Each expert's products over its b * c rows as one matrix ([e, b, c, n] <-> [e, m, n]):
-    # XLA:CPU ran the products with two batch-like axes about 2x slower.
-    f, groups = self.mlp_dim, slots.shape[0]
-    wi_gate = expert_weights((e, d, f), ("expert", "embed", "mlp"), "emd,edf->emf", "wi_gate")
-    wi_up = expert_weights((e, d, f), ("expert", "embed", "mlp"), "emd,edf->emf", "wi_up")
-    wo = expert_weights((e, f, d), ("expert", "mlp", "embed"), "emf,efd->emd", "wo")
-    matrix = lambda v: v.reshape(e, groups * c, v.shape[-1])  # noqa: E731
-    per_group = lambda v: v.reshape(e, groups, c, v.shape[-1])  # noqa: E731
-    hidden = nn.silu(wi_gate(matrix(expert_inputs))) * wi_up(matrix(expert_inputs))  # [e, m, f]
-    hidden = constrain(per_group(hidden), "experts", "mlp")  # [e, b, c, f]
-    expert_outputs = constrain(per_group(wo(matrix(hidden))), "experts")  # [e, b, c, d]
-    slots = constrain(jnp.swapaxes(expert_outputs, 0, 1), "tokens")  # [b, e, c, d]
-
-    # Each token's choices read back from their slots, summed with their gates in float32.
-    rows = jax.vmap(_from_slots)(slots.reshape(-1, e * c, d), choice_slot, slot_choice)
-    out = (gates[..., None] * rows.astype(jnp.float32)).sum(axis=2).astype(x.dtype)  # [b, t, d]
-
+    experts = pick(jnp.arange(e, dtype=jnp.int32)[None, None])  # [b, t, k]
+    choice_kept = pick(kept)  # [b, t, k] in {0, 1}
+    if x.shape[0] * t * k < e and not _experts_split(e):
+      # Fewer choices than experts (decoding a few rows): each through its own expert, so only
+      # the chosen experts' weights are read.
+      out = _chosen_experts(x.reshape(-1, d).astype(self.dtype), experts.reshape(-1, k),
+                            (gates * choice_kept).reshape(-1, k), kernels, self.dtype)
+      out = out.astype(x.dtype).reshape(x.shape)
+    else:
+      out = self._through_slots(x, experts, choice_kept, pick(slot), gates, c, kernels,
+                                constrain)
     out = out.reshape(batch, length + pad, d)[:, :length]
 
     tokens = valid.sum(axis=1).astype(jnp.float32)  # [b] per group

@@ -14,7 +14,7 @@ from gen_jax import parallel
 from gen_jax.config.common import DEFAULT_LOGICAL_AXIS_RULES
 from gen_jax.models import MoeMlp, Transformer, TransformerConfig, expert_capacity
 from gen_jax.models import moe as moe_lib
-from tests.conftest import tiny_config
+from tests.conftest import equations, tiny_config
 from tests.parallel.test_mesh_equality import _loss_and_grads
 from tests.train.test_step import _run_steps
 
@@ -110,6 +110,27 @@ def test_small_capacity_drops_exactly_the_reference_assignments():
   assert dropped >= 10 and not np.allclose(expected, undropped, atol=1e-3)
   np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5, rtol=1e-4)
   assert float(stats["dropped"].sum()) == dropped
+
+
+@pytest.mark.parametrize("length,capacity_factor", [(1, 1.0), (3, 0.5)])
+def test_fewer_choices_than_experts_go_through_their_experts_alone(length, capacity_factor):
+  """Decoding a few rows: each choice multiplies by its own expert's matrices, sliced out of the
+  stacks (3 dynamic slices a choice, no slots), so only chosen experts are read; the output and
+  the drops are the reference's."""
+  experts = 8  # 1 or 3 tokens with 2 choices each: fewer choices than experts.
+  x = _inputs((1, length), seed=8)
+  moe = MoeMlp(experts, TOP_K, MLP, capacity_factor)
+  params = _init(moe, x, router_scale=5.0)
+  jaxpr = jax.make_jaxpr(lambda p, x: moe.apply({"params": p}, x))(params, x)
+  assert len(equations(jaxpr, ("dynamic_slice",))) == 3 * length * TOP_K
+  assert not equations(jaxpr, ("gather", "scatter"))
+  out, stats = moe.apply({"params": params}, x)
+  capacity = expert_capacity(length, experts, TOP_K, capacity_factor)
+  expected, dropped, aux = _reference(params, x, TOP_K, capacity)
+  assert (dropped > 0) == (length > 1)  # 3 tokens, 1 slot per expert: choices collide.
+  np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5, rtol=1e-4)
+  assert float(stats["dropped"].sum()) == dropped
+  np.testing.assert_allclose(np.asarray(stats["aux_loss"]), aux, rtol=1e-5)
 
 
 def test_padding_takes_no_slot_and_no_statistic():

@@ -15,8 +15,8 @@ CFG = TransformerConfig(vocab_size=40, embed_dim=32, num_layers=2, num_heads=4, 
                         head_dim=8, mlp_dim=48, max_seq_len=16)
 
 
-def _model():
-  model = Transformer(CFG)
+def _model(config: TransformerConfig = CFG):
+  model = Transformer(config)
   params = jax.tree.map(lambda x: x.unbox(), model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"],
                         is_leaf=lambda x: hasattr(x, "unbox"))
   return model, params
@@ -63,16 +63,23 @@ def test_prompt_longer_than_the_context_is_refused():
              eos_id=0, max_seq_len=CFG.max_seq_len)
 
 
+# A mixture of 8 experts without capacity (its forward drops nothing): its decoding steps, 2 rows
+# of 2 choices, go through their experts alone (models.moe: fewer choices than experts).
+MIXTURE = {"num_experts": 8, "experts_per_token": 2, "expert_capacity_factor": 0.0}
+
+
 @pytest.mark.parametrize("layout, stacked_cache", [({}, True), ({"scan_unroll": 2}, True),
                                                    ({"scan_layers": False}, False),
-                                                   ({"scan_layers": False}, True)],
-                         ids=["rolled", "unrolled", "unscanned", "unscanned_stacked_cache"])
+                                                   ({"scan_layers": False}, True),
+                                                   (MIXTURE, True)],
+                         ids=["rolled", "unrolled", "unscanned", "unscanned_stacked_cache", "moe"])
 def test_cached_prefill_and_decode_logits_equal_the_full_forward_pass(layout, stacked_cache):
   """The decoder's layer loop rolled, unrolled (model.scan_unroll) or absent (scan_layers=False,
   separate layer params, with its own per-layer cache buffers or the stacked cache) against the
-  rolled forward."""
-  model, params = _model()
-  decoder = Transformer(dataclasses.replace(CFG, **layout))
+  rolled forward; and a mixture of experts."""
+  config = dataclasses.replace(CFG, **{k: v for k, v in layout.items() if k in MIXTURE})
+  model, params = _model(config)
+  decoder = Transformer(dataclasses.replace(config, **layout))
   decoder_params = params if decoder.config.scan_layers else unstack_layers(params, CFG.num_layers)
   rng = np.random.default_rng(0)
   seqs = [rng.integers(0, CFG.vocab_size, 9).tolist(), rng.integers(0, CFG.vocab_size, 12).tolist()]
@@ -81,7 +88,7 @@ def test_cached_prefill_and_decode_logits_equal_the_full_forward_pass(layout, st
   for row, (seq, n) in enumerate(zip(seqs, prompt_lengths)):  # Left-padded prompts.
     tokens[row, slots - n:], segments[row, slots - n:] = seq[:n], 1
     positions[row, slots - n:] = np.arange(n)
-  cache = init_kv_cache(CFG if stacked_cache else decoder.config, 2, slots + 3)
+  cache = init_kv_cache(config if stacked_cache else decoder.config, 2, slots + 3)
   assert isinstance(cache["key"], tuple) == (not stacked_cache)
   logits, cache = decoder.apply({"params": decoder_params}, tokens, positions, segments,
                                 cache=cache, cache_index=0)
