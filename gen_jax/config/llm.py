@@ -88,9 +88,10 @@ def base() -> ml_collections.ConfigDict:
       # Weight-only quantization of the attention and MLP projections (gen_jax.quant), for
       # inference on params from gen_jax.quant.quantize_params: 0 keeps float kernels; 8 or 4
       # stores symmetric int8 / int4 codes with one scale per `weight_group_size` inputs of each
-      # output.
-      # Embeddings, norms and lm_head stay float; not with num_experts > 0. The group size must
-      # divide embed_dim, num_heads * head_dim and mlp_dim (64 divides SmolLM2's 576 and 1536).
+      # output (of each expert's, with num_experts > 0: multiplied by XLA whatever
+      # weight_matmul_impl says). Embeddings, norms, the router and lm_head stay float. The group
+      # size must divide embed_dim, num_heads * head_dim and mlp_dim (64 divides SmolLM2's 576
+      # and 1536).
       weight_bits=0,
       weight_group_size=64,
       # How int weights are multiplied (gen_jax.quant.matmul): "xla" dequantizes to memory then

@@ -53,6 +53,8 @@ from jax.sharding import PartitionSpec as P
 
 from gen_jax.models.layers import partitioned
 from gen_jax.parallel import context as parallel_context
+from gen_jax.quant import formats
+from gen_jax.quant.matmul import int_matmul
 
 Dtype = Any
 
@@ -182,16 +184,43 @@ def _constrain(x: jax.Array, layout: str, group_axes: tuple[str, ...],
 
 
 class _ExpertKernels(nn.Module):
-  """One matrix per expert, [e, in, out] (param "kernel"), initialized as a dense layer's: fan-in
-  is the input axis."""
+  """One matrix per expert, [e, in, out]: a float param "kernel", initialized as a dense layer's
+  (fan-in: the input axis); or with weight_bits 8 / 4 group-wise int weights as a quantized
+  projection holds them (`gen_jax.quant.formats`): qweight [e, in / g, g (g / 2 for int4), out]
+  int8 and scale [e, in / g, out]. Returns the float kernel, or (qweight, scale)."""
   shape: tuple[int, int, int]
   names: tuple[str, str, str]  # Logical axes.
   param_dtype: Dtype
+  weight_bits: int = 0
+  group_size: int = 64
 
   @nn.compact
-  def __call__(self) -> jax.Array:
-    init = nn.initializers.lecun_normal(in_axis=1, out_axis=2, batch_axis=(0,))
-    return self.param("kernel", partitioned(init, self.names), self.shape, self.param_dtype)
+  def __call__(self):
+    e, in_size, out_size = self.shape
+    if not self.weight_bits:
+      init = nn.initializers.lecun_normal(in_axis=1, out_axis=2, batch_axis=(0,))
+      return self.param("kernel", partitioned(init, self.names), self.shape, self.param_dtype)
+    if in_size % self.group_size:
+      raise ValueError(f"model.weight_group_size: {self.group_size} does not divide the input "
+                       f"size {in_size} of the experts' {self.name!r}")
+    expert, in_name, out_name = self.names
+    groups = in_size // self.group_size
+    qweight = self.param(
+        "qweight", partitioned(nn.initializers.zeros_init(), (expert, in_name, None, out_name)),
+        (e, groups, formats.stored_group_size(self.weight_bits, self.group_size), out_size),
+        jnp.int8)
+    scale = self.param("scale", partitioned(nn.initializers.ones_init(),
+                                            (expert, in_name, out_name)),
+                       (e, groups, out_size), self.param_dtype)
+    return qweight, scale
+
+
+def _float_kernels(kernel, bits: int, dtype) -> jax.Array:
+  """An expert stack in `dtype`: the float kernel, or int weights (qweight, scale) dequantized."""
+  if not bits:
+    return kernel.astype(dtype)
+  qweight, scale = kernel
+  return formats.dequantize(qweight, scale, bits, dtype)
 
 
 def _experts_split(num_experts: int) -> bool:
@@ -203,11 +232,13 @@ def _experts_split(num_experts: int) -> bool:
   return math.prod(mesh.shape[a] for a in parallel_context.spec_axes(spec, 0)) > 1
 
 
-def _chosen_experts(x: jax.Array, experts: jax.Array, weights: jax.Array, kernels, dtype
-                    ) -> jax.Array:
+def _chosen_experts(x: jax.Array, experts: jax.Array, weights: jax.Array, kernels, bits: int,
+                    dtype) -> jax.Array:
   """Each of a few tokens' choices through its expert alone: x [n, d], experts [n, k] int,
   weights [n, k] float32 (0 for a dropped choice), kernels (wi_gate [e, d, f], wi_up [e, d, f],
-  wo [e, f, d]) -> [n, d] float32.
+  wo [e, f, d], each float or `bits`-bit (qweight, scale)) -> [n, d] float32. Int weights are
+  multiplied as a quantized projection's for a few rows are (`quant.matmul.int_matmul`: the codes
+  read once, widened in the product).
 
   Each choice's matrices are dynamic slices of the stacks, so a decoding step of n rows multiplies
   by n * k experts' weights, not all e. XLA:GPU copies each slice before its product (the offsets
@@ -215,14 +246,20 @@ def _chosen_experts(x: jax.Array, experts: jax.Array, weights: jax.Array, kernel
   once: by benchmarks/aot_hlo.py, Mixtral-8x7B's batch-1 step moves 0.76x the bytes of multiplying
   by every expert where reading the chosen ones in place would move about 0.3x.
   """
+  def product(v, kernel, expert):
+    one = jax.tree.map(lambda w: jax.lax.dynamic_index_in_dim(w, expert, keepdims=False), kernel)
+    if not bits:
+      return v @ one.astype(dtype)
+    return int_matmul(v, *one, bits, dtype)
+
   out = []
   for row in range(x.shape[0]):
     total = jnp.zeros(x.shape[1:], jnp.float32)
     for choice in range(experts.shape[1]):
-      w_gate, w_up, w_out = (jax.lax.dynamic_index_in_dim(w, experts[row, choice], keepdims=False
-                                                          ).astype(dtype) for w in kernels)
-      hidden = nn.silu(x[row] @ w_gate) * (x[row] @ w_up)  # [f]
-      total = total + weights[row, choice] * (hidden @ w_out).astype(jnp.float32)
+      expert = experts[row, choice]
+      w_gate, w_up, w_out = kernels
+      hidden = nn.silu(product(x[row], w_gate, expert)) * product(x[row], w_up, expert)  # [f]
+      total = total + weights[row, choice] * product(hidden, w_out, expert).astype(jnp.float32)
     out.append(total)
   return jnp.stack(out)
 
@@ -240,6 +277,8 @@ class MoeMlp(nn.Module):
   group_size: int = 0  # Tokens per routing group; 0: each sequence is one group.
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  weight_bits: int = 0  # 0: float expert kernels; 8 or 4: group-wise int weights (gen_jax.quant).
+  weight_group_size: int = 64
 
   def _through_slots(self, x, experts, choice_kept, choice_slot_index, gates, c, kernels,
                      constrain):
@@ -252,7 +291,7 @@ class MoeMlp(nn.Module):
     """
     b, t, d = x.shape
     k = experts.shape[-1]
-    e = kernels[0].shape[0]
+    e = self.num_experts
     choice_slot = jnp.where(choice_kept > 0, experts * c + choice_slot_index, e * c)
     choices = jnp.arange(t * k, dtype=jnp.int32)
     # Kept choices own distinct slots; the others point past them and are dropped.
@@ -264,7 +303,8 @@ class MoeMlp(nn.Module):
 
     # Each expert's products over its b * c rows as one matrix ([e, b, c, n] <-> [e, m, n]):
     # XLA:CPU ran the products with two batch-like axes about 2x slower.
-    w_gate, w_up, w_out = (w.astype(self.dtype) for w in kernels)
+    # Int weights dequantized first (XLA writes each stack in `dtype`): products of many rows.
+    w_gate, w_up, w_out = (_float_kernels(w, self.weight_bits, self.dtype) for w in kernels)
     matrix = lambda v: v.reshape(e, b * c, v.shape[-1]).astype(self.dtype)  # noqa: E731
     per_group = lambda v: v.reshape(e, b, c, v.shape[-1])  # noqa: E731
     inputs = matrix(expert_inputs)
@@ -315,12 +355,11 @@ class MoeMlp(nn.Module):
     kept = assignment * (slot < c)  # [b, t, e]
 
     f = self.mlp_dim
-    kernels = (_ExpertKernels((e, d, f), ("expert", "embed", "mlp"), self.param_dtype,
-                              name="wi_gate")(),
-               _ExpertKernels((e, d, f), ("expert", "embed", "mlp"), self.param_dtype,
-                              name="wi_up")(),
-               _ExpertKernels((e, f, d), ("expert", "mlp", "embed"), self.param_dtype,
-                              name="wo")())
+    stack = lambda shape, names, name: _ExpertKernels(  # noqa: E731
+        shape, names, self.param_dtype, self.weight_bits, self.weight_group_size, name=name)()
+    kernels = (stack((e, d, f), ("expert", "embed", "mlp"), "wi_gate"),
+               stack((e, d, f), ("expert", "embed", "mlp"), "wi_up"),
+               stack((e, f, d), ("expert", "mlp", "embed"), "wo"))
     pick = lambda v: (chosen.astype(jnp.int32) * v[:, :, None, :]).sum(-1)  # noqa: E731
     experts = pick(jnp.arange(e, dtype=jnp.int32)[None, None])  # [b, t, k]
     choice_kept = pick(kept)  # [b, t, k] in {0, 1}
@@ -328,7 +367,8 @@ class MoeMlp(nn.Module):
       # Fewer choices than experts (decoding a few rows): each through its own expert, so only
       # the chosen experts' weights are read.
       out = _chosen_experts(x.reshape(-1, d).astype(self.dtype), experts.reshape(-1, k),
-                            (gates * choice_kept).reshape(-1, k), kernels, self.dtype)
+                            (gates * choice_kept).reshape(-1, k), kernels, self.weight_bits,
+                            self.dtype)
       out = out.astype(x.dtype).reshape(x.shape)
     else:
       out = self._through_slots(x, experts, choice_kept, pick(slot), gates, c, kernels,

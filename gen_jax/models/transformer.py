@@ -123,7 +123,8 @@ class _Block(nn.Module):
       valid = None if segment_ids is None else segment_ids != 0  # Padding is routed nowhere.
       out, router_stats = MoeMlp(c.num_experts, c.experts_per_token, c.mlp_dim,
                                  c.expert_capacity_factor, c.expert_group_size, dtype,
-                                 param_dtype, name="mlp")(h, valid)
+                                 param_dtype, c.weight_bits, c.weight_group_size,
+                                 name="mlp")(h, valid)
     else:
       out = SwiGLU(c.mlp_dim, dtype, param_dtype, c.weight_bits, c.weight_group_size, **lora,
                    weight_matmul_impl=c.weight_matmul_impl,

@@ -8,7 +8,9 @@ the same `Transformer` with `weight_bits` set: each projection's {"kernel"} beco
 model's own abstract param tree (`jax.eval_shape` of its init), so any projection the model
 declares is covered and nothing here lists layers by name. Kept in float: the token embedding (a
 lookup, and with tied embeddings also the output layer), the norms, and an untied lm_head (GPTQ and
-AWQ keep the output layer in full precision too); a mixture-of-experts MLP is not supported.
+AWQ keep the output layer in full precision too). A mixture of experts' expert stacks [e, in, out]
+are quantized per expert by round-to-nearest (GPTQ and AWQ calibrate projections' inputs, which the
+experts do not record).
 """
 from collections.abc import Mapping
 import dataclasses
@@ -105,6 +107,10 @@ def quantize_params(params: dict, config, *, bits: int, group_size: int, method:
     raise ValueError(f"calibration: {method} needs calibration tokens [n, t]")
   if method == "rtn" and calibration is not None:
     raise ValueError("calibration: round-to-nearest uses no calibration data; pass method='gptq'")
+  if method != "rtn" and config.num_experts:
+    raise ValueError(f"method: {method!r} calibrates on the projections' recorded inputs, which a "
+                     f"mixture of experts' expert MLPs do not record (model.num_experts="
+                     f"{config.num_experts}); use method='rtn'")
   target = _param_shapes(quantized_config(config, bits, group_size))
   params = nn.meta.unbox(params)
   grams = collect_input_grams(config, params, calibration, batch_size) if method != "rtn" else {}

@@ -24,7 +24,7 @@ Stored layout (a param tree holds exactly these):
 import jax
 import jax.numpy as jnp
 
-from gen_jax.config.errors import ConfigError, require
+from gen_jax.config.errors import require
 
 WEIGHT_BITS = (0, 8, 4)  # 0: float weights (no quantization).
 WEIGHT_MATMUL_IMPLS = ("xla", "pallas", "auto")  # gen_jax.quant.matmul: how int weights multiply.
@@ -118,10 +118,6 @@ def check_weight_quantization(model) -> None:
   require(group_size > 0, "model.weight_group_size", f"must be positive, got {group_size}")
   if not bits:
     return
-  if model.num_experts:
-    raise ConfigError("model.weight_bits", f"{bits}-bit weights are not supported with a mixture "
-                      f"of experts (model.num_experts={model.num_experts}): expert MLPs stay "
-                      "float; set model.weight_bits=0")
   require(bits != 4 or group_size % 2 == 0, "model.weight_group_size",
           f"must be even for int4 (two codes per byte), got {group_size}")
   inputs = {"model.embed_dim": model.embed_dim,

@@ -74,8 +74,6 @@ def _model_config(**fields):
                        r"\(model.mlp_dim\)"),
     ({"weight_matmul_impl": "triton"},
      r"model.weight_matmul_impl: 'triton' is not one of \('xla', 'pallas', 'auto'\)"),
-    ({"num_experts": 4}, r"model.weight_bits: 4-bit weights are not supported with a mixture of "
-                         r"experts \(model.num_experts=4\)"),
 ])
 def test_bad_quantization_fields_are_named(fields, message):
   with pytest.raises(ConfigError, match=message):

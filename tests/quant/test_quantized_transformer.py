@@ -56,6 +56,36 @@ def test_logits_equal_the_float_model_on_dequantized_weights(float_params, calib
   assert 0 < error < (0.06 if bits == 8 else 0.8), error  # Really quantized, and not broken.
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_mixture_of_experts_quantizes_its_experts_by_rounding(calibration, bits):
+  """Expert stacks [e, in, out] become int codes per expert (round to nearest): the logits of a
+  prefill through the slots and of decoding rows through their chosen experts' int weights equal
+  the float model's on the dequantized weights; GPTQ, which calibrates on projections' recorded
+  inputs, is refused."""
+  moe = dataclasses.replace(CFG, num_experts=8, experts_per_token=2, expert_capacity_factor=0.0)
+  init = jax.jit(Transformer(moe).init)
+  float_params = nn.meta.unbox(init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+  params = quant.quantize_params(float_params, moe, bits=bits, group_size=GROUP)
+  config = quant.quantized_config(moe, bits, GROUP)
+  experts = params["layers"]["mlp"]["wi_gate"]
+  assert experts["qweight"].dtype == jnp.int8 and experts["qweight"].shape == (
+      CFG.num_layers, 8, CFG.embed_dim // GROUP, GROUP if bits == 8 else GROUP // 2, CFG.mlp_dim)
+  dequantized = quant.dequantize_params(params, config)
+  for tokens in (jax.random.randint(jax.random.key(2), (2, 24), 0, CFG.vocab_size),
+                 jnp.asarray([[5], [9]])):  # 2 rows x 2 choices < 8 experts: _chosen_experts.
+    quantized = _logits(config, params, tokens)
+    np.testing.assert_allclose(quantized, _logits(moe, dequantized, tokens), rtol=1e-5,
+                               atol=1e-5)
+    original = _logits(moe, float_params, tokens)
+    # The median: a token whose top-2 experts nearly tie can flip to another expert, which moves
+    # its logits by more than rounding does (0.15 of the largest logit here at int8).
+    error = float(jnp.median(jnp.abs(quantized - original)) / jnp.max(jnp.abs(original)))
+    assert 0 < error < (0.01 if bits == 8 else 0.2), error  # Really quantized, and not broken.
+  with pytest.raises(ValueError, match="method: 'gptq' calibrates .* use method='rtn'"):
+    quant.quantize_params(float_params, moe, bits=bits, group_size=GROUP, method="gptq",
+                          calibration=calibration)
+
+
 def test_gptq_lowers_every_projections_output_error_on_the_calibration_data(float_params,
                                                                             calibration):
   """tr(dW^T X^T X dW) = ||X dW||^2 per projection and layer, X that projection's own recorded
