@@ -252,12 +252,12 @@ def _chosen_experts(x: jax.Array, experts: jax.Array, weights: jax.Array, kernel
       return v @ one.astype(dtype)
     return int_matmul(v, *one, bits, dtype)
 
+  w_gate, w_up, w_out = kernels
   out = []
   for row in range(x.shape[0]):
     total = jnp.zeros(x.shape[1:], jnp.float32)
     for choice in range(experts.shape[1]):
       expert = experts[row, choice]
-      w_gate, w_up, w_out = kernels
       hidden = nn.silu(product(x[row], w_gate, expert)) * product(x[row], w_up, expert)  # [f]
       total = total + weights[row, choice] * product(hidden, w_out, expert).astype(jnp.float32)
     out.append(total)
@@ -268,7 +268,8 @@ class MoeMlp(nn.Module):
   """A SwiGLU MLP per expert; each token goes to its top-k experts, weighted by its gates.
 
   Parameters: router/kernel [d, e] (float32 logits), wi_gate/kernel and wi_up/kernel [e, d, f],
-  wo/kernel [e, f, d], with logical axes (embed, None), (expert, embed, mlp), (expert, mlp, embed).
+  wo/kernel [e, f, d], with logical axes (embed, None), (expert, embed, mlp), (expert, mlp, embed);
+  with weight_bits 8 or 4 each expert stack is qweight and scale instead (`_ExpertKernels`).
   """
   num_experts: int
   experts_per_token: int
