@@ -211,10 +211,10 @@ def _names(config: TransformerConfig, entry: _Tensor) -> np.ndarray:
   gen_jax: [] (one tensor), [layers] or [layers, experts]."""
   if entry.path[0] != "layers":
     return np.array(entry.hf_name)
-  experts = config.num_experts if entry.per_expert else 1
-  names = [[entry.hf_name.format(layer=i, expert=j) for j in range(experts)]
-           for i in range(config.num_layers)]
-  return np.array(names if entry.per_expert else [row[0] for row in names])
+  if not entry.per_expert:
+    return np.array([entry.hf_name.format(layer=i) for i in range(config.num_layers)])
+  return np.array([[entry.hf_name.format(layer=i, expert=j) for j in range(config.num_experts)]
+                   for i in range(config.num_layers)])
 
 
 def _get(tree: dict, path: tuple[str, ...]):
