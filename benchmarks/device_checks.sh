@@ -51,7 +51,7 @@
 #               the rolled loop's step then moves 1.01x of its weights, not 2.48x): whether the
 #               rolled loop now decodes as fast as separate layers, and cuBLAS as fast as Triton
 # Then, as far as the lease allows,
-# STAGES="decode_trace lm_train_mosaic decode_7b decode_7b_long attention_decode decode_1b_int32 lm_train_flags lm_train_trace decode_1b_graphs decode_hlo lm_train_remat attention attention_1b decode moe":
+# STAGES="decode_trace lm_train_mosaic decode_7b decode_7b_long attention_decode decode_1b_int32 lm_train_flags lm_train_trace decode_1b_graphs decode_hlo lm_train_remat attention attention_1b decode moe decode_moe":
 #   decode_trace  the 1.1B decoder at batch 1 in bf16, rolled layer loop and separate layers
 #               (scan_layers=False; and checking for stopped rows every 8 tokens instead of
 #               every one: one host wait per 8 steps), each profiled for one call of 32 tokens and summarized by
@@ -120,6 +120,11 @@
 #               bf16, 2k and 8k tokens a sequence): the MoE MLP's forward + backward against a dense
 #               SwiGLU doing the same products per token (slots by index since the fourth session
 #               of 2026-12-05; on the 2-core CPU 1.5x the dense time, was 3-8.6x)
+#   decode_moe  benchmarks/decode.py at batch 1 for Mixtral-8x7B's layers (8 of its 32, random
+#               weights; benchmarks/mixtral_8x7b_8_layers_config.json), bf16 and int8 experts, with
+#               the roofline of the bytes a step must read (step_bytes.py: 2 of 8 experts): by
+#               aot_hlo.py bf16 moves 2.77x those bytes (XLA copies each chosen expert's slice),
+#               int8 1.12x
 #   lm_train    benchmarks/lm_train.py: the 1b preset at batch 16, Pallas attention, MFU
 #   lm_train_xla  the 1b run with the XLA reference attention, for the ratio
 # STAGES="decode attention" runs a subset; LIMIT_<stage>=SECONDS changes one stage's limit and
@@ -196,6 +201,7 @@ declare -A COMMANDS=(
   [attention_mosaic]="python3 benchmarks/attention.py --repeats=5 --impls=pallas,pallas_mosaic,pallas_mosaic:dq=atomic,cudnn --lengths=2048,8192 --mosaic_example_tiles=64x128 {ARGS}; python3 benchmarks/attention.py --repeats=5 --impls=pallas,pallas_mosaic,pallas_mosaic:dq=atomic,cudnn --lengths=2048 --num_heads=32 --num_kv_heads=4 --head_dim=64 --sweep_length=2048 --mosaic_example_tiles= {ARGS}"
   [lm_train_mosaic]="for impl in pallas_mosaic pallas_mosaic:dq=atomic; do echo \"| attention_impl=\$impl |\"; python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=\$impl --set=model.remat=dots {ARGS}; done"
   [lm_train_xla]="python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=xla"
+  [decode_moe]="python3 benchmarks/decode.py --hf_config=benchmarks/mixtral_8x7b_8_layers_config.json --weights=bfloat16,int8 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --variants=''"
   [moe]="python3 benchmarks/moe.py --dtype=bfloat16 --embed=2048 --mlp=5632 --experts=8 --top_k=2 --lengths=2048,8192 --tokens_per_batch=32768"
   [decode_hlo]="rm -rf /tmp/hlo; XLA_FLAGS='--xla_dump_to=/tmp/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*generate.*' python3 benchmarks/decode.py --hf_config=benchmarks/llama_1b_config.json --weights=bfloat16 --batch_sizes=1 --draft_layers=0 --nohf --nono_cache --repeats=1 --new_tokens=8 {ARGS}; n=0; for f in \$(ls /tmp/hlo/*generate*after_optimizations.txt | head -2); do n=\$((n + 1)); cp \$f \$ART/decode_hlo_\$n.txt; done; python3 benchmarks/hlo_summary.py --top=6 \$ART/decode_hlo_*.txt"
   [lm_train_flags]="for flags in --xla_gpu_enable_triton_gemm=false --xla_gpu_triton_gemm_any=true --xla_gpu_enable_dus_accumulator_zero_init_elimination=true; do echo \"| XLA_FLAGS=\$flags |\"; XLA_FLAGS=\$flags python3 benchmarks/lm_train.py --config=configs/llm/pretrain.py:1b --batch_size=16 --set=model.attention_impl=pallas --set=model.remat=dots {ARGS}; done"
@@ -207,7 +213,7 @@ declare -A COMMANDS=(
 declare -A LIMITS=([decode_trace]=150 [lm_train_trace]=80 [attention]=220 [attention_1b]=100 [lm_train]=60 [decode]=150 [decode_1b]=180 [decode_7b]=140
                    [decode_hlo]=60 [decode_1b_options]=90 [decode_1b_graphs]=90
                    [lm_train_xla]=70 [lm_train_remat]=100 [lm_train_flags]=140 [kernel_tests]=120 [lm_train_cudnn]=120 [attention_decode]=90 [decode_1b_int32]=90 [decode_7b_long]=120
-                   [attention_mosaic]=120 [lm_train_mosaic]=200 [moe]=90)
+                   [attention_mosaic]=120 [lm_train_mosaic]=200 [moe]=90 [decode_moe]=150)
 DEFAULT_STAGES="decode_1b lm_train_cudnn kernel_tests attention_mosaic decode_1b_options"
 for stage in ${STAGES:-$DEFAULT_STAGES}; do
   limit_var="LIMIT_$stage"
